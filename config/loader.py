@@ -1,0 +1,178 @@
+"""Load a YAML config: `${ENV}` interpolation, validation, and every problem reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from config.models import AppConfig
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason, each naming its key."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{self.path}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"config error in {self.path}:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: AppConfig
+    path: Path
+    sha256: str
+    secrets: tuple[str, ...]  # values that came from the environment: never log or write them
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def _interpolate(node: Any, where: str, env: dict[str, str], missing: list[str], used: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), env, missing, used) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{where}[{i}]", env, missing, used) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                missing.append(f"{where}: environment variable {name} is not set (export {name}=...)")
+                return ""
+            used.append(env[name])
+            return env[name]
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk the model tree along an error location to find the model that owns the last key."""
+    model: Any = AppConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            # a discriminated union tag (e.g. 'csv') names the model inside it
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            model = _union_member(model, str(part))
+            continue
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    origin = getattr(annotation, "__origin__", None)
+    if origin in (list, tuple) and args:
+        return _unwrap(args[0])
+    if args:
+        for a in args:
+            u = _unwrap(a)
+            if isinstance(u, type) and issubclass(u, BaseModel):
+                return u
+    meta = getattr(annotation, "__metadata__", None)
+    if meta is not None:
+        return _unwrap(annotation.__origin__)
+    return annotation
+
+
+def _union_member(model: Any, tag: str) -> Any:
+    from config import models as m
+
+    for cls in (
+        m.CsvSourceConfig,
+        m.ExcelSourceConfig,
+        m.HubSpotSourceConfig,
+        m.SalesforceSourceConfig,
+        m.TableauSourceConfig,
+        m.FileDestinationConfig,
+        m.OneDriveDestinationConfig,
+    ):
+        if cls.model_fields["type"].annotation.__args__[0] == tag:
+            return cls
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("csv", "excel", "hubspot", "salesforce", "tableau", "file", "onedrive"):
+            continue  # the union tag pydantic inserts
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        model = _model_for(loc)
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+            if close:
+                hint = f"; did you mean '{close[0]}'?"
+        return f"{key}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    if err["type"] == "union_tag_invalid":
+        return f"{key}: unknown type {err.get('input', {}).get('type')!r}; use one of {err['ctx']['expected_tags']}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{key}: {msg}"
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+    """Read, interpolate and validate a config file. Raises ConfigError listing every problem."""
+    p = Path(path).expanduser().resolve()
+    try:
+        raw_bytes = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(p, [f"cannot read the config file: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(raw_bytes.decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(p, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(p, ["the top level must be a mapping of keys"])
+    missing: list[str] = []
+    used: list[str] = []
+    data = _interpolate(data, "", dict(os.environ if env is None else env), missing, used)
+    problems = list(missing)
+    config: AppConfig | None = None
+    try:
+        config = AppConfig.model_validate(data, context={"base_dir": str(p.parent)})
+    except ValidationError as exc:
+        problems += [_describe(e) for e in exc.errors()]
+    if problems or config is None:
+        raise ConfigError(p, problems)
+    return LoadedConfig(
+        config=config,
+        path=p,
+        sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        secrets=tuple(sorted({s for s in used if len(s) >= 4})),
+    )

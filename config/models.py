@@ -1,0 +1,335 @@
+"""Configuration models: every key a user may write, with its default and its checks.
+
+Each source and destination type has its own model; `type` picks it. Unknown keys are errors.
+Paths marked `RelPath` are resolved against the config file's folder (see `config.loader`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+
+def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None or value == "":
+        return value
+    base = (info.context or {}).get("base_dir")
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return str(p)
+
+
+RelPath = Annotated[str, AfterValidator(_resolve_path)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+class StageConfig(StrictModel):
+    name: str
+    status: Literal["open", "won", "lost"] = "open"
+    probability: float | None = Field(default=None, ge=0, le=1)
+    max_days: int | None = Field(default=None, ge=0)
+
+
+DEFAULT_STAGES: tuple[StageConfig, ...] = (
+    StageConfig(name="Lead generation", status="open", probability=0.1, max_days=14),
+    StageConfig(name="Qualification", status="open", probability=0.2, max_days=21),
+    StageConfig(name="Contact", status="open", probability=0.4, max_days=21),
+    StageConfig(name="Proposal", status="open", probability=0.6, max_days=30),
+    StageConfig(name="Closing", status="open", probability=0.8, max_days=21),
+    StageConfig(name="Won", status="won", probability=1.0),
+    StageConfig(name="Lost", status="lost", probability=0.0),
+)
+
+
+class QualificationConfig(StrictModel):
+    after_stage: str | None = None  # default: the second open stage
+    min_score: int = Field(default=3, ge=0, le=4)
+
+
+class PipelineConfig(StrictModel):
+    stages: list[StageConfig] = Field(default_factory=lambda: [s.model_copy() for s in DEFAULT_STAGES])
+    qualification: QualificationConfig = Field(default_factory=QualificationConfig)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> PipelineConfig:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        if not any(s.status == "open" for s in self.stages):
+            raise ValueError("at least one stage must have status 'open'")
+        q = self.qualification.after_stage
+        if q is not None and q not in names:
+            raise ValueError(
+                f"qualification.after_stage '{q}' is not a configured stage; use one of: {', '.join(names)}"
+            )
+        return self
+
+    @property
+    def open_stages(self) -> list[StageConfig]:
+        return [s for s in self.stages if s.status == "open"]
+
+    @property
+    def qualification_stage(self) -> str:
+        if self.qualification.after_stage:
+            return self.qualification.after_stage
+        opens = self.open_stages
+        return opens[1].name if len(opens) > 1 else opens[0].name
+
+
+class TargetsConfig(StrictModel):
+    new_pipeline_per_day: float = 250.0
+    new_pipeline_per_day_per_owner: float | None = None
+    prospecting_window_days: int = Field(default=30, ge=1)
+    max_stage_share: float = Field(default=0.5, ge=0, le=1)
+    max_age_factor: float = Field(default=2.0, gt=0)
+    max_inactive_days: int = Field(default=30, ge=0)
+    max_missing_share: float = Field(default=0.1, ge=0, le=1)
+    min_existing_share: float = Field(default=0.2, ge=0, le=1)
+    product_mix: dict[str, float] | None = None
+    product_mix_tolerance: float = Field(default=0.15, ge=0, le=1)
+
+
+class InputsConfig(StrictModel):
+    spend: dict[str, float] = Field(default_factory=dict)  # period label -> amount
+    currency: str = "USD"  # the reporting currency
+    rates: dict[str, float] = Field(default_factory=dict)  # currency -> reporting-currency rate
+
+
+class StateConfig(StrictModel):
+    url: str | None = None  # default: sqlite under .state/ next to the config
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class _SourceBase(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    stage_map: dict[str, str] = Field(default_factory=dict)
+    raw_sheet: str | None = Field(default=None, max_length=31)
+
+
+class StageHistoryFileConfig(StrictModel):
+    path: RelPath
+    columns: dict[str, str] = Field(default_factory=dict)
+    date_format: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    sheet: str | int | None = None
+
+
+class CsvSourceConfig(_SourceBase):
+    type: Literal["csv"]
+    path: RelPath
+    columns: dict[str, str] = Field(default_factory=dict)  # source header -> canonical field
+    date_format: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    stage_history: StageHistoryFileConfig | None = None
+
+
+class ExcelSourceConfig(_SourceBase):
+    type: Literal["excel"]
+    path: RelPath
+    sheet: str | int | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    date_format: str | None = None
+    stage_history: StageHistoryFileConfig | None = None
+
+
+class HubSpotSourceConfig(_SourceBase):
+    type: Literal["hubspot"]
+    token: str
+    base_url: str = "https://api.hubapi.com"
+    ca_bundle: RelPath | None = None
+    verify_tls: bool = True
+    pipelines: list[str] | None = None
+    product_property: str | None = None  # a deal property holding the product
+    product_from_line_items: bool = False
+    page_size: int = Field(default=100, ge=1, le=100)
+    search_page_size: int = Field(default=200, ge=1, le=200)
+    incremental: bool = True
+    timeout: float = 30.0
+
+
+class SalesforceSourceConfig(_SourceBase):
+    type: Literal["salesforce"]
+    auth: Literal["client_credentials", "jwt"] = "client_credentials"
+    domain: str | None = None
+    client_id: str
+    client_secret: str | None = None
+    username: str | None = None
+    private_key_path: RelPath | None = None
+    login_url: str = "https://login.salesforce.com"
+    api_version: str = "66.0"
+    ca_bundle: RelPath | None = None
+    verify_tls: bool = True
+    type_map: dict[str, Literal["new", "existing"]] | None = None
+    product_field: str | None = None
+    next_step_field: str | None = None
+    where: str | None = None
+    incremental: bool = True
+    timeout: float = 30.0
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> SalesforceSourceConfig:
+        if self.auth == "client_credentials":
+            missing = [k for k in ("domain", "client_secret") if not getattr(self, k)]
+        else:
+            missing = [k for k in ("username", "private_key_path") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"auth '{self.auth}' needs: {', '.join(missing)}")
+        return self
+
+
+class TableauSourceConfig(_SourceBase):
+    type: Literal["tableau"]
+    server_url: str
+    site: str = ""
+    token_name: str
+    token_secret: str
+    api_version: str = "3.24"
+    mode: Literal["view", "datasource"] = "view"
+    view: str | None = None
+    filters: dict[str, Any] = Field(default_factory=dict)
+    max_age: int | None = Field(default=None, ge=0, le=240)
+    datasource_luid: str | None = None
+    fields: list[dict[str, Any]] | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    date_format: str | None = None
+    ca_bundle: RelPath | None = None
+    verify_tls: bool = True
+    timeout: float = 60.0
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> TableauSourceConfig:
+        if self.mode == "view" and not self.view:
+            raise ValueError("mode 'view' needs 'view' (a view id or 'Workbook/View')")
+        if self.mode == "datasource" and not self.datasource_luid:
+            raise ValueError("mode 'datasource' needs 'datasource_luid'")
+        return self
+
+
+SourceConfig = Annotated[
+    CsvSourceConfig
+    | ExcelSourceConfig
+    | HubSpotSourceConfig
+    | SalesforceSourceConfig
+    | TableauSourceConfig,
+    Field(discriminator="type"),
+]
+
+
+# ----------------------------------------------------------------------------- destinations
+
+
+class FileDestinationConfig(StrictModel):
+    type: Literal["file"]
+    path: RelPath  # may contain {as_of} and {period}
+
+
+class OneDriveDestinationConfig(StrictModel):
+    type: Literal["onedrive"]
+    tenant_id: str
+    client_id: str
+    client_secret: str | None = None
+    certificate_path: RelPath | None = None
+    certificate_thumbprint: str | None = None
+    auth: Literal["app", "delegated"] = "app"
+    authority: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_bundle: RelPath | None = None
+    verify_tls: bool = True
+    user: str | None = None
+    site: str | None = None
+    drive_id: str | None = None
+    me: bool = False
+    path: str
+    mode: Literal["replace", "update_sheets"] = "replace"
+    conflict: Literal["replace", "fail_if_changed"] = "replace"
+    on_locked: Literal["wait", "sibling", "fail"] = "wait"
+    chunk_size: int = Field(default=10 * 1024 * 1024, gt=0)
+    token_cache: RelPath | None = None
+    timeout: float = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> OneDriveDestinationConfig:
+        where = [k for k in ("user", "site", "drive_id") if getattr(self, k)] + (["me"] if self.me else [])
+        if len(where) != 1:
+            raise ValueError("give exactly one of user / site / drive_id / me: true")
+        if self.me and self.auth != "delegated":
+            raise ValueError("'me: true' needs auth: delegated (an app has no 'me' drive)")
+        if self.auth == "app" and not (self.client_secret or self.certificate_path):
+            raise ValueError("auth 'app' needs client_secret or certificate_path")
+        if self.certificate_path and not self.certificate_thumbprint:
+            raise ValueError("certificate_path needs certificate_thumbprint")
+        if self.chunk_size % (320 * 1024):
+            raise ValueError("chunk_size must be a multiple of 327680 bytes (320 KiB)")
+        if self.mode == "update_sheets" and self.auth != "delegated":
+            raise ValueError(
+                "mode 'update_sheets' uses the Graph Excel API, which does not take app-only tokens: "
+                "set auth: delegated and sign in once with 'pipeline-sync login'"
+            )
+        return self
+
+
+DestinationConfig = Annotated[
+    FileDestinationConfig | OneDriveDestinationConfig, Field(discriminator="type")
+]
+
+
+# ----------------------------------------------------------------------------- top level
+
+
+class AppConfig(StrictModel):
+    timezone: str = "UTC"
+    period: Literal["month", "quarter", "year"] = "quarter"
+    fiscal_year_start_month: int = Field(default=1, ge=1, le=12)
+    report: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.\-]+$")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    sources: list[SourceConfig] = Field(min_length=1)
+    destinations: list[DestinationConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AppConfig:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone '{self.timezone}' is not an IANA time zone (e.g. Europe/Berlin)") from exc
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        stages = {s.name for s in self.pipeline.stages}
+        problems = []
+        for i, src in enumerate(self.sources):
+            for label, target in src.stage_map.items():
+                if target not in stages:
+                    problems.append(
+                        f"sources[{i}].stage_map['{label}']: '{target}' is not a configured stage "
+                        f"(pipeline.stages: {', '.join(sorted(stages))})"
+                    )
+        if self.targets.product_mix is not None:
+            total = sum(self.targets.product_mix.values())
+            if abs(total - 1.0) > 0.01:
+                problems.append(f"targets.product_mix: shares must add up to 1 (they add up to {total:g})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)

@@ -1,0 +1,63 @@
+"""The canonical opportunity schema, declared once (see shared docs/metrics.md, "Canonical fields").
+
+Connectors rename their source fields to these names; transforms only ever use these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FieldKind = Literal["text", "status", "amount", "currency", "date", "deal_type", "bool"]
+
+
+@dataclass(frozen=True)
+class CanonicalField:
+    name: str
+    kind: FieldKind
+    required: bool = False
+
+
+CANONICAL_FIELDS: tuple[CanonicalField, ...] = (
+    CanonicalField("opportunity_id", "text", required=True),
+    CanonicalField("name", "text"),
+    CanonicalField("account_id", "text"),
+    CanonicalField("account_name", "text"),
+    CanonicalField("owner", "text"),
+    CanonicalField("team", "text"),
+    CanonicalField("product", "text"),
+    CanonicalField("stage", "text", required=True),
+    CanonicalField("status", "status"),
+    CanonicalField("amount", "amount"),
+    CanonicalField("currency", "currency"),
+    CanonicalField("created_date", "date", required=True),
+    CanonicalField("close_date", "date"),
+    CanonicalField("stage_entered_date", "date"),
+    CanonicalField("last_activity_date", "date"),
+    CanonicalField("next_step_date", "date"),
+    CanonicalField("deal_type", "deal_type"),
+    CanonicalField("lead_source", "text"),
+    CanonicalField("budget", "bool"),
+    CanonicalField("authority", "bool"),
+    CanonicalField("need", "bool"),
+    CanonicalField("timeline", "bool"),
+)
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in CANONICAL_FIELDS)
+FIELDS_BY_NAME: dict[str, CanonicalField] = {f.name: f for f in CANONICAL_FIELDS}
+DATE_FIELDS: tuple[str, ...] = tuple(f.name for f in CANONICAL_FIELDS if f.kind == "date")
+BOOL_FIELDS: tuple[str, ...] = tuple(f.name for f in CANONICAL_FIELDS if f.kind == "bool")
+TEXT_FIELDS: tuple[str, ...] = tuple(f.name for f in CANONICAL_FIELDS if f.kind == "text")
+BANT_FIELDS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
+
+# Stage history rows (one per stage entry), as every source hands them over.
+HISTORY_FIELDS: tuple[str, ...] = ("opportunity_id", "stage", "entered_date")
+
+# Columns the pipeline adds to every loaded opportunity, after the canonical ones.
+SOURCE_COLUMN = "source"
+ROW_ID_COLUMN = "row_id"  # "<source>:<opportunity_id>"
+
+# Excel's hard limits.
+EXCEL_MAX_ROWS = 1_048_576
+EXCEL_MAX_CELL_CHARS = 32_767
+EXCEL_MAX_SHEET_NAME = 31

@@ -1,0 +1,46 @@
+"""What every source connector hands to the flow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+
+@dataclass
+class Extracted:
+    """One source's records for this run.
+
+    `records`: one row per source record, columns named by canonical field (config.schema),
+    values still raw (strings, numbers, datetimes), plus `_row` (the source's row number or
+    record ordinal, used in the Rejected sheet). `history`: stage entries
+    (opportunity_id, stage, entered_date), raw. `raw`: the records as the source gave them,
+    for a `raw_sheet`. `stale`: the data comes from an earlier run (the source failed or
+    returned nothing), which raises the M5 source_stale flag.
+    """
+
+    source: str
+    records: pd.DataFrame
+    history: pd.DataFrame | None = None
+    raw: pd.DataFrame | None = None
+    seconds: float = 0.0
+    stale: bool = False
+    notes: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    waited_seconds: float = 0.0
+    pending_state: PendingState | None = None
+
+
+@dataclass
+class PendingState:
+    """Cursor and record changes to commit only when the whole run succeeds."""
+
+    cursor: str | None
+    upserts: list[tuple[str, dict]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    replace_all: bool = False
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.records)

@@ -1,0 +1,215 @@
+"""The one HTTP boundary: session factory, TLS options and the retry policy every connector uses.
+
+Retry policy (after dlt's requests/retry.py): 429, 5xx, connection errors, timeouts and bodies
+cut short are retried with capped exponential backoff that honours Retry-After; when attempts
+run out a RetriableAPIError is raised. Any other 4xx raises FatalAPIError at once, carrying the
+API's own message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+from connectors.errors import FatalAPIError, RetriableAPIError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+class TlsSession(requests.Session):
+    """A Session whose own `verify` (a CA bundle, or False) wins over REQUESTS_CA_BUNDLE.
+
+    Plain requests lets the environment's bundle override `session.verify`, which silently
+    ignores a configured corporate CA (see docs/platform-notes). Proxies from the
+    environment still apply.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if (verify is None or verify is True) and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
+def build_session(ca_bundle: str | None = None, verify_tls: bool = True, user_agent: str | None = None) -> TlsSession:
+    """A session for one connector. `ca_bundle` (a PEM path) is honoured even with REQUESTS_CA_BUNDLE set."""
+    session = TlsSession()
+    if not verify_tls:
+        log.warning("TLS certificate verification is OFF for this connection: use ca_bundle instead")
+        session.verify = False
+    elif ca_bundle:
+        session.verify = ca_bundle
+    session.headers["User-Agent"] = user_agent or "pipeline-sync"
+    return session
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    backoff_base: float = 0.5  # seconds; doubled each attempt
+    backoff_max: float = 30.0  # cap of one computed backoff
+    retry_after_max: float = 300.0  # cap of one server-requested wait
+    statuses: frozenset[int] = RETRY_STATUSES
+    sleep: Callable[[float], None] = time.sleep
+    jitter: bool = True
+
+    def backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return delay * (0.5 + random.random() / 2) if self.jitter else delay
+
+
+def retry_after_seconds(response: requests.Response, now: datetime | None = None) -> float | None:
+    """Parse Retry-After (seconds or an HTTP date). None when absent or unreadable."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def default_error_message(response: requests.Response) -> str:
+    """The API's own message, from the common JSON/XML envelopes, else the start of the body."""
+    text = response.text[:2000] if response.content else ""
+    try:
+        body = response.json()
+    except ValueError:
+        return text.strip()[:500] or response.reason or ""
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # Salesforce
+        return "; ".join(f"{e.get('errorCode', '')}: {e.get('message', '')}".strip(": ") for e in body)
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):  # Graph, Tableau JSON
+            code = err.get("code", "")
+            msg = err.get("message") or err.get("detail") or err.get("summary") or ""
+            return f"{code}: {msg}".strip(": ")
+        if isinstance(err, str):  # OAuth
+            return f"{err}: {body.get('error_description', '')}".strip(": ")
+        if "message" in body:
+            return str(body["message"])
+    return text.strip()[:500]
+
+
+@dataclass
+class Observer:
+    """Counters a run reports (requests, retries, rate-limit waits); optional progress callback."""
+
+    requests: int = 0
+    retries: int = 0
+    waited_seconds: float = 0.0
+    on_event: Callable[[str, Mapping[str, Any]], None] | None = None
+
+    def event(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, data)
+
+
+@dataclass
+class HttpClient:
+    """Requests through one session with the retry policy; connectors build one each."""
+
+    session: requests.Session
+    base_url: str = ""
+    timeout: float = 30.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    observer: Observer = field(default_factory=Observer)
+    error_message: Callable[[requests.Response], str] = default_error_message
+    service: str = "service"
+    # Hook: decide a wait (seconds) for a retryable response that has no Retry-After.
+    wait_hint: Callable[[requests.Response], float | None] | None = None
+
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return self.base_url.rstrip("/") + "/" + path_or_url.lstrip("/")
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        expect_json: bool = False,
+        ok: Callable[[requests.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send with retries. `expect_json` also retries a 2xx body that is not complete JSON."""
+        url = self.url(path_or_url)
+        kwargs.setdefault("timeout", self.timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.observer.requests += 1
+            wait: float | None = None
+            reason: str
+            try:
+                resp = self.session.request(method, url, **kwargs)
+            except TRANSIENT_EXCEPTIONS as exc:
+                reason = f"{type(exc).__name__} on {method} {_path(url)}"
+            else:
+                if ok(resp) if ok is not None else resp.status_code < 400:
+                    if not expect_json:
+                        return resp
+                    try:
+                        resp.json()
+                        return resp
+                    except ValueError:
+                        reason = f"incomplete JSON body from {method} {_path(url)}"
+                elif resp.status_code in self.policy.statuses:
+                    reason = f"HTTP {resp.status_code} from {method} {_path(url)}: {self.error_message(resp)}"
+                    wait = retry_after_seconds(resp)
+                    if wait is None and self.wait_hint is not None:
+                        wait = self.wait_hint(resp)
+                    if wait is not None:
+                        wait = min(wait, self.policy.retry_after_max)
+                else:
+                    raise FatalAPIError(
+                        f"{self.service} refused {method} {_path(url)} with HTTP {resp.status_code}: "
+                        f"{self.error_message(resp)}"
+                    )
+            if attempt >= self.policy.max_attempts:
+                raise RetriableAPIError(f"{self.service}: gave up after {attempt} attempts; last: {reason}")
+            delay = wait if wait is not None else self.policy.backoff(attempt)
+            self.observer.retries += 1
+            self.observer.waited_seconds += delay
+            self.observer.event("retry", reason=reason, wait=delay, attempt=attempt)
+            log.info("%s: retrying in %.1fs (attempt %d): %s", self.service, delay, attempt, reason)
+            self.policy.sleep(delay)
+
+    def get_json(self, path_or_url: str, **kwargs: Any) -> Any:
+        return self.request("GET", path_or_url, expect_json=True, **kwargs).json()
+
+    def post_json(self, path_or_url: str, body: Any, **kwargs: Any) -> Any:
+        resp = self.request("POST", path_or_url, expect_json=True, data=json.dumps(body),
+                            headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
+        return resp.json()
+
+
+def _path(url: str) -> str:
+    """The URL without its query string (queries can carry tokens)."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,21 @@
+"""Which connector module extracts which source `type`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+# type -> "module:function"; each function is `extract(cfg, ctx: ExtractContext) -> Extracted`
+SOURCE_EXTRACTORS: dict[str, str] = {
+    "csv": "connectors.files:extract_csv",
+    "excel": "connectors.files:extract_excel",
+    "hubspot": "connectors.hubspot:extract",
+    "salesforce": "connectors.salesforce:extract",
+    "tableau": "connectors.tableau:extract",
+}
+
+
+def extractor_for(source_type: str) -> Callable[..., Any]:
+    module, func = SOURCE_EXTRACTORS[source_type].split(":")
+    return getattr(import_module(module), func)

@@ -1,0 +1,36 @@
+"""The local state database (SQLAlchemy Core): one engine, one MetaData, shared by the stores.
+
+SQLite under `.state/` next to the config by default; any SQLAlchemy URL (e.g. Postgres) works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+
+def default_state_url(config_dir: Path) -> str:
+    return f"sqlite:///{(config_dir / '.state' / 'pipeline-sync.db').as_posix()}"
+
+
+def make_engine(url: str) -> sa.Engine:
+    """Create the engine and the tables. A new SQLite file is created owner-only (0600)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+    else:
+        engine = sa.create_engine(url)
+    # import the table definitions so create_all sees every table
+    import connectors.snapshots  # noqa: F401
+    import connectors.source_state  # noqa: F401
+
+    metadata.create_all(engine)
+    return engine

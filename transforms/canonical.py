@@ -1,0 +1,305 @@
+"""Turn one source's records (canonical column names, raw values) into typed opportunities and rejects.
+
+Vectorised: each rule is evaluated over whole columns. A row that breaks any rule goes to the
+rejected frame with every reason joined by '; ', never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+
+import numpy as np
+import pandas as pd
+
+from config.models import StageConfig
+from config.schema import (
+    BOOL_FIELDS,
+    CANONICAL_FIELDS,
+    DATE_FIELDS,
+    FIELD_NAMES,
+    ROW_ID_COLUMN,
+    SOURCE_COLUMN,
+    TEXT_FIELDS,
+)
+
+ROW_COLUMN = "_row"  # the source's row number (header = row 1), set by the connector
+TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
+FALSE_WORDS = frozenset({"false", "no", "n", "0", "f", ""})
+MIN_YEAR, MAX_YEAR = 1900, 2200
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TZ_SUFFIX = r"(?:Z|[+-]\d{2}:?\d{2})$"
+_AMOUNT_NOISE = re.compile(r"[\s$€£¥,]|^USD|^EUR|^GBP")
+_CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+_DEAL_TYPES = {
+    "new": "new",
+    "existing": "existing",
+    "newbusiness": "new",
+    "existingbusiness": "existing",
+    "new business": "new",
+    "existing business": "existing",
+}
+
+
+@dataclass(frozen=True)
+class CanonicalResult:
+    loaded: pd.DataFrame
+    rejected: pd.DataFrame
+    rows_read: int
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Raw values as stripped strings; missing -> ''."""
+    s = series.astype(object).where(series.notna(), "")
+    return s.map(str).str.strip() if len(s) else s.astype(str)
+
+
+def parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Returns (amount as float or NaN, reason or '') for values like 12000, '$12,000', '12,000.00'."""
+    txt = _text(raw)
+    cleaned = txt.str.replace(_AMOUNT_NOISE, "", regex=True)
+    neg_paren = cleaned.str.match(r"^\(.*\)$")
+    cleaned = cleaned.where(~neg_paren, "-" + cleaned.str.slice(1, -1))
+    num = pd.to_numeric(cleaned.where(cleaned != "", np.nan), errors="coerce")
+    reason = pd.Series("", index=raw.index, dtype=object)
+    not_number = (txt != "") & num.isna()
+    reason[not_number] = "amount '" + txt[not_number] + "' is not a number"
+    negative = num < 0
+    reason[negative] = "amount '" + txt[negative] + "' is negative"
+    too_big = num.abs() > 1e15
+    reason[too_big & ~negative] = "amount '" + txt[too_big & ~negative] + "' is too large"
+    bad = not_number | negative | too_big | ~np.isfinite(num.fillna(0))
+    return num.where(~bad).astype(float), reason
+
+
+def parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None = None) -> tuple[pd.Series, pd.Series]:
+    """Returns (datetime64 date at midnight or NaT, reason or '').
+
+    Accepts ISO dates, ISO date-times (with an offset: converted to `tz` first) and
+    `date_format`. Already-parsed datetimes/dates pass through.
+    """
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    if raw.empty:
+        return out, pd.Series("", index=raw.index, dtype=object)
+    obj = raw.astype(object)
+    is_dt = obj.map(lambda v: hasattr(v, "year") and hasattr(v, "month")).astype(bool)
+    if is_dt.any():
+        dt = pd.to_datetime(obj[is_dt], errors="coerce", utc=False)
+        dt = dt.map(lambda t: t.tz_convert(tz).tz_localize(None) if getattr(t, "tzinfo", None) else t)
+        out[is_dt] = pd.to_datetime(dt).dt.normalize()
+    txt = _text(obj.where(~is_dt, ""))
+    todo = (txt != "") & ~is_dt
+    if date_format and todo.any():
+        parsed = pd.to_datetime(txt[todo], format=date_format, errors="coerce")
+        ok = parsed.notna()
+        out[parsed[ok].index] = parsed[ok].dt.normalize()
+        todo &= out.isna()
+    date_only = todo & txt.str.match(_ISO_DATE)
+    if date_only.any():
+        out[date_only] = pd.to_datetime(txt[date_only], format="%Y-%m-%d", errors="coerce")
+    rest = todo & ~date_only
+    if rest.any():
+        has_tz = txt[rest].str.contains(_TZ_SUFFIX, regex=True)
+        aware = txt[rest][has_tz]
+        if len(aware):
+            # Salesforce writes +0000 without a colon; ISO8601 parsing accepts both forms.
+            parsed = pd.to_datetime(aware, format="ISO8601", errors="coerce", utc=True)
+            out[aware.index] = parsed.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
+        naive = txt[rest][~has_tz]
+        if len(naive):
+            parsed = pd.to_datetime(naive, format="ISO8601", errors="coerce")
+            out[naive.index] = parsed.dt.normalize()
+    reason = pd.Series("", index=raw.index, dtype=object)
+    expected = f"'{date_format}' or YYYY-MM-DD" if date_format else "YYYY-MM-DD"
+    unparsed = (txt != "") & out.isna() & ~is_dt
+    reason[unparsed] = f"{field} '" + txt[unparsed] + f"' is not a date (expected {expected})"
+    years = out.dt.year
+    out_of_range = out.notna() & ((years < MIN_YEAR) | (years > MAX_YEAR))
+    reason[out_of_range] = f"{field} " + out[out_of_range].dt.strftime("%Y-%m-%d") + f" is out of range ({MIN_YEAR}-{MAX_YEAR})"
+    out[out_of_range] = pd.NaT
+    return out, reason
+
+
+def parse_bools(raw: pd.Series, field: str) -> tuple[pd.Series, pd.Series]:
+    """true/false, yes/no, y/n, 1/0, blank (= false), any case."""
+    obj = raw.astype(object)
+    txt = _text(obj).str.lower()
+    txt = txt.where(~obj.map(lambda v: isinstance(v, bool | np.bool_)), obj.map(lambda v: str(bool(v)).lower() if isinstance(v, bool | np.bool_) else ""))
+    txt = txt.replace({"1.0": "1", "0.0": "0"})
+    val = txt.isin(TRUE_WORDS)
+    bad = ~(val | txt.isin(FALSE_WORDS))
+    reason = pd.Series("", index=raw.index, dtype=object)
+    reason[bad] = f"{field} '" + _text(obj)[bad] + "' is not a yes/no value"
+    return val, reason
+
+
+def _stage_lookup(stages: list[StageConfig], stage_map: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased source label or stage name -> configured stage name."""
+    lookup = {s.name.lower(): s.name for s in stages}
+    lookup.update({k.strip().lower(): v for k, v in stage_map.items()})
+    return lookup
+
+
+def canonicalize(
+    records: pd.DataFrame,
+    *,
+    source: str,
+    stages: list[StageConfig],
+    stage_map: Mapping[str, str],
+    tz: tzinfo,
+    date_format: str | None = None,
+    reporting_currency: str = "USD",
+    rates: Mapping[str, float] | None = None,
+) -> CanonicalResult:
+    """Validate and type one source's records. `records` has canonical column names and `_row`."""
+    n = len(records)
+    idx = records.index
+    rows = records[ROW_COLUMN] if ROW_COLUMN in records else pd.Series(np.arange(2, n + 2), index=idx)
+    col = {f: (records[f] if f in records else pd.Series([None] * n, index=idx, dtype=object)) for f in FIELD_NAMES}
+    reasons: list[pd.Series] = []
+    out = pd.DataFrame(index=idx)
+
+    for f in TEXT_FIELDS:
+        t = _text(col[f])
+        out[f] = t.where(t != "", None)
+
+    ids = out["opportunity_id"]
+    r = pd.Series("", index=idx, dtype=object)
+    r[ids.isna()] = "opportunity_id is missing"
+    reasons.append(r)
+
+    # stage: source label -> configured stage
+    lookup = _stage_lookup(stages, stage_map)
+    stage_txt = _text(col["stage"])
+    mapped = stage_txt.str.lower().map(lookup)
+    r = pd.Series("", index=idx, dtype=object)
+    r[stage_txt == ""] = "stage is missing"
+    unknown = (stage_txt != "") & mapped.isna()
+    r[unknown] = (
+        "stage '" + stage_txt[unknown] + "' is not a configured stage (map it in the source's stage_map "
+        "or add it to pipeline.stages)"
+    )
+    reasons.append(r)
+    out["stage"] = mapped.where(mapped.notna(), None)
+
+    # status: given, else from the stage
+    stage_status = {s.name: s.status for s in stages}
+    st = _text(col["status"]).str.lower()
+    r = pd.Series("", index=idx, dtype=object)
+    bad_status = (st != "") & ~st.isin(["open", "won", "lost"])
+    r[bad_status] = "status '" + _text(col["status"])[bad_status] + "' is not open, won or lost"
+    reasons.append(r)
+    derived = out["stage"].map(stage_status)
+    out["status"] = st.where(st.isin(["open", "won", "lost"]), derived)
+
+    amount, r = parse_amounts(col["amount"])
+    reasons.append(r)
+
+    cur = _text(col["currency"]).str.upper()
+    rate_table = {reporting_currency.upper(): 1.0, **{k.upper(): float(v) for k, v in (rates or {}).items()}}
+    r = pd.Series("", index=idx, dtype=object)
+    bad_code = (cur != "") & ~cur.str.match(_CURRENCY_CODE)
+    r[bad_code] = "currency '" + cur[bad_code] + "' is not an ISO 4217 code"
+    unknown_cur = (cur != "") & ~bad_code & ~cur.isin(list(rate_table))
+    r[unknown_cur] = (
+        "currency '" + cur[unknown_cur] + f"' has no rate to {reporting_currency} (add it to inputs.rates)"
+    )
+    reasons.append(r)
+    rate = cur.map(rate_table).fillna(1.0).astype(float)
+    out["amount"] = amount * rate
+    out["currency"] = reporting_currency.upper()
+    out.loc[out["amount"].isna() & (cur == ""), "currency"] = None
+
+    for f in DATE_FIELDS:
+        d, r = parse_dates(col[f], f, tz, date_format)
+        out[f] = d
+        reasons.append(r)
+    r = pd.Series("", index=idx, dtype=object)
+    r[_text(col["created_date"]) == ""] = "created_date is missing"
+    reasons.append(r)
+
+    dt = _text(col["deal_type"]).str.lower()
+    mapped_dt = dt.map(_DEAL_TYPES)
+    r = pd.Series("", index=idx, dtype=object)
+    bad_dt = (dt != "") & mapped_dt.isna()
+    r[bad_dt] = "deal_type '" + _text(col["deal_type"])[bad_dt] + "' is not new or existing"
+    reasons.append(r)
+    out["deal_type"] = mapped_dt.fillna("new")
+
+    for f in BOOL_FIELDS:
+        b, r = parse_bools(col[f], f)
+        out[f] = b
+        reasons.append(r)
+
+    reason = _join_reasons(reasons, idx)
+    # duplicates within the source: the first good row with an id is kept
+    dup = ids.notna() & (reason == "") & ids.where(reason == "").duplicated(keep="first")
+    if dup.any():
+        first_row = rows[(reason == "") & ids.notna()].groupby(ids[(reason == "") & ids.notna()]).first()
+        reason[dup] = "duplicate opportunity_id '" + ids[dup] + "' (first seen on row " + ids[dup].map(first_row).astype(str) + ")"
+
+    bad = reason != ""
+    loaded = out.loc[~bad, list(FIELD_NAMES)].copy()
+    loaded[SOURCE_COLUMN] = source
+    loaded[ROW_ID_COLUMN] = source + ":" + loaded["opportunity_id"].astype(str)
+    loaded = loaded.reset_index(drop=True)
+
+    raw_cols = [c for c in FIELD_NAMES if c in records]
+    rejected = pd.DataFrame(
+        {"source": source, "row": rows[bad].astype(int).to_numpy(), "reason": reason[bad].to_numpy()}
+    )
+    for c in raw_cols:
+        rejected[c] = _text(records.loc[bad, c]).to_numpy()
+    return CanonicalResult(loaded=loaded, rejected=rejected, rows_read=n)
+
+
+def _join_reasons(parts: list[pd.Series], idx: pd.Index) -> pd.Series:
+    joined = pd.Series("", index=idx, dtype=object)
+    for p in parts:
+        has = p != ""
+        if not has.any():
+            continue
+        joined = joined.where(~has, np.where(joined == "", p, joined + "; " + p))
+    return joined
+
+
+def empty_opportunities() -> pd.DataFrame:
+    """A zero-row frame with the loaded columns and types."""
+    frame = pd.DataFrame({f.name: pd.Series(dtype=_DTYPES[f.kind]) for f in CANONICAL_FIELDS})
+    frame[SOURCE_COLUMN] = pd.Series(dtype=object)
+    frame[ROW_ID_COLUMN] = pd.Series(dtype=object)
+    return frame
+
+
+_DTYPES = {
+    "text": object,
+    "status": object,
+    "amount": float,
+    "currency": object,
+    "date": "datetime64[ns]",
+    "deal_type": object,
+    "bool": bool,
+}
+
+
+def canonicalize_history(history: pd.DataFrame, *, source: str, tz: tzinfo, stages: list[StageConfig],
+                         stage_map: Mapping[str, str], date_format: str | None = None) -> pd.DataFrame:
+    """Stage history rows (opportunity_id, stage, entered_date) typed and mapped; unusable rows dropped.
+
+    History is supporting data: a row with an unknown stage or date cannot place a deal and is
+    left out (the deal then falls back to the estimates of the spec).
+    """
+    if history is None or history.empty:
+        return pd.DataFrame({"opportunity_id": pd.Series(dtype=object), "stage": pd.Series(dtype=object),
+                             "entered_date": pd.Series(dtype="datetime64[ns]"), SOURCE_COLUMN: pd.Series(dtype=object)})
+    lookup = _stage_lookup(stages, stage_map)
+    ids = _text(history["opportunity_id"])
+    stage = _text(history["stage"]).str.lower().map(lookup)
+    entered, _ = parse_dates(history["entered_date"], "entered_date", tz, date_format)
+    out = pd.DataFrame({"opportunity_id": ids, "stage": stage, "entered_date": entered})
+    out = out[(out["opportunity_id"] != "") & out["stage"].notna() & out["entered_date"].notna()]
+    out = out.drop_duplicates().sort_values(["opportunity_id", "entered_date"], kind="stable").reset_index(drop=True)
+    out[SOURCE_COLUMN] = source
+    return out
