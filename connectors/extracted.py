@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from typing import Any
 
 import pandas as pd
+
+from connectors.http import Observer
 
 
 @dataclass
@@ -44,3 +48,18 @@ class PendingState:
     @property
     def rows_read(self) -> int:
         return len(self.records)
+
+
+@dataclass
+class ExtractContext:
+    """What a run hands every extractor: the state database, counters and the run's fixed times.
+
+    `run_started` (UTC) is the incremental signpost: a cursor never moves past it.
+    """
+
+    engine: Any | None  # sqlalchemy Engine of the state store, None when state is off
+    observer: Observer
+    as_of: date
+    run_started: datetime
+    tz: tzinfo
+    full_refresh: bool = False
