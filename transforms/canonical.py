@@ -26,6 +26,7 @@ from config.schema import (
 )
 
 ROW_COLUMN = "_row"  # the source's row number (header = row 1), set by the connector
+ERROR_COLUMN = "_error"  # a reason the connector already found (e.g. a ragged CSV row)
 TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "f", ""})
 MIN_YEAR, MAX_YEAR = 1900, 2200
@@ -159,6 +160,8 @@ def canonicalize(
     rows = records[ROW_COLUMN] if ROW_COLUMN in records else pd.Series(np.arange(2, n + 2), index=idx)
     col = {f: (records[f] if f in records else pd.Series([None] * n, index=idx, dtype=object)) for f in FIELD_NAMES}
     reasons: list[pd.Series] = []
+    if ERROR_COLUMN in records:
+        reasons.append(_text(records[ERROR_COLUMN]))
     out = pd.DataFrame(index=idx)
 
     for f in TEXT_FIELDS:

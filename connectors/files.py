@@ -1,0 +1,182 @@
+"""CSV and Excel sources: read a file as text, map its headers to canonical fields."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from config.models import CsvSourceConfig, ExcelSourceConfig, StageHistoryFileConfig
+from config.schema import FIELD_NAMES, HISTORY_FIELDS
+from connectors.errors import SourceDataError
+from connectors.extracted import ExtractContext, Extracted
+
+ROW_COLUMN = "_row"
+ERROR_COLUMN = "_error"
+
+
+def _normalise_header(h: str) -> str:
+    return str(h).replace("\ufeff", "").strip()
+
+
+def map_columns(frame: pd.DataFrame, columns: Mapping[str, str], fields: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Rename source headers to canonical fields.
+
+    `columns` maps a source header to a field; a header that already is a field name (any case,
+    spaces as underscores) maps to itself. Duplicate headers that map to a field are an error.
+    """
+    meta = [c for c in (ROW_COLUMN, ERROR_COLUMN) if c in frame.columns]
+    positions = [i for i, c in enumerate(frame.columns) if c not in meta]
+    headers = [_normalise_header(frame.columns[i]) for i in positions]
+    frame_meta = frame[meta]
+    frame = frame.iloc[:, positions].set_axis(headers, axis=1)
+    explicit = {_normalise_header(k).lower(): v for k, v in columns.items()}
+    unknown_targets = sorted({v for v in explicit.values() if v not in fields})
+    if unknown_targets:
+        raise SourceDataError(
+            f"{what}: columns maps to unknown field(s) {', '.join(unknown_targets)}; fields are: {', '.join(fields)}"
+        )
+    rename: dict[int, str] = {}
+    for i, h in enumerate(headers):
+        key = h.lower()
+        target = explicit.get(key) or (key.replace(" ", "_") if key.replace(" ", "_") in fields else None)
+        if target:
+            rename[i] = target
+    targets = list(rename.values())
+    dupes = sorted({t for t in targets if targets.count(t) > 1})
+    if dupes:
+        sources = {t: [headers[i] for i, v in rename.items() if v == t] for t in dupes}
+        detail = "; ".join(f"{t} <- {', '.join(repr(s) for s in srcs)}" for t, srcs in sources.items())
+        raise SourceDataError(f"{what}: more than one column maps to the same field ({detail}); keep one")
+    out = pd.DataFrame({target: frame.iloc[:, i] for i, target in rename.items()}, index=frame.index)
+    for c in meta:
+        out[c] = frame_meta[c]
+    return out
+
+
+def _require(frame: pd.DataFrame, required: tuple[str, ...], headers: list[str], what: str) -> None:
+    missing = [f for f in required if f not in frame.columns]
+    if missing:
+        raise SourceDataError(
+            f"{what}: no column for {', '.join(missing)} (headers found: {', '.join(headers) or 'none'}); "
+            "map them under `columns:` (source header: field)"
+        )
+
+
+def read_csv_text(path: str, *, encoding: str, delimiter: str, what: str) -> pd.DataFrame:
+    """Every cell as text, BOM stripped, any line endings, quoted newlines kept.
+
+    Columns keep the header's names as written (duplicates included). A row with more
+    non-empty fields than the header gets an `_error` instead of shifting data; short rows
+    are padded with blanks. `_row` is the CSV record number (header = 1).
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise SourceDataError(
+            f"{what}: {p.name} is not valid {encoding} ({exc.__class__.__name__} at byte "
+            f"{getattr(exc, 'start', '?')}); set `encoding:` (e.g. utf-8-sig or cp1252)"
+        ) from exc
+    text = text.lstrip("\ufeff")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False))
+    except csv.Error as exc:
+        raise SourceDataError(f"{what}: {p.name} is not a readable CSV table: {exc}") from exc
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]
+    if not numbered:
+        return pd.DataFrame()
+    header = [_normalise_header(h) for h in numbered[0][1]]
+    width = len(header)
+    body, row_numbers, errors = [], [], []
+    for number, r in numbered[1:]:
+        err = ""
+        if len(r) > width:
+            if any(cell.strip() for cell in r[width:]):
+                err = f"row has {len(r)} fields but the header has {width}"
+            r = r[:width]
+        elif len(r) < width:
+            r = r + [""] * (width - len(r))
+        body.append(r)
+        row_numbers.append(number)
+        errors.append(err)
+    frame = pd.DataFrame(body, columns=range(width), dtype=object) if body else pd.DataFrame(columns=range(width))
+    frame.columns = header
+    frame[ROW_COLUMN] = row_numbers
+    frame[ERROR_COLUMN] = errors
+    return frame
+
+
+def read_excel_text(path: str, *, sheet: str | int | None, what: str) -> pd.DataFrame:
+    """Read one sheet with python-calamine; values keep their types (dates stay dates)."""
+    try:
+        frame = pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, dtype=object,
+                              engine="calamine", header=None)
+    except FileNotFoundError as exc:
+        raise SourceDataError(f"{what}: cannot read {path}: file not found") from exc
+    except ValueError as exc:
+        raise SourceDataError(f"{what}: cannot read sheet {sheet!r} of {Path(path).name}: {exc}") from exc
+    except Exception as exc:  # calamine raises its own error types for corrupt files
+        raise SourceDataError(f"{what}: {Path(path).name} is not a readable Excel workbook: {exc}") from exc
+    frame = frame.astype(object).where(frame.notna(), "")
+    if frame.empty:
+        return pd.DataFrame()
+    header = [_normalise_header(h) for h in frame.iloc[0]]
+    body = frame.iloc[1:].reset_index(drop=True)
+    body.columns = header
+    body[ROW_COLUMN] = range(2, len(body) + 2)
+    return body
+
+
+def _with_rows(mapped: pd.DataFrame) -> pd.DataFrame:
+    if ROW_COLUMN not in mapped:
+        mapped[ROW_COLUMN] = range(2, len(mapped) + 2)
+    return mapped
+
+
+def _read_history(cfg: StageHistoryFileConfig | None, what: str) -> pd.DataFrame | None:
+    if cfg is None:
+        return None
+    label = f"{what} stage_history"
+    if cfg.path.lower().endswith((".xlsx", ".xlsm", ".xls")):
+        frame = read_excel_text(cfg.path, sheet=cfg.sheet, what=label)
+    else:
+        frame = read_csv_text(cfg.path, encoding=cfg.encoding, delimiter=cfg.delimiter, what=label)
+    headers = [_normalise_header(h) for h in frame.columns if h not in (ROW_COLUMN, ERROR_COLUMN)]
+    mapped = map_columns(frame, cfg.columns, HISTORY_FIELDS, label)
+    _require(mapped, HISTORY_FIELDS, headers, label)
+    return mapped
+
+
+def _extract(cfg: CsvSourceConfig | ExcelSourceConfig, frame: pd.DataFrame, started: float) -> Extracted:
+    what = f"source '{cfg.name}'"
+    headers = [_normalise_header(h) for h in frame.columns if h not in (ROW_COLUMN, ERROR_COLUMN)]
+    if frame.empty and not headers:
+        records = pd.DataFrame({ROW_COLUMN: pd.Series(dtype=int)})
+        return Extracted(cfg.name, records, None, frame if cfg.raw_sheet else None,
+                         seconds=time.perf_counter() - started, notes=[f"{what}: the file is empty"])
+    mapped = map_columns(frame, cfg.columns, FIELD_NAMES, what)
+    _require(mapped, ("opportunity_id", "stage", "created_date"), headers, what)
+    history = _read_history(cfg.stage_history, what)
+    raw = frame.iloc[:, [i for i, c in enumerate(frame.columns) if c not in (ROW_COLUMN, ERROR_COLUMN)]] if cfg.raw_sheet else None
+    return Extracted(cfg.name, _with_rows(mapped), history, raw, seconds=time.perf_counter() - started)
+
+
+def extract_csv(cfg: CsvSourceConfig, ctx: ExtractContext | None = None) -> Extracted:
+    started = time.perf_counter()
+    frame = read_csv_text(cfg.path, encoding=cfg.encoding, delimiter=cfg.delimiter, what=f"source '{cfg.name}'")
+    return _extract(cfg, frame, started)
+
+
+def extract_excel(cfg: ExcelSourceConfig, ctx: ExtractContext | None = None) -> Extracted:
+    started = time.perf_counter()
+    frame = read_excel_text(cfg.path, sheet=cfg.sheet, what=f"source '{cfg.name}'")
+    return _extract(cfg, frame, started)

@@ -1,0 +1,423 @@
+"""Render the workbook: xlsxwriter lays out every sheet, data rows are streamed in afterwards.
+
+Why two steps: xlsxwriter writes tables, charts, formats and conditional formats well, but in
+its streaming (`constant_memory`) mode it cannot add tables, and in its normal mode it keeps
+every cell in memory. So xlsxwriter writes each data sheet with its header, one sample row
+(which fixes the style of every column) and the `tbl<Sheet>` table sized for all rows; then
+the sheet XML's rows are replaced by rows generated column-wise from the frame, written
+straight into the final zip. Memory stays at the frames plus one chunk of XML.
+
+Text is always an inline string: a value starting with `=`, `+`, `-`, `@` is never a formula.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xlsxwriter
+from xlsxwriter.utility import xl_col_to_name
+
+from config.schema import EXCEL_MAX_CELL_CHARS, EXCEL_MAX_ROWS
+from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
+
+MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
+CUT_MARKER = " …[cut]"
+CHUNK_ROWS = 50_000
+_EPOCH = np.datetime64("1899-12-30", "D")
+_ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_LITERAL_ESCAPE = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
+_SHEET_NAME_BAD = re.compile(r"[\[\]:*?/\\]")
+
+NUMBER_FORMATS: dict[str, str] = {
+    "int": "#,##0",
+    "number": "#,##0.00",
+    "ratio": "0.0%",
+    "pct": '0.0"%"',
+    "date": "yyyy-mm-dd",
+    "datetime": "yyyy-mm-dd hh:mm",
+    "days": "#,##0.0",
+}
+
+
+def currency_format(code: str) -> str:
+    symbols = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "KRW": "₩"}
+    sym = symbols.get(code.upper())
+    return f'"{sym}"#,##0.00' if sym else f'#,##0.00" {code.upper()}"'
+
+
+@dataclass
+class WriteStats:
+    sheets: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    cut_cells: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def safe_sheet_name(name: str) -> str:
+    return _SHEET_NAME_BAD.sub("_", name).strip("'")[:31] or "Sheet"
+
+
+def infer_format(series: pd.Series) -> ColumnFormat:
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "date"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "number"
+    return "text"
+
+
+def split_sheets(sheets: list[SheetData], stats: WriteStats) -> list[SheetData]:
+    """A frame over Excel's row limit becomes `Name`, `Name (2)`, ...: never truncated."""
+    out: list[SheetData] = []
+    for sheet in sheets:
+        n = len(sheet.frame)
+        if n <= MAX_DATA_ROWS:
+            out.append(sheet)
+            continue
+        parts = math.ceil(n / MAX_DATA_ROWS)
+        for k in range(parts):
+            name = sheet.name if k == 0 else safe_sheet_name(f"{sheet.name[:26]} ({k + 1})")
+            part = sheet.frame.iloc[k * MAX_DATA_ROWS : (k + 1) * MAX_DATA_ROWS]
+            out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight))
+        stats.notes.append(
+            f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
+            f"({', '.join([sheet.name] + [f'{sheet.name} ({k + 1})' for k in range(1, parts)])})"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- cell XML
+
+
+def _escape_text(values: pd.Series, stats: WriteStats) -> pd.Series:
+    s = values.astype(object).where(values.notna(), None)
+    s = s.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    present = s.notna()
+    txt = s[present].astype(str)
+    too_long = txt.str.len() > EXCEL_MAX_CELL_CHARS
+    if too_long.any():
+        stats.cut_cells += int(too_long.sum())
+        txt[too_long] = txt[too_long].str.slice(0, EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)) + CUT_MARKER
+    if txt.str.contains("_x", regex=False).any():
+        txt = txt.str.replace(_LITERAL_ESCAPE, r"_x005F_\1", regex=True)
+    illegal = txt.str.contains(_ILLEGAL_XML)
+    if illegal.any():
+        txt[illegal] = txt[illegal].str.replace(_ILLEGAL_XML, lambda m: f"_x{ord(m.group(0)):04X}_", regex=True)
+    txt = txt.str.replace("&", "&amp;", regex=False).str.replace("<", "&lt;", regex=False).str.replace(">", "&gt;", regex=False)
+    out = pd.Series("", index=values.index, dtype=object)
+    out[present] = txt
+    return out
+
+
+def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, refs: list[str], stats: WriteStats) -> list[str]:
+    """Cell XML for one column; `refs` are the cell references (e.g. "C2") of its rows."""
+    s_attr = f' s="{style}"' if style and style != "0" else ""
+    n = len(series)
+    if fmt == "text":
+        txt = _escape_text(series, stats)
+        a, b = f"{s_attr} t=\"inlineStr\"><is><t>", f"{s_attr} t=\"inlineStr\"><is><t xml:space=\"preserve\">"
+        return [
+            "" if not t else '<c r="' + r + '"' + (b if t[0].isspace() or t[-1].isspace() else a) + t + "</t></is></c>"
+            for r, t in zip(refs, txt.tolist(), strict=True)
+        ]
+    if fmt == "bool":
+        vals = series.astype(object).tolist()
+        return ["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                else f'<c r="{r}"{s_attr} t="b"><v>{1 if v else 0}</v></c>' for r, v in zip(refs, vals, strict=True)]
+    if fmt in ("date", "datetime"):
+        dt = pd.to_datetime(series, errors="coerce")
+        if getattr(dt.dt, "tz", None) is not None:
+            dt = dt.dt.tz_localize(None)
+        arr = dt.to_numpy(dtype="datetime64[ns]")
+        mask = np.isnat(arr)
+        if fmt == "date":
+            strs = (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64).astype(str)
+        else:
+            serial = (arr - _EPOCH.astype("datetime64[ns]")).astype(np.int64) / 86_400e9
+            strs = np.round(serial, 8).astype(str)
+    else:
+        num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        mask = ~np.isfinite(num)
+        if fmt == "int" and n:
+            whole = np.where(mask, 0, num)
+            strs = np.where(whole == np.floor(whole), whole.astype(np.int64).astype(str), whole.astype(str))
+        else:
+            strs = num.astype(str)
+    mid, post = f'"{s_attr}><v>', "</v></c>"
+    return ["" if m else '<c r="' + r + mid + v + post
+            for r, v, m in zip(refs, strs.tolist(), mask.tolist(), strict=True)]
+
+
+def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats) -> Iterator[str]:
+    """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
+    letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
+    for start in range(0, len(frame), CHUNK_ROWS):
+        chunk = frame.iloc[start : start + CHUNK_ROWS]
+        numbers = [str(start + 2 + i) for i in range(len(chunk))]
+        cols = [
+            _column_cells(chunk.iloc[:, j], formats[j], styles[j], [letters[j] + r for r in numbers], stats)
+            for j in range(chunk.shape[1])
+        ]
+        yield "".join(
+            '<row r="' + r + '">' + "".join(cells) + "</row>" for r, cells in zip(numbers, zip(*cols, strict=True), strict=True)
+        )
+
+
+# ----------------------------------------------------------------------------- layout with xlsxwriter
+
+
+@dataclass
+class _Planned:
+    sheet: SheetData
+    index: int  # 1-based worksheet number in the package (xl/worksheets/sheet{index}.xml)
+    formats: list[ColumnFormat]
+
+
+def _sample_value(fmt: ColumnFormat) -> Any:
+    return {
+        "text": "x",
+        "bool": True,
+        "date": datetime(2000, 1, 1),
+        "datetime": datetime(2000, 1, 1, 12, 0),
+    }.get(fmt, 0)
+
+
+def _col_width(series: pd.Series, header: str, fmt: ColumnFormat) -> float:
+    base = len(str(header)) + 3
+    if fmt == "date":
+        return max(base, 12)
+    if fmt == "datetime":
+        return max(base, 17)
+    if fmt in ("int", "number", "currency", "days", "ratio", "pct"):
+        return max(base, 14)
+    if fmt == "bool":
+        return max(base, 8)
+    sample = series.head(2000).dropna().astype(str)
+    longest = int(sample.str.len().quantile(0.95)) if len(sample) else 0
+    return float(min(60, max(base, longest + 2)))
+
+
+class _Layout:
+    def __init__(self, workbook: xlsxwriter.Workbook, currency: str):
+        self.wb = workbook
+        self.header = workbook.add_format({"bold": True, "text_wrap": False})
+        self.formats: dict[str, Any] = {k: workbook.add_format({"num_format": v}) for k, v in NUMBER_FORMATS.items()}
+        self.formats["currency"] = workbook.add_format({"num_format": currency_format(currency)})
+        self.formats["text"] = workbook.add_format({})
+        self.formats["bool"] = workbook.add_format({})
+        self.count = 0
+
+    def data_sheet(self, sheet: SheetData) -> _Planned:
+        ws = self.wb.add_worksheet(safe_sheet_name(sheet.name))
+        self.count += 1
+        frame = sheet.frame
+        formats = [sheet.formats.get(str(c)) or infer_format(frame[c]) for c in frame.columns]
+        headers = [str(c) for c in frame.columns]
+        n = len(frame)
+        ncols = max(1, len(headers))
+        for j, (h, fmt) in enumerate(zip(headers, formats, strict=True)):
+            ws.write_string(0, j, h, self.header)
+            ws.set_column(j, j, _col_width(frame.iloc[:, j], h, fmt))
+            sample = _sample_value(fmt)
+            cell_fmt = self.formats[fmt]
+            if isinstance(sample, str):
+                ws.write_string(1, j, sample, cell_fmt)
+            elif isinstance(sample, bool):
+                ws.write_boolean(1, j, sample, cell_fmt)
+            elif isinstance(sample, datetime):
+                ws.write_datetime(1, j, sample, cell_fmt)
+            else:
+                ws.write_number(1, j, sample, cell_fmt)
+        if headers:
+            ws.add_table(0, 0, max(n, 1), ncols - 1, {
+                "name": table_name(sheet.name),
+                "columns": [{"header": h} for h in headers],
+                "style": "Table Style Medium 2",
+            })
+        ws.freeze_panes(1, 0)
+        if sheet.highlight and sheet.highlight in headers and n:
+            col = headers.index(sheet.highlight)
+            letter = xl_col_to_name(col)
+            colours = {"high": "#F8CBAD", "medium": "#FFE699", "low": "#DDEBF7"}
+            for value, colour in colours.items():
+                ws.conditional_format(1, 0, n, ncols - 1, {
+                    "type": "formula",
+                    "criteria": f'=${letter}2="{value}"',
+                    "format": self.wb.add_format({"bg_color": colour}),
+                })
+        return _Planned(sheet, self.count, formats)
+
+    def summary(self, data: SummaryData, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
+        ws = self.wb.add_worksheet("Summary")
+        self.count += 1
+        title = self.wb.add_format({"bold": True, "font_size": 16})
+        bold = self.wb.add_format({"bold": True, "bottom": 1})
+        ws.write_string(0, 0, data.title, title)
+        row = 1
+        for line in data.lines:
+            ws.write_string(row, 0, line)
+            row += 1
+        row += 1
+        ws.set_column(0, 0, 30)
+        ws.set_column(1, 4, 16)
+        kpi_cols = list(data.kpis.columns)
+        for j, c in enumerate(kpi_cols):
+            ws.write_string(row, j, str(c), bold)
+        row += 1
+        for rec in data.kpis.itertuples(index=False):
+            unit = getattr(rec, "unit", "") or ""
+            fmt = self.formats.get({"currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
+                                    "pct": "pct", "count": "int", "days": "days"}.get(str(unit), "number"))
+            for j, v in enumerate(rec):
+                _write_any(ws, row, j, v, fmt if kpi_cols[j] in ("value", "previous", "change") else None)
+            row += 1
+        row += 1
+        flag_cols = list(data.flag_counts.columns)
+        for j, c in enumerate(flag_cols):
+            ws.write_string(row, j, str(c), bold)
+        row += 1
+        for rec in data.flag_counts.itertuples(index=False):
+            for j, v in enumerate(rec):
+                _write_any(ws, row, j, v, None)
+            row += 1
+        chart_row = 1
+        for spec in data.charts:
+            rows = sheet_rows.get(spec.sheet, 0)
+            cols = sheet_columns.get(spec.sheet, [])
+            if rows == 0 or spec.category not in cols or any(v not in cols for v in spec.values):
+                continue
+            last = rows if spec.rows is None else min(rows, spec.rows)
+            chart = self.wb.add_chart({"type": spec.kind})
+            cat = cols.index(spec.category)
+            for v in spec.values:
+                c = cols.index(v)
+                series = {
+                    "name": [spec.sheet, 0, c],
+                    "categories": [spec.sheet, 1, cat, last, cat],
+                    "values": [spec.sheet, 1, c, last, c],
+                }
+                if v in spec.secondary:
+                    series["y2_axis"] = True
+                chart.add_series(series)
+            chart.set_title({"name": spec.title})
+            chart.set_size({"width": 560, "height": 300})
+            chart.set_legend({"position": "bottom"})
+            ws.insert_chart(chart_row, 7, chart)
+            chart_row += 16
+        ws.set_landscape()
+        ws.fit_to_pages(1, 0)
+
+
+def _write_any(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return
+    if isinstance(value, bool | np.bool_):
+        ws.write_boolean(row, col, bool(value))
+    elif isinstance(value, int | float | np.integer | np.floating):
+        ws.write_number(row, col, float(value), fmt)
+    elif isinstance(value, datetime | date | pd.Timestamp):
+        ws.write_datetime(row, col, pd.Timestamp(value).to_pydatetime().replace(tzinfo=None), fmt)
+    else:
+        ws.write_string(row, col, str(value)[:EXCEL_MAX_CELL_CHARS])
+
+
+# ----------------------------------------------------------------------------- splice rows in
+
+
+_SAMPLE_ROW = re.compile(rb'<row r="2"[^>]*>(.*?)</row>', re.S)
+_CELL_STYLE = re.compile(rb'<c r="[A-Z]+2"(?: s="(\d+)")?')
+_DIMENSION = re.compile(rb'<dimension ref="[^"]*"/>')
+
+
+def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Planned, stats: WriteStats) -> None:
+    xml = src.read(name)
+    head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
+    data, tail = rest.split(b"</sheetData>", 1) if b"</sheetData>" in rest else (b"", rest)
+    header_row = re.search(rb'<row r="1"[^>]*>.*?</row>', data, re.S)
+    sample = _SAMPLE_ROW.search(data)
+    styles = [m.group(1).decode() if m.group(1) else "0" for m in _CELL_STYLE.finditer(sample.group(1))] if sample else []
+    frame = planned.sheet.frame
+    ncols = frame.shape[1]
+    styles = (styles + ["0"] * ncols)[:ncols]
+    last_row = max(len(frame), 1) + 1
+    dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
+    head = _DIMENSION.sub(dim, head)
+    info = zipfile.ZipInfo(name, date_time=src.getinfo(name).date_time)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with dst.open(info, "w", force_zip64=True) as out:
+        out.write(head + b"<sheetData>")
+        if header_row:
+            out.write(header_row.group(0))
+        wrote = False
+        for block in _rows_xml(frame, planned.formats, styles, stats):
+            out.write(block.encode("utf-8"))
+            wrote = True
+        if not wrote:
+            out.write(b'<row r="2"></row>')
+        out.write(b"</sheetData>" + tail)
+
+
+def write_workbook(
+    path: str | Path,
+    *,
+    sheets: list[SheetData],
+    summary: SummaryData | None = None,
+    currency: str = "USD",
+) -> WriteStats:
+    """Write the workbook atomically to `path` (temp file in the same folder, then rename).
+
+    Sheet order: Summary first (when given), then `sheets` as given.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stats = WriteStats()
+    sheets = split_sheets(sheets, stats)
+    work = Path(tempfile.mkdtemp(prefix=".pipeline-sync-", dir=target.parent))
+    try:
+        layout_path = work / "layout.xlsx"
+        wb = xlsxwriter.Workbook(str(layout_path), {
+            "strings_to_formulas": False,
+            "strings_to_urls": False,
+            "strings_to_numbers": False,
+            "use_zip64": True,
+        })
+        layout = _Layout(wb, currency)
+        if summary is not None:
+            layout.summary(
+                summary,
+                {s.name: len(s.frame) for s in sheets},
+                {s.name: [str(c) for c in s.frame.columns] for s in sheets},
+            )
+        planned = [layout.data_sheet(s) for s in sheets]
+        wb.close()
+        by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
+        final_tmp = work / "final.xlsx"
+        with zipfile.ZipFile(layout_path) as src, zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+            for item in src.infolist():
+                if item.filename in by_part:
+                    _splice(src, dst, item.filename, by_part[item.filename], stats)
+                else:
+                    dst.writestr(item, src.read(item.filename))
+        with open(final_tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(final_tmp, target)
+        stats.sheets = (["Summary"] if summary is not None else []) + [p.sheet.name for p in planned]
+        stats.rows = {p.sheet.name: len(p.sheet.frame) for p in planned}
+        return stats
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
