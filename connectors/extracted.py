@@ -35,6 +35,10 @@ class Extracted:
     waited_seconds: float = 0.0
     pending_state: PendingState | None = None
 
+    @property
+    def rows_read(self) -> int:
+        return len(self.records)
+
 
 @dataclass
 class PendingState:
@@ -44,10 +48,6 @@ class PendingState:
     upserts: list[tuple[str, dict]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     replace_all: bool = False
-
-    @property
-    def rows_read(self) -> int:
-        return len(self.records)
 
 
 @dataclass
