@@ -1,0 +1,297 @@
+"""The eight pipeline mistakes of shared docs/metrics.md as checks ("Flags" sheet).
+
+`compute_flags` returns the Flags table (rule, check, severity, scope, key, opportunity_id,
+value, threshold, message, advice; sorted by severity, then rule) and, per deal, the
+comma-separated names of the deal checks that fired. Strict inequalities are strict.
+Deal-scope rows use the row id (`source:opportunity_id`) as `key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from config.models import AppConfig
+from transforms.history import to_days
+from transforms.metrics import NO_OWNER
+from transforms.periods import Period
+
+FLAG_COLUMNS = ["rule", "check", "severity", "scope", "key", "opportunity_id", "value", "threshold", "message", "advice"]
+SEVERITY_ORDER = ("high", "medium", "low")
+
+ADVICE: dict[str, str] = {
+    "M1": "Block time for prospecting every day or week as a high-priority task and keep a daily new-pipeline target so the pipeline never shrinks.",
+    "M2": "Judge quality, not volume: requalify with BANT (or ask whether there is a real problem the customer agrees on), else remove the deal.",
+    "M3": "Set a time threshold per stage, find what holds deals back, and spend time every day moving deals forward, not only adding new ones.",
+    "M4": "Let deals that will not buy go, use lead scoring, and keep every promised follow-up on time.",
+    "M5": "Keep the fields complete and the sources fresh: decisions need a trustworthy dashboard.",
+    "M6": "Keep serving and expanding current customers (loyalty, referrals, upsell): they cost less to keep than new ones cost to win.",
+    "M7": "Track the metrics that drive revenue (deal size, cycle length, conversion, win rate, velocity, CAC, CLV, growth), not volume alone.",
+    "M8": "Decide which products are primary and set how many leads to create and close per product category.",
+}
+
+# (check, rule, severity) of the deal-scope checks, in the order the `flags` column lists them
+DEAL_CHECKS: tuple[tuple[str, str, str], ...] = (
+    ("unqualified", "M2", "medium"),
+    ("stalled", "M3", "medium"),
+    ("past_due", "M4", "high"),
+    ("aged", "M4", "medium"),
+    ("overdue_follow_up", "M4", "medium"),
+    ("no_activity", "M4", "low"),
+    ("missing_fields", "M5", "medium"),
+)
+
+
+@dataclass
+class FlagResult:
+    flags: pd.DataFrame
+    deal_flags: pd.Series  # per deal (index of `deals`): comma-separated check names, "" if none
+
+
+def _s(values: np.ndarray) -> pd.Series:
+    return pd.Series(values, dtype=object)
+
+
+def _num(x: float) -> str:
+    return f"{x:,.2f}".rstrip("0").rstrip(".") if x == x else "empty"
+
+
+def _team_row(rule: str, check: str, severity: str, scope: str, key: str, value: float | None,
+              threshold: float | None, message: str) -> dict:
+    return {"rule": rule, "check": check, "severity": severity, "scope": scope, "key": key,
+            "opportunity_id": None, "value": value, "threshold": threshold, "message": message,
+            "advice": ADVICE[rule]}
+
+
+def deal_check_masks(deals: pd.DataFrame, cfg: AppConfig, as_of: date, avg_cycle: float | None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]]:
+    """check -> (mask, value, threshold, message) for the deal checks, over all deals."""
+    t = cfg.targets
+    stages = cfg.pipeline.stages
+    day = np.datetime64(as_of, "D")
+    n = len(deals)
+    is_open = deals["status"].to_numpy(dtype=object) == "open"
+    code = deals["_stage_code"].to_numpy()
+    ids = deals["opportunity_id"].astype(object).to_numpy()
+    stage = deals["stage"].astype(object).fillna("").to_numpy()
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]] = {}
+
+    def msg(mask: np.ndarray, *parts: object) -> pd.Series:
+        s = _s(ids[mask])
+        for p in parts:
+            s = s + (p if isinstance(p, str) else _s(np.asarray(p)[mask]).astype(str))
+        return s
+
+    # M2: open, in a stage after the qualification stage, BANT score < min_score
+    names = [s.name for s in stages]
+    q_index = names.index(cfg.pipeline.qualification_stage)
+    score = deals[["budget", "authority", "need", "timeline"]].fillna(False).astype(bool).sum(axis=1).to_numpy()
+    min_score = cfg.pipeline.qualification.min_score
+    m = is_open & (code > q_index) & (score < min_score)
+    out["unqualified"] = (m, score.astype(float), np.full(n, float(min_score)),
+                          msg(m, " is in ", stage, " with a BANT qualification score of ", score, f" (minimum {min_score})."))
+
+    # M3 stalled: days_in_stage > max_days of its stage
+    max_days = np.array([np.nan if s.max_days is None else s.max_days for s in stages] + [np.nan])[code]
+    dis = deals["days_in_stage"].to_numpy(dtype=float)
+    m = is_open & ~np.isnan(max_days) & (dis > np.nan_to_num(max_days, nan=np.inf))
+    out["stalled"] = (m, dis, max_days, msg(m, " has been in ", stage, " for ", dis.astype(np.int64), " days (stage limit ",
+                                               np.nan_to_num(max_days).astype(np.int64), " days)."))
+
+    close = to_days(deals["close_date"])
+    past = (day - close).astype("timedelta64[D]").astype(float)
+    m = is_open & (close < day)
+    out["past_due"] = (m, past, np.zeros(n), msg(m, " is still open but its close date ", np.datetime_as_string(close, unit="D"),
+                                                 " is ", np.nan_to_num(past).astype(np.int64), " days before as_of."))
+
+    age = deals["age_days"].to_numpy(dtype=float)
+    if avg_cycle is not None:
+        limit = t.max_age_factor * avg_cycle
+        m = is_open & (age > limit)
+        out["aged"] = (m, age, np.full(n, limit), msg(m, " is ", age.astype(np.int64),
+                                                      f" days old, more than {_num(t.max_age_factor)} x the average sales cycle of "
+                                                      f"{_num(avg_cycle)} days ({_num(limit)} days)."))
+    else:
+        out["aged"] = (np.zeros(n, bool), age, np.full(n, np.nan), _s(np.zeros(0, object)))
+
+    nxt = to_days(deals["next_step_date"])
+    late = (day - nxt).astype("timedelta64[D]").astype(float)
+    m = is_open & (nxt < day)
+    out["overdue_follow_up"] = (m, late, np.zeros(n), msg(m, "'s next step was due on ", np.datetime_as_string(nxt, unit="D"),
+                                                          ", ", np.nan_to_num(late).astype(np.int64), " days before as_of, and not done."))
+
+    act = to_days(deals["last_activity_date"])
+    idle = (day - act).astype("timedelta64[D]").astype(float)
+    m = is_open & ~np.isnan(idle) & (np.nan_to_num(idle, nan=-np.inf) > t.max_inactive_days)
+    out["no_activity"] = (m, idle, np.full(n, float(t.max_inactive_days)),
+                          msg(m, " has had no activity for ", np.nan_to_num(idle).astype(np.int64),
+                              f" days (limit {t.max_inactive_days})."))
+
+    miss_amt = deals["amount"].isna().to_numpy()
+    miss_close = np.isnat(close)
+    miss_owner = deals["owner"].isna().to_numpy()
+    which = (_s(np.where(miss_amt, "amount, ", "")) + _s(np.where(miss_close, "close_date, ", ""))
+             + _s(np.where(miss_owner, "owner, ", ""))).str.rstrip(", ").to_numpy(dtype=object)
+    count = miss_amt.astype(int) + miss_close.astype(int) + miss_owner.astype(int)
+    m = is_open & (count > 0)
+    out["missing_fields"] = (m, count.astype(float), np.zeros(n), msg(m, " is open but has no ", which, "."))
+    return out
+
+
+def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as_of: date, period: Period,
+                  *, stale_sources: Sequence[str] = (), previous: Mapping[str, float | None] | None = None,
+                  previous_as_of: date | None = None) -> FlagResult:
+    """Run every check of the spec over the deals at `as_of` and the metrics table."""
+    t = cfg.targets
+    team = metrics[metrics["scope"] == "team"].set_index("metric")
+    tv = {m: (None if pd.isna(v) else float(v)) for m, v in team["value"].items()}
+    frames: list[pd.DataFrame] = []
+    rows: list[dict] = []
+    is_open = deals["status"].to_numpy(dtype=object) == "open"
+    n_open = int(is_open.sum())
+
+    # M1 team and owner
+    lg = tv.get("lead_gen_per_day")
+    if lg is not None and lg < t.new_pipeline_per_day:
+        rows.append(_team_row("M1", "low_lead_gen", "high", "team", "all", lg, t.new_pipeline_per_day,
+                              f"New pipeline averaged {_num(lg)} per day over the last {t.prospecting_window_days} days, "
+                              f"below the target of {_num(t.new_pipeline_per_day)} per day."))
+    if t.new_pipeline_per_day_per_owner is not None:
+        rows += _owner_lead_gen(deals, metrics, cfg, period)
+
+    # M3 stage share
+    if n_open:
+        open_stage = deals.loc[is_open, "stage"].astype(object)
+        counts = open_stage.value_counts()
+        for s in cfg.pipeline.open_stages:
+            share = counts.get(s.name, 0) / n_open
+            if share > t.max_stage_share:
+                rows.append(_team_row("M3", "stage_share", "medium", "stage", s.name, share, t.max_stage_share,
+                                      f"{s.name} holds {int(counts.get(s.name, 0))} of {n_open} open deals ({share:.0%}), "
+                                      f"more than the {t.max_stage_share:.0%} limit."))
+
+    # deal checks
+    masks = deal_check_masks(deals, cfg, as_of, tv.get("avg_sales_cycle_days"))
+    bits = np.zeros(len(deals), dtype=np.int64)
+    for i, (check, rule, sev) in enumerate(DEAL_CHECKS):
+        m, value, thr, message = masks[check]
+        bits |= m.astype(np.int64) << i
+        if not m.any():
+            continue
+        frames.append(pd.DataFrame({
+            "rule": rule, "check": check, "severity": sev, "scope": "deal",
+            "key": deals["row_id"].to_numpy(dtype=object)[m], "opportunity_id": deals["opportunity_id"].to_numpy(dtype=object)[m],
+            "value": value[m], "threshold": thr[m], "message": message.to_numpy(dtype=object), "advice": ADVICE[rule],
+        }))
+
+    # M5 team: missing share, stale sources
+    if n_open:
+        n_missing = int(masks["missing_fields"][0].sum())
+        share = n_missing / n_open
+        if share > t.max_missing_share:
+            rows.append(_team_row("M5", "missing_share", "high", "team", "all", share, t.max_missing_share,
+                                  f"{n_missing} of {n_open} open deals ({share:.0%}) miss amount, close_date or owner, "
+                                  f"more than the {t.max_missing_share:.0%} limit."))
+    for name in stale_sources:
+        rows.append(_team_row("M5", "source_stale", "high", "team", "all", None, None,
+                              f"Source '{name}' failed or returned no rows this run, so its data is from an earlier run."))
+
+    # M6 existing-customer share of open value
+    amount = deals["amount"].to_numpy(dtype=float)
+    open_amt = np.where(is_open & ~np.isnan(amount), amount, 0.0)
+    total = float(open_amt.sum())
+    if total > 0:
+        existing = float(open_amt[deals["deal_type"].to_numpy(dtype=object) == "existing"].sum())
+        share = existing / total
+        if share < t.min_existing_share:
+            rows.append(_team_row("M6", "low_existing_share", "medium", "team", "all", share, t.min_existing_share,
+                                  f"Existing customers hold {_num(existing)} of {_num(total)} open value ({share:.0%}), "
+                                  f"below the {t.min_existing_share:.0%} target."))
+
+    # M7 metrics empty for a missing input; volume over value
+    unavailable = metrics[(metrics["scope"] == "team") & metrics["missing_input"].notna()]
+    for metric, note, missing in zip(unavailable["metric"], unavailable["note"], unavailable["missing_input"], strict=True):
+        rows.append(_team_row("M7", "metric_unavailable", "low", "team", "all", None, None,
+                              f"{metric} is empty because {note}: add {missing}."))
+    if previous:
+        rows += _volume_over_value(tv, previous, previous_as_of)
+
+    # M8 product mix
+    if t.product_mix:
+        rows += _product_mix(deals, cfg, period)
+
+    if rows:
+        frames.append(pd.DataFrame(rows))
+    flags = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FLAG_COLUMNS)
+    flags = flags[FLAG_COLUMNS]
+    for c in ("value", "threshold"):
+        flags[c] = pd.to_numeric(flags[c], errors="coerce").astype(float)
+    for c in ("rule", "check", "severity", "scope", "key", "opportunity_id", "message", "advice"):
+        flags[c] = flags[c].astype(object)
+    rank = flags["severity"].map({s: i for i, s in enumerate(SEVERITY_ORDER)})
+    flags = flags.assign(_r=rank).sort_values(["_r", "rule"], kind="stable").drop(columns="_r").reset_index(drop=True)
+    return FlagResult(flags, pd.Series(_bits_to_names(bits), index=deals.index, dtype=object))
+
+
+def _bits_to_names(bits: np.ndarray) -> np.ndarray:
+    uniq, inv = np.unique(bits, return_inverse=True)
+    names = np.array([",".join(c for i, (c, _, _) in enumerate(DEAL_CHECKS) if u >> i & 1) for u in uniq], dtype=object)
+    return names[inv] if len(bits) else np.zeros(0, dtype=object)
+
+
+def _owner_lead_gen(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, period: Period) -> list[dict]:
+    target = float(cfg.targets.new_pipeline_per_day_per_owner or 0)
+    close = to_days(deals["close_date"])
+    status = deals["status"].to_numpy(dtype=object)
+    closed_in = np.isin(status, ["won", "lost"]) & (close >= np.datetime64(period.start, "D")) & (close <= np.datetime64(period.end, "D"))
+    active = (status == "open") | closed_in
+    owners = set(deals.loc[active & deals["owner"].notna().to_numpy(), "owner"].astype(str))
+    own = metrics[(metrics["metric"] == "lead_gen_per_day") & (metrics["scope"] == "owner")]
+    rows = []
+    for owner, value in zip(own["key"], own["value"], strict=True):
+        if owner in owners and owner != NO_OWNER and not pd.isna(value) and value < target:
+            rows.append(_team_row("M1", "low_lead_gen", "medium", "owner", owner, float(value), target,
+                                  f"{owner} added {_num(value)} of new pipeline per day over the last "
+                                  f"{cfg.targets.prospecting_window_days} days, below their target of {_num(target)} per day."))
+    return rows
+
+
+def _volume_over_value(tv: Mapping[str, float | None], prev: Mapping[str, float | None], prev_as_of: date | None) -> list[dict]:
+    cur_open, old_open = tv.get("open_deals"), prev.get("open_deals")
+    if cur_open is None or old_open is None or not cur_open > old_open:
+        return []
+    fell = []
+    for m in ("win_rate", "sales_velocity_per_day"):
+        a, b = tv.get(m), prev.get(m)
+        if a is not None and b is not None and a < b:
+            fell.append(f"{m} fell from {_num(b)} to {_num(a)}")
+    if not fell:
+        return []
+    when = f" (snapshot of {prev_as_of.isoformat()})" if prev_as_of else ""
+    return [_team_row("M7", "volume_over_value", "medium", "team", "all", cur_open, old_open,
+                      f"Open deals rose from {int(old_open)} to {int(cur_open)} since the previous snapshot{when} "
+                      f"while {' and '.join(fell)}.")]
+
+
+def _product_mix(deals: pd.DataFrame, cfg: AppConfig, period: Period) -> list[dict]:
+    t = cfg.targets
+    status = deals["status"].to_numpy(dtype=object)
+    close = to_days(deals["close_date"])
+    won_p = (status == "won") & (close >= np.datetime64(period.start, "D")) & (close <= np.datetime64(period.end, "D"))
+    product = deals["product"].astype(object).to_numpy()
+    rows = []
+    for check, mask, what in (("open_mix", status == "open", "open deals"), ("won_mix", won_p, f"deals won in {period.label}")):
+        total = int(mask.sum())
+        if total == 0:
+            continue
+        for prod, target in (t.product_mix or {}).items():
+            count = int((mask & (product == prod)).sum())
+            share = count / total
+            if abs(share - target) > t.product_mix_tolerance:
+                rows.append(_team_row("M8", check, "medium", "product", prod, share, target,
+                                      f"{prod} has {count} of {total} {what} ({share:.0%}) against a target of {target:.0%} "
+                                      f"(tolerance {t.product_mix_tolerance:.0%})."))
+    return rows
