@@ -147,19 +147,54 @@ class ExcelSourceConfig(_SourceBase):
     stage_history: StageHistoryFileConfig | None = None
 
 
+# canonical field -> HubSpot deal property, used unless a source's `fields` says otherwise
+HUBSPOT_DEFAULT_FIELDS: dict[str, str] = {
+    "name": "dealname",
+    "amount": "amount",
+    "currency": "deal_currency_code",
+    "created_date": "createdate",
+    "close_date": "closedate",
+    "last_activity_date": "notes_last_updated",
+    "next_step_date": "notes_next_activity_date",
+    "deal_type": "dealtype",
+}
+# filled by the connector itself (ids, pipelines, owners, line items), not from `fields`
+HUBSPOT_FIXED_FIELDS: frozenset[str] = frozenset(
+    {"opportunity_id", "stage", "status", "owner", "team", "product", "stage_entered_date"}
+)
+
+
 class HubSpotSourceConfig(_SourceBase):
     type: Literal["hubspot"]
-    token: str
+    token: str = Field(min_length=1, repr=False)  # private-app token, normally ${HUBSPOT_TOKEN}
     base_url: str = "https://api.hubapi.com"
     ca_bundle: RelPath | None = None
     verify_tls: bool = True
-    pipelines: list[str] | None = None
+    pipelines: list[str] | None = None  # pipeline ids or labels to load; default: all
+    fields: dict[str, str | None] = Field(default_factory=dict)  # canonical field -> deal property (null: none)
     product_property: str | None = None  # a deal property holding the product
-    product_from_line_items: bool = False
+    product_from_line_items: bool = False  # else: the name of the deal's largest line item
+    stage_entered_prefix: str = "hs_date_entered_"  # + stage id: when a deal entered that stage
     page_size: int = Field(default=100, ge=1, le=100)
     search_page_size: int = Field(default=200, ge=1, le=200)
     incremental: bool = True
-    timeout: float = 30.0
+    search_overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor
+    rate_limit_reserve: int = Field(default=5, ge=0)  # pause for the window when this few calls remain
+    search_per_second: float = Field(default=4.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> HubSpotSourceConfig:
+        from config.schema import FIELD_NAMES
+
+        allowed = [f for f in FIELD_NAMES if f not in HUBSPOT_FIXED_FIELDS]
+        bad = sorted(k for k in self.fields if k not in allowed)
+        if bad:
+            raise ValueError(
+                f"fields: {', '.join(bad)} cannot be set here (use one of: {', '.join(allowed)}; "
+                "stage, owner, team and product come from pipelines, owners and product_property)"
+            )
+        return self
 
 
 class SalesforceSourceConfig(_SourceBase):

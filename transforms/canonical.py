@@ -27,6 +27,7 @@ from config.schema import (
 
 ROW_COLUMN = "_row"  # the source's row number (header = row 1), set by the connector
 ERROR_COLUMN = "_error"  # a reason the connector already found (e.g. a ragged CSV row)
+PIPELINE_COLUMN = "_pipeline"  # the record's pipeline, named in unknown-stage reasons
 TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "f", ""})
 MIN_YEAR, MAX_YEAR = 1900, 2200
@@ -180,9 +181,13 @@ def canonicalize(
     r = pd.Series("", index=idx, dtype=object)
     r[stage_txt == ""] = "stage is missing"
     unknown = (stage_txt != "") & mapped.isna()
+    in_pipeline = pd.Series("", index=idx, dtype=object)
+    if PIPELINE_COLUMN in records:  # a source with pipelines (HubSpot) names the deal's pipeline too
+        pipe = _text(records[PIPELINE_COLUMN])
+        in_pipeline = in_pipeline.where(pipe == "", " in pipeline '" + pipe + "'")
     r[unknown] = (
-        "stage '" + stage_txt[unknown] + "' is not a configured stage (map it in the source's stage_map "
-        "or add it to pipeline.stages)"
+        "stage '" + stage_txt[unknown] + "'" + in_pipeline[unknown] + " is not a configured stage (map it "
+        "in the source's stage_map or add it to pipeline.stages)"
     )
     reasons.append(r)
     out["stage"] = mapped.where(mapped.notna(), None)

@@ -1,0 +1,585 @@
+"""HubSpot deals source (CRM API v3): pipelines, owners, deals, incremental search, rate limits.
+
+`extract(cfg, ctx)` returns the FULL current set of deals. The first run (or `full_refresh`,
+or a changed property set) lists every deal; later runs search only deals modified since the
+stored cursor, up to the run's signpost (`ctx.run_started`), and merge them into the stored
+state. The new cursor and record changes travel in `Extracted.pending_state`; the flow
+commits them only when the whole run succeeds.
+
+Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`
+has that key, the qualified "Pipeline label / Stage label" or the stage id (for pipelines
+whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import requests
+
+from config.models import HUBSPOT_DEFAULT_FIELDS, HubSpotSourceConfig
+from config.schema import HISTORY_FIELDS
+from connectors.errors import FatalAPIError
+from connectors.extracted import ExtractContext, Extracted, PendingState
+from connectors.http import HttpClient, Observer, RetryPolicy, build_session, default_error_message
+from connectors.paging import paginate
+from connectors.source_state import get_cursor, load_records
+
+log = logging.getLogger(__name__)
+
+SEARCH_CAP = 10_000  # results one search query can page through (HubSpot answers 400 beyond)
+LINE_ITEM_BATCH = 100
+OWNER_PAGE = 500
+ROW_COLUMN = "_row"
+PIPELINE_COLUMN = "_pipeline"  # the deal's pipeline label; canonicalize names it in stage rejects
+CORE_PROPERTIES = ("dealstage", "pipeline", "hubspot_owner_id", "createdate", "hs_lastmodifieddate")
+LINE_ITEM_PRODUCT = "line_item_product"
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One HubSpot deal stage, with its pipeline. `text` is what the records carry as `stage`."""
+
+    id: str
+    label: str
+    pipeline_id: str
+    pipeline_label: str
+    order: int
+    probability: float | None
+    closed: bool
+    text: str
+
+    @property
+    def status(self) -> str:
+        if not self.closed:
+            return "open"
+        return "won" if (self.probability or 0.0) >= 1.0 else "lost"
+
+
+def stage_text(pipeline_label: str, stage_id: str, label: str, stage_map: dict[str, str]) -> str:
+    """The key `stage_map` knows this stage by: 'Pipeline / Label', the id, else the label."""
+    keys = {k.strip().lower() for k in stage_map}
+    for candidate in (f"{pipeline_label} / {label}", stage_id):
+        if candidate.lower() in keys:
+            return candidate
+    return label
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_pipelines(body: dict, stage_map: dict[str, str]) -> tuple[dict[str, str], dict[str, Stage]]:
+    """(pipeline id -> label, stage id -> Stage) from GET /crm/v3/pipelines/deals."""
+    pipelines: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    for p in body.get("results") or []:
+        pid, plabel = str(p["id"]), str(p.get("label") or p["id"])
+        pipelines[pid] = plabel
+        for s in p.get("stages") or []:
+            meta = s.get("metadata") or {}
+            sid, label = str(s["id"]), str(s.get("label") or s["id"])
+            stages[sid] = Stage(
+                id=sid, label=label, pipeline_id=pid, pipeline_label=plabel,
+                order=int(s.get("displayOrder") or 0), probability=_float(meta.get("probability")),
+                closed=str(meta.get("isClosed", "false")).lower() == "true",
+                text=stage_text(plabel, sid, label, stage_map),
+            )
+    return pipelines, stages
+
+
+def select_pipelines(cfg: HubSpotSourceConfig, pipelines: dict[str, str]) -> set[str]:
+    """Pipeline ids the `pipelines:` filter (ids or labels, any case) selects; all when unset."""
+    if not cfg.pipelines:
+        return set(pipelines)
+    by_key = {k.lower(): k for k in pipelines} | {v.lower(): k for k, v in pipelines.items()}
+    unknown = [p for p in cfg.pipelines if p.strip().lower() not in by_key]
+    if unknown:
+        have = ", ".join(f"{k} ({v})" for k, v in pipelines.items()) or "none"
+        raise FatalAPIError(
+            f"source '{cfg.name}': pipelines: {', '.join(repr(u) for u in unknown)} is neither the id nor "
+            f"the label of a HubSpot deal pipeline; the account has: {have}"
+        )
+    return {by_key[p.strip().lower()] for p in cfg.pipelines}
+
+
+# ----------------------------------------------------------------------------- rate limits
+
+
+class RateLimiter:
+    """Paces requests by the X-HubSpot-RateLimit-* headers and turns the daily limit into a fatal error.
+
+    Installed as a requests response hook, so it sees every answer, retries included.
+    """
+
+    def __init__(self, source: str, observer: Observer, sleep: Callable[[float], None],
+                 clock: Callable[[], float], reserve: int, search_per_second: float):
+        self.source, self.observer, self.sleep, self.clock = source, observer, sleep, clock
+        self.reserve = reserve
+        self.search_gap = 1.0 / search_per_second
+        self.interval = 10.0
+        self.remaining: int | None = None
+        self.window_start: float | None = None
+        self.last_search: float | None = None
+
+    def on_response(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if resp.status_code == 429:
+            self._check_daily(resp)
+        h = resp.headers
+        if h.get("X-HubSpot-RateLimit-Interval-Milliseconds"):
+            self.interval = (_float(h["X-HubSpot-RateLimit-Interval-Milliseconds"]) or 10_000.0) / 1000.0
+        remaining = _float(h.get("X-HubSpot-RateLimit-Remaining"))
+        if remaining is None:
+            return
+        now = self.clock()
+        if self.remaining is None or remaining > self.remaining:
+            self.window_start = now  # a fresh window began about now
+        self.remaining = int(remaining)
+        if resp.status_code < 400 and self.remaining <= self.reserve:
+            self._wait(self.rest_of_window(), f"{self.remaining} calls left in the rate-limit window")
+            self.remaining, self.window_start = None, None
+
+    def _check_daily(self, resp: requests.Response) -> None:
+        try:
+            body = resp.json()
+        except ValueError:
+            return
+        if isinstance(body, dict) and str(body.get("policyName", "")).upper() == "DAILY":
+            limit = resp.headers.get("X-HubSpot-RateLimit-Daily")
+            raise FatalAPIError(
+                f"HubSpot: the account's daily API limit{f' of {limit} calls' if limit else ''} is used up "
+                "(429, policy DAILY). It resets at midnight in the HubSpot account's time zone; run again "
+                "after that, or raise the limit with HubSpot's API add-on. Nothing was saved."
+            )
+
+    def rest_of_window(self) -> float:
+        if self.window_start is None:
+            return self.interval
+        return max(0.0, self.interval - (self.clock() - self.window_start))
+
+    def wait_hint(self, resp: requests.Response) -> float | None:
+        """For HttpClient: a 429 without Retry-After waits out the rest of the window (at least 1 s)."""
+        if resp.status_code != 429:
+            return None
+        return max(1.0, self.rest_of_window())
+
+    def before_search(self) -> None:
+        """Search has its own limit (about 5 per second) and sends no headers: keep a gap."""
+        now = self.clock()
+        if self.last_search is not None and now - self.last_search < self.search_gap:
+            self.sleep(self.search_gap - (now - self.last_search))
+        self.last_search = self.clock()
+
+    def _wait(self, seconds: float, reason: str) -> None:
+        if seconds <= 0:
+            return
+        self.observer.waited_seconds += seconds
+        self.observer.event("wait", source=self.source, reason=reason, wait=seconds)
+        log.info("hubspot %s: pausing %.1fs (%s)", self.source, seconds, reason)
+        self.sleep(seconds)
+
+
+# ----------------------------------------------------------------------------- API calls
+
+
+@dataclass
+class HubSpotApi:
+    """The HubSpot calls this source makes, over one HttpClient."""
+
+    client: HttpClient
+    limiter: RateLimiter
+
+    def pipelines(self) -> dict:
+        return self.client.get_json("/crm/v3/pipelines/deals")
+
+    def owners(self, archived: bool) -> Iterable[list[dict]]:
+        def page(after: Any) -> tuple[list[dict], Any]:
+            params = {"limit": OWNER_PAGE, "archived": str(archived).lower()}
+            if after:
+                params["after"] = after
+            body = self.client.get_json("/crm/v3/owners", params=params)
+            return body.get("results") or [], _next_after(body)
+
+        return paginate(page)
+
+    def deals(self, properties: list[str], limit: int, archived: bool = False,
+              line_items: bool = False) -> Iterable[list[dict]]:
+        def page(after: Any) -> tuple[list[dict], Any]:
+            params: dict[str, Any] = {"limit": limit, "archived": str(archived).lower(),
+                                      "properties": ",".join(properties)}
+            if line_items:
+                params["associations"] = "line_items"
+            if after:
+                params["after"] = after
+            body = self.client.get_json("/crm/v3/objects/deals", params=params)
+            return body.get("results") or [], _next_after(body)
+
+        return paginate(page)
+
+    def search(self, body: dict) -> dict:
+        self.limiter.before_search()
+        return self.client.post_json("/crm/v3/objects/deals/search", body)
+
+    def deal_line_item_ids(self, deal_id: str) -> list[str]:
+        ids: list[str] = []
+
+        def page(after: Any) -> tuple[list[dict], Any]:
+            params = {"limit": 500, **({"after": after} if after else {})}
+            body = self.client.get_json(f"/crm/v4/objects/deals/{deal_id}/associations/line_items", params=params)
+            return body.get("results") or [], _next_after(body)
+
+        for results in paginate(page):
+            ids += [str(r["toObjectId"]) for r in results]
+        return ids
+
+    def line_items(self, ids: list[str]) -> list[dict]:
+        out: list[dict] = []
+        for i in range(0, len(ids), LINE_ITEM_BATCH):
+            body = {"properties": ["name", "amount", "hs_product_id"],
+                    "inputs": [{"id": x} for x in ids[i:i + LINE_ITEM_BATCH]]}
+            out += self.client.post_json("/crm/v3/objects/line_items/batch/read", body).get("results") or []
+        return out
+
+
+def _next_after(body: dict) -> str | None:
+    return ((body.get("paging") or {}).get("next") or {}).get("after")
+
+
+def make_api(cfg: HubSpotSourceConfig, observer: Observer, *, session: requests.Session | None = None,
+             policy: RetryPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> HubSpotApi:
+    """One HubSpot client: Bearer token on the session, rate-limit hook, the shared retry policy."""
+    policy = policy or RetryPolicy()
+    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
+    session.headers["Authorization"] = f"Bearer {cfg.token}"
+    limiter = RateLimiter(cfg.name, observer, policy.sleep, clock, cfg.rate_limit_reserve, cfg.search_per_second)
+    session.hooks["response"].append(limiter.on_response)
+    token = cfg.token
+
+    def message(resp: requests.Response) -> str:
+        return default_error_message(resp).replace(token, "***")
+
+    client = HttpClient(session=session, base_url=cfg.base_url, timeout=cfg.timeout, policy=policy,
+                        observer=observer, error_message=message, service="HubSpot",
+                        wait_hint=limiter.wait_hint)
+    return HubSpotApi(client, limiter)
+
+
+# ----------------------------------------------------------------------------- properties, cursor
+
+
+def field_properties(cfg: HubSpotSourceConfig) -> dict[str, str]:
+    """Canonical field -> deal property for the fields read straight from a property."""
+    merged: dict[str, str | None] = {**HUBSPOT_DEFAULT_FIELDS, **cfg.fields}
+    return {k: v for k, v in merged.items() if v}
+
+
+def base_properties(cfg: HubSpotSourceConfig) -> list[str]:
+    props = list(CORE_PROPERTIES) + list(field_properties(cfg).values())
+    if cfg.product_property:
+        props.append(cfg.product_property)
+    return list(dict.fromkeys(props))
+
+
+def fingerprint(cfg: HubSpotSourceConfig) -> str:
+    """Changes when the stored deals would lack something this config reads."""
+    key = "|".join(base_properties(cfg)) + f"|li={cfg.product_from_line_items}|{cfg.stage_entered_prefix}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def format_cursor(when: datetime, fp: str) -> str:
+    return f"{when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z;{fp}"
+
+
+def parse_cursor(cursor: str | None) -> tuple[datetime | None, str | None]:
+    if not cursor:
+        return None, None
+    when, _, fp = cursor.partition(";")
+    try:
+        return datetime.fromisoformat(when.replace("Z", "+00:00")), fp or None
+    except ValueError:
+        return None, None
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _parse_ts(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return _ms(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return int(value) if value.isdigit() else None
+
+
+# ----------------------------------------------------------------------------- reading deals
+
+
+@dataclass
+class _Progress:
+    observer: Observer
+    source: str
+    records: int = 0
+    pages: int = 0
+
+    def page(self, n: int) -> None:
+        self.records += n
+        self.pages += 1
+        self.observer.event("page", source=self.source, records=self.records, pages=self.pages)
+
+
+def _payload(deal: dict) -> dict:
+    return {"id": str(deal["id"]), "properties": dict(deal.get("properties") or {})}
+
+
+def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progress: _Progress) -> dict[str, dict]:
+    """Every active deal (GET list), with line item ids when products come from line items."""
+    out: dict[str, dict] = {}
+    for results in api.deals(props, cfg.page_size, line_items=cfg.product_from_line_items):
+        for d in results:
+            p = _payload(d)
+            if cfg.product_from_line_items:
+                assoc = d.get("associations") or {}
+                li = assoc.get("line items") or assoc.get("line_items") or {}
+                p["_line_item_ids"] = [str(r["id"]) for r in li.get("results") or []]
+            out[p["id"]] = p
+        progress.page(len(results))
+    return out
+
+
+def search_changed(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], since: datetime,
+                   signpost: datetime, progress: _Progress) -> dict[str, dict]:
+    """Deals with since <= hs_lastmodifieddate < signpost, ascending, deduplicated by id.
+
+    A query pages through at most 10,000 results; past that the window restarts at the last
+    modification time seen (records with that same time come again and are deduplicated).
+    """
+    found: dict[str, dict] = {}
+    lo, hi = _ms(since), _ms(signpost)
+    limit = cfg.search_page_size
+    while lo < hi:
+        body: dict[str, Any] = {
+            "filterGroups": [{"filters": [
+                {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": str(lo)},
+                {"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": str(hi)},
+            ]}],
+            "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+            "properties": props,
+            "limit": limit,
+        }
+        fetched, last = 0, None
+
+        def page(after: Any, body: dict = body) -> tuple[list[dict], Any]:
+            resp = api.search({**body, **({"after": after} if after else {})})
+            return resp.get("results") or [], _next_after(resp)
+
+        capped = False
+        for results in paginate(page):
+            for d in results:
+                found[str(d["id"])] = _payload(d)
+                last = _parse_ts((d.get("properties") or {}).get("hs_lastmodifieddate")) or last
+            fetched += len(results)
+            progress.page(len(results))
+            if fetched + limit > SEARCH_CAP:
+                capped = True
+                break
+        if not capped:
+            return found
+        if last is None or last <= lo:
+            raise FatalAPIError(
+                f"HubSpot search: more than {SEARCH_CAP} deals share hs_lastmodifieddate "
+                f"{datetime.fromtimestamp(lo / 1000, UTC).isoformat()}; run with --full-refresh"
+            )
+        lo = last
+    return found
+
+
+def archived_ids(api: HubSpotApi, cfg: HubSpotSourceConfig) -> set[str]:
+    out: set[str] = set()
+    for results in api.deals(["hs_object_id"], cfg.page_size, archived=True):
+        out |= {str(d["id"]) for d in results}
+    return out
+
+
+def add_line_item_products(api: HubSpotApi, deals: dict[str, dict]) -> None:
+    """Set LINE_ITEM_PRODUCT on each deal: the name of its largest line item (by amount)."""
+    for deal_id, p in deals.items():
+        if "_line_item_ids" not in p:
+            p["_line_item_ids"] = api.deal_line_item_ids(deal_id)
+    wanted = sorted({i for p in deals.values() for i in p["_line_item_ids"]})
+    items = {str(li["id"]): li.get("properties") or {} for li in api.line_items(wanted)} if wanted else {}
+    for p in deals.values():
+        best: tuple[float, str] | None = None
+        for i in p.pop("_line_item_ids"):
+            props = items.get(i)
+            if props and props.get("name"):
+                amount = _float(props.get("amount")) or 0.0
+                if best is None or amount > best[0]:
+                    best = (amount, str(props["name"]))
+        p[LINE_ITEM_PRODUCT] = best[1] if best else None
+
+
+def load_owners(api: HubSpotApi, wanted: set[str]) -> dict[str, tuple[str, str | None]]:
+    """Owner id -> (name, primary team); archived owners are looked up only when needed."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for archived in (False, True):
+        if archived and not (wanted - set(out)):
+            break
+        for results in api.owners(archived):
+            for o in results:
+                name = " ".join(x for x in (o.get("firstName"), o.get("lastName")) if x).strip()
+                teams = o.get("teams") or []
+                team = next((t.get("name") for t in teams if t.get("primary")), None) or (
+                    teams[0].get("name") if teams else None)
+                out.setdefault(str(o["id"]), (name or o.get("email") or str(o["id"]), team))
+    return out
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def _sort_key(deal_id: str) -> tuple[int, int, str]:
+    return (0, int(deal_id), "") if deal_id.isdigit() else (1, 0, deal_id)
+
+
+@dataclass
+class Frames:
+    records: pd.DataFrame
+    history: pd.DataFrame
+    raw: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def build_frames(cfg: HubSpotSourceConfig, deals: list[dict], pipelines: dict[str, str],
+                 stages: dict[str, Stage], owners: dict[str, tuple[str, str | None]]) -> Frames:
+    """Canonical records (raw strings, `_row` from 1), stage history and the raw property table."""
+    fields = field_properties(cfg)
+    prefix = cfg.stage_entered_prefix
+    rows, hist, raw = [], [], []
+    unknown_owners: set[str] = set()
+    for i, deal in enumerate(sorted(deals, key=lambda d: _sort_key(d["id"])), start=1):
+        props = deal["properties"]
+        sid = props.get("dealstage") or ""
+        stage = stages.get(sid)
+        pid = props.get("pipeline") or ""
+        owner_id = props.get("hubspot_owner_id") or ""
+        owner, team = owners.get(owner_id, (owner_id or None, None))
+        if owner_id and owner_id not in owners:
+            unknown_owners.add(owner_id)
+        product = props.get(cfg.product_property) if cfg.product_property else None
+        if not product and cfg.product_from_line_items:
+            product = deal.get(LINE_ITEM_PRODUCT)
+        row: dict[str, Any] = {f: props.get(p) for f, p in fields.items()}
+        row.update({
+            "opportunity_id": deal["id"],
+            "stage": stage.text if stage else (sid or None),
+            "status": stage.status if stage else None,
+            "owner": owner,
+            "team": team,
+            "product": product,
+            "stage_entered_date": props.get(f"{prefix}{sid}") if sid else None,
+            PIPELINE_COLUMN: stage.pipeline_label if stage else pipelines.get(pid, pid or None),
+            ROW_COLUMN: i,
+        })
+        rows.append(row)
+        for s in stages.values():
+            entered = props.get(f"{prefix}{s.id}")
+            if entered:
+                hist.append({"opportunity_id": deal["id"], "stage": s.text, "entered_date": entered})
+        raw.append({"id": deal["id"], **props,
+                    **({LINE_ITEM_PRODUCT: deal.get(LINE_ITEM_PRODUCT)} if cfg.product_from_line_items else {})})
+    notes = []
+    if unknown_owners:
+        notes.append(f"{len(unknown_owners)} owner id(s) not found in HubSpot owners, kept as ids: "
+                     + ", ".join(sorted(unknown_owners)[:10]))
+    history = pd.DataFrame(hist, columns=list(HISTORY_FIELDS)) if hist else pd.DataFrame(columns=list(HISTORY_FIELDS))
+    return Frames(pd.DataFrame(rows), history, pd.DataFrame(raw), notes)
+
+
+# ----------------------------------------------------------------------------- extract
+
+
+def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.Session | None = None,
+            policy: RetryPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> Extracted:
+    """Read the source's full current set of deals (incrementally when state allows).
+
+    `session`, `policy` and `clock` are for tests (a fake server's session, no real sleeping).
+    """
+    started = time.monotonic()
+    obs = ctx.observer
+    before = (obs.requests, obs.retries, obs.waited_seconds)
+    api = make_api(cfg, obs, session=session, policy=policy, clock=clock)
+    pipelines, stages = parse_pipelines(api.pipelines(), cfg.stage_map)
+    selected = select_pipelines(cfg, pipelines)
+    props = base_properties(cfg) + [f"{cfg.stage_entered_prefix}{sid}" for sid in stages]
+    props = list(dict.fromkeys(props))
+    fp = fingerprint(cfg)
+    signpost = ctx.run_started if ctx.run_started.tzinfo else ctx.run_started.replace(tzinfo=UTC)
+    progress = _Progress(obs, cfg.name)
+    notes: list[str] = []
+
+    since = None
+    if ctx.engine is not None and cfg.incremental and not ctx.full_refresh:
+        since, stored_fp = parse_cursor(get_cursor(ctx.engine, cfg.name))
+        if since is not None and stored_fp != fp:
+            notes.append("the deal properties read changed since the last run: full refresh")
+            since = None
+
+    deletes: set[str] = set()
+    if since is None:
+        changed = list_all(api, cfg, props, progress)
+        current = dict(changed)
+        notes.append(f"full refresh: {len(changed)} deal(s)")
+    else:
+        lo = min(since, signpost) - timedelta(seconds=cfg.search_overlap_seconds)
+        changed = search_changed(api, cfg, props, lo, signpost, progress)
+        gone = archived_ids(api, cfg) - set(changed)
+        current = {p["id"]: p for p in load_records(ctx.engine, cfg.name)}
+        deletes |= gone & set(current)
+        notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
+                     f"{len(deletes)} archived deal(s)")
+    if cfg.product_from_line_items and changed:
+        add_line_item_products(api, changed)
+    current.update(changed)
+    for deal_id in deletes:
+        current.pop(deal_id, None)
+    outside = {k for k, p in current.items() if (p["properties"].get("pipeline") or "") not in selected}
+    for deal_id in outside:
+        current.pop(deal_id)
+    deletes |= outside
+
+    owner_ids = {p["properties"].get("hubspot_owner_id") for p in current.values()} - {None, ""}
+    owners = load_owners(api, owner_ids) if owner_ids else {}
+    frames = build_frames(cfg, list(current.values()), pipelines, stages, owners)
+
+    pending = None
+    if ctx.engine is not None:
+        upserts = [(k, p) for k, p in changed.items() if k in current]
+        pending = PendingState(cursor=format_cursor(signpost, fp), upserts=upserts,
+                               deletes=sorted(deletes), replace_all=since is None)
+    return Extracted(
+        source=cfg.name,
+        records=frames.records,
+        history=frames.history,
+        raw=frames.raw if cfg.raw_sheet else None,
+        seconds=time.monotonic() - started,
+        notes=notes + frames.notes,
+        requests=obs.requests - before[0],
+        retries=obs.retries - before[1],
+        waited_seconds=obs.waited_seconds - before[2],
+        pending_state=pending,
+    )

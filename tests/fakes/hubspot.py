@@ -1,0 +1,410 @@
+"""A fake HubSpot CRM v3 (deals, search, pipelines, owners, line items) for tests/fakes/server.py.
+
+Follows ../shared/docs/api-contracts.md section 2: Bearer auth with the documented 401
+envelope, string-typed properties, `paging.next.after` that is absent on the last page,
+search capped at `search_cap` results (400 beyond), rate-limit headers on non-search answers
+and a 10-second window enforced against an injected clock. Seeded from the recorded sample
+/work/shared/fixtures/real/hubspot/dlt_deals_data.json.
+
+Switches: `max_page` (tiny pages), `faults` {request number: kind} with kinds "429",
+"429-no-retry-after", "429-daily", "500", "503", "drop", "truncate"; `fail_from` (every request
+from that number answers 503); `search_cap`; `rate_max` / `rate_remaining_floor`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from config.models import HubSpotSourceConfig
+from connectors.extracted import ExtractContext, Extracted
+from connectors.http import Observer, RetryPolicy
+from connectors.hubspot import extract
+from connectors.source_state import save_state
+from connectors.state_db import make_engine
+from tests.fakes.server import FakeServer, Request, Response
+
+FIXTURES = Path("/work/shared/fixtures/real/hubspot")
+TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
+
+# HubSpot's default deal pipeline (ids are words), plus a custom one (numeric-string ids) whose
+# "Closed Won" label repeats the default pipeline's.
+DEFAULT_PIPELINES: list[dict] = [
+    {"id": "default", "label": "Sales Pipeline", "displayOrder": 0, "archived": False, "stages": [
+        {"id": "appointmentscheduled", "label": "Appointment Scheduled", "displayOrder": 0,
+         "metadata": {"isClosed": "false", "probability": "0.2"}},
+        {"id": "qualifiedtobuy", "label": "Qualified To Buy", "displayOrder": 1,
+         "metadata": {"isClosed": "false", "probability": "0.4"}},
+        {"id": "presentationscheduled", "label": "Presentation Scheduled", "displayOrder": 2,
+         "metadata": {"isClosed": "false", "probability": "0.6"}},
+        {"id": "decisionmakerboughtin", "label": "Decision Maker Bought-In", "displayOrder": 3,
+         "metadata": {"isClosed": "false", "probability": "0.8"}},
+        {"id": "contractsent", "label": "Contract Sent", "displayOrder": 4,
+         "metadata": {"isClosed": "false", "probability": "0.9"}},
+        {"id": "closedwon", "label": "Closed Won", "displayOrder": 5,
+         "metadata": {"isClosed": "true", "probability": "1.0"}},
+        {"id": "closedlost", "label": "Closed Lost", "displayOrder": 6,
+         "metadata": {"isClosed": "true", "probability": "0.0"}},
+    ]},
+    {"id": "75e28846", "label": "Renewals", "displayOrder": 1, "archived": False, "stages": [
+        {"id": "1001", "label": "Renewal Due", "displayOrder": 0,
+         "metadata": {"isClosed": "false", "probability": "0.5"}},
+        {"id": "1002", "label": "Closed Won", "displayOrder": 1,
+         "metadata": {"isClosed": "true", "probability": "1.0"}},
+    ]},
+]
+
+DEFAULT_OWNERS: list[dict] = [
+    {"id": "69864216", "email": "ann.lee@example.com", "firstName": "Ann", "lastName": "Lee", "userId": 123,
+     "type": "PERSON", "archived": False, "teams": [{"id": "1", "name": "West", "primary": True}]},
+    {"id": "69864217", "email": "bo.chen@example.com", "firstName": "Bo", "lastName": "Chen", "userId": 124,
+     "type": "PERSON", "archived": False, "teams": []},
+    {"id": "69864299", "email": "gone@example.com", "firstName": "Old", "lastName": "Timer", "userId": 199,
+     "type": "PERSON", "archived": True, "teams": [{"id": "2", "name": "East", "primary": True}]},
+]
+
+ALWAYS = ("hs_object_id", "createdate", "hs_lastmodifieddate")
+
+
+def iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def to_ms(value: Any) -> int | None:
+    """Epoch ms from an ISO 8601 string or an epoch-ms string (both accepted by HubSpot)."""
+    if value is None or value == "":
+        return None
+    s = str(value)
+    if s.lstrip("-").isdigit():
+        return int(s)
+    try:
+        return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+class FakeClock:
+    """Time for a test: `sleep` records the wait and moves `now` on; nothing really sleeps."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 3))
+        self.t += seconds
+
+
+def _error(status: int, message: str, category: str, **extra: Any) -> Response:
+    return Response(status, {"status": "error", "message": message, "correlationId": str(uuid.uuid4()),
+                             "category": category, **extra})
+
+
+@dataclass
+class FakeHubSpot:
+    clock: Callable[[], float]
+    token: str = TOKEN
+    max_page: int = 100
+    search_cap: int = 10_000
+    faults: dict[int, str] = field(default_factory=dict)
+    fail_from: int | None = None
+    rate_max: int = 190
+    interval_ms: int = 10_000
+    daily: int = 1_000_000
+    retry_after: str = "7"
+    deals: dict[str, dict] = field(default_factory=dict)
+    pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
+    owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
+    line_items: dict[str, dict] = field(default_factory=dict)
+    count: int = 0
+    window_start: float | None = None
+    window_used: int = 0
+    daily_used: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ------------------------------------------------------------------ data
+
+    @classmethod
+    def from_samples(cls, clock: Callable[[], float], **kw: Any) -> FakeHubSpot:
+        """Seeded with the recorded deals page (two 'qualifiedtobuy' deals in 'default')."""
+        fake = cls(clock=clock, **kw)
+        for d in json.loads((FIXTURES / "dlt_deals_data.json").read_text())["results"]:
+            fake.deals[d["id"]] = {"properties": dict(d["properties"]), "archived": False, "line_items": [],
+                                   "createdAt": d["createdAt"], "updatedAt": d["updatedAt"]}
+        return fake
+
+    def add_deal(self, deal_id: str, modified: datetime, line_items: list[str] | None = None, **props: Any) -> None:
+        created = props.pop("createdate", "2026-01-05T09:30:00.000Z")
+        p = {"hs_object_id": deal_id, "createdate": created, "hs_lastmodifieddate": iso(modified),
+             "pipeline": "default", "dealstage": "appointmentscheduled"}
+        p.update({k: (None if v is None else str(v)) for k, v in props.items()})
+        self.deals[deal_id] = {"properties": p, "archived": False, "line_items": list(line_items or []),
+                               "createdAt": created, "updatedAt": p["hs_lastmodifieddate"]}
+
+    def update(self, deal_id: str, modified: datetime, **props: Any) -> None:
+        d = self.deals[deal_id]
+        d["properties"].update({k: (None if v is None else str(v)) for k, v in props.items()})
+        d["properties"]["hs_lastmodifieddate"] = d["updatedAt"] = iso(modified)
+
+    def archive(self, deal_id: str, when: datetime) -> None:
+        d = self.deals[deal_id]
+        d["archived"], d["archivedAt"] = True, iso(when)
+
+    def add_line_item(self, item_id: str, name: str, amount: str, product_id: str | None = None) -> None:
+        self.line_items[item_id] = {"name": name, "amount": amount, "hs_product_id": product_id, "quantity": "1"}
+
+    # ------------------------------------------------------------------ serving
+
+    def __call__(self, req: Request) -> Response:
+        with self._lock:
+            self.count += 1
+            n = self.count
+            fault = self.faults.get(n) or ("503" if self.fail_from is not None and n >= self.fail_from else None)
+            if fault:
+                return self._fault(fault)
+            if req.headers.get("authorization") != f"Bearer {self.token}":
+                return _error(401, "Authentication credentials not found. This API supports OAuth 2.0 "
+                              "authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+                              "INVALID_AUTHENTICATION")
+            is_search = req.path.endswith("/search")
+            if not is_search:
+                limited = self._count_window()
+                if limited is not None:
+                    return limited
+            resp = self._route(req)
+            if not is_search:
+                resp.headers.update(self._rate_headers())
+            return resp
+
+    def _count_window(self) -> Response | None:
+        now = self.clock()
+        if self.window_start is None or now - self.window_start >= self.interval_ms / 1000:
+            self.window_start, self.window_used = now, 0
+        self.window_used += 1
+        self.daily_used += 1
+        if self.window_used > self.rate_max:
+            return _error(429, "You have reached your secondly limit.", "RATE_LIMITS", errorType="RATE_LIMIT",
+                          policyName="SECONDLY", requestId=str(uuid.uuid4()))
+        return None
+
+    def _rate_headers(self) -> dict[str, str]:
+        return {"X-HubSpot-RateLimit-Daily": str(self.daily),
+                "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily - self.daily_used)),
+                "X-HubSpot-RateLimit-Interval-Milliseconds": str(self.interval_ms),
+                "X-HubSpot-RateLimit-Max": str(self.rate_max),
+                "X-HubSpot-RateLimit-Remaining": str(max(0, self.rate_max - self.window_used))}
+
+    def _fault(self, kind: str) -> Response:
+        if kind.startswith("429"):
+            daily = kind == "429-daily"
+            resp = _error(429, "You have reached your daily limit." if daily else "You have reached your secondly limit.",
+                          "RATE_LIMITS", errorType="RATE_LIMIT", policyName="DAILY" if daily else "SECONDLY",
+                          requestId=str(uuid.uuid4()))
+            if kind == "429":
+                resp.headers["Retry-After"] = self.retry_after
+            resp.headers.update(self._rate_headers())
+            return resp
+        if kind in ("500", "503"):
+            return _error(int(kind), "internal error" if kind == "500" else "Service Unavailable", "INTERNAL_ERROR")
+        if kind == "drop":
+            return Response(drop=True)
+        if kind == "truncate":
+            body = {"results": [{"id": "1", "properties": {"dealname": "cut"}}] * 20}
+            return Response(200, body, truncate_at=60)
+        raise ValueError(f"unknown fault {kind!r}")
+
+    def _route(self, req: Request) -> Response:
+        path = req.path.rstrip("/")
+        if req.method == "GET" and path == "/crm/v3/objects/deals":
+            return self._list(req)
+        if req.method == "POST" and path == "/crm/v3/objects/deals/search":
+            return self._search(req.json())
+        if req.method == "GET" and path == "/crm/v3/pipelines/deals":
+            return Response(200, {"results": self.pipelines})
+        if req.method == "GET" and path == "/crm/v3/owners":
+            return self._owners(req)
+        if req.method == "GET" and path.startswith("/crm/v4/objects/deals/") and path.endswith("/associations/line_items"):
+            deal = self.deals.get(path.split("/")[5])
+            if deal is None:
+                return _error(404, "Object not found", "OBJECT_NOT_FOUND")
+            return Response(200, {"results": [
+                {"toObjectId": int(i), "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 19, "label": None}]}
+                for i in deal["line_items"]]})
+        if req.method == "POST" and path == "/crm/v3/objects/line_items/batch/read":
+            body = req.json()
+            if len(body.get("inputs", [])) > 100:
+                return _error(400, "Too many inputs (max 100)", "VALIDATION_ERROR")
+            props = body.get("properties") or []
+            results = [{"id": x["id"], "properties": {p: self.line_items[x["id"]].get(p) for p in props},
+                        "archived": False} for x in body["inputs"] if x["id"] in self.line_items]
+            return Response(200, {"status": "COMPLETE", "results": results})
+        return _error(404, f"Unable to route {req.method} request for {req.path}", "OBJECT_NOT_FOUND")
+
+    def _props(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
+        have = self.deals[deal_id]["properties"]
+        return {p: have.get(p) for p in dict.fromkeys([*wanted, *ALWAYS])}
+
+    def _obj(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
+        d = self.deals[deal_id]
+        out = {"id": deal_id, "properties": self._props(deal_id, wanted), "createdAt": d["createdAt"],
+               "updatedAt": d["updatedAt"], "archived": d["archived"]}
+        if d["archived"]:
+            out["archivedAt"] = d["archivedAt"]
+        return out
+
+    def _ordered(self, archived: bool) -> list[str]:
+        return sorted((k for k, d in self.deals.items() if d["archived"] == archived), key=int)
+
+    def _list(self, req: Request) -> Response:
+        limit = int(req.q("limit", "10") or 10)
+        if limit > 100:
+            return _error(400, "limit must be at most 100", "VALIDATION_ERROR")
+        limit = min(limit, self.max_page)
+        wanted = [p for v in req.query.get("properties", []) for p in v.split(",") if p]
+        ids = self._ordered(req.q("archived", "false") == "true")
+        start = int(base64.b64decode(req.q("after")).decode()) if req.q("after") else 0
+        chunk = ids[start:start + limit]
+        results = []
+        for i in chunk:
+            obj = self._obj(i, wanted)
+            if req.q("associations") == "line_items" and self.deals[i]["line_items"]:
+                obj["associations"] = {"line items": {"results": [
+                    {"id": li, "type": "deal_to_line_item"} for li in self.deals[i]["line_items"]]}}
+            results.append(obj)
+        body: dict[str, Any] = {"results": results}
+        if start + limit < len(ids):
+            after = base64.b64encode(str(start + limit).encode()).decode()
+            body["paging"] = {"next": {"after": after, "link": f"?after={after}"}}
+        return Response(200, body)
+
+    def _search(self, body: dict) -> Response:
+        limit = int(body.get("limit", 10))
+        if limit > 200:
+            return _error(400, "limit must be at most 200", "VALIDATION_ERROR")
+        limit = min(limit, self.max_page)
+        after = int(body.get("after") or 0)
+        if after >= self.search_cap:
+            return _error(400, f"There was a problem with the request: the search result limit of {self.search_cap} "
+                          "was exceeded", "VALIDATION_ERROR")
+        ids = [i for i in self._ordered(False) if self._matches(i, body.get("filterGroups") or [])]
+        for s in reversed(body.get("sorts") or []):
+            ids.sort(key=lambda i, p=s["propertyName"]: self._sort_value(i, p),
+                     reverse=s.get("direction") == "DESCENDING")
+        page = ids[after:min(after + limit, self.search_cap)]
+        out: dict[str, Any] = {"total": len(ids),
+                               "results": [self._obj(i, body.get("properties") or []) for i in page]}
+        if after + limit < len(ids):
+            out["paging"] = {"next": {"after": str(after + limit)}}
+        return Response(200, out)
+
+    def _sort_value(self, deal_id: str, prop: str) -> Any:
+        v = self.deals[deal_id]["properties"].get(prop)
+        ms = to_ms(v) if prop in ("hs_lastmodifieddate", "createdate", "closedate") else None
+        return (0, ms, "") if ms is not None else (1, 0, str(v))
+
+    def _matches(self, deal_id: str, groups: list[dict]) -> bool:
+        if not groups:
+            return True
+        props = self.deals[deal_id]["properties"]
+        return any(all(self._test(props.get(f["propertyName"]), f) for f in g.get("filters") or []) for g in groups)
+
+    @staticmethod
+    def _test(value: Any, f: dict) -> bool:
+        op = f["operator"]
+        if op == "HAS_PROPERTY":
+            return value not in (None, "")
+        if op == "NOT_HAS_PROPERTY":
+            return value in (None, "")
+        if op in ("IN", "NOT_IN"):
+            inside = str(value) in {str(v) for v in f.get("values") or []}
+            return inside if op == "IN" else not inside
+        if value is None:
+            return False
+        a, b = to_ms(value), to_ms(f.get("value"))
+        if a is None or b is None:
+            a, b = str(value), str(f.get("value"))  # type: ignore[assignment]
+        return {"EQ": a == b, "NEQ": a != b, "GT": a > b, "GTE": a >= b, "LT": a < b, "LTE": a <= b}[op]
+
+    def _owners(self, req: Request) -> Response:
+        limit = min(int(req.q("limit", "100") or 100), self.max_page, 500)
+        archived = req.q("archived", "false") == "true"
+        owners = [o for o in self.owners if o["archived"] == archived]
+        start = int(req.q("after") or 0)
+        body: dict[str, Any] = {"results": owners[start:start + limit]}
+        if start + limit < len(owners):
+            body["paging"] = {"next": {"after": str(start + limit)}}
+        return Response(200, body)
+
+
+# ----------------------------------------------------------------------------- test harness
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+STAGE_MAP = {
+    "Appointment Scheduled": "Lead generation",
+    "Qualified To Buy": "Qualification",
+    "Presentation Scheduled": "Contact",
+    "Decision Maker Bought-In": "Proposal",
+    "Contract Sent": "Closing",
+    "Closed Won": "Won",
+    "Closed Lost": "Lost",
+}
+
+
+def seed_demo(fake: FakeHubSpot) -> None:
+    """Five deals on top of the recorded two: owners (one archived), both pipelines, an unmapped stage."""
+    fake.add_deal("101", T0, dealname="Acme renewal", amount="12500", dealstage="contractsent",
+                  closedate="2026-06-30T00:00:00Z", hubspot_owner_id="69864216", dealtype="existingbusiness",
+                  deal_currency_code="USD", notes_last_updated="2026-11-18T16:05:00.000Z",
+                  notes_next_activity_date="2026-12-02T09:00:00.000Z", product_line="Widgets",
+                  hs_date_entered_appointmentscheduled="2026-01-05T09:30:00.000Z",
+                  hs_date_entered_contractsent="2026-03-02T11:00:00.000Z")
+    fake.add_deal("102", T0, dealname="Globex new logo", amount="8000.50", dealstage="closedwon",
+                  closedate="2026-10-15T00:00:00Z", hubspot_owner_id="69864217", dealtype="newbusiness",
+                  product_line="Gadgets", hs_date_entered_closedwon="2026-10-15T08:00:00.000Z")
+    fake.add_deal("103", T0, dealname="Initech renewal", amount="4000", pipeline="75e28846", dealstage="1002",
+                  closedate="2026-09-01T00:00:00Z", hubspot_owner_id="69864299", dealtype="existingbusiness")
+    fake.add_deal("104", T0, dealname="Umbrella", amount="950", dealstage="closedlost",
+                  closedate="2026-08-01T00:00:00Z", hubspot_owner_id="69864216", dealtype="newbusiness")
+    fake.add_deal("105", T0, dealname="Hooli renewal", amount="7000", pipeline="75e28846", dealstage="1001",
+                  hubspot_owner_id="69864216", dealtype="existingbusiness")
+
+
+class Harness:
+    """A seeded fake HubSpot on HTTPS, a fake clock and the calls a flow makes (extract, commit)."""
+
+    def __init__(self, hub: FakeHubSpot, server: FakeServer, clock: FakeClock, tmp_path: Path):
+        self.hub, self.server, self.clock = hub, server, clock
+        self.engine = make_engine("sqlite:///" + str(tmp_path / "state.db"))
+        self.events: list[tuple[str, dict]] = []
+
+    def cfg(self, **kw: Any) -> HubSpotSourceConfig:
+        base = {"type": "hubspot", "name": "hubspot_main", "token": TOKEN, "base_url": self.server.url,
+                "ca_bundle": self.server.ca_path, "stage_map": STAGE_MAP, "search_overlap_seconds": 0}
+        return HubSpotSourceConfig(**{**base, **kw})
+
+    def run(self, cfg: HubSpotSourceConfig | None = None, *, started: datetime, full_refresh: bool = False,
+            state: bool = True) -> Extracted:
+        obs = Observer(on_event=lambda kind, data: self.events.append((kind, dict(data))))
+        ctx = ExtractContext(engine=self.engine if state else None, observer=obs, as_of=date(2026, 11, 27),
+                             run_started=started, tz=UTC, full_refresh=full_refresh)
+        policy = RetryPolicy(sleep=self.clock.sleep, jitter=False, backoff_base=0.01, max_attempts=4)
+        return extract(cfg or self.cfg(), ctx, policy=policy, clock=self.clock.now)
+
+    def commit(self, ex: Extracted) -> None:
+        ps = ex.pending_state
+        with self.engine.begin() as conn:
+            save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+
+    def requests(self, method: str, path: str) -> list[Request]:
+        return [r for r in self.server.requests if r.method == method and r.path.rstrip("/") == path]
