@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
+	$(BIN)/pipeline-sync demo-data --out out/demo
 	$(BIN)/pipeline-sync run --config config/demo.yaml
 
 test: install

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from config.models import AppConfig
 
+SECRET_KEYS = frozenset({"token", "client_secret", "token_secret", "password", "secret"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -170,9 +171,22 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
         problems += [_describe(e) for e in exc.errors()]
     if problems or config is None:
         raise ConfigError(p, problems)
+    secrets = {s for s in used if len(s) >= 4} | {s for s in _secret_values(data) if len(s) >= 4}
     return LoadedConfig(
         config=config,
         path=p,
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
-        secrets=tuple(sorted({s for s in used if len(s) >= 4})),
+        secrets=tuple(sorted(secrets)),
     )
+
+
+def _secret_values(node: Any) -> list[str]:
+    """Values of secret-named keys anywhere in the config (tokens, client secrets)."""
+    if isinstance(node, dict):
+        out = [str(v) for k, v in node.items() if k in SECRET_KEYS and isinstance(v, str | int)]
+        for v in node.values():
+            out += _secret_values(v)
+        return out
+    if isinstance(node, list):
+        return [s for v in node for s in _secret_values(v)]
+    return []

@@ -6,11 +6,23 @@ Paths marked `RelPath` are resolved against the config file's folder (see `confi
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from config.schema import FIELD_NAMES
 
 
 def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
@@ -20,7 +32,7 @@ def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     p = Path(value).expanduser()
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
-    return str(p)
+    return os.path.normpath(str(p))
 
 
 RelPath = Annotated[str, AfterValidator(_resolve_path)]
@@ -198,33 +210,73 @@ class HubSpotSourceConfig(_SourceBase):
 
 
 class SalesforceSourceConfig(_SourceBase):
+    """`type: salesforce` (issue 5). Key names are a user-facing contract."""
+
     type: Literal["salesforce"]
     auth: Literal["client_credentials", "jwt"] = "client_credentials"
-    domain: str | None = None
+    domain: str | None = None  # My Domain URL; its /services/oauth2/token serves client credentials
     client_id: str
     client_secret: str | None = None
-    username: str | None = None
-    private_key_path: RelPath | None = None
-    login_url: str = "https://login.salesforce.com"
+    username: str | None = None  # jwt: the integration user
+    private_key_path: RelPath | None = None  # jwt: PEM key of the connected app's certificate
+    login_url: str = "https://login.salesforce.com"  # jwt: token endpoint host and JWT audience
     api_version: str = "66.0"
     ca_bundle: RelPath | None = None
     verify_tls: bool = True
-    type_map: dict[str, Literal["new", "existing"]] | None = None
-    product_field: str | None = None
-    next_step_field: str | None = None
-    where: str | None = None
+    type_map: dict[str, Literal["new", "existing"]] | None = None  # merged over the defaults
+    product_field: str | None = None  # Product2 field via line items (Family), or Opportunity.<Field>
+    next_step_field: str | None = None  # an Opportunity date field for next_step_date
+    # A SOQL condition (validated) or {field: value | [values]} (values escaped).
+    where: str | dict[str, str | int | float | bool | None | list[str | int | float | bool | None]] | None = None
     incremental: bool = True
     timeout: float = 30.0
 
     @model_validator(mode="after")
     def _check_auth(self) -> SalesforceSourceConfig:
+        from config.soql import check_field_path, where_clause
+
         if self.auth == "client_credentials":
             missing = [k for k in ("domain", "client_secret") if not getattr(self, k)]
         else:
             missing = [k for k in ("username", "private_key_path") if not getattr(self, k)]
         if missing:
             raise ValueError(f"auth '{self.auth}' needs: {', '.join(missing)}")
+        problems: list[str] = []
+        if self.auth == "client_credentials":
+            host = self.domain.split("://", 1)[-1].split("/", 1)[0].lower()
+            if not self.domain.startswith("https://"):
+                problems.append(f"domain '{self.domain}' must be an https URL, e.g. https://acme.my.salesforce.com")
+            elif host in ("login.salesforce.com", "test.salesforce.com"):
+                problems.append(
+                    f"domain '{self.domain}': client credentials need your My Domain URL "
+                    "(Setup > My Domain, e.g. https://acme.my.salesforce.com), not login/test"
+                )
+        if self.auth == "jwt" and not self.login_url.startswith("https://"):
+            problems.append(f"login_url '{self.login_url}' must be an https URL, e.g. https://login.salesforce.com")
+        version = self.api_version.strip().lstrip("vV")
+        if not version.replace(".", "", 1).isdigit() or "." not in version:
+            problems.append(f"api_version '{self.api_version}' is not a version like 66.0")
+        else:
+            self.api_version = version
+        for key in ("product_field", "next_step_field"):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    check_field_path(value)
+                except ValueError as exc:
+                    problems.append(f"{key}: {exc}")
+        if self.next_step_field and "." in self.next_step_field:
+            problems.append(f"next_step_field '{self.next_step_field}' must be a field of Opportunity itself")
+        try:
+            where_clause(self.where)
+        except ValueError as exc:
+            problems.append(f"where: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+_LUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class TableauSourceConfig(_SourceBase):
@@ -250,8 +302,21 @@ class TableauSourceConfig(_SourceBase):
     def _check_mode(self) -> TableauSourceConfig:
         if self.mode == "view" and not self.view:
             raise ValueError("mode 'view' needs 'view' (a view id or 'Workbook/View')")
+        if self.mode == "view" and "/" not in self.view and not _LUID.match(self.view):
+            raise ValueError(f"view '{self.view}' is neither a view id (LUID) nor 'Workbook/View'")
         if self.mode == "datasource" and not self.datasource_luid:
             raise ValueError("mode 'datasource' needs 'datasource_luid'")
+        if self.mode == "datasource" and not (self.fields or self.columns):
+            raise ValueError("mode 'datasource' needs 'fields' (VizQL Data Service fields) or 'columns'")
+        bad_fields = [i for i, f in enumerate(self.fields or []) if not f.get("fieldCaption")]
+        if bad_fields:
+            raise ValueError(f"fields[{bad_fields[0]}] needs 'fieldCaption' (the field's name in the data source)")
+        unknown = sorted({v for v in self.columns.values() if v not in FIELD_NAMES})
+        if unknown:
+            raise ValueError(
+                f"columns: {', '.join(unknown)} {'is not a' if len(unknown) == 1 else 'are not'} canonical "
+                f"field{'s' if len(unknown) > 1 else ''}; use one of: {', '.join(FIELD_NAMES)}"
+            )
         return self
 
 
@@ -271,6 +336,39 @@ SourceConfig = Annotated[
 class FileDestinationConfig(StrictModel):
     type: Literal["file"]
     path: RelPath  # may contain {as_of} and {period}
+
+
+_DRIVE_BAD_CHARS = set('"*:<>?\\|') | {chr(c) for c in range(32)}
+_DRIVE_RESERVED = {".lock", "con", "prn", "aux", "nul", "desktop.ini"} | {
+    f"{p}{i}" for p in ("com", "lpt") for i in range(10)
+}
+
+
+def onedrive_path_problems(path: str) -> list[str]:
+    """Why `path` is not a safe OneDrive/SharePoint file path inside its drive ([] when it is)."""
+    if not path.startswith("/"):
+        return [f"'{path}' must start with '/' (the drive's root), e.g. /Sales/Pipeline.xlsx"]
+    problems = []
+    parts = path[1:].split("/")
+    for seg in parts:
+        if seg in ("", ".", ".."):
+            problems.append(f"'{path}' has an empty, '.' or '..' segment: paths cannot leave their folder")
+            break
+        bad = sorted(set(seg) & _DRIVE_BAD_CHARS)
+        if bad:
+            problems.append(f"'{seg}' contains characters OneDrive does not allow: {' '.join(map(repr, bad))}")
+        stem = seg.split(".", 1)[0].lower()
+        if seg.lower() in _DRIVE_RESERVED or stem in _DRIVE_RESERVED - {".lock", "desktop.ini"}:
+            problems.append(f"'{seg}' is a reserved name on OneDrive/SharePoint")
+        if seg.startswith("~$") or "_vti_" in seg.lower():
+            problems.append(f"'{seg}' is not allowed on OneDrive/SharePoint ('~$' prefix or '_vti_')")
+        if seg != seg.strip() or seg.endswith("."):
+            problems.append(f"'{seg}' starts or ends with a space or ends with '.'")
+    if not problems and not parts[-1].lower().endswith(".xlsx"):
+        problems.append(f"'{path}' must name an .xlsx file")
+    if len(path) > 400:
+        problems.append(f"'{path[:40]}...' is longer than 400 characters")
+    return problems
 
 
 class OneDriveDestinationConfig(StrictModel):
@@ -294,6 +392,7 @@ class OneDriveDestinationConfig(StrictModel):
     conflict: Literal["replace", "fail_if_changed"] = "replace"
     on_locked: Literal["wait", "sibling", "fail"] = "wait"
     chunk_size: int = Field(default=10 * 1024 * 1024, gt=0)
+    lock_wait_max: float = Field(default=900.0, ge=0)  # on_locked: wait gives up after this many seconds
     token_cache: RelPath | None = None
     timeout: float = 60.0
 
@@ -308,6 +407,9 @@ class OneDriveDestinationConfig(StrictModel):
             raise ValueError("auth 'app' needs client_secret or certificate_path")
         if self.certificate_path and not self.certificate_thumbprint:
             raise ValueError("certificate_path needs certificate_thumbprint")
+        path_problems = onedrive_path_problems(self.path)
+        if path_problems:
+            raise ValueError("path: " + "; ".join(path_problems))
         if self.chunk_size % (320 * 1024):
             raise ValueError("chunk_size must be a multiple of 327680 bytes (320 KiB)")
         if self.mode == "update_sheets" and self.auth != "delegated":
@@ -338,12 +440,17 @@ class AppConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     destinations: list[DestinationConfig] = Field(min_length=1)
 
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"'{value}' is not an IANA time zone (e.g. Europe/Berlin)") from exc
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> AppConfig:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"timezone '{self.timezone}' is not an IANA time zone (e.g. Europe/Berlin)") from exc
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

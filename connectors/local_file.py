@@ -1,0 +1,44 @@
+"""The local folder destination: an atomic copy of the rendered workbook."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from connectors.errors import DestinationError
+
+
+def fill_placeholders(template: str, *, as_of: date, period: str) -> str:
+    """Fill `{as_of}` and `{period}`; any other `{...}` is an error naming it."""
+    try:
+        return template.format(as_of=as_of.isoformat(), period=period)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DestinationError(f"destination path {template!r}: unknown placeholder {exc}; use {{as_of}} or {{period}}") from exc
+
+
+def expand_path(template: str, *, as_of: date, period: str) -> Path:
+    return Path(fill_placeholders(template, as_of=as_of, period=period))
+
+
+def publish(staged: Path, target: Path) -> Path:
+    """Copy `staged` to `target` atomically: a temp file in the same folder, fsync, rename.
+
+    A crash or a full disk leaves the previous workbook untouched (and no temp file behind).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(staged, "rb") as src:
+            shutil.copyfileobj(src, out, length=1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DestinationError(f"cannot write {target}: {exc.strerror or exc}; the previous file is unchanged") from exc
+    return target

@@ -1,0 +1,281 @@
+"""`pipeline-sync`: run, validate and inspect syncs from the command line.
+
+Exit codes: 0 ok, 2 config error, 1 run failure (one line on stderr says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Local runs on machines without internet: no telemetry, no analytics noise, warnings only."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+
+
+class SecretRedactor(logging.Filter):
+    """Replaces configured secret values in every log record with ***."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            msg = record.getMessage()
+            for s in self.secrets:
+                msg = msg.replace(s, "***")
+            record.msg, record.args = msg, None
+        return True
+
+
+def install_redactor(secrets: tuple[str, ...]) -> None:
+    redactor = SecretRedactor(secrets)
+    for name in ("", "prefect", "pipeline_sync", "connectors", "flows"):
+        logger = logging.getLogger(name)
+        logger.addFilter(redactor)
+        for h in logger.handlers:
+            h.addFilter(redactor)
+
+
+def _as_of(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--as-of must be YYYY-MM-DD, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pipeline-sync",
+        description="Sync sales opportunities from CSV/Excel, HubSpot, Salesforce and Tableau into a "
+        "formatted Excel workbook with pipeline metrics and mistake flags, in a local folder or on "
+        "OneDrive/SharePoint.",
+        epilog="Exit codes: 0 ok, 1 run failure, 2 config error.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the sync now, locally (Prefect's temporary local mode)",
+                         description="Extract every source, compute the metrics and flags, write the workbook "
+                         "to every destination. Runs as a Prefect flow without a Prefect server.")
+    run.add_argument("--config", required=True, help="path to the YAML config")
+    run.add_argument("--as-of", type=_as_of, help="compute as of this date (YYYY-MM-DD); default: today in the config's time zone")
+    run.add_argument("--full-refresh", action="store_true", help="ignore incremental cursors and pull every record again")
+    run.add_argument("--no-prefect", action="store_true", help="run the same steps as plain functions, without Prefect")
+
+    val = sub.add_parser("validate", help="check the config and that file sources are readable; writes nothing",
+                         description="Validate the config (every problem at once) and check that file sources exist "
+                         "and are readable. CRM sources are not contacted: use check-source for them.")
+    val.add_argument("--config", required=True, help="path to the YAML config")
+
+    chk = sub.add_parser("check-source", help="pull one source and show how its rows map; writes nothing",
+                         description="Prove credentials and mapping of one source: pulls it, validates its rows and "
+                         "prints the counts, the rejection reasons and a sample of mapped rows. Writes no state and no workbook.")
+    chk.add_argument("--config", required=True, help="path to the YAML config")
+    chk.add_argument("--source", required=True, help="the source's name in the config")
+    chk.add_argument("--sample", type=int, default=5, help="how many mapped rows to show (default 5)")
+
+    demo = sub.add_parser("demo-data", help="write the bundled demo org's files (deals, stage history, partner export)",
+                          description="Generate the demo data used by config/demo.yaml: deterministic, anchored to as_of "
+                          "so the demo always looks current.")
+    demo.add_argument("--out", default="out/demo", help="folder to write into (default out/demo)")
+    demo.add_argument("--as-of", type=_as_of, help="anchor date (default: today)")
+
+    login = sub.add_parser("login", help="sign in once (device code) for a delegated OneDrive destination",
+                           description="Device-code sign-in for destinations with auth: delegated; the token cache is "
+                           "saved owner-only so scheduled runs reuse the refresh token.")
+    login.add_argument("--config", required=True, help="path to the YAML config")
+    return p
+
+
+def _load(path: str) -> Any:
+    from config.loader import load_config
+
+    loaded = load_config(path)
+    install_redactor(loaded.secrets)
+    return loaded
+
+
+def _progress(kind: str, data: Any) -> None:
+    if kind == "page":
+        print(f"  {data.get('source', '')}: {data.get('records', 0):,} records, {data.get('pages', 0)} pages",
+              file=sys.stderr)
+    elif kind == "retry":
+        print(f"  waiting {data.get('wait', 0):.1f}s: {data.get('reason', '')}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if args.no_prefect:
+        from flows.pipeline import run_pipeline
+        from flows.sync import result_summary
+
+        summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
+                                              on_event=_progress, loaded=loaded))
+    else:
+        from flows.sync import sync_pipeline
+
+        if not args.verbose:  # failures end in one line from us, not Prefect's tracebacks
+            for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        summary = sync_pipeline(str(Path(args.config).resolve()), args.as_of, args.full_refresh)
+    print_summary(summary)
+    return EXIT_OK
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"pipeline-sync run {summary['run_id']}: as of {summary['as_of']} (period {summary['period']})")
+    for s in summary["sources"]:
+        stale = "  [STALE: data from an earlier run]" if s["stale"] else ""
+        print(f"  source {s['name']}: {s['read']:,} read, {s['loaded']:,} loaded, {s['rejected']:,} rejected{stale}")
+    if summary.get("flags") is not None:
+        print(f"  flags: {summary['flags']:,}")
+    for out in summary["outputs"]:
+        print(f"  wrote {out}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from connectors.errors import SourceDataError
+
+    loaded = _load(args.config)
+    cfg = loaded.config
+    problems = []
+    for i, src in enumerate(cfg.sources):
+        paths = [getattr(src, "path", None)]
+        hist = getattr(src, "stage_history", None)
+        if hist is not None:
+            paths.append(hist.path)
+        for p in filter(None, paths):
+            if not Path(p).is_file():
+                problems.append(f"sources[{i}] ({src.name}): file not found: {p}")
+            elif not os.access(p, os.R_OK):
+                problems.append(f"sources[{i}] ({src.name}): file not readable: {p}")
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        raise SourceDataError(f"{len(problems)} source file problem(s)")
+    print(f"{loaded.path}: valid ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations)")
+    for src in cfg.sources:
+        kind = "file readable" if src.type in ("csv", "excel") else "not contacted (use check-source)"
+        print(f"  source {src.name} ({src.type}): {kind}")
+    return EXIT_OK
+
+
+def cmd_check_source(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from connectors.extracted import ExtractContext
+    from connectors.http import Observer
+    from connectors.registry import extractor_for
+    from transforms.canonical import canonicalize
+
+    loaded = _load(args.config)
+    cfg = loaded.config
+    matches = [s for s in cfg.sources if s.name == args.source]
+    if not matches:
+        names = ", ".join(s.name for s in cfg.sources)
+        print(f"no source named {args.source!r} in {loaded.path}; sources: {names}", file=sys.stderr)
+        return EXIT_CONFIG
+    src = matches[0]
+    now = datetime.now(UTC)
+    ctx = ExtractContext(engine=None, observer=Observer(on_event=_progress), as_of=now.astimezone(cfg.tz).date(),
+                         run_started=now, tz=cfg.tz, full_refresh=True)
+    extracted = extractor_for(src.type)(src, ctx)
+    res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
+                       tz=cfg.tz, date_format=getattr(src, "date_format", None),
+                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates)
+    print(f"source {src.name} ({src.type}): {res.rows_read:,} read, {len(res.loaded):,} would load, "
+          f"{len(res.rejected):,} would be rejected")
+    if extracted.history is not None:
+        print(f"  stage history rows: {len(extracted.history):,}")
+    for note in extracted.notes:
+        print(f"  note: {note}")
+    if len(res.rejected):
+        top = res.rejected["reason"].str.split("; ").explode().str.replace(r"'[^']*'", "'…'", regex=True).value_counts()
+        print("  rejection reasons:")
+        for reason, n in top.head(10).items():
+            print(f"    {n:>6,}  {reason}")
+    if len(res.loaded) and args.sample > 0:
+        import pandas as pd
+
+        cols = ["opportunity_id", "name", "owner", "stage", "status", "amount", "created_date", "close_date"]
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(res.loaded[cols].head(args.sample).to_string(index=False))
+    return EXIT_OK
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from config.models import OneDriveDestinationConfig
+    from connectors.msal_auth import device_code_login
+
+    loaded = _load(args.config)
+    dests = [d for d in loaded.config.destinations if isinstance(d, OneDriveDestinationConfig) and d.auth == "delegated"]
+    if not dests:
+        print("no onedrive destination with auth: delegated in this config; nothing to sign in to", file=sys.stderr)
+        return EXIT_CONFIG
+    for d in dests:
+        account = device_code_login(d, echo=print)
+        print(f"signed in as {account}; scheduled runs will reuse this sign-in")
+    return EXIT_OK
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    import openpyxl
+
+    from transforms.demo_data import generate_demo
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deals, history = generate_demo(args.as_of or date.today())
+    deals.to_csv(out / "deals.csv", index=False)
+    history.to_csv(out / "stage_history.csv", index=False)
+    wb = openpyxl.Workbook()  # the partner team's weekly export: this week it came in empty
+    ws = wb.active
+    ws.title = "Deals"
+    ws.append(list(deals.columns))
+    wb.save(out / "partner-deals.xlsx")
+    print(f"demo data: {len(deals):,} deals, {len(history):,} stage history rows -> {out}/")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_source, "login": cmd_login,
+            "demo-data": cmd_demo_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_prefect(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from config.loader import ConfigError
+    from connectors.errors import PipelineSyncError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    except PipelineSyncError as exc:
+        print(f"pipeline-sync: {args.command} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("pipeline-sync: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""The sync as plain functions, one per step; `run_pipeline` calls them in order.
+
+The Prefect flow (flows/sync.py) runs the same `run_pipeline` with each step wrapped as a
+task; tests call these functions directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from config.loader import LoadedConfig, load_config
+from config.models import AppConfig, FileDestinationConfig
+from config.workbook import SheetData, SummaryData
+from connectors import local_file
+from connectors.errors import PipelineSyncError
+from connectors.extracted import ExtractContext, Extracted
+from connectors.http import Observer
+from connectors.registry import extractor_for
+from connectors.state_db import default_state_url, make_engine
+from transforms.canonical import canonicalize, canonicalize_history, empty_opportunities
+from transforms.periods import Period, reporting_period
+from transforms.workbook_layout import (
+    about_sheet,
+    excel_limits,
+    opportunities_sheet,
+    raw_sheets,
+    rejected_sheet,
+)
+
+log = logging.getLogger("pipeline_sync")
+T = TypeVar("T")
+Step = Callable[..., Any]
+StepWrapper = Callable[[Step, str], Step]
+
+
+def package_version() -> str:
+    try:
+        return version("pipeline-sync")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class SourceReport:
+    name: str
+    type: str
+    rows_read: int
+    rows_loaded: int
+    rows_rejected: int
+    seconds: float
+    stale: bool = False
+    error: str | None = None
+    requests: int = 0
+    retries: int = 0
+    waited_seconds: float = 0.0
+
+    @property
+    def reconciles(self) -> bool:
+        return self.rows_read == self.rows_loaded + self.rows_rejected
+
+
+@dataclass
+class RunContext:
+    loaded: LoadedConfig
+    as_of: date
+    period: Period
+    run_id: str
+    started: datetime
+    full_refresh: bool = False
+    state_url: str = ""
+    observer: Observer = field(default_factory=Observer)
+    _engine: Any = None
+
+    @property
+    def config(self) -> AppConfig:
+        return self.loaded.config
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = make_engine(self.state_url)
+        return self._engine
+
+
+@dataclass
+class Transformed:
+    opportunities: pd.DataFrame
+    rejected: pd.DataFrame
+    history: pd.DataFrame
+    sources: list[SourceReport]
+    sheets: list[SheetData]
+    summary: SummaryData | None
+    flags_count: int | None = None
+    analytics: Any = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    as_of: date
+    period: Period
+    sources: list[SourceReport]
+    outputs: list[str]
+    flags_count: int | None
+    workbook_rows: dict[str, int]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh: bool = False,
+            loaded: LoadedConfig | None = None) -> RunContext:
+    """Load and validate the config (ConfigError before any I/O) and fix as_of once for the run."""
+    loaded = loaded or load_config(config_path)
+    cfg = loaded.config
+    started = datetime.now(UTC)
+    as_of = as_of or started.astimezone(cfg.tz).date()
+    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
+    state_url = cfg.state.url or default_state_url(loaded.base_dir)
+    return RunContext(loaded, as_of, period, uuid.uuid4().hex[:12], started, full_refresh, state_url)
+
+
+def extract_source(run: RunContext, index: int) -> Extracted:
+    """Pull one source. Errors propagate (the flow decides: stale fallback or failure)."""
+    src = run.config.sources[index]
+    observer = Observer(on_event=run.observer.on_event)
+    ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
+                         observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
+                         full_refresh=run.full_refresh)
+    started = time.perf_counter()
+    extracted = extractor_for(src.type)(src, ctx)
+    extracted.seconds = extracted.seconds or time.perf_counter() - started
+    extracted.requests, extracted.retries, extracted.waited_seconds = (
+        observer.requests, observer.retries, observer.waited_seconds)
+    log.info("source %s: %d rows read in %.2fs", src.name, extracted.rows_read, extracted.seconds)
+    return extracted
+
+
+def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
+    """Validate every source's rows, then compute the analytics sheets."""
+    cfg = run.config
+    failures = failures or {}
+    by_name = {e.source: e for e in extracted}
+    loaded_parts, rejected_parts, history_parts, reports = [], [], [], []
+    for src in cfg.sources:
+        e = by_name.get(src.name)
+        if e is None:
+            reports.append(SourceReport(src.name, src.type, 0, 0, 0, 0.0, stale=True, error=failures.get(src.name)))
+            continue
+        res = canonicalize(
+            e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
+            date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
+            rates=cfg.inputs.rates,
+        )
+        loaded_parts.append(res.loaded)
+        rejected_parts.append(res.rejected)
+        if e.history is not None:
+            history_parts.append(canonicalize_history(
+                e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
+                date_format=getattr(src, "date_format", None)))
+        reports.append(SourceReport(
+            src.name, src.type, res.rows_read, len(res.loaded), len(res.rejected), e.seconds,
+            stale=e.stale or res.rows_read == 0, error=failures.get(src.name), requests=e.requests,
+            retries=e.retries, waited_seconds=e.waited_seconds))
+    opportunities = pd.concat(loaded_parts, ignore_index=True) if loaded_parts else empty_opportunities()
+    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame(
+        {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
+    history = pd.concat(history_parts, ignore_index=True) if history_parts else canonicalize_history(
+        None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
+    stale = [r.name for r in reports if r.stale]
+    analytics = _analytics(run, opportunities, history, stale)
+    if analytics is not None:
+        shown = analytics.opportunities
+        sheets = list(analytics.sheets)
+        summary = analytics.summary
+        flags_count = len(analytics.flags)
+    else:
+        shown, sheets, summary, flags_count = opportunities, [], _placeholder_summary(run, reports), None
+    sheets.append(opportunities_sheet(shown))
+    sheets.append(rejected_sheet(rejected))
+    sheets.extend(raw_sheets([(src.raw_sheet, by_name[src.name].raw) for src in cfg.sources
+                              if src.raw_sheet and src.name in by_name and by_name[src.name].raw is not None]))
+    return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics)
+
+
+def _analytics(run: RunContext, opportunities: pd.DataFrame, history: pd.DataFrame, stale: list[str]) -> Any:
+    """Metrics, flags and their sheets, when the analytics package is installed in this build."""
+    try:
+        from transforms.analytics import build_analytics
+    except ImportError:
+        return None
+    snapshots = None
+    try:
+        from connectors.snapshots import load_history
+
+        snapshots = load_history(run.engine, run.config.report, run.as_of)
+    except ImportError:
+        snapshots = None
+    return build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale, snapshots=snapshots)
+
+
+def _placeholder_summary(run: RunContext, reports: list[SourceReport]) -> SummaryData:
+    kpis = pd.DataFrame({"metric": ["rows loaded", "rows rejected"],
+                         "value": [float(sum(r.rows_loaded for r in reports)), float(sum(r.rows_rejected for r in reports))],
+                         "unit": ["count", "count"]})
+    return SummaryData(title=f"Pipeline {run.period.label} (as of {run.as_of.isoformat()})", kpis=kpis,
+                       flag_counts=pd.DataFrame({"rule": pd.Series(dtype=object), "count": pd.Series(dtype=int)}))
+
+
+def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
+    """Write the whole workbook once into `staging_dir`; every destination publishes this file."""
+    from connectors.xlsx_writer import write_workbook
+
+    staged = staging_dir / "pipeline.xlsx"
+    about_extra: list[tuple[str, Any]] = []
+    analytics = result.analytics
+    if analytics is not None and getattr(analytics, "excluded_future", 0):
+        about_extra.append(("deals created after as_of (not shown)", analytics.excluded_future))
+    sheets = list(result.sheets)
+    cut, notes = excel_limits(sheets)
+    if cut:
+        about_extra.append(("cells cut at 32,767 characters", cut))
+    about = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
+                        timezone=run.config.timezone, version=package_version(), config_sha256=run.loaded.sha256,
+                        sources=result.sources, extra=about_extra, notes=notes)
+    stats = write_workbook(staged, sheets=[*sheets, about], summary=result.summary, currency=run.config.inputs.currency)
+    return staged, stats.rows, stats.notes
+
+
+def publish(run: RunContext, index: int, staged: Path) -> str:
+    """Deliver the staged workbook to one destination; returns where it went."""
+    dest = run.config.destinations[index]
+    if isinstance(dest, FileDestinationConfig):
+        target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
+        local_file.publish(staged, target)
+        return str(target)
+    from connectors import onedrive
+
+    remote = local_file.fill_placeholders(dest.path, as_of=run.as_of, period=run.period.label)
+    result = onedrive.publish(dest, staged, remote_path=remote, engine=run.engine)
+    return result.web_url or result.path
+
+
+def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed) -> None:
+    """One transaction: every source's cursor/records and this run's snapshot."""
+    from connectors.source_state import save_state
+
+    pending = [e for e in extracted if e.pending_state is not None]
+    analytics = result.analytics
+    if not pending and analytics is None:
+        return
+    with run.engine.begin() as conn:
+        for e in pending:
+            p = e.pending_state
+            save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all)
+        if analytics is not None and getattr(analytics, "snapshot", None) is not None:
+            from connectors.snapshots import save_snapshot
+
+            save_snapshot(conn, run.config.report, analytics.snapshot)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def _plain(step: Step, name: str) -> Step:
+    return step
+
+
+def run_pipeline(
+    config_path: str | Path,
+    as_of: date | None = None,
+    *,
+    full_refresh: bool = False,
+    wrap: StepWrapper = _plain,
+    on_event: Callable[[str, Any], None] | None = None,
+    loaded: LoadedConfig | None = None,
+) -> RunResult:
+    """Extract every source, transform, render once, publish to every destination, then commit state.
+
+    A source that fails raises unless it has stored state to fall back on (then its data is
+    marked stale, M5). State is committed only after every destination succeeded.
+    """
+    t0 = time.perf_counter()
+    run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded)
+    run.observer.on_event = on_event
+    extracted: list[Extracted] = []
+    failures: dict[str, str] = {}
+    for i, src in enumerate(run.config.sources):
+        try:
+            extracted.append(wrap(extract_source, f"extract-{src.name}")(run, i))
+        except PipelineSyncError as exc:
+            fallback = _stale_fallback(run, i)
+            if fallback is None:
+                raise
+            log.warning("source %s failed (%s); using its data from the previous run", src.name, exc)
+            failures[src.name] = str(exc)
+            extracted.append(fallback)
+    result = wrap(transform, "transform")(run, extracted, failures)
+    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
+    try:
+        staged, rows, notes = wrap(render, "render")(run, result, staging)
+        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    wrap(commit_state, "commit-state")(run, extracted, result)
+    return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
+                     time.perf_counter() - t0, notes)
+
+
+def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
+    """The stored current records of a CRM source, marked stale; None when nothing is stored."""
+    src = run.config.sources[index]
+    if src.type not in ("hubspot", "salesforce"):
+        return None
+    from connectors.source_state import load_records
+
+    payloads = load_records(run.engine, src.name)
+    if not payloads:
+        return None
+    records = pd.DataFrame.from_records(payloads)
+    records["_row"] = range(1, len(records) + 1)
+    return Extracted(src.name, records, stale=True, notes=[f"source '{src.name}' failed; data from an earlier run"])
+

@@ -1,0 +1,124 @@
+"""Frames for the foundation sheets: Opportunities, Rejected, raw exports and About."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import pandas as pd
+
+from config.schema import (
+    BOOL_FIELDS,
+    DATE_FIELDS,
+    EXCEL_MAX_CELL_CHARS,
+    EXCEL_MAX_ROWS,
+    FIELD_NAMES,
+    ROW_ID_COLUMN,
+    SOURCE_COLUMN,
+)
+from config.workbook import ColumnFormat, SheetData
+
+DERIVED_FORMATS: dict[str, ColumnFormat] = {
+    "days_in_stage": "int",
+    "age_days": "int",
+    "stage_entered_estimated": "bool",
+    "probability": "ratio",
+    "weighted_amount": "currency",
+}
+
+
+def opportunities_sheet(opps: pd.DataFrame) -> SheetData:
+    """Canonical fields in the spec's order, then `source`, then derived columns."""
+    lead = [c for c in FIELD_NAMES if c in opps.columns] + [SOURCE_COLUMN]
+    derived = [c for c in opps.columns if c not in lead]
+    if ROW_ID_COLUMN in derived:  # row id first among derived columns
+        derived.remove(ROW_ID_COLUMN)
+        derived.insert(0, ROW_ID_COLUMN)
+    frame = opps.reindex(columns=lead + derived)
+    formats: dict[str, ColumnFormat] = {"amount": "currency"}
+    formats.update({f: "date" for f in DATE_FIELDS})
+    formats.update({f: "bool" for f in BOOL_FIELDS})
+    formats.update({k: v for k, v in DERIVED_FORMATS.items() if k in frame.columns})
+    return SheetData("Opportunities", frame, formats)
+
+
+def rejected_sheet(rejected: pd.DataFrame) -> SheetData:
+    """`source`, `row`, `reason`, then the raw values as text."""
+    lead = ["source", "row", "reason"]
+    frame = rejected.reindex(columns=lead + [c for c in rejected.columns if c not in lead])
+    formats: dict[str, ColumnFormat] = {c: "text" for c in frame.columns}
+    formats["row"] = "int"
+    return SheetData("Rejected", frame, formats)
+
+
+def raw_sheets(parts: Iterable[tuple[str, pd.DataFrame]]) -> list[SheetData]:
+    """Records exactly as a source gave them, for teams whose sheets use the raw columns."""
+    out = []
+    for name, frame in parts:
+        formats = {str(c): "text" for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])}
+        out.append(SheetData(name, frame, formats))
+    return out
+
+
+def excel_limits(sheets: Sequence[SheetData]) -> tuple[int, list[str]]:
+    """(text cells longer than Excel holds, notes on sheets that will be split) — known before writing."""
+    cut = 0
+    notes: list[str] = []
+    for sheet in sheets:
+        for c in sheet.frame.columns:
+            col = sheet.frame[c]
+            if col.dtype == object or pd.api.types.is_string_dtype(col):
+                lengths = col.dropna().astype(str).str.len()
+                cut += int((lengths > EXCEL_MAX_CELL_CHARS).sum())
+        rows = len(sheet.frame)
+        if rows > EXCEL_MAX_ROWS - 1:
+            parts = math.ceil(rows / (EXCEL_MAX_ROWS - 1))
+            notes.append(f"{sheet.name}: {rows:,} rows split over {parts} sheets ({sheet.name}, {sheet.name} (2), ...)")
+    return cut, notes
+
+
+def about_sheet(
+    *,
+    run_id: str,
+    as_of: date,
+    period: Any,
+    generated_at: datetime,
+    timezone: str,
+    version: str,
+    config_sha256: str,
+    sources: Sequence[Any],
+    extra: Sequence[tuple[str, Any]] = (),
+    notes: Sequence[str] = (),
+) -> SheetData:
+    """Key/value facts about the run; per source rows read = loaded + rejected."""
+    rows: list[tuple[str, str]] = [
+        ("run id", run_id),
+        ("as_of", as_of.isoformat()),
+        ("period", period.label),
+        ("period start", period.start.isoformat()),
+        ("period end", period.end.isoformat()),
+        ("generated at (UTC)", generated_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("time zone", timezone),
+        ("pipeline-sync version", version),
+        ("config sha256", config_sha256),
+    ]
+    for s in sources:
+        p = f"source {s.name}"
+        rows += [
+            (f"{p}: type", s.type),
+            (f"{p}: rows read", str(s.rows_read)),
+            (f"{p}: rows loaded", str(s.rows_loaded)),
+            (f"{p}: rows rejected", str(s.rows_rejected)),
+            (f"{p}: read = loaded + rejected", "yes" if s.reconciles else "NO"),
+            (f"{p}: extraction seconds", f"{s.seconds:.2f}"),
+        ]
+        if s.requests:
+            rows.append((f"{p}: requests / retries / waited s", f"{s.requests} / {s.retries} / {s.waited_seconds:.1f}"))
+        if s.stale:
+            rows.append((f"{p}: stale", s.error or "returned no rows this run"))
+    rows += [(k, str(v)) for k, v in extra]
+    rows += [("note", n) for n in notes]
+    frame = pd.DataFrame(rows, columns=["key", "value"])
+    return SheetData("About", frame, {"key": "text", "value": "text"})
