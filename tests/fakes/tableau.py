@@ -1,0 +1,439 @@
+"""A Tableau Server fake (REST API + VizQL Data Service) following api-contracts.md section 1.
+
+Serve it with tests.fakes.server.FakeServer. It replays the recorded samples in
+/work/shared/fixtures/real/tableau/: the sign-in answer (token and site swapped in), the sign-in
+error, the view elements of the recorded view pages and the recorded view-data CSV.
+Rules copied from the contract: one session per personal access token (a new sign-in ends the
+older session), 401002 for an expired or ended session, pages capped at 1000, `vf_` filters
+(comma = OR, `\\,` = a literal comma), API versions newer than the server's -> 404.
+`faults` injects one-shot failures (expire, 429, 500) on a named route.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from tests.fakes.server import Request, Response
+
+RECORDED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real" / "tableau"
+NS = "http://tableau.com/api"
+RECORDED_TOKEN = "eIX6mvFsqyansa4KqEI1UwOpS8ggRs2l"
+RECORDED_SITE_ID = "6b7179ba-b82b-4f0f-91ed-812074ac5da6"
+DEFAULT_SITE_ID = "0c6a8b51-1f3e-4d0a-9a43-5e2d7c1b9f00"
+SUPERSTORE_WB = "6d13b0ca-043d-4d42-8c9d-3f3313ea3a00"
+SAFARI_WB = "3cc6cd06-89ce-4fdc-b935-5294135d6d42"
+OVERVIEW_VIEW = "fd252f73-593c-4c4e-8584-c032b8022adc"
+_VIEW_ELEMENT = re.compile(r"<view .*?</view>", re.DOTALL)
+_API_PATH = re.compile(r"^/api/(\d+\.\d+)/(.*)$")
+VDS_PREFIX = "/api/v1/vizql-data-service/"
+
+
+def recorded(name: str) -> bytes:
+    return (RECORDED / name).read_bytes()
+
+
+def _attr(xml: str, name: str) -> str | None:
+    m = re.search(rf'\s{name}="([^"]*)"', xml.split(">", 1)[0])
+    return m.group(1) if m else None
+
+
+@dataclass
+class FakeView:
+    xml: str  # the <view> element as served (recorded ones verbatim)
+
+    @property
+    def id(self) -> str:
+        return _attr(self.xml, "id") or ""
+
+    @property
+    def name(self) -> str:
+        return _attr(self.xml, "name") or ""
+
+    @property
+    def workbook_id(self) -> str:
+        m = re.search(r'<workbook id="([^"]+)"', self.xml)
+        return m.group(1) if m else ""
+
+
+def view_xml(view_id: str, name: str, workbook_id: str, content_url: str, sheet_type: str = "worksheet") -> str:
+    return (f'<view id="{view_id}" name="{name}" contentUrl="{content_url}" sheetType="{sheet_type}" '
+            f'createdAt="2025-01-02T09:00:00Z" updatedAt="2025-06-05T08:00:59Z">'
+            f'<workbook id="{workbook_id}" /><owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /></view>')
+
+
+@dataclass
+class Fault:
+    route: str  # signin | views | view | workbooks | workbook | data | signout | vds
+    kind: str  # expire | 429 | 500
+    detail: str = "Too many requests for 'api.rest.views'. Please retry after 1 minutes."
+
+
+@dataclass
+class FakeDatasource:
+    rows: list[dict[str, Any]]
+    api_access: bool = True
+
+
+@dataclass
+class Session:
+    token: str
+    pat: str
+    site_id: str
+    alive: bool = True
+    used: int = 0
+
+
+@dataclass
+class FakeTableau:
+    """The app: call it with a Request. Inspect `sessions`, `sign_ins`, `sign_outs`, `data_queries`."""
+
+    tokens: dict[str, str] = field(default_factory=lambda: {"etl-bot": "pat-secret-1"})
+    sites: dict[str, str] = field(default_factory=lambda: {"Samples": RECORDED_SITE_ID, "": DEFAULT_SITE_ID})
+    max_api: str = "3.27"
+    vds_enabled: bool = True
+    session_ttl_requests: int | None = None  # a session expires after this many authenticated calls
+    faults: list[Fault] = field(default_factory=list)
+    views: list[FakeView] = field(default_factory=list)
+    workbooks: dict[str, str] = field(default_factory=lambda: {SUPERSTORE_WB: "Superstore", SAFARI_WB: "SafariSample"})
+    view_data: dict[str, bytes] = field(default_factory=dict)
+    datasources: dict[str, FakeDatasource] = field(default_factory=dict)
+    sessions: list[Session] = field(default_factory=list)
+    sign_ins: int = 0
+    sign_outs: int = 0
+    data_queries: list[dict[str, str]] = field(default_factory=list)
+    vds_queries: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            seen: set[str] = set()
+            for page in ("queryset_slicing_page_1.xml", "queryset_slicing_page_2.xml"):
+                for el in _VIEW_ELEMENT.findall(recorded(page).decode()):
+                    v = FakeView(el)
+                    if v.id not in seen:
+                        seen.add(v.id)
+                        self.views.append(v)
+        self.view_data.setdefault(OVERVIEW_VIEW, recorded("populate_csv.csv"))
+
+    # ------------------------------------------------------------------ helpers for tests
+
+    def add_view(self, view_id: str, workbook: str, name: str, csv_body: bytes | None = None,
+                 sheet_type: str = "worksheet", workbook_id: str | None = None) -> FakeView:
+        wid = workbook_id or next((k for k, v in self.workbooks.items() if v == workbook), None) \
+            or f"{len(self.workbooks):08x}-0000-4000-8000-{len(self.workbooks):012x}"
+        self.workbooks[wid] = workbook
+        url = f"{workbook.replace(' ', '')}/sheets/{name.replace(' ', '')}"
+        v = FakeView(view_xml(view_id, name, wid, url, sheet_type))
+        self.views.append(v)
+        if csv_body is not None:
+            self.view_data[view_id] = csv_body
+        return v
+
+    def live_sessions(self) -> list[Session]:
+        return [s for s in self.sessions if s.alive]
+
+    def expire_all(self) -> None:
+        for s in self.sessions:
+            s.alive = False
+
+    # ------------------------------------------------------------------ the app
+
+    def __call__(self, req: Request) -> Response:
+        if req.path.startswith(VDS_PREFIX):
+            return self._vds(req, req.path[len(VDS_PREFIX):])
+        m = _API_PATH.match(req.path)
+        if not m:
+            return self._error(req, 404, "404000", "Resource Not Found", f"Unknown resource '{req.path}'")
+        version, rest = m.groups()
+        if tuple(map(int, version.split("."))) > tuple(map(int, self.max_api.split("."))):
+            body = recorded("server_info_404.xml").replace(b"/2.4/serverInfo", f"/{version}/{rest}".encode())
+            return Response(404, body, {"Content-Type": "application/xml"})
+        if rest == "serverinfo" and req.method == "GET":
+            return self._xml(f'<serverInfo><productVersion build="20253.0">2025.3.0</productVersion>'
+                             f'<restApiVersion>{self.max_api}</restApiVersion></serverInfo>')
+        if rest == "auth/signin" and req.method == "POST":
+            return self._sign_in(req)
+        session = self._session(req)
+        if isinstance(session, Response):
+            return session
+        if rest == "auth/signout" and req.method == "POST":
+            if (f := self._fault("signout")) is not None:
+                return f
+            session.alive = False
+            self.sign_outs += 1
+            return Response(204, b"")
+        site = re.match(r"^sites/([^/]+)/(.*)$", rest)
+        if not site:
+            return self._error(req, 404, "404000", "Resource Not Found", f"Unknown resource '{rest}'")
+        site_id, sub = site.groups()
+        if site_id != session.site_id:
+            return self._error(req, 403, "403069", "Forbidden", "The session is not signed in to this site")
+        if sub == "views" and req.method == "GET":
+            return self._fault("views", session) or self._list_views(req)
+        if (mv := re.match(r"^views/([^/]+)$", sub)) and req.method == "GET":
+            return self._fault("view", session) or self._get_view(req, mv.group(1))
+        if (md := re.match(r"^views/([^/]+)/data$", sub)) and req.method == "GET":
+            return self._fault("data", session) or self._view_data(req, md.group(1))
+        if sub == "workbooks" and req.method == "GET":
+            return self._fault("workbooks", session) or self._list_workbooks(req)
+        if (mw := re.match(r"^workbooks/([^/]+)$", sub)) and req.method == "GET":
+            return self._fault("workbook", session) or self._get_workbook(req, mw.group(1))
+        return self._error(req, 404, "404000", "Resource Not Found", f"Unknown resource '{sub}'")
+
+    # ------------------------------------------------------------------ auth
+
+    def _sign_in(self, req: Request) -> Response:
+        if (f := self._fault("signin")) is not None:
+            return f
+        is_json = "json" in req.headers.get("content-type", "")
+        try:
+            if is_json:
+                cred = req.json()["credentials"]
+                name, secret = cred.get("personalAccessTokenName"), cred.get("personalAccessTokenSecret")
+                site_url = (cred.get("site") or {}).get("contentUrl", "")
+            else:
+                root = ET.fromstring(req.body)
+                c = root.find("credentials")
+                s = c.find("site") if c is not None else None
+                name = c.get("personalAccessTokenName") if c is not None else None
+                secret = c.get("personalAccessTokenSecret") if c is not None else None
+                site_url = s.get("contentUrl", "") if s is not None else ""
+        except (ValueError, KeyError, TypeError, ET.ParseError):
+            return self._error(req, 400, "400000", "Bad Request", "The sign-in body could not be read")
+        if not name or self.tokens.get(name) != secret or site_url not in self.sites:
+            if self._wants_json(req):
+                return Response(401, {"error": {"summary": "Signin Error",
+                                                "detail": "Error signing in to Tableau Server", "code": "401001"}})
+            return Response(401, recorded("auth_sign_in_error.xml"), {"Content-Type": "application/xml"})
+        for old in self.sessions:  # one session per PAT: this sign-in ends the earlier one
+            if old.pat == name:
+                old.alive = False
+        token = secrets.token_urlsafe(24)
+        site_id = self.sites[site_url]
+        self.sessions.append(Session(token, name, site_id))
+        self.sign_ins += 1
+        if self._wants_json(req):
+            return Response(200, {"credentials": {
+                "site": {"id": site_id, "contentUrl": site_url}, "user": {"id": "1a96d216-e9b8-497b-a82a-0b899a965e01"},
+                "token": token, "estimatedTimeToExpiration": "239:59:59"}})
+        body = (recorded("auth_sign_in.xml").decode()
+                .replace(RECORDED_TOKEN, token).replace(RECORDED_SITE_ID, site_id)
+                .replace('contentUrl="Samples"', f'contentUrl="{site_url}"'))
+        return Response(200, body.encode(), {"Content-Type": "application/xml"})
+
+    def _session(self, req: Request) -> Session | Response:
+        token = req.headers.get("x-tableau-auth")
+        if not token:
+            return self._error(req, 401, "401000", "Unauthorized Access", "No authentication credentials were provided.")
+        s = next((s for s in self.sessions if s.token == token), None)
+        if s is not None and s.alive and self.session_ttl_requests is not None and s.used >= self.session_ttl_requests:
+            s.alive = False
+        if s is None or not s.alive:
+            return self._error(req, 401, "401002", "Unauthorized Access", "Invalid authentication credentials were provided.")
+        s.used += 1
+        return s
+
+    def _fault(self, route: str, session: Session | None = None) -> Response | None:
+        f = next((f for f in self.faults if f.route == route), None)
+        if f is None:
+            return None
+        self.faults.remove(f)
+        if f.kind == "expire":
+            if session is not None:
+                session.alive = False
+            return self._error(None, 401, "401002", "Unauthorized Access", "Invalid authentication credentials were provided.")
+        if f.kind == "429":
+            return self._error(None, 429, "429000", "Too Many Requests", f.detail)
+        return Response(500, b"<html><body>Internal Server Error</body></html>", {"Content-Type": "text/html"})
+
+    # ------------------------------------------------------------------ views
+
+    def _paged(self, req: Request, items: list[tuple[str, str]], wrapper: str) -> Response:
+        """Page (name, xml) items with pageSize/pageNumber and a `name:eq:` filter."""
+        try:
+            size = int(req.q("pageSize", "100") or 100)
+            number = int(req.q("pageNumber", "1") or 1)
+        except ValueError:
+            return self._error(req, 400, "400006", "Bad Request", "pageSize and pageNumber must be integers")
+        if not 1 <= size <= 1000 or number < 1:
+            return self._error(req, 400, "400006", "Bad Request",
+                               "The page size must be between 1 and 1000 and the page number at least 1")
+        for expr in filter(None, (req.q("filter") or "").split(",")):
+            fld, op, value = (expr.split(":", 2) + ["", ""])[:3]
+            if fld != "name" or op != "eq":
+                return self._error(req, 400, "400065", "Bad Request", f"Filter '{expr}' is not supported by this fake")
+            items = [i for i in items if i[0] == value]
+        page = items[(number - 1) * size: number * size]
+        return self._xml(f'<pagination pageNumber="{number}" pageSize="{size}" totalAvailable="{len(items)}" />'
+                         f'<{wrapper}>{"".join(x for _, x in page)}</{wrapper}>')
+
+    def _list_views(self, req: Request) -> Response:
+        return self._paged(req, [(v.name, v.xml) for v in self.views], "views")
+
+    def _list_workbooks(self, req: Request) -> Response:
+        return self._paged(req, [(name, _workbook_xml(wid, name)) for wid, name in self.workbooks.items()], "workbooks")
+
+    def _find(self, view_id: str) -> FakeView | None:
+        return next((v for v in self.views if v.id == view_id), None)
+
+    def _get_view(self, req: Request, view_id: str) -> Response:
+        v = self._find(view_id)
+        if v is None:
+            return self._error(req, 404, "404011", "Resource Not Found", f"View '{view_id}' could not be found.")
+        return self._xml(v.xml)
+
+    def _get_workbook(self, req: Request, wid: str) -> Response:
+        name = self.workbooks.get(wid)
+        if name is None:
+            return self._error(req, 404, "404006", "Resource Not Found", f"Workbook '{wid}' could not be found.")
+        return self._xml(_workbook_xml(wid, name))
+
+    def _view_data(self, req: Request, view_id: str) -> Response:
+        if self._find(view_id) is None or view_id not in self.view_data:
+            return self._error(req, 404, "404011", "Resource Not Found", f"View '{view_id}' could not be found.")
+        query = {k: v[0] for k, v in req.query.items()}
+        self.data_queries.append(query)
+        if "maxAge" in query and not (query["maxAge"].isdigit() and 0 <= int(query["maxAge"]) <= 240):
+            return self._error(req, 400, "400000", "Bad Request", "maxAge must be a number of minutes")
+        body = self.view_data[view_id]
+        filters = {k[3:]: v for k, v in query.items() if k.startswith("vf_") and not k.startswith("vf_Parameters.")}
+        if filters:
+            body = _filter_csv(body, filters)
+        return Response(200, body, {"Content-Type": "text/csv; charset=utf-8"})
+
+    # ------------------------------------------------------------------ VizQL Data Service
+
+    def _vds(self, req: Request, endpoint: str) -> Response:
+        if not self.vds_enabled:
+            body = recorded("server_info_404.xml").replace(b"/2.4/serverInfo", req.path.encode())
+            return Response(404, body, {"Content-Type": "application/xml"})
+        if endpoint == "simple-request" and req.method == "GET":
+            return Response(200, "Hello from VizQL Data Service")
+        session = self._session(req)
+        if isinstance(session, Response):
+            return Response(401, _vds_error("401", "Authentication failed: invalid or expired session"))
+        if (f := self._fault("vds", session)) is not None:
+            return f
+        if req.method != "POST" or endpoint not in ("query-datasource", "read-metadata"):
+            return Response(404, _vds_error("404", f"Unknown endpoint '{endpoint}'"))
+        try:
+            body = req.json()
+            luid = body["datasource"]["datasourceLuid"]
+        except (ValueError, KeyError, TypeError):
+            return Response(400, _vds_error("400", "The request needs datasource.datasourceLuid"))
+        ds = self.datasources.get(luid)
+        if ds is None:
+            return Response(404, _vds_error("404934", f"Datasource '{luid}' not found"))
+        if not ds.api_access:
+            return Response(403, _vds_error("403157", "The user lacks the API Access capability for this data source"))
+        self.vds_queries.append(body)
+        captions = list(ds.rows[0]) if ds.rows else []
+        if endpoint == "read-metadata":
+            return Response(200, {"data": [{"fieldName": c, "fieldCaption": c} for c in captions], "extraData": {"parameters": []}})
+        fields = (body.get("query") or {}).get("fields") or []
+        if not fields:
+            return Response(400, _vds_error("400", "query.fields is required"))
+        unknown = [f.get("fieldCaption") for f in fields if f.get("fieldCaption") not in captions]
+        if unknown:
+            return Response(400, _vds_error("400803", f"Unknown field(s): {', '.join(map(str, unknown))}"))
+        rows = ds.rows
+        for flt in (body.get("query") or {}).get("filters") or []:
+            cap = flt.get("field", {}).get("fieldCaption")
+            if flt.get("filterType") == "SET":
+                keep = set(flt.get("values") or [])
+                rows = [r for r in rows if (r.get(cap) in keep) != bool(flt.get("exclude"))]
+
+        def key(f: dict[str, Any]) -> str:
+            if f.get("fieldAlias"):
+                return f["fieldAlias"]
+            return f"{f['function']}({f['fieldCaption']})" if f.get("function") else f["fieldCaption"]
+
+        return Response(200, {"data": [{key(f): r.get(f["fieldCaption"]) for f in fields} for r in rows]})
+
+    # ------------------------------------------------------------------ bodies
+
+    @staticmethod
+    def _wants_json(req: Request | None) -> bool:
+        return req is not None and "application/json" in req.headers.get("accept", "")
+
+    def _xml(self, inner: str) -> Response:
+        body = (f"<?xml version='1.0' encoding='UTF-8'?>\n<tsResponse xmlns=\"{NS}\" "
+                f"xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">{inner}</tsResponse>")
+        return Response(200, body.encode(), {"Content-Type": "application/xml"})
+
+    def _error(self, req: Request | None, status: int, code: str, summary: str, detail: str) -> Response:
+        if self._wants_json(req):
+            return Response(status, {"error": {"summary": summary, "detail": detail, "code": code}})
+        body = (f"<?xml version='1.0' encoding='UTF-8'?>\n<tsResponse xmlns=\"{NS}\"><error code=\"{code}\">"
+                f"<summary>{summary}</summary><detail>{_esc(detail)}</detail></error></tsResponse>")
+        return Response(status, body.encode(), {"Content-Type": "application/xml"})
+
+
+def _workbook_xml(wid: str, name: str) -> str:
+    """A <workbook> element in the shape of the recorded workbook_get_page_*.xml."""
+    return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{name.replace(" ", "")}" showTabs="false" '
+            f'size="1" createdAt="2016-08-03T20:34:04Z" updatedAt="2016-08-04T17:56:41Z">'
+            f'<project id="ee8c6e70-43b6-11e6-af4f-f7b0d8e20760" name="default" />'
+            f'<owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /><tags /></workbook>')
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _vds_error(code: str, message: str) -> dict[str, Any]:
+    return {"errorCode": code, "message": message, "messages": [], "datetime": "2026-01-01T00:00:00Z",
+            "debug": {}, "tab-error-code": code}
+
+
+def split_vf_value(value: str) -> list[str]:
+    """A vf_ wire value -> its alternatives: ',' separates, '\\,' and '\\\\' escape."""
+    out, cur, i = [], "", 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur += value[i + 1]
+            i += 2
+            continue
+        if ch == ",":
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    out.append(cur)
+    return out
+
+
+def _filter_csv(body: bytes, filters: dict[str, str]) -> bytes:
+    rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
+    header, data = rows[0], rows[1:]
+    for name, value in filters.items():
+        if name in header:
+            i, allowed = header.index(name), set(split_vf_value(value))
+            data = [r for r in data if r[i] in allowed]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *data])
+    return buf.getvalue().encode()
+
+
+def opportunities_csv(n: int, *, start: int = 1) -> bytes:
+    """A generated view export of n opportunities with Tableau's formatting (US locale)."""
+    stages = ["Lead generation", "Qualification", "Contact", "Proposal", "Closing", "Won", "Lost"]
+    regions = ["East", "West", "Central", "South"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["Opportunity ID", "Opportunity Name", "Region", "Stage", "Amount", "Created Date",
+                "Close Date", "Win Probability"])
+    for i in range(start, start + n):
+        amount = (i * 1237) % 250_000 + 500
+        w.writerow([f"OPP-{i:06d}", f"Deal {i}", regions[i % 4], stages[i % 7], f"${amount:,}",
+                    f"{(i % 12) + 1}/{(i % 28) + 1}/2025", f"{(i % 12) + 1}/{(i % 27) + 2}/2026",
+                    f"{(i % 10) * 10}%"])
+    return buf.getvalue().encode()
