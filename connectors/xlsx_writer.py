@@ -81,18 +81,18 @@ def infer_format(series: pd.Series) -> ColumnFormat:
     return "text"
 
 
-def split_sheets(sheets: list[SheetData], stats: WriteStats) -> list[SheetData]:
+def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX_DATA_ROWS) -> list[SheetData]:
     """A frame over Excel's row limit becomes `Name`, `Name (2)`, ...: never truncated."""
     out: list[SheetData] = []
     for sheet in sheets:
         n = len(sheet.frame)
-        if n <= MAX_DATA_ROWS:
+        if n <= max_rows:
             out.append(sheet)
             continue
-        parts = math.ceil(n / MAX_DATA_ROWS)
+        parts = math.ceil(n / max_rows)
         for k in range(parts):
             name = sheet.name if k == 0 else safe_sheet_name(f"{sheet.name[:26]} ({k + 1})")
-            part = sheet.frame.iloc[k * MAX_DATA_ROWS : (k + 1) * MAX_DATA_ROWS]
+            part = sheet.frame.iloc[k * max_rows : (k + 1) * max_rows]
             out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight))
         stats.notes.append(
             f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
@@ -119,6 +119,8 @@ def _escape_text(values: pd.Series, stats: WriteStats) -> pd.Series:
     if illegal.any():
         txt[illegal] = txt[illegal].str.replace(_ILLEGAL_XML, lambda m: f"_x{ord(m.group(0)):04X}_", regex=True)
     txt = txt.str.replace("&", "&amp;", regex=False).str.replace("<", "&lt;", regex=False).str.replace(">", "&gt;", regex=False)
+    if txt.str.contains("\r", regex=False).any():  # a raw CR would be read back as LF
+        txt = txt.str.replace("\r", "&#13;", regex=False)
     out = pd.Series("", index=values.index, dtype=object)
     out[present] = txt
     return out

@@ -1,0 +1,111 @@
+"""The CLI end to end on the bundled demo, in a temp folder; read the workbook back."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import openpyxl
+import pytest
+import yaml
+
+from config.workbook import SHEET_ORDER
+from flows.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+AS_OF = date(2026, 6, 30)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """demo-data + run (plain functions, no Prefect) into a temp folder."""
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    for src in cfg["sources"]:
+        src["path"] = str(tmp / "demo" / Path(src["path"]).name)
+        if "stage_history" in src:
+            src["stage_history"]["path"] = str(tmp / "demo" / "stage_history.csv")
+    cfg["destinations"] = [{"type": "file", "path": "out/pipeline {as_of}.xlsx"}]
+    cfg_path = tmp / "demo.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", AS_OF.isoformat()]) == 0
+    code = main(["run", "--config", str(cfg_path), "--as-of", AS_OF.isoformat(), "--no-prefect"])
+    return tmp, cfg_path, code
+
+
+def test_run_exits_zero_and_writes_the_workbook(demo_run, capsys):
+    tmp, _, code = demo_run
+    assert code == 0
+    out = tmp / "out" / f"pipeline {AS_OF.isoformat()}.xlsx"
+    assert out.is_file()
+    wb = openpyxl.load_workbook(out, read_only=True)
+    names = wb.sheetnames
+    for required in ("Summary", "Opportunities", "Rejected", "About"):
+        assert required in names
+    known = [n for n in names if n in SHEET_ORDER]
+    assert known == [n for n in SHEET_ORDER if n in names], "sheets follow the contract's order"
+    assert names[0] == "Summary" and names[-1] == "About"
+
+
+def test_about_reconciles_every_source(demo_run):
+    tmp, _, _ = demo_run
+    wb = openpyxl.load_workbook(tmp / "out" / f"pipeline {AS_OF.isoformat()}.xlsx", read_only=True)
+    about = {r[0]: r[1] for r in wb["About"].iter_rows(min_row=2, values_only=True)}
+    assert about["as_of"] == AS_OF.isoformat()
+    assert about["period"] == "2026-Q2"
+    for src in ("crm_export", "partner_export"):
+        read = int(about[f"source {src}: rows read"])
+        loaded = int(about[f"source {src}: rows loaded"])
+        rejected = int(about[f"source {src}: rows rejected"])
+        assert read == loaded + rejected
+        assert about[f"source {src}: read = loaded + rejected"] == "yes"
+    assert int(about["source crm_export: rows rejected"]) == 6
+    assert len(about["config sha256"]) == 64
+
+
+def test_rejected_rows_have_reasons_and_raw_values(demo_run):
+    tmp, _, _ = demo_run
+    ws = openpyxl.load_workbook(tmp / "out" / f"pipeline {AS_OF.isoformat()}.xlsx", read_only=True)["Rejected"]
+    rows = list(ws.iter_rows(values_only=True))
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ("source", "row", "reason")
+    reasons = " | ".join(r[2] for r in body)
+    for expected in ("amount 'abc' is not a number", "stage 'Negotiation??' is not a configured stage",
+                     "created_date '2026-13-45' is not a date", "duplicate opportunity_id",
+                     "amount '-1500' is negative", "currency 'XYZ' has no rate"):
+        assert expected in reasons
+    assert all(isinstance(r[1], int) and r[1] >= 2 for r in body)
+
+
+def test_injected_deal_names_stay_text(demo_run):
+    tmp, _, _ = demo_run
+    ws = openpyxl.load_workbook(tmp / "out" / f"pipeline {AS_OF.isoformat()}.xlsx")["Opportunities"]
+    header = [c.value for c in ws[1]]
+    col = header.index("name")
+    names = {row[col].value: row[col].data_type for row in ws.iter_rows(min_row=2)}
+    assert names['=HYPERLINK("http://evil.example/","click me")'] == "s"
+    assert names["+SUM(1,2)"] == "s"
+    assert not any(t == "f" for t in names.values())
+    date_col = header.index("created_date")
+    assert ws.cell(row=2, column=date_col + 1).is_date
+
+
+def test_summary_line_printed(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    (tmp_path / "d.csv").write_text("opportunity_id,stage,created_date,amount\n1,Proposal,2026-01-05,100\n2,Nope,2026-01-05,5\n")
+    cfg.write_text("sources: [{name: s, type: csv, path: d.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n")
+    assert main(["run", "--config", str(cfg), "--as-of", "2026-02-01", "--no-prefect"]) == 0
+    out = capsys.readouterr().out
+    assert "source s: 2 read, 1 loaded, 1 rejected" in out
+    assert str(tmp_path / "o.xlsx") in out
+
+
+def test_validate_and_failure_exit_codes(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sources: [{name: s, type: csv, path: missing.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n")
+    assert main(["validate", "--config", str(cfg)]) == 1
+    assert "file not found" in capsys.readouterr().err
+    assert main(["run", "--config", str(cfg), "--no-prefect"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read" in err[0]
+    assert not (tmp_path / "o.xlsx").exists()
