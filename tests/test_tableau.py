@@ -6,11 +6,11 @@ import csv
 import io
 import logging
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import requests
 import trustme
 
 from config.models import DEFAULT_STAGES, TableauSourceConfig
@@ -382,3 +382,54 @@ def test_datasource_expiry_and_rate_limit(srv, fake, ds_rows, policy, sleeps, ki
 def test_records_frame_is_pandas(srv, fake, policy):
     out = extract(make_cfg(srv), make_ctx(), policy=policy)
     assert isinstance(out.records, pd.DataFrame) and out.history is None and out.stale is False
+
+
+def test_two_runs_with_one_token_never_overlap(srv, fake, policy):
+    """Run A pauses inside its data download; run B with the same token waits instead of signing in."""
+    import threading
+
+    from connectors.http import build_session
+
+    in_download, release, b_waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def pausing_session() -> requests.Session:
+        s = build_session(srv.ca_path)
+
+        def pause(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+            if resp.url.split("?")[0].endswith("/data"):
+                in_download.set()
+                release.wait(30)
+
+        s.hooks["response"].append(pause)
+        return s
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for another run" in record.getMessage():
+                b_waiting.set()
+
+    handler = Waiting()
+    logger = logging.getLogger("connectors.tableau")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    results: dict[str, Any] = {}
+    try:
+        a = threading.Thread(target=lambda: results.setdefault(
+            "a", extract(make_cfg(srv), make_ctx(), policy=policy, session_factory=pausing_session)))
+        b = threading.Thread(target=lambda: results.setdefault("b", extract(make_cfg(srv), make_ctx(), policy=policy)))
+        a.start()
+        assert in_download.wait(30)
+        b.start()
+        assert b_waiting.wait(30)
+        assert fake.sign_ins == 1  # B has not signed in while A's session is in use
+        release.set()
+        a.join(30)
+        b.join(30)
+    finally:
+        release.set()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(results["a"].records) == len(results["b"].records) == 3000
+    assert fake.sign_ins == 2 and fake.sign_outs == 2
+    assert len(fake.sessions) == 2 and fake.live_sessions() == []  # no session was ended early (no re-sign-in)
