@@ -229,6 +229,8 @@ class SalesforceSourceConfig(_SourceBase):
     # A SOQL condition (validated) or {field: value | [values]} (values escaped).
     where: str | dict[str, str | int | float | bool | None | list[str | int | float | bool | None]] | None = None
     incremental: bool = True
+    overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor (late commits)
+    page_size: int = Field(default=2000, ge=200, le=2000)  # Sforce-Query-Options batchSize (a hint)
     timeout: float = 30.0
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ over REQUESTS_CA_BUNDLE, request counters) rather than simple-salesforce, which 
 `instance_url`.
 
 Incremental (same rules as HubSpot): the first run (or `full_refresh`) reads every opportunity
-and replaces the stored state; later runs read only rows with `cursor <= SystemModstamp <
-signpost` (the signpost is the run's start), merge them into the stored records and drop the
-ids `queryAll` reports deleted. The new cursor is the signpost; it travels in
+and replaces the stored state; later runs read only rows with `cursor - overlap_seconds <=
+SystemModstamp < signpost` (the signpost is the run's start; the overlap catches transactions
+that commit late), merge them into the stored records by Id and drop the ids `queryAll`
+reports deleted (and, with `where:`, rows that changed and no longer match it). The new cursor is the signpost; it travels in
 `Extracted.pending_state` and the flow commits it only when the whole run succeeds.
 """
 
@@ -137,7 +138,8 @@ class SalesforceAPI:
         for attempt in (1, 2):
             resp = self.http.request(
                 "GET", path_or_url, params=params, expect_json=True,
-                headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+                headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json",
+                         "Sforce-Query-Options": f"batchSize={self.cfg.page_size}"},
                 ok=lambda r: r.status_code < 400 or r.status_code in (401, 403),
             )
             usage = resp.headers.get("Sforce-Limit-Info")
@@ -219,8 +221,8 @@ def opportunity_soql(fields: Iterable[str], *conditions: str | None) -> str:
     return f"SELECT {', '.join(fields)} FROM Opportunity{where}"
 
 
-def window(cursor: datetime, signpost: datetime) -> str:
-    return f"SystemModstamp >= {soql_literal(cursor)} AND SystemModstamp < {soql_literal(signpost)}"
+def window(since: datetime, signpost: datetime) -> str:
+    return f"SystemModstamp >= {soql_literal(since)} AND SystemModstamp < {soql_literal(signpost)}"
 
 
 def query_fingerprint(cfg: SalesforceSourceConfig) -> str:
@@ -372,8 +374,9 @@ def extract(
             if not stored:
                 cursor_at = None
     incremental = cursor_at is not None
+    since = min(cursor_at, signpost) - timedelta(seconds=cfg.overlap_seconds) if cursor_at else None
 
-    soql = opportunity_soql(fields, window(cursor_at, signpost) if incremental else None,
+    soql = opportunity_soql(fields, window(since, signpost) if since else None,
                             f"({user_where})" if user_where else None)
     changed: dict[str, dict] = {}
     for pages, page in enumerate(api.query(soql), start=1):
@@ -384,9 +387,9 @@ def extract(
     _enrich(api, cfg, changed)
 
     deletes: list[str] = []
-    if incremental:
-        deletes = _deleted_ids(api, cursor_at, signpost, user_where, changed)
+    if since:
         merged = {p["Id"]: p for p in stored}
+        deletes = sorted((_gone_ids(api, since, signpost, user_where) - set(changed)) & set(merged))
         for rid in deletes:
             merged.pop(rid, None)
         merged.update(changed)
@@ -403,7 +406,7 @@ def extract(
     log.info("Salesforce source '%s': %s read, %d changed, %d deleted, %d current",
              cfg.name, "incremental" if incremental else "full", len(changed), len(deletes), len(payloads))
     return Extracted(
-        source=cfg.name, records=records, history=history, raw=raw, notes=notes,
+        source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None, notes=notes,
         seconds=time.monotonic() - started, requests=obs.requests - before[0],
         retries=obs.retries - before[1], waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
@@ -434,17 +437,15 @@ def _by_ids(api: SalesforceAPI, template: str, ids: list[str]) -> Iterator[dict]
             yield from page
 
 
-def _deleted_ids(api: SalesforceAPI, cursor_at: datetime, signpost: datetime, user_where: str | None,
-                 changed: dict[str, dict]) -> list[str]:
-    """Ids to drop from the stored state: deleted in the window (queryAll), and with a `where`,
-    also rows changed in the window that no longer match it."""
-    win = window(cursor_at, signpost)
+def _gone_ids(api: SalesforceAPI, since: datetime, signpost: datetime, user_where: str | None) -> set[str]:
+    """Ids deleted in the window (queryAll sees IsDeleted rows). With a `where`, every id changed
+    in the window: the caller drops those that no longer match it."""
+    win = window(since, signpost)
     if user_where:
         soql = f"SELECT Id FROM Opportunity WHERE {win}"
     else:
         soql = f"SELECT Id FROM Opportunity WHERE IsDeleted = true AND {win}"
-    out = {r["Id"] for page in api.query(soql, include_deleted=True) for r in page}
-    return sorted(out - set(changed))
+    return {r["Id"] for page in api.query(soql, include_deleted=True) for r in page}
 
 
 def _error_codes(resp: requests.Response) -> set[str]:

@@ -533,7 +533,7 @@ def make_cfg(fake: SalesforceFake, **over: object) -> SalesforceSourceConfig:
     srv = fake.server
     data = {"type": "salesforce", "name": "sfdc", "domain": srv.url, "client_id": fake.client_id,
             "client_secret": fake.client_secret, "ca_bundle": srv.ca_path, "stage_map": STAGE_MAP,
-            "product_field": "Family", "next_step_field": "Next_Step_Date__c", **over}
+            "product_field": "Family", "next_step_field": "Next_Step_Date__c", "raw_sheet": "Salesforce raw", **over}
     return SalesforceSourceConfig.model_validate(data)
 
 
