@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,26 +106,36 @@ def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX
 # ----------------------------------------------------------------------------- cell XML
 
 
-def _escape_text(values: pd.Series, stats: WriteStats) -> pd.Series:
-    s = values.astype(object).where(values.notna(), None)
-    s = s.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    present = s.notna()
-    txt = s[present].astype(str)
-    too_long = txt.str.len() > EXCEL_MAX_CELL_CHARS
-    if too_long.any():
-        stats.cut_cells += int(too_long.sum())
-        txt[too_long] = txt[too_long].str.slice(0, EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)) + CUT_MARKER
-    if txt.str.contains("_x", regex=False).any():
-        txt = txt.str.replace(_LITERAL_ESCAPE, r"_x005F_\1", regex=True)
-    illegal = txt.str.contains(_ILLEGAL_XML)
-    if illegal.any():
-        txt[illegal] = txt[illegal].str.replace(_ILLEGAL_XML, lambda m: f"_x{ord(m.group(0)):04X}_", regex=True)
-    txt = txt.str.replace("&", "&amp;", regex=False).str.replace("<", "&lt;", regex=False).str.replace(">", "&gt;", regex=False)
-    if txt.str.contains("\r", regex=False).any():  # a raw CR would be read back as LF
-        txt = txt.str.replace("\r", "&#13;", regex=False)
-    out = pd.Series("", index=values.index, dtype=object)
-    out[present] = txt
-    return out
+def _escape_one(t: str, stats: WriteStats) -> str:
+    if len(t) > EXCEL_MAX_CELL_CHARS:
+        stats.cut_cells += 1
+        t = t[: EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)] + CUT_MARKER
+    if "_x" in t:
+        t = _LITERAL_ESCAPE.sub(r"_x005F_\1", t)
+    if _ILLEGAL_XML.search(t):
+        t = _ILLEGAL_XML.sub(lambda m: f"_x{ord(m.group(0)):04X}_", t)
+    if "&" in t:
+        t = t.replace("&", "&amp;")
+    if "<" in t:
+        t = t.replace("<", "&lt;")
+    if ">" in t:
+        t = t.replace(">", "&gt;")
+    if "\r" in t:  # a raw CR would be read back as LF
+        t = t.replace("\r", "&#13;")
+    return t
+
+
+def _escape_text(values: pd.Series, stats: WriteStats) -> np.ndarray:
+    """Escaped text per row ('' for missing); each distinct value is escaped once."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    escaped = np.array(
+        [_escape_one(u if isinstance(u, str) else str(u), stats) for u in uniques.tolist()] + [""], dtype=object
+    )
+    if stats.cut_cells:
+        # a cut value counts once per cell, not once per distinct value
+        long_codes = [i for i, u in enumerate(uniques.tolist()) if len(str(u)) > EXCEL_MAX_CELL_CHARS]
+        stats.cut_cells += int(np.isin(codes, long_codes).sum()) - len(long_codes)
+    return escaped[codes]  # code -1 (missing) picks the trailing ""
 
 
 def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, refs: list[str], stats: WriteStats) -> list[str]:
@@ -135,7 +147,7 @@ def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, refs: list[s
         a, b = f"{s_attr} t=\"inlineStr\"><is><t>", f"{s_attr} t=\"inlineStr\"><is><t xml:space=\"preserve\">"
         return [
             "" if not t else '<c r="' + r + '"' + (b if t[0].isspace() or t[-1].isspace() else a) + t + "</t></is></c>"
-            for r, t in zip(refs, txt.tolist(), strict=True)
+            for r, t in zip(refs, txt, strict=True)
         ]
     if fmt == "bool":
         vals = series.astype(object).tolist()
@@ -246,7 +258,9 @@ class _Layout:
             else:
                 ws.write_number(1, j, sample, cell_fmt)
         if headers:
-            ws.add_table(0, 0, max(n, 1), ncols - 1, {
+            # Sized for the sample row only: xlsxwriter tracks every table cell in a dict, which
+            # would cost gigabytes at a million rows. The real range is set when rows are spliced in.
+            ws.add_table(0, 0, 1, ncols - 1, {
                 "name": table_name(sheet.name),
                 "columns": [{"header": h} for h in headers],
                 "style": "Table Style Medium 2",
@@ -365,13 +379,63 @@ def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Pla
         out.write(head + b"<sheetData>")
         if header_row:
             out.write(header_row.group(0))
-        wrote = False
-        for block in _rows_xml(frame, planned.formats, styles, stats):
-            out.write(block.encode("utf-8"))
-            wrote = True
+        wrote = _write_overlapped(out, (b.encode("utf-8") for b in _rows_xml(frame, planned.formats, styles, stats)))
         if not wrote:
             out.write(b'<row r="2"></row>')
         out.write(b"</sheetData>" + tail)
+
+
+def _write_overlapped(out: Any, blocks: Iterator[bytes]) -> bool:
+    """Compress and write blocks on a second thread while the next block is generated.
+
+    zlib releases the GIL, so on two cores compression hides behind XML generation.
+    Returns whether any block was written.
+    """
+    q: queue.Queue[bytes | None] = queue.Queue(maxsize=3)
+    failure: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            while (block := q.get()) is not None:
+                out.write(block)
+        except BaseException as exc:  # re-raised on the producing thread
+            failure.append(exc)
+            while q.get() is not None:
+                pass
+
+    worker = threading.Thread(target=consume, name="xlsx-compress", daemon=True)
+    worker.start()
+    wrote = False
+    try:
+        for block in blocks:
+            if failure:
+                break
+            q.put(block)
+            wrote = True
+    finally:
+        q.put(None)
+        worker.join()
+    if failure:
+        raise failure[0]
+    return wrote
+
+
+def _full_ref(planned: _Planned) -> str:
+    ncols = max(planned.sheet.frame.shape[1], 1)
+    return f"A1:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1}"
+
+
+_TABLE_NAME = re.compile(rb'<table [^>]*?name="([^"]+)"')
+_REF = re.compile(rb'(<table [^>]*?ref=|<autoFilter ref=)"[^"]*"')
+
+
+def _resize_table(xml: bytes, refs: dict[str, str]) -> bytes:
+    """Set a data table's range (and its filter's) to cover every written row."""
+    m = _TABLE_NAME.search(xml)
+    ref = refs.get(m.group(1).decode()) if m else None
+    if ref is None:
+        return xml
+    return _REF.sub(lambda mm: mm.group(1) + b'"' + ref.encode() + b'"', xml)
 
 
 def write_workbook(
@@ -408,11 +472,14 @@ def write_workbook(
         planned = [layout.data_sheet(s) for s in sheets]
         wb.close()
         by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
+        table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
             for item in src.infolist():
                 if item.filename in by_part:
                     _splice(src, dst, item.filename, by_part[item.filename], stats)
+                elif item.filename.startswith("xl/tables/"):
+                    dst.writestr(item, _resize_table(src.read(item.filename), table_refs))
                 else:
                     dst.writestr(item, src.read(item.filename))
         with open(final_tmp, "rb+") as fh:
