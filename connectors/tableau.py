@@ -448,30 +448,52 @@ def parse_formatted(records: pd.DataFrame, date_format: str | None) -> tuple[pd.
     for f in AMOUNT_FIELDS:
         if f not in out:
             continue
-        txt = out[f].astype(object)
-        parsed = txt.map(parse_tableau_number)
-        keep_raw = parsed.isna() & (txt.map(lambda v: str(v).strip()) != "")
-        out[f] = parsed.astype(object).where(~keep_raw, txt)
-        if txt.map(lambda v: str(v).strip()[-1:].upper() in _UNITS).any():
+        raw = out[f].astype(object)
+        txt = _as_text(raw)
+        parsed = _parse_numbers(txt)
+        keep_raw = parsed.isna() & (txt != "")
+        out[f] = parsed.astype(object).where(~keep_raw, raw)
+        if txt.str[-1:].str.upper().isin(list(_UNITS)).any():
             notes.append(f"{f}: the view shows abbreviated numbers (K/M/B), so values are rounded as displayed")
     if date_format:
         return out, notes
     for f in DATE_FIELDS:
         if f not in out:
             continue
-        txt = out[f].astype(object).map(lambda v: "" if v is None else str(v).strip())
-        filled = txt[txt != ""]
-        if filled.empty:
+        txt = _as_text(out[f])
+        uniq = pd.Series(pd.unique(txt[txt != ""]), dtype=object)  # parse each distinct date once
+        if uniq.empty:
             continue
-        fits = [fmt for fmt in _DATE_FORMATS if pd.to_datetime(filled, format=fmt, errors="coerce").notna().all()]
+        fits = [fmt for fmt in _DATE_FORMATS if pd.to_datetime(uniq, format=fmt, errors="coerce").notna().all()]
         if not fits:
             continue  # left raw: the canonical layer rejects the rows with the reason
         if "%m/%d/%Y" in fits and "%d/%m/%Y" in fits:
-            notes.append(f"{f}: dates like '{filled.iloc[0]}' read as month/day/year; set date_format if the view uses day/month")
-        iso = pd.Series("", index=txt.index, dtype=object)
-        iso[filled.index] = pd.to_datetime(filled, format=fits[0]).dt.strftime("%Y-%m-%d")
-        out[f] = iso
+            notes.append(f"{f}: dates like '{uniq.iloc[0]}' read as month/day/year; set date_format if the view uses day/month")
+        iso = dict(zip(uniq, pd.to_datetime(uniq, format=fits[0]).dt.strftime("%Y-%m-%d"), strict=True))
+        out[f] = txt.map(iso).astype(object).where(txt != "", "")
     return out, notes
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Stripped strings; missing values -> ''."""
+    obj = values.astype(object)
+    return obj.where(obj.notna(), "").map(str).str.strip().astype(object)
+
+
+_PLAIN_NUMBER = re.compile(r"^\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
+
+
+def _parse_numbers(txt: pd.Series) -> pd.Series:
+    """parse_tableau_number over a column: plain '$1,234.5' vectorised, the rest once per distinct value."""
+    out = pd.Series(float("nan"), index=txt.index, dtype=float)
+    plain = txt.str.match(_PLAIN_NUMBER).astype(bool)
+    if plain.any():
+        out[plain] = pd.to_numeric(txt[plain].str.replace(r"[$,]", "", regex=True))
+    rest = ~plain & (txt != "")
+    if rest.any():
+        values = {u: parse_tableau_number(u) for u in pd.unique(txt[rest])}
+        out[rest] = txt[rest].map(lambda v: values[v]).astype(float)
+    return out
 
 
 # ----------------------------------------------------------------------------- mode: datasource

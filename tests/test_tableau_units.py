@@ -59,6 +59,20 @@ def test_parse_tableau_number(text, value):
     assert got == pytest.approx(value) if value is not None else got is None
 
 
+def test_column_parsing_agrees_with_the_scalar_parser():
+    """The vectorised fast path for plain '$1,234.5' values gives what parse_tableau_number gives."""
+    values = ["$45,047", "5,004", "311,783.644", "$711.83", "438", "1.234,56", "12,5", "(1,234)", "14.4%",
+              "1,23", "$1,2345", "", "x", "0.144482316", "$45K"]
+    frame = pd.DataFrame({"amount": values}, dtype=str)
+    got = parse_formatted(frame, None)[0]["amount"].tolist()
+    for v, g in zip(values, got, strict=True):
+        want = parse_tableau_number(v)
+        if want is None:
+            assert (v == "" and math.isnan(g)) or g == v, v
+        else:
+            assert g == pytest.approx(want), v
+
+
 def test_every_number_in_the_recorded_csv_parses():
     rows = list(csv.reader(io.StringIO(recorded("populate_csv.csv").decode())))
     header = rows[0]
