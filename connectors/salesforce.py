@@ -123,7 +123,7 @@ class SalesforceAPI:
                 f"Salesforce source '{cfg.name}': private_key_path '{cfg.private_key_path}' cannot be read "
                 f"({exc.strerror}); point it at the PEM private key of the connected app's certificate"
             ) from None
-        claims = {"iss": cfg.client_id, "sub": cfg.username, "aud": cfg.login_url.rstrip("/"),
+        claims = {"iss": cfg.client_id, "sub": cfg.username, "aud": jwt_audience(cfg.login_url),
                   "exp": int((datetime.now(UTC) + JWT_LIFETIME).timestamp())}
         try:
             return jwt.encode(claims, key, algorithm="RS256")
@@ -187,6 +187,17 @@ class SalesforceAPI:
         token never goes to another host."""
         parts = urlsplit(next_url)
         return self.instance_url + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def jwt_audience(login_url: str) -> str:
+    """The JWT `aud`: login.salesforce.com (test.salesforce.com for a sandbox) when the token
+    endpoint is a My Domain host, otherwise `login_url` itself (login, test, a community URL)."""
+    host = urlsplit(login_url).hostname or ""
+    if host.endswith(".sandbox.my.salesforce.com"):
+        return "https://test.salesforce.com"
+    if host.endswith(".my.salesforce.com"):
+        return "https://login.salesforce.com"
+    return login_url.rstrip("/")
 
 
 # ----------------------------------------------------------------------------- query building

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from config.models import DEFAULT_STAGES
 from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.http import HttpClient, build_session
-from connectors.salesforce import SalesforceAPI
+from connectors.salesforce import SalesforceAPI, jwt_audience
 from tests.fakes.salesforce import (
     FAST,
     STAGE_MAP,
@@ -221,3 +221,14 @@ def test_recorded_pages_replay_and_absolute_next_url_stays_on_the_instance(fake:
     assert list(api.query("SELECT Id FROM Opportunity", include_deleted=True)) == [[{"ID": "1"}], [{"ID": "2"}]]
     assert [r.path for r in srv.requests[-4:]] == [
         "/services/data/v66.0/query", "/query/next-records-id", "/services/data/v66.0/queryAll", "/queryAll/next-records-id"]
+
+
+@pytest.mark.parametrize(("login_url", "aud"), [
+    ("https://login.salesforce.com/", "https://login.salesforce.com"),
+    ("https://test.salesforce.com", "https://test.salesforce.com"),
+    ("https://acme.my.salesforce.com", "https://login.salesforce.com"),
+    ("https://acme--uat.sandbox.my.salesforce.com", "https://test.salesforce.com"),
+    ("https://acme.my.site.com/customers", "https://acme.my.site.com/customers"),
+])
+def test_jwt_audience(login_url: str, aud: str) -> None:
+    assert jwt_audience(login_url) == aud
