@@ -32,6 +32,7 @@ from tableauserverclient.server.endpoint.exceptions import (
 
 from config.models import TableauSourceConfig
 from config.schema import FIELD_NAMES, FIELDS_BY_NAME
+from connectors import files
 from connectors.errors import FatalAPIError, RetriableAPIError, SourceDataError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http import TRANSIENT_EXCEPTIONS, HttpClient, Observer, RetryPolicy, build_session
@@ -366,23 +367,18 @@ def read_view_csv(body: bytes, where: str) -> pd.DataFrame:
 
 
 def map_columns(frame: pd.DataFrame, columns: dict[str, str], where: str) -> pd.DataFrame:
-    """Rename source headers to canonical fields (`columns`); headers already canonical are kept."""
-    missing = [src for src in columns if src not in frame.columns]
+    """Rename source headers to canonical fields the way the csv source does (connectors.files).
+
+    A `columns` key the data lacks, or no column for a required field, is an error naming both.
+    """
+    have = {str(c).strip().lower() for c in frame.columns}
+    missing = [src for src in columns if src.strip().lower() not in have]
     if missing:
         raise SourceDataError(
             f"{where}: 'columns' names {', '.join(repr(m) for m in missing)}, which the data does not have; "
             f"its columns are: {', '.join(map(str, frame.columns))}"
         )
-    targets = list(columns.values())
-    dupes = sorted({t for t in targets if targets.count(t) > 1})
-    if dupes:
-        raise SourceDataError(f"{where}: 'columns' maps several headers to {', '.join(dupes)}; map one each")
-    out = pd.DataFrame(index=frame.index)
-    for src, dst in columns.items():
-        out[dst] = frame[src]
-    for col in frame.columns:
-        if col in FIELD_NAMES and col not in out and col not in columns:
-            out[col] = frame[col]
+    out = files.map_columns(frame, columns, FIELD_NAMES, where)
     absent = [f for f in REQUIRED_FIELDS if f not in out]
     if absent:
         raise SourceDataError(

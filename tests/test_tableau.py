@@ -433,3 +433,10 @@ def test_two_runs_with_one_token_never_overlap(srv, fake, policy):
     assert len(results["a"].records) == len(results["b"].records) == 3000
     assert fake.sign_ins == 2 and fake.sign_outs == 2
     assert len(fake.sessions) == 2 and fake.live_sessions() == []  # no session was ended early (no re-sign-in)
+
+
+def test_headers_named_like_fields_map_themselves_as_in_the_csv_source(srv, fake, policy):
+    out = extract(make_cfg(srv, columns={}), make_ctx(), policy=policy)
+    assert sorted(c for c in out.records.columns if c != "_row") == [
+        "amount", "close_date", "created_date", "opportunity_id", "stage"]
+    assert out.records["amount"].iloc[0] == 1737.0
