@@ -19,7 +19,14 @@ from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
 from config.workbook import ChartSpec, ColumnFormat, SheetData, SummaryData
 from transforms.changes import classify_changes
-from transforms.flags import ADVICE, DEAL_CHECKS, FLAG_COLUMNS, SEVERITY_ORDER, compute_flags
+from transforms.flags import (
+    ADVICE,
+    DEAL_CHECKS,
+    FLAG_COLUMNS,
+    SEVERITY_ORDER,
+    FlagResult,
+    compute_flags,
+)
 from transforms.history import deals_as_of, prepare_history, to_days
 from transforms.metrics import (
     METRIC_COLUMNS,
@@ -42,6 +49,9 @@ RULE_TITLES = {
     "M4": "Clinging to dead deals", "M5": "Not tracking data", "M6": "Ignoring existing customers",
     "M7": "Wrong metrics", "M8": "Product mix out of balance",
 }
+# the input columns compute_metrics reads
+_METRIC_INPUTS = ["owner", "product", "account_id", "stage", "status", "amount", "created_date", "close_date",
+                  "stage_entered_date", "deal_type"]
 _UNIT_FORMAT: dict[str, ColumnFormat] = {
     "count": "int", "currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
     "pct": "number", "days": "days",
@@ -74,7 +84,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     deals["flags"] = fr.deal_flags.to_numpy()
 
     prev_period = previous_period(period, cfg.fiscal_year_start_month)
-    prev_deals = deals_as_of(opps, hist, stages, prev_period.end)
+    prev_deals = deals_as_of(opps, hist, stages, prev_period.end, columns=_METRIC_INPUTS)
     prev_team = team_values(compute_metrics(prev_deals, cfg, prev_period.end, prev_period, scopes=("team",)))
     team = team_values(full)
 
@@ -96,7 +106,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
         SheetData("Funnel", funnel, {"order": "int", "open_deals": "int", "open_value": "currency",
                                      "weighted_value": "currency", "reached": "int", "advanced": "int",
                                      "conversion_rate": "ratio", "avg_days_in_stage": "days"}, notes=[funnel_note]),
-        SheetData("Owners", *_owners(full, fr.flags, deals)),
+        SheetData("Owners", *_owners(full, fr, deals)),
         SheetData("Products", *_products(deals, full, cfg, period)),
         SheetData("Trends", *_trends(snapshots, as_of, team)),
         SheetData("Changes", changes, {"old_amount": "currency", "new_amount": "currency",
@@ -105,10 +115,10 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                          else "No earlier snapshot of this report: nothing to compare."]),
         SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency"}),
-        SheetData(FLAGS_BY_RULE_SHEET, _flags_by_rule(fr.flags),
+        SheetData(FLAGS_BY_RULE_SHEET, _flags_by_rule(fr.counts),
                   {"high": "int", "medium": "int", "low": "int", "total": "int"}),
     ]
-    summary = _summary(cfg, as_of, period, prev_period, team, prev_team, fr.flags, deals, len(opps) - len(deals),
+    summary = _summary(cfg, as_of, period, prev_period, team, prev_team, fr.counts, deals, len(opps) - len(deals),
                        stale_sources, funnel_note)
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
                      summary, snapshot)
@@ -137,22 +147,31 @@ def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple
     return frame, note
 
 
-def _owners(metrics: pd.DataFrame, flags: pd.DataFrame, deals: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def _owners(metrics: pd.DataFrame, fr: FlagResult, deals: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     cols = ["open_deals", "open_value", "weighted_value", "won_deals", "won_value", "lost_deals", "win_rate",
             "avg_deal_size", "avg_sales_cycle_days", "sales_velocity_per_day", "lead_gen_per_day"]
     own = metrics[metrics["scope"] == "owner"].pivot(index="key", columns="metric", values="value")
     own = own.reindex(columns=cols)
-    owner_of = pd.Series(deals["owner"].astype(object).fillna(NO_OWNER).to_numpy(), index=deals["row_id"].to_numpy())
-    f = flags[flags["scope"].isin(["deal", "owner"])]
-    who = np.where(f["scope"] == "deal", f["key"].map(owner_of), f["key"])
-    counts = pd.crosstab(pd.Series(who, dtype=object), f["severity"].to_numpy()) if len(f) else pd.DataFrame()
-    counts = counts.reindex(index=own.index, columns=list(SEVERITY_ORDER), fill_value=0)
+    keys = pd.Index(own.index, dtype=object)
+    owner = deals["owner"].astype(object).to_numpy(dtype=object)
+    codes = keys.get_indexer(np.where(pd.isna(owner), NO_OWNER, owner))
+    ok = codes >= 0
+    sev_counts = {s: np.zeros(len(keys), dtype=np.int64) for s in SEVERITY_ORDER}
+    for i, (_, _, sev) in enumerate(DEAL_CHECKS):
+        fired = ok & ((fr.deal_bits >> i) & 1).astype(bool)
+        sev_counts[sev] += np.bincount(codes[fired], minlength=len(keys))
+    owner_rows = fr.flags[fr.flags["scope"] == "owner"]
+    for key, sev in zip(owner_rows["key"], owner_rows["severity"], strict=True):
+        if key in keys:
+            sev_counts[sev][keys.get_loc(key)] += 1
     frame = own.reset_index().rename(columns={"key": "owner"})
-    for s in SEVERITY_ORDER:
-        frame[f"flags_{s}"] = counts[s].to_numpy().astype(np.int64)
-    frame["flags_total"] = frame[[f"flags_{s}" for s in SEVERITY_ORDER]].sum(axis=1).astype(np.int64)
     frame.columns.name = None
     frame["owner"] = frame["owner"].astype(object)
+    for c in ("open_deals", "won_deals", "lost_deals"):
+        frame[c] = frame[c].astype(np.int64)
+    for s in SEVERITY_ORDER:
+        frame[f"flags_{s}"] = sev_counts[s]
+    frame["flags_total"] = sum(sev_counts.values()) if len(keys) else np.zeros(0, np.int64)
     formats: dict[str, ColumnFormat] = {c: _UNIT_FORMAT[UNITS[c]] for c in cols}
     formats.update({f"flags_{s}": "int" for s in (*SEVERITY_ORDER, "total")})
     return frame, formats
@@ -213,39 +232,33 @@ def _won_by_month(deals: pd.DataFrame, as_of: date) -> pd.DataFrame:
                          "won_deals": counts, "won_value": values})
 
 
-def _flags_by_rule(flags: pd.DataFrame) -> pd.DataFrame:
+def _flags_by_rule(counts: pd.DataFrame) -> pd.DataFrame:
     rules = sorted(ADVICE)
-    counts = pd.crosstab(flags["rule"], flags["severity"]) if len(flags) else pd.DataFrame()
-    counts = counts.reindex(index=rules, columns=list(SEVERITY_ORDER), fill_value=0)
     frame = pd.DataFrame({"rule": pd.Series(rules, dtype=object),
                           "mistake": pd.Series([RULE_TITLES[r] for r in rules], dtype=object)})
     for s in SEVERITY_ORDER:
-        frame[s] = counts[s].to_numpy().astype(np.int64)
+        per_rule = counts[counts["severity"] == s].groupby("rule")["count"].sum()
+        frame[s] = per_rule.reindex(rules, fill_value=0).to_numpy().astype(np.int64)
     frame["total"] = frame[list(SEVERITY_ORDER)].sum(axis=1).astype(np.int64)
     return frame
 
 
 def _summary(cfg: AppConfig, as_of: date, period: Period, prev_period: Period, team: dict, prev_team: dict,
-             flags: pd.DataFrame, deals: pd.DataFrame, excluded: int, stale: Sequence[str], funnel_note: str) -> SummaryData:
+             counts: pd.DataFrame, deals: pd.DataFrame, excluded: int, stale: Sequence[str], funnel_note: str) -> SummaryData:
     val = [np.nan if team[m] is None else team[m] for m in TEAM_METRICS]
     prev = [np.nan if prev_team.get(m) is None else prev_team[m] for m in TEAM_METRICS]
     kpis = pd.DataFrame({"metric": pd.Series(TEAM_METRICS, dtype=object), "value": val, "previous": prev,
                          "change": np.array(val, dtype=float) - np.array(prev, dtype=float),
                          "unit": pd.Series([UNITS[m] for m in TEAM_METRICS], dtype=object)})
-    if len(flags):
-        fc = flags.groupby(["rule", "check", "severity"], sort=False).size().reset_index(name="count")
-        fc["_r"] = fc["severity"].map({s: i for i, s in enumerate(SEVERITY_ORDER)})
-        fc = fc.sort_values(["_r", "rule", "check"], kind="stable").drop(columns="_r").reset_index(drop=True)
-    else:
-        fc = pd.DataFrame({"rule": pd.Series(dtype=object), "check": pd.Series(dtype=object),
-                           "severity": pd.Series(dtype=object), "count": pd.Series(dtype=np.int64)})
+    fc = counts.copy()
     status = deals["status"].to_numpy(dtype=object)
     lines = [
         f"As of {as_of.isoformat()}; period {period.label} ({period.start.isoformat()} to {period.end.isoformat()}); "
         f"'previous' = {prev_period.label} as of its last day ({prev_period.end.isoformat()}).",
         f"{len(deals)} deals existed at as_of: {int((status == 'open').sum())} open, {int((status == 'won').sum())} won, "
         f"{int((status == 'lost').sum())} lost; {excluded} created after as_of are not shown.",
-        f"{len(flags)} flags: " + ", ".join(f"{int((flags['severity'] == s).sum())} {s}" for s in SEVERITY_ORDER) + ".",
+        f"{int(counts['count'].sum())} flags: "
+        + ", ".join(f"{int(counts.loc[counts['severity'] == s, 'count'].sum())} {s}" for s in SEVERITY_ORDER) + ".",
     ]
     est = int(deals["stage_entered_estimated"].sum())
     if est:

@@ -82,15 +82,22 @@ def parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None 
     Accepts ISO dates, ISO date-times (with an offset: converted to `tz` first) and
     `date_format`. Already-parsed datetimes/dates pass through.
     """
-    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
     if raw.empty:
-        return out, pd.Series("", index=raw.index, dtype=object)
+        return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]"), pd.Series("", index=raw.index, dtype=object)
+    # microseconds while parsing: years like 9999 (a common "no date" placeholder) fit, and are
+    # rejected as out of range below instead of overflowing nanoseconds
+    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us]")
     obj = raw.astype(object)
     is_dt = obj.map(lambda v: hasattr(v, "year") and hasattr(v, "month")).astype(bool)
+    typed_out_of_range = pd.Series(False, index=raw.index)
     if is_dt.any():
-        dt = pd.to_datetime(obj[is_dt], errors="coerce", utc=False)
-        dt = dt.map(lambda t: t.tz_convert(tz).tz_localize(None) if getattr(t, "tzinfo", None) else t)
-        out[is_dt] = pd.to_datetime(dt).dt.normalize()
+        # per value: a column may mix aware and naive datetimes, which to_datetime refuses;
+        # years outside the range are caught here, before they overflow datetime64[ns]
+        years = obj[is_dt].map(lambda v: MIN_YEAR if pd.isna(v) else v.year)
+        typed_out_of_range[is_dt] = (years < MIN_YEAR) | (years > MAX_YEAR)
+        ok = is_dt & ~typed_out_of_range
+        dt = obj[ok].map(lambda v: _local_timestamp(v, tz))
+        out[ok] = pd.to_datetime(dt, errors="coerce").dt.normalize()
     txt = _text(obj.where(~is_dt, ""))
     todo = (txt != "") & ~is_dt
     if date_format and todo.any():
@@ -121,7 +128,19 @@ def parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None 
     out_of_range = out.notna() & ((years < MIN_YEAR) | (years > MAX_YEAR))
     reason[out_of_range] = f"{field} " + out[out_of_range].dt.strftime("%Y-%m-%d") + f" is out of range ({MIN_YEAR}-{MAX_YEAR})"
     out[out_of_range] = pd.NaT
-    return out, reason
+    reason[typed_out_of_range] = (
+        f"{field} " + obj[typed_out_of_range].map(lambda v: v.isoformat()[:10]) + f" is out of range ({MIN_YEAR}-{MAX_YEAR})"
+    )
+    return out.astype("datetime64[ns]"), reason
+
+
+def _local_timestamp(value: object, tz: tzinfo) -> pd.Timestamp:
+    """A date/datetime as a naive Timestamp in `tz` (aware values converted); NaT if unusable."""
+    try:
+        t = pd.Timestamp(value)
+        return t.tz_convert(tz).tz_localize(None) if t.tzinfo is not None else t
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
 
 
 def parse_bools(raw: pd.Series, field: str) -> tuple[pd.Series, pd.Series]:

@@ -53,13 +53,10 @@ def generate_demo(as_of: date, n_deals: int = 2400, seed: int = 20260101) -> tup
     closes = outcome < 2
     closed_by_asof = closes & (close_actual <= asof)
 
-    stage = np.empty(n, dtype=object)
-    for i in range(n):  # small demo generator: clarity over vectorisation
-        if closed_by_asof[i]:
-            stage[i] = "Won" if outcome[i] == 0 else "Lost"
-            continue
-        entered = [k for k in range(reach[i]) if entries[i, k] <= asof]
-        stage[i] = OPEN_STAGES[entered[-1] if entered else 0]
+    entered = (np.arange(5)[None, :] < reach[:, None]) & (entries[:, :5] <= asof)
+    last_entered = np.where(entered.any(axis=1), 4 - np.argmax(entered[:, ::-1], axis=1), 0)
+    stage = np.asarray(OPEN_STAGES, dtype=object)[last_entered]
+    stage[closed_by_asof] = np.where(outcome[closed_by_asof] == 0, "Won", "Lost")
     is_open = ~closed_by_asof
     expected_close = created + rng.integers(45, 150, n).astype("timedelta64[D]")
     close_date = np.where(closed_by_asof, close_actual, expected_close)

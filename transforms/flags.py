@@ -8,7 +8,7 @@ Deal-scope rows use the row id (`source:opportunity_id`) as `key`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -50,10 +50,8 @@ DEAL_CHECKS: tuple[tuple[str, str, str], ...] = (
 class FlagResult:
     flags: pd.DataFrame
     deal_flags: pd.Series  # per deal (index of `deals`): comma-separated check names, "" if none
-
-
-def _s(values: np.ndarray) -> pd.Series:
-    return pd.Series(values, dtype=object)
+    deal_bits: np.ndarray  # per deal: bit i set when DEAL_CHECKS[i] fired
+    counts: pd.DataFrame  # rule, check, severity, count (same order as the flags)
 
 
 def _num(x: float) -> str:
@@ -67,77 +65,98 @@ def _team_row(rule: str, check: str, severity: str, scope: str, key: str, value:
             "advice": ADVICE[rule]}
 
 
-def deal_check_masks(deals: pd.DataFrame, cfg: AppConfig, as_of: date, avg_cycle: float | None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]]:
-    """check -> (mask, value, threshold, message) for the deal checks, over all deals."""
+def _messages(ids: np.ndarray, fmt: Callable[..., str], *cols: np.ndarray) -> np.ndarray:
+    """`id + fmt(*values)` per row, formatting each distinct combination of int `cols` once."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=object)
+    key = np.zeros(len(ids), dtype=np.int64)
+    for c in cols:
+        lo, hi = int(c.min()), int(c.max())
+        key = key * (hi - lo + 1) + (c - lo)
+    uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    suffix = np.array([fmt(*(int(c[i]) for c in cols)) for i in first], dtype=object)
+    return ids.astype(object) + suffix[inv]
+
+
+def _iso(days: int) -> str:
+    return str(np.datetime64(days, "D"))
+
+
+def deal_check_masks(deals: pd.DataFrame, cfg: AppConfig, as_of: date, avg_cycle: float | None,
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
+    """check -> (mask, value, threshold, messages(mask)) of the deal checks, over all deals."""
     t = cfg.targets
     stages = cfg.pipeline.stages
+    names = [s.name for s in stages] + [""]
     day = np.datetime64(as_of, "D")
     n = len(deals)
     is_open = deals["status"].to_numpy(dtype=object) == "open"
     code = deals["_stage_code"].to_numpy()
-    ids = deals["opportunity_id"].astype(object).to_numpy()
-    stage = deals["stage"].astype(object).fillna("").to_numpy()
-    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]] = {}
+    ids = deals["opportunity_id"].to_numpy(dtype=object)
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] = {}
 
-    def msg(mask: np.ndarray, *parts: object) -> pd.Series:
-        s = _s(ids[mask])
-        for p in parts:
-            s = s + (p if isinstance(p, str) else _s(np.asarray(p)[mask]).astype(str))
-        return s
+    def maker(fmt: Callable[..., str], *cols: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda m: _messages(ids[m], fmt, *(c[m] for c in cols))
+
+    def days_between(a: np.ndarray) -> np.ndarray:
+        return (day - a).astype("timedelta64[D]").astype(float)
 
     # M2: open, in a stage after the qualification stage, BANT score < min_score
-    names = [s.name for s in stages]
-    q_index = names.index(cfg.pipeline.qualification_stage)
-    score = deals[["budget", "authority", "need", "timeline"]].fillna(False).astype(bool).sum(axis=1).to_numpy()
+    q_index = [s.name for s in stages].index(cfg.pipeline.qualification_stage)
+    score = sum(deals[f].fillna(False).to_numpy(dtype=bool).astype(np.int64) for f in ("budget", "authority", "need", "timeline"))
     min_score = cfg.pipeline.qualification.min_score
     m = is_open & (code > q_index) & (score < min_score)
-    out["unqualified"] = (m, score.astype(float), np.full(n, float(min_score)),
-                          msg(m, " is in ", stage, " with a BANT qualification score of ", score, f" (minimum {min_score})."))
+    out["unqualified"] = (m, score.astype(float), np.full(n, float(min_score)), maker(
+        lambda c, sc: f" is in {names[c]} with a BANT qualification score of {sc} (minimum {min_score}).", code, score))
 
     # M3 stalled: days_in_stage > max_days of its stage
     max_days = np.array([np.nan if s.max_days is None else s.max_days for s in stages] + [np.nan])[code]
     dis = deals["days_in_stage"].to_numpy(dtype=float)
-    m = is_open & ~np.isnan(max_days) & (dis > np.nan_to_num(max_days, nan=np.inf))
-    out["stalled"] = (m, dis, max_days, msg(m, " has been in ", stage, " for ", dis.astype(np.int64), " days (stage limit ",
-                                               np.nan_to_num(max_days).astype(np.int64), " days)."))
+    m = is_open & (dis > np.nan_to_num(max_days, nan=np.inf))
+    out["stalled"] = (m, dis, max_days, maker(
+        lambda c, k: f" has been in {names[c]} for {k} days (stage limit {stages[c].max_days} days).",
+        code, dis.astype(np.int64)))
 
+    # M4
     close = to_days(deals["close_date"])
-    past = (day - close).astype("timedelta64[D]").astype(float)
+    past = days_between(close)
     m = is_open & (close < day)
-    out["past_due"] = (m, past, np.zeros(n), msg(m, " is still open but its close date ", np.datetime_as_string(close, unit="D"),
-                                                 " is ", np.nan_to_num(past).astype(np.int64), " days before as_of."))
+    close_i = np.where(np.isnat(close), 0, close.astype(np.int64))
+    out["past_due"] = (m, past, np.zeros(n), maker(
+        lambda c, k: f" is still open but its close date {_iso(c)} is {k} days before as_of.",
+        close_i, np.nan_to_num(past).astype(np.int64)))
 
     age = deals["age_days"].to_numpy(dtype=float)
     if avg_cycle is not None:
         limit = t.max_age_factor * avg_cycle
         m = is_open & (age > limit)
-        out["aged"] = (m, age, np.full(n, limit), msg(m, " is ", age.astype(np.int64),
-                                                      f" days old, more than {_num(t.max_age_factor)} x the average sales cycle of "
-                                                      f"{_num(avg_cycle)} days ({_num(limit)} days)."))
+        out["aged"] = (m, age, np.full(n, limit), maker(
+            lambda k: f" is {k} days old, more than {_num(t.max_age_factor)} x the average sales cycle of "
+                      f"{_num(avg_cycle)} days ({_num(limit)} days).", age.astype(np.int64)))
     else:
-        out["aged"] = (np.zeros(n, bool), age, np.full(n, np.nan), _s(np.zeros(0, object)))
+        out["aged"] = (np.zeros(n, bool), age, np.full(n, np.nan), maker(lambda: ""))
 
     nxt = to_days(deals["next_step_date"])
-    late = (day - nxt).astype("timedelta64[D]").astype(float)
+    late = days_between(nxt)
     m = is_open & (nxt < day)
-    out["overdue_follow_up"] = (m, late, np.zeros(n), msg(m, "'s next step was due on ", np.datetime_as_string(nxt, unit="D"),
-                                                          ", ", np.nan_to_num(late).astype(np.int64), " days before as_of, and not done."))
+    nxt_i = np.where(np.isnat(nxt), 0, nxt.astype(np.int64))
+    out["overdue_follow_up"] = (m, late, np.zeros(n), maker(
+        lambda c, k: f"'s next step was due on {_iso(c)}, {k} days before as_of, and is not done.",
+        nxt_i, np.nan_to_num(late).astype(np.int64)))
 
-    act = to_days(deals["last_activity_date"])
-    idle = (day - act).astype("timedelta64[D]").astype(float)
-    m = is_open & ~np.isnan(idle) & (np.nan_to_num(idle, nan=-np.inf) > t.max_inactive_days)
-    out["no_activity"] = (m, idle, np.full(n, float(t.max_inactive_days)),
-                          msg(m, " has had no activity for ", np.nan_to_num(idle).astype(np.int64),
-                              f" days (limit {t.max_inactive_days})."))
+    idle = days_between(to_days(deals["last_activity_date"]))
+    m = is_open & (np.nan_to_num(idle, nan=-np.inf) > t.max_inactive_days)
+    out["no_activity"] = (m, idle, np.full(n, float(t.max_inactive_days)), maker(
+        lambda k: f" has had no activity for {k} days (limit {t.max_inactive_days}).", np.nan_to_num(idle).astype(np.int64)))
 
-    miss_amt = deals["amount"].isna().to_numpy()
-    miss_close = np.isnat(close)
-    miss_owner = deals["owner"].isna().to_numpy()
-    which = (_s(np.where(miss_amt, "amount, ", "")) + _s(np.where(miss_close, "close_date, ", ""))
-             + _s(np.where(miss_owner, "owner, ", ""))).str.rstrip(", ").to_numpy(dtype=object)
-    count = miss_amt.astype(int) + miss_close.astype(int) + miss_owner.astype(int)
-    m = is_open & (count > 0)
-    out["missing_fields"] = (m, count.astype(float), np.zeros(n), msg(m, " is open but has no ", which, "."))
+    # M5 missing fields
+    missing = (deals["amount"].isna().to_numpy().astype(np.int64) + 2 * np.isnat(close).astype(np.int64)
+               + 4 * deals["owner"].isna().to_numpy().astype(np.int64))
+    count = (missing & 1) + (missing >> 1 & 1) + (missing >> 2 & 1)
+    fields = ("amount", "close_date", "owner")
+    m = is_open & (missing > 0)
+    out["missing_fields"] = (m, count.astype(float), np.zeros(n), maker(
+        lambda b: " is open but has no " + ", ".join(f for i, f in enumerate(fields) if b >> i & 1) + ".", missing))
     return out
 
 
@@ -148,7 +167,6 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     t = cfg.targets
     team = metrics[metrics["scope"] == "team"].set_index("metric")
     tv = {m: (None if pd.isna(v) else float(v)) for m, v in team["value"].items()}
-    frames: list[pd.DataFrame] = []
     rows: list[dict] = []
     is_open = deals["status"].to_numpy(dtype=object) == "open"
     n_open = int(is_open.sum())
@@ -164,28 +182,29 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
 
     # M3 stage share
     if n_open:
-        open_stage = deals.loc[is_open, "stage"].astype(object)
-        counts = open_stage.value_counts()
-        for s in cfg.pipeline.open_stages:
-            share = counts.get(s.name, 0) / n_open
-            if share > t.max_stage_share:
+        open_codes = deals["_stage_code"].to_numpy()[is_open]
+        counts = np.bincount(open_codes[open_codes >= 0], minlength=len(cfg.pipeline.stages))
+        for k, s in enumerate(cfg.pipeline.stages):
+            share = counts[k] / n_open
+            if s.status == "open" and share > t.max_stage_share:
                 rows.append(_team_row("M3", "stage_share", "medium", "stage", s.name, share, t.max_stage_share,
-                                      f"{s.name} holds {int(counts.get(s.name, 0))} of {n_open} open deals ({share:.0%}), "
+                                      f"{s.name} holds {int(counts[k])} of {n_open} open deals ({share:.0%}), "
                                       f"more than the {t.max_stage_share:.0%} limit."))
 
     # deal checks
     masks = deal_check_masks(deals, cfg, as_of, tv.get("avg_sales_cycle_days"))
     bits = np.zeros(len(deals), dtype=np.int64)
+    deal_parts: list[tuple[str, str, pd.DataFrame]] = []
     for i, (check, rule, sev) in enumerate(DEAL_CHECKS):
-        m, value, thr, message = masks[check]
+        m, value, thr, messages = masks[check]
         bits |= m.astype(np.int64) << i
         if not m.any():
             continue
-        frames.append(pd.DataFrame({
+        deal_parts.append((sev, rule, pd.DataFrame({
             "rule": rule, "check": check, "severity": sev, "scope": "deal",
             "key": deals["row_id"].to_numpy(dtype=object)[m], "opportunity_id": deals["opportunity_id"].to_numpy(dtype=object)[m],
-            "value": value[m], "threshold": thr[m], "message": message.to_numpy(dtype=object), "advice": ADVICE[rule],
-        }))
+            "value": value[m], "threshold": thr[m], "message": messages(m), "advice": ADVICE[rule],
+        })))
 
     # M5 team: missing share, stale sources
     if n_open:
@@ -223,23 +242,49 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     if t.product_mix:
         rows += _product_mix(deals, cfg, period)
 
+    flags, counts = _ordered(rows, deal_parts)
+    return FlagResult(flags, pd.Series(_bits_to_names(bits), index=deals.index, dtype=object), bits, counts)
+
+
+def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All flags sorted by severity then rule (team/owner/stage rows before deal rows within a rule),
+    and the count per (rule, check, severity) in the same order."""
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    pieces: list[tuple[tuple[int, str, int], pd.DataFrame]] = []
     if rows:
-        frames.append(pd.DataFrame(rows))
-    flags = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FLAG_COLUMNS)
-    flags = flags[FLAG_COLUMNS]
+        team = pd.DataFrame(rows, columns=FLAG_COLUMNS)
+        for (sev, rule), grp in team.groupby(["severity", "rule"], sort=False):
+            pieces.append(((rank[sev], rule, 0), grp))
+    for i, (sev, rule, frame) in enumerate(deal_parts):
+        pieces.append(((rank[sev], rule, 1 + i), frame))
+    pieces.sort(key=lambda p: p[0])
+    frames = [p[1] for p in pieces]
+    if not frames:
+        frames = [pd.DataFrame(columns=FLAG_COLUMNS)]
+    flags = pd.concat(frames, ignore_index=True)[FLAG_COLUMNS]
     for c in ("value", "threshold"):
         flags[c] = pd.to_numeric(flags[c], errors="coerce").astype(float)
     for c in ("rule", "check", "severity", "scope", "key", "opportunity_id", "message", "advice"):
         flags[c] = flags[c].astype(object)
-    rank = flags["severity"].map({s: i for i, s in enumerate(SEVERITY_ORDER)})
-    flags = flags.assign(_r=rank).sort_values(["_r", "rule"], kind="stable").drop(columns="_r").reset_index(drop=True)
-    return FlagResult(flags, pd.Series(_bits_to_names(bits), index=deals.index, dtype=object))
+    count_rows = []
+    for _, frame in pieces:
+        if frame["scope"].iloc[0] == "deal":
+            count_rows.append((frame["rule"].iloc[0], frame["check"].iloc[0], frame["severity"].iloc[0], len(frame)))
+        else:
+            for (rule, check, sev), g in frame.groupby(["rule", "check", "severity"], sort=False):
+                count_rows.append((rule, check, sev, len(g)))
+    counts = pd.DataFrame(count_rows, columns=["rule", "check", "severity", "count"])
+    counts = counts.groupby(["rule", "check", "severity"], sort=False, as_index=False)["count"].sum()
+    for c in ("rule", "check", "severity"):
+        counts[c] = counts[c].astype(object)
+    counts["count"] = counts["count"].astype(np.int64)
+    return flags, counts
 
 
 def _bits_to_names(bits: np.ndarray) -> np.ndarray:
-    uniq, inv = np.unique(bits, return_inverse=True)
-    names = np.array([",".join(c for i, (c, _, _) in enumerate(DEAL_CHECKS) if u >> i & 1) for u in uniq], dtype=object)
-    return names[inv] if len(bits) else np.zeros(0, dtype=object)
+    table = np.array([",".join(c for i, (c, _, _) in enumerate(DEAL_CHECKS) if u >> i & 1)
+                      for u in range(1 << len(DEAL_CHECKS))], dtype=object)
+    return table[bits]
 
 
 def _owner_lead_gen(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, period: Period) -> list[dict]:
@@ -248,7 +293,8 @@ def _owner_lead_gen(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, 
     status = deals["status"].to_numpy(dtype=object)
     closed_in = np.isin(status, ["won", "lost"]) & (close >= np.datetime64(period.start, "D")) & (close <= np.datetime64(period.end, "D"))
     active = (status == "open") | closed_in
-    owners = set(deals.loc[active & deals["owner"].notna().to_numpy(), "owner"].astype(str))
+    owner = deals["owner"].to_numpy(dtype=object)
+    owners = set(pd.unique(owner[active & pd.notna(owner)]).tolist())
     own = metrics[(metrics["metric"] == "lead_gen_per_day") & (metrics["scope"] == "owner")]
     rows = []
     for owner, value in zip(own["key"], own["value"], strict=True):

@@ -37,6 +37,7 @@ class PreparedHistory:
     deal: np.ndarray  # int64 position in the opportunities frame
     stage: np.ndarray  # int64 index into the configured stages (-1: unknown stage)
     entered: np.ndarray  # datetime64[D]
+    current: np.ndarray  # int64 index into the configured stages of each deal's current stage
 
     @property
     def empty(self) -> bool:
@@ -58,8 +59,7 @@ def to_days(values: pd.Series) -> np.ndarray:
 
 def stage_codes(names: pd.Series | np.ndarray, stages: list[StageConfig]) -> np.ndarray:
     """Stage names -> index into `stages` (-1 for unknown or missing)."""
-    cat = pd.Categorical(np.asarray(names, dtype=object), categories=[s.name for s in stages])
-    return np.asarray(cat.codes, dtype=np.int64)
+    return pd.Index([s.name for s in stages], dtype=object).get_indexer(np.asarray(names, dtype=object)).astype(np.int64)
 
 
 def _last_in_runs(groups: np.ndarray) -> np.ndarray:
@@ -69,27 +69,38 @@ def _last_in_runs(groups: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[groups[1:] != groups[:-1], True])
 
 
+def _match_deals(opps: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
+    """Position in `opps` of each history row's deal (-1 when unknown), by (source, opportunity_id)."""
+    n = len(opps)
+    ids = np.concatenate([opps["opportunity_id"].to_numpy(dtype=object), history["opportunity_id"].to_numpy(dtype=object)])
+    id_codes, id_uniq = pd.factorize(ids)
+    if SOURCE_COLUMN in history.columns and SOURCE_COLUMN in opps.columns:
+        src = np.concatenate([opps[SOURCE_COLUMN].to_numpy(dtype=object), history[SOURCE_COLUMN].to_numpy(dtype=object)])
+        src_codes, src_uniq = pd.factorize(src)
+    else:
+        src_codes, src_uniq = np.zeros(len(ids), dtype=np.int64), [None]
+    key = src_codes.astype(np.int64) * len(id_uniq) + id_codes
+    valid = (id_codes >= 0) & (src_codes >= 0)
+    lookup = np.full(len(src_uniq) * len(id_uniq), -1, dtype=np.int64)
+    own, where = key[:n][valid[:n]], np.flatnonzero(valid[:n])
+    lookup[own] = where
+    if not np.array_equal(lookup[own], where):  # a repeated key kept only its last position
+        raise ValueError("opportunities must be unique per (source, opportunity_id) to join stage history")
+    return np.where(valid[n:], lookup[np.where(valid[n:], key[n:], 0)], -1).astype(np.int64)
+
+
 def prepare_history(opps: pd.DataFrame, history: pd.DataFrame | None, stages: list[StageConfig]) -> PreparedHistory:
     """Match history rows to deals on (source, opportunity_id); rows of unknown deals are dropped."""
+    current = stage_codes(opps["stage"].to_numpy(dtype=object), stages)
     if history is None or history.empty or opps.empty:
-        return PreparedHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, "datetime64[D]"))
-    if SOURCE_COLUMN in history.columns and SOURCE_COLUMN in opps.columns:
-        left = pd.MultiIndex.from_arrays([opps[SOURCE_COLUMN].astype(object), opps["opportunity_id"].astype(object)])
-        right = pd.MultiIndex.from_arrays(
-            [history[SOURCE_COLUMN].astype(object), history["opportunity_id"].astype(object)]
-        )
-    else:
-        left = pd.Index(opps["opportunity_id"].astype(object))
-        right = pd.Index(history["opportunity_id"].astype(object))
-    if not left.is_unique:
-        raise ValueError("opportunities must be unique per (source, opportunity_id) to join stage history")
-    pos = left.get_indexer(right).astype(np.int64)
+        return PreparedHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, "datetime64[D]"), current)
+    pos = _match_deals(opps, history)
     entered = to_days(history["entered_date"])
     keep = (pos >= 0) & ~np.isnat(entered)
     pos, entered = pos[keep], entered[keep]
     stage = stage_codes(history["stage"].to_numpy()[keep], stages)
     order = np.lexsort((entered, pos))
-    return PreparedHistory(pos[order], stage[order], entered[order])
+    return PreparedHistory(pos[order], stage[order], entered[order], current)
 
 
 def stage_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageConfig], as_of: date) -> StageAsOf:
@@ -102,7 +113,7 @@ def stage_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageCon
         open_ord[k] = i
     last_open = max(k for k, s in enumerate(stages) if s.status == "open")
 
-    cur = stage_codes(opps["stage"].to_numpy(), stages)
+    cur = hist.current
     status = opps["status"].to_numpy(dtype=object)
     created = to_days(opps["created_date"])
     close = to_days(opps["close_date"])
@@ -161,7 +172,8 @@ def reached_level(status_at: np.ndarray, stage_at: np.ndarray, reached_hist: np.
     return level
 
 
-def deals_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageConfig], as_of: date) -> pd.DataFrame:
+def deals_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageConfig], as_of: date,
+                columns: list[str] | None = None) -> pd.DataFrame:
     """The deals existing at `as_of` (created on or before it), as they stood that day.
 
     `status` and `stage` are replaced by their values at `as_of`; `stage_entered_date` by the
@@ -173,7 +185,7 @@ def deals_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageCon
     created = to_days(opps["created_date"])
     exists = created <= day
     state = stage_as_of(opps, hist, stages, as_of)
-    out = opps.loc[exists].copy()
+    out = (opps if columns is None else opps[columns]).loc[exists]
     status = opps["status"].to_numpy(dtype=object)[exists]
     close = to_days(opps["close_date"])[exists]
     closed_at = np.isin(status, ["won", "lost"]) & (close <= day)
