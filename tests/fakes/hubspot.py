@@ -14,6 +14,7 @@ from that number answers 503); `search_cap`; `rate_max` / `rate_remaining_floor`
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import uuid
@@ -81,7 +82,13 @@ def to_ms(value: Any) -> int | None:
     """Epoch ms from an ISO 8601 string or an epoch-ms string (both accepted by HubSpot)."""
     if value is None or value == "":
         return None
-    s = str(value)
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return _str_to_ms(str(value))
+
+
+@functools.lru_cache(maxsize=65536)
+def _str_to_ms(s: str) -> int | None:
     if s.lstrip("-").isdigit():
         return int(s)
     try:
@@ -114,7 +121,7 @@ def _error(status: int, message: str, category: str, **extra: Any) -> Response:
 class FakeHubSpot:
     clock: Callable[[], float]
     token: str = TOKEN
-    max_page: int = 100
+    max_page: int = 200  # lists also refuse limit > 100, search > 200
     search_cap: int = 10_000
     faults: dict[int, str] = field(default_factory=dict)
     fail_from: int | None = None
@@ -131,6 +138,8 @@ class FakeHubSpot:
     window_used: int = 0
     daily_used: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _version: int = 0  # bumped by every change through the helpers below
+    _cache: dict[str, list[str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ data
 
@@ -150,15 +159,18 @@ class FakeHubSpot:
         p.update({k: (None if v is None else str(v)) for k, v in props.items()})
         self.deals[deal_id] = {"properties": p, "archived": False, "line_items": list(line_items or []),
                                "createdAt": created, "updatedAt": p["hs_lastmodifieddate"]}
+        self._version += 1
 
     def update(self, deal_id: str, modified: datetime, **props: Any) -> None:
         d = self.deals[deal_id]
         d["properties"].update({k: (None if v is None else str(v)) for k, v in props.items()})
         d["properties"]["hs_lastmodifieddate"] = d["updatedAt"] = iso(modified)
+        self._version += 1
 
     def archive(self, deal_id: str, when: datetime) -> None:
         d = self.deals[deal_id]
         d["archived"], d["archivedAt"] = True, iso(when)
+        self._version += 1
 
     def add_line_item(self, item_id: str, name: str, amount: str, product_id: str | None = None) -> None:
         self.line_items[item_id] = {"name": name, "amount": amount, "hs_product_id": product_id, "quantity": "1"}
@@ -296,16 +308,24 @@ class FakeHubSpot:
         if after >= self.search_cap:
             return _error(400, f"There was a problem with the request: the search result limit of {self.search_cap} "
                           "was exceeded", "VALIDATION_ERROR")
-        ids = [i for i in self._ordered(False) if self._matches(i, body.get("filterGroups") or [])]
-        for s in reversed(body.get("sorts") or []):
-            ids.sort(key=lambda i, p=s["propertyName"]: self._sort_value(i, p),
-                     reverse=s.get("direction") == "DESCENDING")
+        ids = self._query(body.get("filterGroups") or [], body.get("sorts") or [])
         page = ids[after:min(after + limit, self.search_cap)]
         out: dict[str, Any] = {"total": len(ids),
                                "results": [self._obj(i, body.get("properties") or []) for i in page]}
         if after + limit < len(ids):
             out["paging"] = {"next": {"after": str(after + limit)}}
         return Response(200, out)
+
+    def _query(self, groups: list[dict], sorts: list[dict]) -> list[str]:
+        """Matching ids in sort order, cached per query until the data changes (like an index)."""
+        key = json.dumps([groups, sorts, len(self.deals), self._version], sort_keys=True)
+        if key not in self._cache:
+            ids = [i for i in self._ordered(False) if self._matches(i, groups)]
+            for s in reversed(sorts):
+                ids.sort(key=lambda i, p=s["propertyName"]: self._sort_value(i, p),
+                         reverse=s.get("direction") == "DESCENDING")
+            self._cache = {key: ids}
+        return self._cache[key]
 
     def _sort_value(self, deal_id: str, prop: str) -> Any:
         v = self.deals[deal_id]["properties"].get(prop)

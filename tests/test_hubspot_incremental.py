@@ -1,0 +1,154 @@
+"""HubSpot incremental sync: search from the stored cursor to the run's signpost, merged into the
+stored state; archived deals leave it; the 10,000-result search cap is sliced by time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from connectors.source_state import get_cursor, load_records
+from tests.fakes.hubspot import FakeClock, FakeHubSpot, Harness, iso, seed_demo, to_ms
+from tests.fakes.server import FakeServer
+
+RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+RUN2 = RUN1 + timedelta(hours=1)
+RUN3 = RUN2 + timedelta(hours=1)
+SEARCH = "/crm/v3/objects/deals/search"
+LIST = "/crm/v3/objects/deals"
+SEVEN = ["101", "102", "103", "104", "105", "6744192456", "6744457152"]
+
+
+@pytest.fixture
+def h(tmp_path):
+    clock = FakeClock()
+    hub = FakeHubSpot.from_samples(clock.now)
+    seed_demo(hub)
+    with FakeServer(hub, tmp_path) as srv:
+        yield Harness(hub, srv, clock, tmp_path)
+
+
+def ids(ex) -> list[str]:
+    return sorted(ex.records["opportunity_id"])
+
+
+def lists(h: Harness, archived: str) -> int:
+    return sum(1 for r in h.requests("GET", LIST) if r.q("archived") == archived)
+
+
+def test_second_run_pages_only_through_changed_deals(h):
+    first = h.run(started=RUN1)
+    assert first.pending_state.replace_all and len(first.pending_state.upserts) == 7
+    h.commit(first)
+    assert get_cursor(h.engine, "hubspot_main").startswith("2026-11-27T08:00:00.000Z;")
+
+    h.hub.max_page = 1
+    h.hub.update("101", RUN1 + timedelta(minutes=10), amount="13000", dealstage="closedwon")
+    h.hub.add_deal("106", RUN1 + timedelta(minutes=20), dealname="Stark upsell", amount="2500",
+                   hubspot_owner_id="69864217", dealtype="existingbusiness")
+    h.hub.archive("104", RUN1 + timedelta(minutes=30))
+    h.hub.update("102", RUN2 + timedelta(minutes=5), amount="1")  # after the signpost: next run
+    h.server.requests.clear()
+
+    second = h.run(started=RUN2)
+    assert len(h.requests("POST", SEARCH)) == 2  # one page per changed deal (101, 106)
+    assert lists(h, "false") == 0 and lists(h, "true") == 1  # no full listing; archived ids once
+    assert ids(second) == sorted(["101", "102", "103", "105", "106", "6744192456", "6744457152"])
+    recs = second.records.set_index("opportunity_id")
+    assert (recs.loc["101", "amount"], recs.loc["101", "stage"], recs.loc["101", "status"]) == ("13000", "Closed Won", "won")
+    assert (recs.loc["106", "owner"], recs.loc["106", "deal_type"]) == ("Bo Chen", "existingbusiness")
+    assert recs.loc["102", "amount"] == "8000.50"  # changed after the signpost: not yet
+    assert list(second.records["_row"]) == list(range(1, 8))
+    ps = second.pending_state
+    assert sorted(k for k, _ in ps.upserts) == ["101", "106"] and ps.deletes == ["104"] and not ps.replace_all
+    assert ps.cursor.startswith("2026-11-27T09:00:00.000Z;")
+    body = h.requests("POST", SEARCH)[0].json()
+    assert body["filterGroups"][0]["filters"] == [
+        {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": str(to_ms(RUN1))},
+        {"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": str(to_ms(RUN2))},
+    ]
+    assert body["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
+    h.commit(second)
+    stored = {p["id"]: p for p in load_records(h.engine, "hubspot_main")}
+    assert "104" not in stored and stored["101"]["properties"]["amount"] == "13000"
+
+    third = h.run(started=RUN3)
+    assert third.records.set_index("opportunity_id").loc["102", "amount"] == "1"
+    assert [k for k, _ in third.pending_state.upserts] == ["102"]
+
+
+def test_overlap_rereads_before_the_cursor(h):
+    h.commit(h.run(started=RUN1))
+    h.run(h.cfg(search_overlap_seconds=120), started=RUN2)
+    gte = h.requests("POST", SEARCH)[0].json()["filterGroups"][0]["filters"][0]
+    assert gte["value"] == str(to_ms(RUN1 - timedelta(seconds=120)))
+
+
+def test_full_refresh_rebuilds_the_state(h):
+    h.commit(h.run(started=RUN1))
+    h.hub.update("103", RUN1 + timedelta(minutes=1), dealname="Initech renewal 2027")
+    h.server.requests.clear()
+    ex = h.run(started=RUN2, full_refresh=True)
+    assert lists(h, "false") == 1 and not h.requests("POST", SEARCH)
+    assert ex.pending_state.replace_all and len(ex.pending_state.upserts) == 7
+    assert ex.records.set_index("opportunity_id").loc["103", "name"] == "Initech renewal 2027"
+    assert ex.notes[0] == "full refresh: 7 deal(s)"
+
+
+def test_reading_more_properties_than_stored_forces_a_full_refresh(h):
+    h.commit(h.run(started=RUN1))
+    h.server.requests.clear()
+    ex = h.run(h.cfg(product_property="product_line"), started=RUN2)
+    assert lists(h, "false") == 1 and ex.pending_state.replace_all
+    assert ex.notes[0] == "the deal properties read changed since the last run: full refresh"
+    assert ex.records.set_index("opportunity_id").loc["101", "product"] == "Widgets"
+
+
+def test_a_deal_moved_out_of_the_selected_pipelines_leaves_the_state(h):
+    cfg = h.cfg(pipelines=["Sales Pipeline"])
+    h.commit(h.run(cfg, started=RUN1))
+    assert "101" in {p["id"] for p in load_records(h.engine, "hubspot_main")}
+    h.hub.update("101", RUN1 + timedelta(minutes=1), pipeline="75e28846", dealstage="1001")
+    ex = h.run(cfg, started=RUN2)
+    assert "101" not in ids(ex) and ex.pending_state.deletes == ["101"]
+    h.commit(ex)
+    assert "101" not in {p["id"] for p in load_records(h.engine, "hubspot_main")}
+
+
+def test_line_item_products_of_changed_deals_only(h):
+    cfg = h.cfg(product_from_line_items=True)
+    h.hub.add_line_item("9001", "Platform licence", "9000")
+    h.hub.deals["101"]["line_items"] = ["9001"]
+    h.commit(h.run(cfg, started=RUN1))
+    h.hub.add_line_item("9002", "Services", "500")
+    h.hub.add_deal("106", RUN1 + timedelta(minutes=1), line_items=["9002"], dealname="Wayne")
+    h.server.requests.clear()
+    ex = h.run(cfg, started=RUN2)
+    recs = ex.records.set_index("opportunity_id")
+    assert recs.loc["106", "product"] == "Services" and recs.loc["101", "product"] == "Platform licence"
+    assert [r.path for r in h.server.requests if r.path.startswith("/crm/v4/")] == [
+        "/crm/v4/objects/deals/106/associations/line_items"]
+
+
+def test_without_a_state_store_every_run_lists_everything(h):
+    h.run(started=RUN1, state=False)
+    ex = h.run(started=RUN2, state=False)
+    assert ex.pending_state is None and ids(ex) == sorted(SEVEN)
+    assert lists(h, "false") == 2 and not h.requests("POST", SEARCH)
+
+
+def test_search_past_10000_results_restarts_the_window(h):
+    h.commit(h.run(started=RUN1))
+    n = 10_050
+    for i in range(n):  # two deals per millisecond: a restart re-reads the boundary's twin
+        h.hub.add_deal(str(20_000 + i), RUN1 + timedelta(milliseconds=1 + i // 2), dealname=f"Bulk {i}")
+    h.server.requests.clear()
+    ex = h.run(started=RUN2)
+    searches = [r.json() for r in h.requests("POST", SEARCH)]
+    lows = [b["filterGroups"][0]["filters"][0]["value"] for b in searches]
+    assert len(set(lows)) == 2  # one restart
+    assert max(int(b.get("after") or 0) for b in searches) < 10_000  # never paged into the 400
+    assert lows[-1] == str(to_ms(RUN1) + 1 + 9_999 // 2)  # restarted at the last time seen
+    assert len(ex.records) == 7 + n and ex.records["opportunity_id"].is_unique
+    assert len(ex.pending_state.upserts) == n
+    assert iso(RUN2) in ex.pending_state.cursor
