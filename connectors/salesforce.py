@@ -424,6 +424,15 @@ def extract(
     )
 
 
+def from_state(cfg: SalesforceSourceConfig, payloads: list[dict]) -> Extracted:
+    """The stored current records (source_state.load_records) as this source's frames, marked
+    stale: what the flow should hand on when the org cannot be reached."""
+    ordered = sorted(payloads, key=lambda p: str(p.get("Id") or ""))
+    records, history, raw, notes = to_frames(ordered, cfg, select_fields(cfg))
+    return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
+                     stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run", *notes])
+
+
 def _enrich(api: SalesforceAPI, cfg: SalesforceSourceConfig, recs: dict[str, dict]) -> None:
     """Add stage history and (from line items) the product to each record, in place."""
     ids = sorted(recs)
