@@ -395,7 +395,8 @@ class OneDriveDestinationConfig(StrictModel):
     on_locked: Literal["wait", "sibling", "fail"] = "wait"
     chunk_size: int = Field(default=10 * 1024 * 1024, gt=0)
     lock_wait_max: float = Field(default=900.0, ge=0)  # on_locked: wait gives up after this many seconds
-    token_cache: RelPath | None = None
+    # delegated: msal's token cache (kept 0600); by default in .state/ next to the config file
+    token_cache: RelPath | None = Field(default=".state/msal-token-cache.json", validate_default=True)
     timeout: float = 60.0
 
     @model_validator(mode="after")

@@ -1,0 +1,439 @@
+"""Deliver the workbook to OneDrive / SharePoint through Microsoft Graph (api-contracts.md section 5).
+
+`publish()` resolves the drive (user, site, drive id or me), creates missing folders, and uploads:
+up to 4 MiB (and at most one chunk) by a simple PUT, larger files by an upload session in `chunk_size` pieces that
+resumes from `nextExpectedRanges` after a failed piece and is cancelled (DELETE) when giving up.
+Graph swaps the file only when the upload commits, so readers never see a partial workbook.
+
+Conflicts: `conflict: replace` overwrites (keeping the item id and version history);
+`fail_if_changed` sends If-Match with the eTag this tool last wrote (kept in the state database)
+and stops on 412. Locks (423): `on_locked: wait | sibling | fail`. A 409 nameAlreadyExists at the
+commit of a replacing session is recovered by committing the finished session explicitly with
+`@microsoft.graph.sourceUrl` and conflictBehavior replace. 429/503 wait for Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import sqlalchemy as sa
+
+from config.models import OneDriveDestinationConfig, onedrive_path_problems
+from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
+from connectors.http import (
+    RETRY_STATUSES,
+    TRANSIENT_EXCEPTIONS,
+    HttpClient,
+    RetryPolicy,
+    build_session,
+    default_error_message,
+    retry_after_seconds,
+)
+from connectors.msal_auth import GraphAuth
+from connectors.state_db import metadata
+
+log = logging.getLogger(__name__)
+
+SIMPLE_UPLOAD_MAX = 4 * 1024 * 1024
+LOCK_BACKOFF_START = 30.0  # seconds; doubled per 423, capped at LOCK_BACKOFF_MAX
+LOCK_BACKOFF_MAX = 300.0
+SESSION_RESTARTS = 2  # upload sessions started over after the service lost one (404)
+
+published = sa.Table(
+    "onedrive_published",
+    metadata,
+    sa.Column("drive_id", sa.String(200), primary_key=True),
+    sa.Column("path", sa.String(450), primary_key=True),  # lower-case: drive paths ignore case
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("etag", sa.String(200), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass
+class PublishResult:
+    web_url: str
+    item_id: str
+    etag: str
+    size: int
+    path: str
+    note: str | None = None
+
+
+class _Locked(Exception):
+    """The target answered 423 and the lock policy does not wait (any more)."""
+
+
+class _SessionGone(Exception):
+    """The upload session is gone (404): start over."""
+
+
+# ----------------------------------------------------------------------------- Graph calls
+
+
+class _Graph:
+    """Graph API calls with a bearer token (renewed once on 401) through the shared retry policy."""
+
+    def __init__(self, cfg: OneDriveDestinationConfig, session: requests.Session, auth: GraphAuth,
+                 policy: RetryPolicy):
+        self.cfg = cfg
+        self.session = session
+        self.auth = auth
+        self.policy = policy
+        self.http = HttpClient(session, base_url=cfg.graph_url, timeout=cfg.timeout, policy=policy,
+                               service="Microsoft Graph")
+        self._token: str | None = None
+
+    def call(self, method: str, path: str, *, allow: frozenset[int] = frozenset(), **kwargs: Any) -> requests.Response:
+        """Send with auth; statuses in `allow` come back to the caller instead of raising."""
+        headers = kwargs.pop("headers", {})
+        for attempt in (1, 2):
+            if self._token is None or attempt == 2:
+                self._token = self.auth.token(refresh=attempt == 2)
+            resp = self.http.request(
+                method, path, headers={**headers, "Authorization": f"Bearer {self._token}"},
+                ok=lambda r: r.status_code < 400 or r.status_code in allow or r.status_code == 401, **kwargs)
+            if resp.status_code != 401:
+                return resp
+        raise FatalAPIError(f"Microsoft Graph rejected a fresh access token for {method} {path.split('?')[0]}: "
+                            f"{default_error_message(resp)} (check the app's Graph permissions)")
+
+    def upload_url(self, method: str, url: str, *, allow: frozenset[int] = frozenset()) -> requests.Response:
+        """GET / DELETE a pre-authenticated upload URL: never with an Authorization header."""
+        return self.http.request(method, url, ok=lambda r: r.status_code < 400 or r.status_code in allow)
+
+
+# ----------------------------------------------------------------------------- addressing
+
+
+def _drive_id(g: _Graph, cfg: OneDriveDestinationConfig) -> str:
+    """The drive's id from user / site / drive_id / me."""
+    if cfg.drive_id:
+        where, path = f"drive_id '{cfg.drive_id}'", f"/drives/{quote(cfg.drive_id, safe='!')}"
+    elif cfg.user:
+        where, path = f"user '{cfg.user}'", f"/users/{quote(cfg.user, safe='@')}/drive"
+    elif cfg.me:
+        where, path = "the signed-in user (me: true)", "/me/drive"
+    else:
+        site_id = _site_id(g, str(cfg.site))
+        where, path = f"site '{cfg.site}'", f"/sites/{quote(site_id, safe=',')}/drive"
+    resp = g.call("GET", path, allow=frozenset({404}), params={"$select": "id,driveType,webUrl"})
+    if resp.status_code == 404:
+        raise DestinationError(f"onedrive destination: {where} has no drive (not found); check the key's value")
+    return resp.json()["id"]
+
+
+def _site_id(g: _Graph, site: str) -> str:
+    """Resolve `host:/sites/path` (or https://host/sites/path) to a site id; a site id passes through."""
+    value = site.strip()
+    if value.startswith("https://"):
+        host, _, rest = value[len("https://"):].partition("/")
+        value = f"{host}:/{rest}" if rest else host
+    if "," in value and ":" not in value:
+        return value
+    host, _, site_path = value.partition(":")
+    path = f"/sites/{host}" + (":" + quote(site_path.rstrip("/"), safe="/") if site_path else "")
+    resp = g.call("GET", path, allow=frozenset({400, 404}), params={"$select": "id,webUrl"})
+    if resp.status_code in (400, 404):
+        raise DestinationError(f"onedrive destination: site '{site}' was not found; write it as "
+                               "host:/sites/name, e.g. contoso.sharepoint.com:/sites/Sales")
+    return resp.json()["id"]
+
+
+def _item_path(drive_id: str, parent_id: str, name: str) -> str:
+    return f"/drives/{drive_id}/items/{parent_id}:/{quote(name, safe='')}:"
+
+
+def _ensure_folder(g: _Graph, drive_id: str, parts: list[str]) -> str:
+    """The id of the folder `parts` under the drive root, creating missing folders."""
+    folder = g.call("GET", f"/drives/{drive_id}/root", params={"$select": "id"}).json()["id"]
+    if not parts:
+        return folder
+    whole = g.call("GET", f"/drives/{drive_id}/root:/{'/'.join(quote(p, safe='') for p in parts)}",
+                   allow=frozenset({404}))
+    if whole.status_code == 200:
+        return _folder_id(whole.json(), "/" + "/".join(parts))
+    for i, seg in enumerate(parts):
+        here = "/" + "/".join(parts[: i + 1])
+        resp = g.call("GET", _item_path(drive_id, folder, seg), allow=frozenset({404}))
+        if resp.status_code == 404:
+            resp = g.call("POST", f"/drives/{drive_id}/items/{folder}/children", allow=frozenset({409}),
+                          json={"name": seg, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"})
+            if resp.status_code == 409:  # made by someone else just now
+                resp = g.call("GET", _item_path(drive_id, folder, seg))
+            else:
+                log.info("onedrive: created folder %s", here)
+        folder = _folder_id(resp.json(), here)
+    return folder
+
+
+def _folder_id(item: dict[str, Any], path: str) -> str:
+    if "folder" not in item:
+        raise DestinationError(f"onedrive destination: {path} exists but is a file, not a folder; change `path`")
+    return item["id"]
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+@dataclass
+class _LockPolicy:
+    mode: str
+    budget: float
+    sleep: Callable[[float], None]
+    waited: float = 0.0
+    delay: float = LOCK_BACKOFF_START
+
+    def on_locked(self) -> None:
+        """Wait before trying again, or raise _Locked when the policy does not (or no longer) wait."""
+        if self.mode != "wait" or self.waited >= self.budget:
+            raise _Locked()
+        delay = min(self.delay, self.budget - self.waited)
+        log.info("onedrive: file is locked (open or checked out); trying again in %.0fs", delay)
+        self.sleep(delay)
+        self.waited += delay
+        self.delay = min(self.delay * 2, LOCK_BACKOFF_MAX)
+
+
+class _Uploader:
+    def __init__(self, g: _Graph, drive_id: str, parent_id: str, data: bytes, locks: _LockPolicy):
+        self.g, self.drive_id, self.parent_id, self.data, self.locks = g, drive_id, parent_id, data, locks
+        self.chunk_size = g.cfg.chunk_size
+
+    def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None) -> requests.Response:
+        """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller)."""
+        if len(self.data) <= min(SIMPLE_UPLOAD_MAX, self.chunk_size):
+            return self._simple(name, behaviour, if_match, item_id)
+        for _ in range(SESSION_RESTARTS + 1):
+            try:
+                return self._session(name, behaviour, if_match)
+            except _SessionGone:
+                log.warning("onedrive: the upload session expired or was lost; starting the upload again")
+        raise RetriableAPIError(f"Microsoft Graph lost the upload session {SESSION_RESTARTS + 1} times; try again later")
+
+    def _simple(self, name: str, behaviour: str, if_match: str | None, item_id: str | None) -> requests.Response:
+        if if_match and item_id:
+            path, params = f"/drives/{self.drive_id}/items/{item_id}/content", {}
+        else:
+            path = _item_path(self.drive_id, self.parent_id, name) + "/content"
+            params = {"@microsoft.graph.conflictBehavior": behaviour}
+        headers = {"Content-Type": "application/octet-stream"} | ({"If-Match": if_match} if if_match else {})
+        while True:
+            resp = self.g.call("PUT", path, params=params, data=self.data, headers=headers,
+                               allow=frozenset({409, 412, 423}))
+            if resp.status_code != 423:
+                return resp
+            self.locks.on_locked()
+
+    def _session(self, name: str, behaviour: str, if_match: str | None) -> requests.Response:
+        create = _item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
+        body = {"item": {"@microsoft.graph.conflictBehavior": behaviour, "name": name}, "deferCommit": False}
+        headers = {"If-Match": if_match} if if_match else {}
+        while True:
+            resp = self.g.call("POST", create, json=body, headers=headers, allow=frozenset({409, 412, 423}))
+            if resp.status_code != 423:
+                break
+            self.locks.on_locked()
+        if resp.status_code != 200:
+            return resp
+        url = resp.json()["uploadUrl"]
+        try:
+            done = self._send(url)
+            if done.status_code == 409 and behaviour == "replace":
+                done = self._commit_explicitly(url, name)
+        except BaseException:
+            self._cancel(url)
+            raise
+        if done.status_code >= 400:
+            self._cancel(url)
+        return done
+
+    def _send(self, url: str) -> requests.Response:
+        """PUT the pieces in order; after a failed piece, resume from the session's nextExpectedRanges."""
+        total, offset, failures = len(self.data), 0, 0
+        policy = self.g.policy
+        while True:
+            end = min(offset + self.chunk_size, total) - 1
+            wait: float | None = None
+            try:
+                resp = self.g.session.put(url, data=self.data[offset:end + 1], timeout=self.g.cfg.timeout,
+                                          headers={"Content-Range": f"bytes {offset}-{end}/{total}"})
+            except TRANSIENT_EXCEPTIONS as exc:
+                reason = f"{type(exc).__name__} while sending bytes {offset}-{end}"
+            else:
+                code = resp.status_code
+                if code in (200, 201, 409, 412):
+                    return resp
+                if code == 202:
+                    offset, failures = _next_offset(resp, end + 1), 0
+                    continue
+                if code == 404:
+                    raise _SessionGone()
+                if code == 423:
+                    self.locks.on_locked()
+                    offset = self._resume(url)
+                    continue
+                if code != 416 and code not in RETRY_STATUSES:
+                    raise FatalAPIError(f"Microsoft Graph refused upload bytes {offset}-{end} with HTTP {code}: "
+                                        f"{default_error_message(resp)}")
+                reason = f"HTTP {code} for bytes {offset}-{end}: {default_error_message(resp)}"
+                wait = retry_after_seconds(resp)
+            failures += 1
+            if failures >= policy.max_attempts:
+                raise RetriableAPIError(f"Microsoft Graph upload gave up after {failures} failed pieces; last: {reason}")
+            delay = min(wait, policy.retry_after_max) if wait is not None else policy.backoff(failures)
+            log.info("onedrive: upload piece failed (%s); resuming in %.1fs", reason, delay)
+            policy.sleep(delay)
+            offset = self._resume(url)
+
+    def _resume(self, url: str) -> int:
+        resp = self.g.upload_url("GET", url, allow=frozenset({404}))
+        if resp.status_code == 404:
+            raise _SessionGone()
+        offset = _next_offset(resp, None)
+        if offset is None:  # every byte arrived but nothing committed: start over cleanly
+            self._cancel(url)
+            raise _SessionGone()
+        log.info("onedrive: upload session expects bytes from %d", offset)
+        return offset
+
+    def _commit_explicitly(self, url: str, name: str) -> requests.Response:
+        """Commit a finished session over the existing file (the documented 409 recovery)."""
+        log.info("onedrive: the commit met nameAlreadyExists; committing the session with replace")
+        return self.g.call("PUT", _item_path(self.drive_id, self.parent_id, name)[:-1], allow=frozenset({409, 412}),
+                           json={"name": name, "@microsoft.graph.conflictBehavior": "replace",
+                                 "@microsoft.graph.sourceUrl": url})
+
+    def _cancel(self, url: str) -> None:
+        try:
+            self.g.upload_url("DELETE", url, allow=frozenset({404}))
+            log.info("onedrive: cancelled the upload session")
+        except Exception as exc:  # best effort: the session expires by itself
+            log.warning("onedrive: could not cancel the upload session (%s); it will expire", type(exc).__name__)
+
+
+def _next_offset(resp: requests.Response, default: int | None) -> int | None:
+    try:
+        ranges = resp.json().get("nextExpectedRanges") or []
+    except ValueError:
+        return default
+    return int(str(ranges[0]).split("-", 1)[0]) if ranges else default
+
+
+# ----------------------------------------------------------------------------- eTags
+
+
+def _last_write(engine: sa.Engine | None, drive_id: str, path: str) -> str | None:
+    if engine is None:
+        return None
+    with engine.connect() as conn:
+        return conn.execute(sa.select(published.c.etag).where(
+            published.c.drive_id == drive_id, published.c.path == path.lower())).scalar_one_or_none()
+
+
+def _record_write(engine: sa.Engine | None, drive_id: str, path: str, item: dict[str, Any]) -> None:
+    if engine is None:
+        return
+    key = (published.c.drive_id == drive_id) & (published.c.path == path.lower())
+    with engine.begin() as conn:
+        conn.execute(sa.delete(published).where(key))
+        conn.execute(sa.insert(published).values(
+            drive_id=drive_id, path=path.lower(), item_id=item["id"], etag=item.get("eTag", ""),
+            size=int(item.get("size", 0)), written_at=datetime.now(UTC)))
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+def sibling_name(name: str, when: datetime) -> str:
+    """`Pipeline Q3 (refreshed 2026-11-27 08.15 UTC).xlsx` for `Pipeline Q3.xlsx`."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem} (refreshed {when.astimezone(UTC):%Y-%m-%d %H.%M.%S} UTC){dot}{ext}"
+
+
+def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str, engine: sa.Engine | None = None,
+            session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+            auth: GraphAuth | None = None, config_dir: Path | None = None,
+            now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> PublishResult:
+    """Upload `workbook` to `remote_path` (cfg.path with placeholders filled) on the configured drive.
+
+    Raises DestinationError for the documented outcomes (path refused, changed by someone else,
+    locked, name conflict), RetriableAPIError / FatalAPIError for transport and auth failures.
+    In every failure the file already on the drive is left as it was.
+    """
+    problems = onedrive_path_problems(remote_path)
+    if problems:
+        raise DestinationError("onedrive destination path: " + "; ".join(problems))
+    data = Path(workbook).read_bytes()
+    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
+    policy = RetryPolicy(sleep=sleep)
+    g = _Graph(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir), policy)
+    drive_id = _drive_id(g, cfg)
+    *folders, name = remote_path.strip("/").split("/")
+    parent_id = _ensure_folder(g, drive_id, folders)
+    existing = g.call("GET", _item_path(drive_id, parent_id, name), allow=frozenset({404}))
+    current = existing.json() if existing.status_code == 200 else None
+
+    behaviour, if_match = "replace", None
+    if cfg.conflict == "fail_if_changed":
+        known = _last_write(engine, drive_id, remote_path)
+        if current is not None and known is None:
+            raise DestinationError(f"{remote_path} exists but this tool has no record of writing it, so "
+                                   "conflict: fail_if_changed cannot tell whether someone changed it; "
+                                   "move it away, or publish once with conflict: replace")
+        if current is not None and current.get("eTag") != known:
+            raise _changed(remote_path)
+        behaviour, if_match = ("replace", known) if current is not None else ("fail", None)
+
+    uploader = _Uploader(g, drive_id, parent_id, data, _LockPolicy(cfg.on_locked, cfg.lock_wait_max, sleep))
+    note, written = None, remote_path
+    try:
+        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None)
+    except _Locked:
+        if cfg.on_locked != "sibling":
+            raise DestinationError(_locked_message(remote_path, cfg)) from None
+        sib = sibling_name(name, now())
+        written = "/" + "/".join([*folders, sib])
+        log.warning("onedrive: %s is locked; writing %s next to it", remote_path, sib)
+        uploader.locks = _LockPolicy("fail", 0, sleep)
+        try:
+            resp = uploader.upload(sib, "rename", None, None)
+        except _Locked:
+            raise DestinationError(f"{remote_path} is locked and so is the sibling {written}; nothing was written") from None
+        note = (f"{remote_path} was locked (open in Excel or checked out), so the refreshed workbook was "
+                f"written next to it as {written}")
+    if resp.status_code == 412:
+        raise _changed(remote_path)
+    if resp.status_code == 409:
+        raise DestinationError(f"{written}: a file with this name appeared while uploading "
+                               f"(nameAlreadyExists); with conflict: {cfg.conflict} it was not overwritten")
+    item = resp.json()
+    written = "/" + "/".join([*folders, item.get("name", written.rsplit("/", 1)[-1])])
+    if note is None:
+        _record_write(engine, drive_id, remote_path, item)
+    result = PublishResult(web_url=item.get("webUrl", ""), item_id=item["id"], etag=item.get("eTag", ""),
+                           size=int(item.get("size", len(data))), path=written, note=note)
+    log.info("onedrive: published %s (%d bytes, item %s) %s", result.path, result.size, result.item_id, result.web_url)
+    return result
+
+
+def _changed(path: str) -> DestinationError:
+    return DestinationError(f"{path} was changed by someone else since this tool last wrote it (eTag differs: "
+                            "HTTP 412 / resourceModified); the new workbook was NOT uploaded and their version "
+                            "is intact. Merge or move their file, or set conflict: replace to overwrite")
+
+
+def _locked_message(path: str, cfg: OneDriveDestinationConfig) -> str:
+    if cfg.on_locked == "wait":
+        return (f"{path} stayed locked (open in Excel or checked out) for {cfg.lock_wait_max:.0f}s; the previous "
+                "file is intact. Close it, raise lock_wait_max, or set on_locked: sibling")
+    return f"{path} is locked (open in Excel or checked out); on_locked: fail, so nothing was written"

@@ -1,0 +1,367 @@
+"""connectors.onedrive against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from config.models import OneDriveDestinationConfig
+from connectors import msal_auth, onedrive
+from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
+from connectors.state_db import make_engine
+from tests.fakes.entra import FakeEntra
+from tests.fakes.graph import FakeGraph
+from tests.fakes.server import FakeServer, Request, Response
+
+CHUNK = 327_680
+USER = "adele@contoso.com"
+DRIVE = "b!ctJlwDRIVE0001"
+SITE = "contoso.sharepoint.com:/sites/Sales"
+REMOTE = "/Sales/Reports/Pipeline Q3.xlsx"
+
+
+class Router:
+    """One HTTPS server for the module (its shutdown takes 0.5 s); each test plugs in fresh fakes."""
+
+    def __init__(self) -> None:
+        self.entra: FakeEntra | None = None
+        self.graph: FakeGraph | None = None
+
+    def __call__(self, req: Request) -> Response:
+        if req.path.startswith(("/v1.0/", "/up/")):
+            return self.graph(req)
+        return self.entra(req)
+
+
+class Env:
+    def __init__(self, tmp: Path, server: FakeServer, router: Router):
+        self.tmp = tmp
+        self.entra = FakeEntra()
+        self.graph = FakeGraph(self.entra.valid)
+        self.drive = self.graph.add_drive(DRIVE, user=USER, site=SITE, me=True)
+        self.sleeps: list[float] = []
+        self.server = server
+        router.entra, router.graph = self.entra, self.graph
+        server.requests.clear()
+
+    def cfg(self, **over) -> OneDriveDestinationConfig:
+        base = dict(type="onedrive", tenant_id=self.entra.tenant, client_id=self.entra.client_id,
+                    client_secret=self.entra.client_secret, authority=self.server.url,
+                    graph_url=self.server.url + "/v1.0", ca_bundle=self.server.ca_path, user=USER,
+                    path="/Sales/Reports/Pipeline {period}.xlsx", chunk_size=CHUNK)
+        base.update(over)
+        return OneDriveDestinationConfig(**base)
+
+    def publish(self, cfg: OneDriveDestinationConfig, data: bytes, remote: str = REMOTE, **kw) -> onedrive.PublishResult:
+        wb = self.tmp / "book.xlsx"
+        wb.write_bytes(data)
+        kw.setdefault("sleep", self.sleeps.append)
+        kw.setdefault("now", lambda: datetime(2026, 11, 27, 8, 15, 3, tzinfo=UTC))
+        return onedrive.publish(cfg, wb, remote_path=remote, **kw)
+
+    def stored(self, path: str = REMOTE) -> bytes | None:
+        item = self.graph.file(DRIVE, path)
+        return None if item is None else item.content
+
+    def graph_requests(self, method: str | None = None, prefix: str = "") -> list[Request]:
+        return [r for r in self.server.requests if r.path.startswith(("/v1.0", "/up/"))
+                and (method is None or r.method == method) and r.path.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    router = Router()
+    with FakeServer(router, tmp_path_factory.mktemp("tls")) as server:
+        yield server, router
+
+
+@pytest.fixture
+def env(tmp_path: Path, served: tuple[FakeServer, Router]) -> Env:
+    return Env(tmp_path, *served)
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    return (bytes(range(seed, 256)) + bytes(range(seed))) * (size // 256) + b"x" * (size % 256)
+
+
+SMALL = blob(50_000)
+LARGE = blob(1_500_000)  # five 320 KiB pieces (4 full + 1 partial)
+
+
+# ----------------------------------------------------------------------------- addressing, folders, sizes
+
+
+@pytest.mark.parametrize("where", [{"user": USER}, {"site": SITE, "user": None},
+                                   {"site": "https://contoso.sharepoint.com/sites/Sales", "user": None},
+                                   {"drive_id": DRIVE, "user": None}])
+def test_small_file_lands_in_new_folders(env: Env, where: dict) -> None:
+    res = env.publish(env.cfg(**where), SMALL)
+    assert env.stored() == SMALL
+    sales = env.graph.file(DRIVE, "/Sales/Reports")
+    assert sales is not None and sales.folder
+    item = env.graph.file(DRIVE, REMOTE)
+    assert (res.item_id, res.etag, res.size, res.path, res.note) == (item.id, item.etag, len(SMALL), REMOTE, None)
+    assert res.web_url.endswith("/Sales/Reports/Pipeline%20Q3.xlsx")
+    assert len(env.graph_requests("POST", f"/v1.0/drives/{DRIVE}/items/")) == 2  # two folders created
+    assert env.graph.created_sessions == 0  # a simple PUT
+
+
+def test_existing_folders_are_reused_and_unknown_user_is_named(env: Env) -> None:
+    env.graph.put_file(DRIVE, "/Sales/Reports/other.xlsx", b"x")
+    env.publish(env.cfg(), SMALL)
+    assert not env.graph_requests("POST", f"/v1.0/drives/{DRIVE}/items/")
+    with pytest.raises(DestinationError, match="user 'nobody@contoso.com' has no drive"):
+        env.publish(env.cfg(user="nobody@contoso.com"), SMALL)
+
+
+def test_a_file_where_a_folder_should_be_is_refused(env: Env) -> None:
+    env.graph.put_file(DRIVE, "/Sales", b"not a folder")
+    with pytest.raises(DestinationError, match="/Sales exists but is a file"):
+        env.publish(env.cfg(), SMALL)
+
+
+def test_large_file_goes_through_an_upload_session_in_pieces(env: Env) -> None:
+    old = env.graph.put_file(DRIVE, REMOTE, SMALL)
+    res = env.publish(env.cfg(), LARGE)
+    assert env.stored() == LARGE
+    assert env.graph.chunk_puts == 5 and env.graph.created_sessions == 1
+    puts = env.graph_requests("PUT", "/up/")
+    assert [r.headers["content-range"] for r in puts] == [
+        f"bytes {i * CHUNK}-{min((i + 1) * CHUNK, len(LARGE)) - 1}/{len(LARGE)}" for i in range(5)]
+    assert all("authorization" not in r.headers for r in puts)
+    assert res.item_id == old.id and res.size == len(LARGE)  # replaced in place: same item, new version
+    assert env.graph.file(DRIVE, REMOTE).version == 2
+
+
+def test_dropped_connection_mid_piece_resumes_from_next_expected_ranges(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    env.graph.drop_chunk(3, keep=100_000)  # the service keeps 100000 bytes of the 3rd piece, then the line dies
+    res = env.publish(env.cfg(), LARGE)
+    assert env.stored() == LARGE and res.size == len(LARGE)
+    assert env.graph.created_sessions == 1  # resumed, not started over
+    ranges = [r.headers["content-range"].split()[1].split("/")[0] for r in env.graph_requests("PUT", "/up/")]
+    resumed_at = 2 * CHUNK + 100_000
+    assert ranges[3] == f"{resumed_at}-{resumed_at + CHUNK - 1}"
+    assert len(env.graph_requests("GET", "/up/")) == 1  # asked the session where to carry on
+    assert len(env.sleeps) == 1
+
+
+def test_readers_see_the_old_file_until_the_session_commits(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    seen: list[bytes] = []
+    env.graph.on_chunk = lambda n: seen.append(env.stored())
+    env.publish(env.cfg(), LARGE)
+    assert seen == [SMALL] * 5 and env.stored() == LARGE
+
+
+def test_giving_up_cancels_the_session_and_keeps_the_old_file(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    for n in range(2, 12):
+        env.graph.drop_chunk(n, keep=0)
+    with pytest.raises(RetriableAPIError, match="gave up after 6 failed pieces"):
+        env.publish(env.cfg(), LARGE)
+    assert env.stored() == SMALL
+    assert env.graph.deleted_sessions == 1 and not env.graph.sessions
+
+
+def test_lost_session_starts_over(env: Env) -> None:
+    env.graph.on_chunk = lambda n: env.graph.sessions.clear() if n == 2 else None
+    env.publish(env.cfg(), LARGE)
+    assert env.stored() == LARGE and env.graph.created_sessions == 2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_throttling_honours_retry_after(env: Env, status: int) -> None:
+    env.graph.throttle(2, status=status, retry_after="7")
+    env.graph.chunk_failures[2] = (status, "11")
+    env.publish(env.cfg(), LARGE)
+    assert env.stored() == LARGE
+    assert env.sleeps == [7.0, 7.0, 11.0]
+
+
+def test_409_at_commit_with_replace_is_recovered_with_an_explicit_commit(env: Env) -> None:
+    old = env.graph.put_file(DRIVE, REMOTE, SMALL)
+    env.graph.commit_conflict = 1
+    res = env.publish(env.cfg(), LARGE)
+    assert env.stored() == LARGE and res.item_id == old.id
+    commit = [r for r in env.graph_requests("PUT") if r.path.endswith("Pipeline%20Q3.xlsx")]
+    assert len(commit) == 1 and commit[0].json()["@microsoft.graph.conflictBehavior"] == "replace"
+    assert not env.graph.sessions
+
+
+# ----------------------------------------------------------------------------- conflicts
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["simple", "session"])
+def test_fail_if_changed_sends_the_etag_it_wrote_and_stops_on_a_change(env: Env, data: bytes) -> None:
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    first = env.publish(cfg, data, engine=engine)
+    second = env.publish(cfg, data[::-1], engine=engine)
+    sent = [r.headers.get("if-match") for r in env.graph_requests() if "if-match" in r.headers]
+    assert sent == [first.etag] and second.etag != first.etag
+    theirs = b"edited by a colleague"
+    env.graph.edit(DRIVE, REMOTE, theirs)
+    with pytest.raises(DestinationError, match="changed by someone else"):
+        env.publish(cfg, data, engine=engine)
+    assert env.stored() == theirs
+
+
+def test_fail_if_changed_412_during_a_session_keeps_their_version(env: Env) -> None:
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    env.publish(cfg, SMALL, engine=engine)
+    theirs = b"saved while we were uploading"
+    env.graph.on_chunk = lambda n: env.graph.edit(DRIVE, REMOTE, theirs) if n == 3 else None
+    with pytest.raises(DestinationError, match="412"):
+        env.publish(cfg, LARGE, engine=engine)
+    assert env.stored() == theirs and env.graph.deleted_sessions == 1
+
+
+def test_fail_if_changed_refuses_a_file_it_never_wrote(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    with pytest.raises(DestinationError, match="no record of writing it"):
+        env.publish(env.cfg(conflict="fail_if_changed"), LARGE, engine=engine)
+    assert env.stored() == SMALL
+
+
+def test_fail_if_changed_does_not_overwrite_a_file_created_meanwhile(env: Env) -> None:
+    theirs = b"created by someone during our upload"
+    env.graph.on_chunk = lambda n: env.graph.put_file(DRIVE, REMOTE, theirs) if n == 1 else None
+    with pytest.raises(DestinationError, match="nameAlreadyExists"):
+        env.publish(env.cfg(conflict="fail_if_changed"), LARGE)
+    assert env.stored() == theirs and not env.graph.sessions
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["simple", "session"])
+def test_locked_wait_retries_with_backoff_then_writes(env: Env, data: bytes) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL[::-1])
+    env.graph.lock(REMOTE, times=3)
+    env.publish(env.cfg(on_locked="wait"), data)
+    assert env.stored() == data and env.sleeps == [30.0, 60.0, 120.0]
+
+
+def test_locked_wait_gives_up_after_lock_wait_max(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    env.graph.lock(REMOTE)
+    with pytest.raises(DestinationError, match="stayed locked .* for 200s"):
+        env.publish(env.cfg(on_locked="wait", lock_wait_max=200), LARGE)
+    assert env.stored() == SMALL and sum(env.sleeps) == 200
+
+
+def test_lock_at_commit_waits_and_resends_the_last_piece(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    env.graph.on_chunk = lambda n: env.graph.lock(REMOTE, times=1) if n == 5 else None
+    env.publish(env.cfg(on_locked="wait"), LARGE)
+    assert env.stored() == LARGE and env.sleeps == [30.0] and env.graph.chunk_puts == 6
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["simple", "session"])
+def test_locked_sibling_writes_next_to_it_and_says_so(env: Env, data: bytes) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL[::-1])
+    env.graph.lock(REMOTE)
+    res = env.publish(env.cfg(on_locked="sibling"), data)
+    sib = "/Sales/Reports/Pipeline Q3 (refreshed 2026-11-27 08.15.03 UTC).xlsx"
+    assert res.path == sib and env.stored(sib) == data
+    assert env.stored() == SMALL[::-1]
+    assert "locked" in res.note and sib in res.note
+    assert not env.sleeps and not env.graph.sessions
+
+
+def test_lock_at_commit_with_sibling_cancels_the_session(env: Env) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL)
+    env.graph.on_chunk = lambda n: env.graph.lock(REMOTE) if n == 5 else None
+    res = env.publish(env.cfg(on_locked="sibling"), LARGE)
+    assert env.stored(res.path) == LARGE and env.stored() == SMALL
+    assert env.graph.deleted_sessions == 1 and env.graph.created_sessions == 2
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["simple", "session"])
+def test_locked_fail_stops_at_once(env: Env, data: bytes) -> None:
+    env.graph.put_file(DRIVE, REMOTE, SMALL[::-1])
+    env.graph.lock(REMOTE)
+    with pytest.raises(DestinationError, match="locked .*on_locked: fail"):
+        env.publish(env.cfg(on_locked="fail"), data)
+    assert env.stored() == SMALL[::-1] and not env.sleeps
+
+
+# ----------------------------------------------------------------------------- paths, auth, secrets
+
+
+@pytest.mark.parametrize("bad", ["/Sales/../../etc/Pipeline.xlsx", "/Sales/CON.xlsx", "/Sales/a:b.xlsx",
+                                 "Sales/Pipeline.xlsx", "/Sales//Pipeline.xlsx", "/Sales/~$Pipeline.xlsx",
+                                 "/Sales/Pipeline.csv", "/Sales /Pipeline.xlsx"])
+def test_paths_that_escape_or_are_reserved_are_refused_before_any_request(env: Env, bad: str) -> None:
+    with pytest.raises(DestinationError, match="onedrive destination path"):
+        env.publish(env.cfg(), SMALL, remote=bad)
+    assert not env.server.requests
+
+
+@pytest.mark.parametrize("bad", ["/Sales/../Pipeline {period}.xlsx", "/Sales/LPT1.xlsx"])
+def test_config_rejects_bad_path_templates(env: Env, bad: str) -> None:
+    with pytest.raises(ValueError, match="path: "):
+        env.cfg(path=bad)
+
+
+def test_expired_token_is_renewed_once(env: Env) -> None:
+    auth = msal_auth.GraphAuth(env.cfg())
+    env.publish(env.cfg(), SMALL, auth=auth)
+    env.entra.revoke()
+    env.publish(env.cfg(), SMALL[::-1], auth=auth)
+    assert env.stored() == SMALL[::-1]
+    assert sum(r.path.endswith("/token") for r in env.server.requests) == 2
+
+
+def test_delegated_me_drive_after_device_login(env: Env) -> None:
+    cfg = env.cfg(auth="delegated", client_secret=None, user=None, me=True,
+                  token_cache=str(env.tmp / "cache" / "msal.json"))
+    assert msal_auth.device_code_login(cfg, echo=lambda m: None) == USER
+    res = env.publish(cfg, SMALL)
+    assert env.stored() == SMALL and res.path == REMOTE
+    assert any(r.path == "/v1.0/me/drive" for r in env.server.requests)
+
+
+def test_no_secret_or_token_in_logs_errors_or_results(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    env.graph.throttle(1)
+    env.graph.drop_chunk(2, keep=5)
+    res = env.publish(env.cfg(), LARGE)
+    env.graph.lock(REMOTE)
+    with pytest.raises(DestinationError) as locked:
+        env.publish(env.cfg(on_locked="fail"), SMALL)
+    with pytest.raises(FatalAPIError) as refused:
+        env.publish(env.cfg(client_secret="wrong-secret-value-123"), SMALL)
+    secrets = [env.entra.client_secret, "wrong-secret-value-123", *env.entra.ever_issued]
+    assert len(secrets) > 2
+    texts = [caplog.text, str(locked.value), str(refused.value), repr(res)]
+    assert "invalid_client" in str(refused.value)
+    assert not [s for s in secrets for t in texts if s in t]
+
+
+def test_example_config_loads_with_both_auth_styles() -> None:
+    from config.loader import load_config
+
+    example = Path(__file__).resolve().parents[1] / "config" / "examples" / "onedrive.yaml"
+    loaded = load_config(example, env={"ONEDRIVE_CLIENT_SECRET": "example-secret"})
+    app, me = loaded.config.destinations
+    assert (app.auth, app.site, app.conflict, app.on_locked, app.chunk_size) == (
+        "app", "contoso.sharepoint.com:/sites/Sales", "replace", "wait", 10 * 1024 * 1024)
+    assert (me.auth, me.me, me.on_locked) == ("delegated", True, "sibling")
+    assert me.token_cache == str(example.parent / ".state" / "msal-token-cache.json")
+    assert "example-secret" in loaded.secrets
+
+
+def test_state_table_is_created_by_make_engine(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    import sqlalchemy as sa
+
+    assert "onedrive_published" in sa.inspect(engine).get_table_names()
+    assert os.stat(tmp_path / "db.sqlite").st_mode & 0o777 == 0o600
