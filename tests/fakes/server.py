@@ -57,6 +57,7 @@ Handler = Callable[[Request], Response]
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: avoid ~40 ms per request
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
