@@ -140,7 +140,7 @@ class SalesforceAPI:
                 "GET", path_or_url, params=params, expect_json=True,
                 headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json",
                          "Sforce-Query-Options": f"batchSize={self.cfg.page_size}"},
-                ok=lambda r: r.status_code < 400 or r.status_code in (401, 403),
+                ok=lambda r: r.status_code < 400 or (r.status_code in (401, 403) and bool(_error_list(r))),
             )
             usage = resp.headers.get("Sforce-Limit-Info")
             if usage:
@@ -368,7 +368,8 @@ def extract(
 
     fields = select_fields(cfg)
     user_where = where_clause(cfg.where)
-    signpost = ctx.run_started.astimezone(UTC).replace(microsecond=0)
+    started_at = ctx.run_started if ctx.run_started.tzinfo else ctx.run_started.replace(tzinfo=UTC)
+    signpost = started_at.astimezone(UTC).replace(microsecond=0)  # SOQL datetimes have whole seconds
     fingerprint = query_fingerprint(cfg)
     use_state = ctx.engine is not None and cfg.incremental
     notes: list[str] = []

@@ -232,3 +232,8 @@ def test_recorded_pages_replay_and_absolute_next_url_stays_on_the_instance(fake:
 ])
 def test_jwt_audience(login_url: str, aud: str) -> None:
     assert jwt_audience(login_url) == aud
+
+
+def test_an_unknown_field_is_fatal_with_salesforce_message(fake: SalesforceFake) -> None:
+    with pytest.raises(FatalAPIError, match=r"HTTP 400: INVALID_FIELD: No such column 'Missing__c' on entity 'Opportunity'"):
+        run(fake, next_step_field="Missing__c")
