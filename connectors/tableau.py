@@ -248,10 +248,12 @@ def _snippet(body: bytes | str) -> str:
 def _extract_view(cfg: TableauSourceConfig, tab: TableauSession) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     assert cfg.view is not None
     view = find_view(tab, cfg.view)
+    if view.sheet_type is None:  # a list answer without sheetType: the single-view answer may have it
+        view = tab.call(f"get view {view.id}", lambda: tab.server.views.get_by_id(view.id))
     notes: list[str] = []
-    if (view.sheet_type or "").lower() in ("dashboard", "story"):
+    if (view.sheet_type or "").lower() == "dashboard":
         notes.append(
-            f"view '{cfg.view}' is a {view.sheet_type}: Tableau returns only the data of its first "
+            f"view '{cfg.view}' is a dashboard: Tableau returns only the data of its first "
             f"sheet; point 'view' at the worksheet that holds the opportunities"
         )
     opts = csv_request_options(cfg.filters, cfg.max_age)

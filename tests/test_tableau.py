@@ -169,6 +169,8 @@ def test_lookup_matches_the_recorded_content_url(srv, fake, policy):
     extract(make_cfg(srv, view="Superstore/Overview", columns={"Region": "opportunity_id",
                      "Measure Names": "stage", "Profit": "created_date"}), make_ctx(), policy=policy)
     assert not [r for r in srv.requests if "/workbooks/" in r.path]
+    # the recorded list entry has no sheetType, so the single-view answer is asked for it
+    assert [r.path.rsplit("/", 1)[-1] for r in srv.requests if "/views/" in r.path][:1] == [OVERVIEW_VIEW]
     assert [r.path.rsplit("/", 2)[-2] for r in srv.requests if r.path.endswith("/data")] == [OVERVIEW_VIEW]
 
 
