@@ -67,3 +67,19 @@ def metric(metrics: pd.DataFrame, name: str, scope: str = "team", key: str = "al
     row = metrics[(metrics["metric"] == name) & (metrics["scope"] == scope) & (metrics["key"] == key)]
     assert len(row) == 1, (name, scope, key, len(row))
     return float(row["value"].iloc[0])
+
+
+def run(rows: list[dict[str, Any]], as_of: str, cfg: AppConfig | None = None, history: list[tuple[str, str, str]] | None = None,
+        **kwargs: Any):
+    """build_analytics over `rows` (see make_opps) at `as_of`."""
+    from transforms.analytics import build_analytics
+
+    return build_analytics(make_opps(rows), make_history(history or []), cfg or make_cfg(), d(as_of), **kwargs)
+
+
+def fired(analytics, check: str, key: str | None = None) -> bool:
+    f = analytics.flags
+    sel = f["check"] == check
+    if key is not None:
+        sel &= f["key"] == key
+    return bool(sel.any())

@@ -54,6 +54,11 @@ class FlagResult:
     counts: pd.DataFrame  # rule, check, severity, count (same order as the flags)
 
 
+def _r(x: float) -> float:
+    """Shares compared at 1e-9: 0.65 - 0.5 must not exceed a 0.15 tolerance by float noise."""
+    return round(x, 9)
+
+
 def _num(x: float) -> str:
     return f"{x:,.2f}".rstrip("0").rstrip(".") if x == x else "empty"
 
@@ -173,7 +178,7 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
 
     # M1 team and owner
     lg = tv.get("lead_gen_per_day")
-    if lg is not None and lg < t.new_pipeline_per_day:
+    if lg is not None and _r(lg) < t.new_pipeline_per_day:
         rows.append(_team_row("M1", "low_lead_gen", "high", "team", "all", lg, t.new_pipeline_per_day,
                               f"New pipeline averaged {_num(lg)} per day over the last {t.prospecting_window_days} days, "
                               f"below the target of {_num(t.new_pipeline_per_day)} per day."))
@@ -186,7 +191,7 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
         counts = np.bincount(open_codes[open_codes >= 0], minlength=len(cfg.pipeline.stages))
         for k, s in enumerate(cfg.pipeline.stages):
             share = counts[k] / n_open
-            if s.status == "open" and share > t.max_stage_share:
+            if s.status == "open" and _r(share) > t.max_stage_share:
                 rows.append(_team_row("M3", "stage_share", "medium", "stage", s.name, share, t.max_stage_share,
                                       f"{s.name} holds {int(counts[k])} of {n_open} open deals ({share:.0%}), "
                                       f"more than the {t.max_stage_share:.0%} limit."))
@@ -210,7 +215,7 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     if n_open:
         n_missing = int(masks["missing_fields"][0].sum())
         share = n_missing / n_open
-        if share > t.max_missing_share:
+        if _r(share) > t.max_missing_share:
             rows.append(_team_row("M5", "missing_share", "high", "team", "all", share, t.max_missing_share,
                                   f"{n_missing} of {n_open} open deals ({share:.0%}) miss amount, close_date or owner, "
                                   f"more than the {t.max_missing_share:.0%} limit."))
@@ -225,7 +230,7 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     if total > 0:
         existing = float(open_amt[deals["deal_type"].to_numpy(dtype=object) == "existing"].sum())
         share = existing / total
-        if share < t.min_existing_share:
+        if _r(share) < t.min_existing_share:
             rows.append(_team_row("M6", "low_existing_share", "medium", "team", "all", share, t.min_existing_share,
                                   f"Existing customers hold {_num(existing)} of {_num(total)} open value ({share:.0%}), "
                                   f"below the {t.min_existing_share:.0%} target."))
@@ -298,7 +303,7 @@ def _owner_lead_gen(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, 
     own = metrics[(metrics["metric"] == "lead_gen_per_day") & (metrics["scope"] == "owner")]
     rows = []
     for owner, value in zip(own["key"], own["value"], strict=True):
-        if owner in owners and owner != NO_OWNER and not pd.isna(value) and value < target:
+        if owner in owners and owner != NO_OWNER and not pd.isna(value) and _r(value) < target:
             rows.append(_team_row("M1", "low_lead_gen", "medium", "owner", owner, float(value), target,
                                   f"{owner} added {_num(value)} of new pipeline per day over the last "
                                   f"{cfg.targets.prospecting_window_days} days, below their target of {_num(target)} per day."))
@@ -336,7 +341,7 @@ def _product_mix(deals: pd.DataFrame, cfg: AppConfig, period: Period) -> list[di
         for prod, target in (t.product_mix or {}).items():
             count = int((mask & (product == prod)).sum())
             share = count / total
-            if abs(share - target) > t.product_mix_tolerance:
+            if _r(abs(share - target)) > t.product_mix_tolerance:
                 rows.append(_team_row("M8", check, "medium", "product", prod, share, target,
                                       f"{prod} has {count} of {total} {what} ({share:.0%}) against a target of {target:.0%} "
                                       f"(tolerance {t.product_mix_tolerance:.0%})."))

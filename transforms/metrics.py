@@ -297,24 +297,27 @@ def _assemble(results: dict[tuple[str, str], _Result], scopes: tuple[str, ...], 
     bounds.update({m: (None, as_of) for m in _POINT_IN_TIME})
     bounds["lead_gen_per_day"] = (as_of - timedelta(days=window - 1), as_of)
     bounds["revenue_growth_pct"] = (m_start, m_end)
-    frames = []
+    cols: dict[str, list] = {c: [] for c in (*METRIC_COLUMNS, "note", "missing_input")}
     for metric, unit, mscopes in CATALOGUE:
         for scope in scopes:
             if scope not in mscopes or (metric, scope) not in results:
                 continue
             r = results[metric, scope]
             start, end = bounds[metric]
-            frames.append(pd.DataFrame({
-                "metric": metric, "scope": scope, "key": pd.Series(r.keys, dtype=object),
-                "value": np.asarray(r.value, dtype=float), "unit": unit,
-                "period_start": pd.Timestamp(start) if start else pd.NaT, "period_end": pd.Timestamp(end),
-                "note": r.note, "missing_input": r.missing,
-            }))
-    out = pd.concat(frames, ignore_index=True)
+            k = len(r.keys)
+            cols["metric"] += [metric] * k
+            cols["scope"] += [scope] * k
+            cols["key"] += list(r.keys)
+            cols["value"] += np.asarray(r.value, dtype=float).tolist()
+            cols["unit"] += [unit] * k
+            cols["period_start"] += [pd.Timestamp(start) if start else pd.NaT] * k
+            cols["period_end"] += [pd.Timestamp(end)] * k
+            cols["note"] += list(r.note)
+            cols["missing_input"] += list(r.missing)
+    out = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in cols.items()})
+    out["value"] = out["value"].astype(float)
     for c in ("period_start", "period_end"):
         out[c] = pd.to_datetime(out[c]).astype("datetime64[ns]")
-    for c in ("metric", "scope", "key", "unit", "note", "missing_input"):
-        out[c] = out[c].astype(object)
     return out
 
 
