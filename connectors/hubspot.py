@@ -41,6 +41,9 @@ ROW_COLUMN = "_row"
 PIPELINE_COLUMN = "_pipeline"  # the deal's pipeline label; canonicalize names it in stage rejects
 CORE_PROPERTIES = ("dealstage", "pipeline", "hubspot_owner_id", "createdate", "hs_lastmodifieddate")
 LINE_ITEM_PRODUCT = "line_item_product"
+STATE_FORMAT = "v1"  # of the stored payloads; part of the cursor's fingerprint
+RAW_KEY = "_hubspot"  # stored payload: the raw deal {id, properties, line_item_product}
+HISTORY_KEY = "_history"  # stored payload: [[stage text, entered], ...]
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -295,7 +298,7 @@ def base_properties(cfg: HubSpotSourceConfig) -> list[str]:
 
 def fingerprint(cfg: HubSpotSourceConfig) -> str:
     """Changes when the stored deals would lack something this config reads."""
-    key = "|".join(base_properties(cfg)) + f"|li={cfg.product_from_line_items}|{cfg.stage_entered_prefix}"
+    key = "|".join(base_properties(cfg)) + f"|li={cfg.product_from_line_items}|{cfg.stage_entered_prefix}|{STATE_FORMAT}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -457,33 +460,29 @@ def _sort_key(deal_id: str) -> tuple[int, int, str]:
 
 
 @dataclass
-class Frames:
-    records: pd.DataFrame
-    history: pd.DataFrame
-    raw: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
+class Resolver:
+    """Turns one deal's raw properties into a canonical row and its stage history entries."""
 
+    cfg: HubSpotSourceConfig
+    pipelines: dict[str, str]
+    stages: dict[str, Stage]
+    owners: dict[str, tuple[str, str | None]]
+    unknown_owners: set[str] = field(default_factory=set)
 
-def build_frames(cfg: HubSpotSourceConfig, deals: list[dict], pipelines: dict[str, str],
-                 stages: dict[str, Stage], owners: dict[str, tuple[str, str | None]]) -> Frames:
-    """Canonical records (raw strings, `_row` from 1), stage history and the raw property table."""
-    fields = field_properties(cfg)
-    prefix = cfg.stage_entered_prefix
-    rows, hist, raw = [], [], []
-    unknown_owners: set[str] = set()
-    for i, deal in enumerate(sorted(deals, key=lambda d: _sort_key(d["id"])), start=1):
-        props = deal["properties"]
+    def row(self, deal: dict) -> tuple[dict[str, Any], list[list[str]]]:
+        cfg, props = self.cfg, deal["properties"]
+        prefix = cfg.stage_entered_prefix
         sid = props.get("dealstage") or ""
-        stage = stages.get(sid)
+        stage = self.stages.get(sid)
         pid = props.get("pipeline") or ""
         owner_id = props.get("hubspot_owner_id") or ""
-        owner, team = owners.get(owner_id, (owner_id or None, None))
-        if owner_id and owner_id not in owners:
-            unknown_owners.add(owner_id)
+        owner, team = self.owners.get(owner_id, (owner_id or None, None))
+        if owner_id and owner_id not in self.owners:
+            self.unknown_owners.add(owner_id)
         product = props.get(cfg.product_property) if cfg.product_property else None
         if not product and cfg.product_from_line_items:
             product = deal.get(LINE_ITEM_PRODUCT)
-        row: dict[str, Any] = {f: props.get(p) for f, p in fields.items()}
+        row: dict[str, Any] = {f: props.get(p) for f, p in field_properties(cfg).items()}
         row.update({
             "opportunity_id": deal["id"],
             "stage": stage.text if stage else (sid or None),
@@ -492,22 +491,46 @@ def build_frames(cfg: HubSpotSourceConfig, deals: list[dict], pipelines: dict[st
             "team": team,
             "product": product,
             "stage_entered_date": props.get(f"{prefix}{sid}") if sid else None,
-            PIPELINE_COLUMN: stage.pipeline_label if stage else pipelines.get(pid, pid or None),
-            ROW_COLUMN: i,
+            PIPELINE_COLUMN: stage.pipeline_label if stage else self.pipelines.get(pid, pid or None),
         })
-        rows.append(row)
-        for s in stages.values():
-            entered = props.get(f"{prefix}{s.id}")
-            if entered:
-                hist.append({"opportunity_id": deal["id"], "stage": s.text, "entered_date": entered})
-        raw.append({"id": deal["id"], **props,
+        hist = [[s.text, props[f"{prefix}{s.id}"]] for s in self.stages.values() if props.get(f"{prefix}{s.id}")]
+        return row, hist
+
+    def notes(self) -> list[str]:
+        if not self.unknown_owners:
+            return []
+        return [f"{len(self.unknown_owners)} owner id(s) not found in HubSpot owners, kept as ids: "
+                + ", ".join(sorted(self.unknown_owners)[:10])]
+
+
+def stored(deal: dict, row: dict[str, Any], hist: list[list[str]]) -> dict:
+    """The state-store payload of a deal: its canonical row (so a stale fallback needs no API),
+    its stage entries, and the raw HubSpot deal the next incremental run rebuilds from."""
+    return {**row, HISTORY_KEY: hist, RAW_KEY: deal}
+
+
+def frames(cfg: HubSpotSourceConfig, payloads: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(records with `_row` from 1, history, raw properties) from stored payloads, ordered by deal id."""
+    ordered = sorted(payloads, key=lambda p: _sort_key(str(p["opportunity_id"])))
+    rows, hist, raw = [], [], []
+    for i, p in enumerate(ordered, start=1):
+        rows.append({k: v for k, v in p.items() if k not in (HISTORY_KEY, RAW_KEY)} | {ROW_COLUMN: i})
+        hist += [{"opportunity_id": p["opportunity_id"], "stage": st, "entered_date": when}
+                 for st, when in p.get(HISTORY_KEY) or []]
+        deal = p[RAW_KEY]
+        raw.append({"id": deal["id"], **deal["properties"],
                     **({LINE_ITEM_PRODUCT: deal.get(LINE_ITEM_PRODUCT)} if cfg.product_from_line_items else {})})
-    notes = []
-    if unknown_owners:
-        notes.append(f"{len(unknown_owners)} owner id(s) not found in HubSpot owners, kept as ids: "
-                     + ", ".join(sorted(unknown_owners)[:10]))
-    history = pd.DataFrame(hist, columns=list(HISTORY_FIELDS)) if hist else pd.DataFrame(columns=list(HISTORY_FIELDS))
-    return Frames(pd.DataFrame(rows), history, pd.DataFrame(raw), notes)
+    history = pd.DataFrame(hist, columns=list(HISTORY_FIELDS))
+    return pd.DataFrame(rows), history, pd.DataFrame(raw)
+
+
+def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:
+    """The stored current deals (source_state.load_records) as this source's frames, marked stale:
+    what the flow hands on when HubSpot cannot be reached. Needs no API call."""
+    usable = [p for p in payloads if RAW_KEY in p]
+    records, history, raw = frames(cfg, usable)
+    return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
+                     stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run"])
 
 
 # ----------------------------------------------------------------------------- extract
@@ -539,6 +562,7 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
             notes.append("the deal properties read changed since the last run: full refresh")
             since = None
 
+    previous: dict[str, dict] = {}
     deletes: set[str] = set()
     if since is None:
         changed = list_all(api, cfg, props, progress)
@@ -548,7 +572,8 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
         lo = min(since, signpost) - timedelta(seconds=cfg.search_overlap_seconds)
         changed = search_changed(api, cfg, props, lo, signpost, progress)
         gone = archived_ids(api, cfg) - set(changed)
-        current = {p["id"]: p for p in load_records(ctx.engine, cfg.name)}
+        previous = {str(p["opportunity_id"]): p for p in load_records(ctx.engine, cfg.name) if RAW_KEY in p}
+        current = {k: p[RAW_KEY] for k, p in previous.items()}
         deletes |= gone & set(current)
         notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
                      f"{len(deletes)} archived deal(s)")
@@ -560,24 +585,26 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
     outside = {k for k, p in current.items() if (p["properties"].get("pipeline") or "") not in selected}
     for deal_id in outside:
         current.pop(deal_id)
-    deletes |= outside
+    deletes = (deletes | outside) & set(previous) if since is not None else set()
 
     owner_ids = {p["properties"].get("hubspot_owner_id") for p in current.values()} - {None, ""}
-    owners = load_owners(api, owner_ids) if owner_ids else {}
-    frames = build_frames(cfg, list(current.values()), pipelines, stages, owners)
+    resolver = Resolver(cfg, pipelines, stages, load_owners(api, owner_ids) if owner_ids else {})
+    payloads = {k: stored(deal, *resolver.row(deal)) for k, deal in current.items()}
+    records, history, raw = frames(cfg, list(payloads.values()))
 
     pending = None
     if ctx.engine is not None:
-        upserts = [(k, p) for k, p in changed.items() if k in current]
+        # changed deals, and any whose resolved row moved (a renamed owner, stage or pipeline)
+        upserts = [(k, p) for k, p in payloads.items() if since is None or previous.get(k) != p]
         pending = PendingState(cursor=format_cursor(signpost, fp), upserts=upserts,
                                deletes=sorted(deletes), replace_all=since is None)
     return Extracted(
         source=cfg.name,
-        records=frames.records,
-        history=frames.history,
-        raw=frames.raw if cfg.raw_sheet else None,
+        records=records,
+        history=history,
+        raw=raw if cfg.raw_sheet else None,
         seconds=time.monotonic() - started,
-        notes=notes + frames.notes,
+        notes=notes + resolver.notes(),
         requests=obs.requests - before[0],
         retries=obs.retries - before[1],
         waited_seconds=obs.waited_seconds - before[2],

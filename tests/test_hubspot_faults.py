@@ -100,8 +100,8 @@ def test_a_run_failing_half_way_leaves_cursor_and_state(h, mode):
     h.commit(ex)
     assert get_cursor(h.engine, "hubspot_main").startswith("2026-11-27T")
     if mode == "incremental":
-        acme = next(p for p in load_records(h.engine, "hubspot_main") if p["id"] == "101")
-        assert acme["properties"]["amount"] == "13000"
+        acme = next(p for p in load_records(h.engine, "hubspot_main") if p["opportunity_id"] == "101")
+        assert acme["amount"] == "13000"
 
 
 @pytest.mark.parametrize(("rate_max", "reserve", "waits"), [

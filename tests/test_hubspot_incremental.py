@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
+from config.models import DEFAULT_STAGES
+from connectors.hubspot import from_state
 from connectors.source_state import get_cursor, load_records
 from tests.fakes.hubspot import FakeClock, FakeHubSpot, Harness, iso, seed_demo, to_ms
 from tests.fakes.server import FakeServer
+from transforms.canonical import canonicalize
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 RUN2 = RUN1 + timedelta(hours=1)
@@ -69,8 +73,9 @@ def test_second_run_pages_only_through_changed_deals(h):
     ]
     assert body["sorts"] == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]
     h.commit(second)
-    stored = {p["id"]: p for p in load_records(h.engine, "hubspot_main")}
-    assert "104" not in stored and stored["101"]["properties"]["amount"] == "13000"
+    stored = {p["opportunity_id"]: p for p in load_records(h.engine, "hubspot_main")}
+    assert "104" not in stored and stored["101"]["_hubspot"]["properties"]["amount"] == "13000"
+    assert stored["101"]["amount"] == "13000" and stored["101"]["stage"] == "Closed Won"
 
     third = h.run(started=RUN3)
     assert third.records.set_index("opportunity_id").loc["102", "amount"] == "1"
@@ -107,12 +112,12 @@ def test_reading_more_properties_than_stored_forces_a_full_refresh(h):
 def test_a_deal_moved_out_of_the_selected_pipelines_leaves_the_state(h):
     cfg = h.cfg(pipelines=["Sales Pipeline"])
     h.commit(h.run(cfg, started=RUN1))
-    assert "101" in {p["id"] for p in load_records(h.engine, "hubspot_main")}
+    assert "101" in {p["opportunity_id"] for p in load_records(h.engine, "hubspot_main")}
     h.hub.update("101", RUN1 + timedelta(minutes=1), pipeline="75e28846", dealstage="1001")
     ex = h.run(cfg, started=RUN2)
     assert "101" not in ids(ex) and ex.pending_state.deletes == ["101"]
     h.commit(ex)
-    assert "101" not in {p["id"] for p in load_records(h.engine, "hubspot_main")}
+    assert "101" not in {p["opportunity_id"] for p in load_records(h.engine, "hubspot_main")}
 
 
 def test_line_item_products_of_changed_deals_only(h):
@@ -152,3 +157,31 @@ def test_search_past_10000_results_restarts_the_window(h):
     assert len(ex.records) == 7 + n and ex.records["opportunity_id"].is_unique
     assert len(ex.pending_state.upserts) == n
     assert iso(RUN2) in ex.pending_state.cursor
+
+
+def test_a_renamed_owner_rewrites_only_the_affected_stored_rows(h):
+    h.commit(h.run(started=RUN1))
+    h.hub.owners[0]["lastName"] = "Lee-Park"  # owner 69864216: deals 101, 104, 105; no deal changed
+    ex = h.run(started=RUN2)
+    assert ex.notes[0].endswith(": 0 changed, 0 archived deal(s)")
+    assert sorted(k for k, _ in ex.pending_state.upserts) == ["101", "104", "105"]
+    assert {p["owner"] for _, p in ex.pending_state.upserts} == {"Ann Lee-Park"}
+
+
+def test_stored_state_rebuilds_the_frames_without_hubspot(h):
+    cfg = h.cfg(raw_sheet="HubSpot raw")
+    ex = h.run(cfg, started=RUN1)
+    h.commit(ex)
+    payloads = load_records(h.engine, "hubspot_main")
+    stale = from_state(cfg, payloads)
+    assert stale.stale and stale.notes == ["source 'hubspot_main' failed; data from an earlier run"]
+    pd.testing.assert_frame_equal(stale.records, ex.records)
+    pd.testing.assert_frame_equal(stale.history, ex.history)
+    pd.testing.assert_frame_equal(stale.raw, ex.raw)
+    # the flow's generic fallback (payloads as rows) canonicalizes the same deals
+    generic = pd.DataFrame.from_records(payloads)
+    generic["_row"] = range(1, len(generic) + 1)
+    a = canonicalize(generic, source=cfg.name, stages=list(DEFAULT_STAGES), stage_map=cfg.stage_map, tz=UTC)
+    b = canonicalize(ex.records, source=cfg.name, stages=list(DEFAULT_STAGES), stage_map=cfg.stage_map, tz=UTC)
+    pd.testing.assert_frame_equal(a.loaded, b.loaded)
+    assert list(a.rejected["reason"]) == list(b.rejected["reason"])
