@@ -13,7 +13,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from config.models import AppConfig
+from config.models import (
+    DEFAULT_STAGES,
+    AppConfig,
+    after_stage_problem,
+    product_mix_problem,
+    stage_map_problems,
+)
 
 SECRET_KEYS = frozenset({"token", "client_secret", "token_secret", "password", "secret"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -45,17 +51,55 @@ class LoadedConfig:
         return self.path.parent
 
 
-def _interpolate(node: Any, where: str, env: dict[str, str], missing: list[str], used: list[str]) -> Any:
+def _cross_key_problems(data: dict[str, Any]) -> list[str]:
+    """Checks between keys (stage references, product mix) on the raw data.
+
+    pydantic skips a model's own checks once any of its fields failed; running these here as
+    well keeps the promise of reporting every problem at once.
+    """
+    problems: list[str] = []
+    pipeline = data.get("pipeline") or {}
+    stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
+    names: list[str] | None = None
+    if stages is None:
+        names = [s.name for s in DEFAULT_STAGES]
+    elif isinstance(stages, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in stages):
+        names = [s["name"] for s in stages]
+    if names is not None and isinstance(pipeline, dict):
+        qual = pipeline.get("qualification")
+        after = qual.get("after_stage") if isinstance(qual, dict) else None
+        if isinstance(after, str) and (problem := after_stage_problem(after, names)):
+            problems.append(f"pipeline: {problem}")
+        sources = data.get("sources")
+        for i, src in enumerate(sources if isinstance(sources, list) else []):
+            stage_map = src.get("stage_map") if isinstance(src, dict) else None
+            if isinstance(stage_map, dict) and all(isinstance(v, str) for v in stage_map.values()):
+                problems += stage_map_problems(i, stage_map, names)
+    targets = data.get("targets")
+    mix = targets.get("product_mix") if isinstance(targets, dict) else None
+    numbers = isinstance(mix, dict) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in mix.values())
+    if numbers and (problem := product_mix_problem(mix)):
+        problems.append(problem)
+    return problems
+
+
+def _interpolate(
+    node: Any, where: str, env: dict[str, str], missing: list[str], used: list[str], unset_keys: set[str]
+) -> Any:
     if isinstance(node, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), env, missing, used) for k, v in node.items()}
+        return {
+            k: _interpolate(v, f"{where}.{k}" if where else str(k), env, missing, used, unset_keys)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_interpolate(v, f"{where}[{i}]", env, missing, used) for i, v in enumerate(node)]
+        return [_interpolate(v, f"{where}[{i}]", env, missing, used, unset_keys) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in env:
                 missing.append(f"{where}: environment variable {name} is not set (export {name}=...)")
+                unset_keys.add(where)
                 return ""
             used.append(env[name])
             return env[name]
@@ -144,7 +188,7 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return f"{key}: {msg}"
+    return f"{key}: {msg}" if loc else msg  # top-level checks name their keys themselves
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
@@ -162,13 +206,17 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
         raise ConfigError(p, ["the top level must be a mapping of keys"])
     missing: list[str] = []
     used: list[str] = []
-    data = _interpolate(data, "", dict(os.environ if env is None else env), missing, used)
+    unset_keys: set[str] = set()  # keys whose variable is missing: their follow-on errors say nothing new
+    data = _interpolate(data, "", dict(os.environ if env is None else env), missing, used, unset_keys)
     problems = list(missing)
     config: AppConfig | None = None
     try:
         config = AppConfig.model_validate(data, context={"base_dir": str(p.parent)})
     except ValidationError as exc:
-        problems += [_describe(e) for e in exc.errors()]
+        for err in exc.errors():
+            if _dotted(tuple(err["loc"])) not in unset_keys:
+                problems.append(_describe(err))
+        problems += [c for c in _cross_key_problems(data) if not any(c in q for q in problems)]
     if problems or config is None:
         raise ConfigError(p, problems)
     secrets = {s for s in used if len(s) >= 4} | {s for s in _secret_values(data) if len(s) >= 4}

@@ -81,10 +81,8 @@ class PipelineConfig(StrictModel):
         if not any(s.status == "open" for s in self.stages):
             raise ValueError("at least one stage must have status 'open'")
         q = self.qualification.after_stage
-        if q is not None and q not in names:
-            raise ValueError(
-                f"qualification.after_stage '{q}' is not a configured stage; use one of: {', '.join(names)}"
-            )
+        if q is not None and (problem := after_stage_problem(q, names)):
+            raise ValueError(problem)
         return self
 
     @property
@@ -97,6 +95,30 @@ class PipelineConfig(StrictModel):
             return self.qualification.after_stage
         opens = self.open_stages
         return opens[1].name if len(opens) > 1 else opens[0].name
+
+
+def after_stage_problem(after_stage: str, stage_names: list[str]) -> str | None:
+    """Why `qualification.after_stage` is not usable, or None (also run by the loader on raw data)."""
+    if after_stage in stage_names:
+        return None
+    return f"qualification.after_stage '{after_stage}' is not a configured stage; use one of: {', '.join(stage_names)}"
+
+
+def stage_map_problems(index: int, stage_map: dict[str, str], stage_names: list[str]) -> list[str]:
+    """One problem per `sources[index].stage_map` value that is not a configured stage."""
+    return [
+        f"sources[{index}].stage_map['{label}']: '{target}' is not a configured stage "
+        f"(pipeline.stages: {', '.join(sorted(stage_names))})"
+        for label, target in stage_map.items()
+        if target not in stage_names
+    ]
+
+
+def product_mix_problem(mix: dict[str, float]) -> str | None:
+    total = sum(mix.values())
+    if abs(total - 1.0) > 0.01:
+        return f"targets.product_mix: shares must add up to 1 (they add up to {total:g})"
+    return None
 
 
 class TargetsConfig(StrictModel):
@@ -428,6 +450,53 @@ DestinationConfig = Annotated[
 ]
 
 
+# ----------------------------------------------------------------------------- schedules and alerts
+
+
+def _check_cron(value: str) -> str:
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
+
+    parts = value.split()
+    if len(parts) != 5:
+        raise ValueError(f"cron '{value}' must have 5 fields (minute hour day month weekday), e.g. '0 6 * * 1-5'")
+    try:
+        CronSim(value, datetime(2020, 1, 1))
+    except CronSimError as exc:
+        raise ValueError(f"cron '{value}' is not a valid cron expression ({exc}); e.g. '0 6 * * 1-5'") from exc
+    return value
+
+
+class ScheduleConfig(StrictModel):
+    """One cron schedule of this report: local wall-clock times in `timezone` (default: the config's)."""
+
+    cron: Annotated[str, AfterValidator(_check_cron)]
+    timezone: str | None = None
+    catch_up: Literal["latest", "all", "skip"] = "latest"  # slots missed while nothing was running
+    overlap: Literal["wait", "skip"] = "wait"  # when a run of this report is still in progress
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"'{value}' is not an IANA time zone (e.g. Europe/Berlin)") from exc
+        return value
+
+
+NotifyEvent = Literal["failure", "success", "flags_changed"]
+
+
+class NotifyConfig(StrictModel):
+    """One apprise target (Slack, Teams, email, webhook ...), normally `${ENV}`: the URL is a secret."""
+
+    url: str = Field(min_length=1, repr=False)
+    on: list[NotifyEvent] = Field(default_factory=lambda: ["failure"], min_length=1)
+
+
 # ----------------------------------------------------------------------------- top level
 
 
@@ -442,6 +511,8 @@ class AppConfig(StrictModel):
     state: StateConfig = Field(default_factory=StateConfig)
     sources: list[SourceConfig] = Field(min_length=1)
     destinations: list[DestinationConfig] = Field(min_length=1)
+    schedule: list[ScheduleConfig] = Field(default_factory=list)
+    notify: list[NotifyConfig] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
@@ -458,21 +529,17 @@ class AppConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
-        stages = {s.name for s in self.pipeline.stages}
+        stages = [s.name for s in self.pipeline.stages]
         problems = []
         for i, src in enumerate(self.sources):
-            for label, target in src.stage_map.items():
-                if target not in stages:
-                    problems.append(
-                        f"sources[{i}].stage_map['{label}']: '{target}' is not a configured stage "
-                        f"(pipeline.stages: {', '.join(sorted(stages))})"
-                    )
-        if self.targets.product_mix is not None:
-            total = sum(self.targets.product_mix.values())
-            if abs(total - 1.0) > 0.01:
-                problems.append(f"targets.product_mix: shares must add up to 1 (they add up to {total:g})")
+            problems += stage_map_problems(i, src.stage_map, stages)
+        if self.targets.product_mix is not None and (problem := product_mix_problem(self.targets.product_mix)):
+            problems.append(problem)
         if problems:
             raise ValueError("; ".join(problems))
+        for sched in self.schedule:
+            if sched.timezone is None:
+                sched.timezone = self.timezone
         return self
 
     @property
