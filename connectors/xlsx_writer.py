@@ -160,21 +160,21 @@ def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, refs: list[s
         arr = dt.to_numpy(dtype="datetime64[ns]")
         mask = np.isnat(arr)
         if fmt == "date":
-            strs = (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64).astype(str)
+            strs = list(map(str, (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64).tolist()))
         else:
             serial = (arr - _EPOCH.astype("datetime64[ns]")).astype(np.int64) / 86_400e9
-            strs = np.round(serial, 8).astype(str)
+            strs = list(map(repr, np.round(serial, 8).tolist()))
     else:
         num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         mask = ~np.isfinite(num)
-        if fmt == "int" and n:
-            whole = np.where(mask, 0, num)
-            strs = np.where(whole == np.floor(whole), whole.astype(np.int64).astype(str), whole.astype(str))
+        whole = np.where(mask, 0.0, num)
+        if n and bool((whole == np.trunc(whole)).all()) and float(np.abs(whole).max(initial=0)) < 2**53:
+            strs = list(map(str, whole.astype(np.int64).tolist()))  # integral values print without ".0"
         else:
-            strs = num.astype(str)
+            strs = list(map(repr, whole.tolist()))
     mid, post = f'"{s_attr}><v>', "</v></c>"
     return ["" if m else '<c r="' + r + mid + v + post
-            for r, v, m in zip(refs, strs.tolist(), mask.tolist(), strict=True)]
+            for r, v, m in zip(refs, strs, mask.tolist(), strict=True)]
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats) -> Iterator[str]:

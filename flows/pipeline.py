@@ -322,16 +322,23 @@ def run_pipeline(
 
 
 def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
-    """The stored current records of a CRM source, marked stale; None when nothing is stored."""
-    src = run.config.sources[index]
-    if src.type not in ("hubspot", "salesforce"):
-        return None
+    """The stored current records of a CRM source, rebuilt by its connector and marked stale.
+
+    None when the source keeps no state or nothing is stored yet.
+    """
+    from importlib import import_module
+
+    from connectors.registry import SOURCE_EXTRACTORS
     from connectors.source_state import load_records
 
+    src = run.config.sources[index]
+    module = import_module(SOURCE_EXTRACTORS[src.type].split(":")[0])
+    from_state = getattr(module, "from_state", None)
+    if from_state is None:
+        return None
     payloads = load_records(run.engine, src.name)
     if not payloads:
         return None
-    records = pd.DataFrame.from_records(payloads)
-    records["_row"] = range(1, len(records) + 1)
-    return Extracted(src.name, records, stale=True, notes=[f"source '{src.name}' failed; data from an earlier run"])
-
+    extracted = from_state(src, payloads)
+    extracted.stale = True
+    return extracted

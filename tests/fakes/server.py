@@ -115,7 +115,7 @@ class FakeServer:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
             self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
