@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import trustme
 from pydantic import ValidationError
 
 from config.loader import load_config
 from config.models import DEFAULT_STAGES, HubSpotSourceConfig
-from connectors.errors import FatalAPIError
+from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.hubspot import parse_pipelines, stage_text
 from tests.fakes.hubspot import DEFAULT_PIPELINES, TOKEN, FakeClock, FakeHubSpot, Harness, seed_demo
 from tests.fakes.server import FakeServer
@@ -191,3 +192,13 @@ def test_example_config_loads(tmp_path):
     src = next(s for s in loaded.config.sources if s.type == "hubspot")
     assert src.token == TOKEN and TOKEN in loaded.secrets
     assert src.stage_map["Contract Sent"] in {s.name for s in loaded.config.pipeline.stages}
+
+
+def test_ca_bundle_wins_over_requests_ca_bundle(h, tmp_path, monkeypatch):
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(other))
+    assert len(h.run(started=RUN1, state=False).records) == 7  # cfg.ca_bundle = the fake's CA
+    with pytest.raises(RetriableAPIError, match=r"gave up after 4 attempts; last: SSLError on GET https://127.0.0.1:\d+/crm/v3/pipelines/deals"):
+        h.run(h.cfg(ca_bundle=None), started=RUN1, state=False)
