@@ -108,9 +108,8 @@ def load_history(engine: sa.Engine, report: str, before_or_on: date) -> Snapshot
                 .order_by(snapshot_deals.c.deal_id)
             ).all()
             if rows:
-                deals = pd.DataFrame([tuple(r) for r in rows], columns=list(SNAPSHOT_DEAL_COLUMNS))
-                for c in ("deal_id", "owner", "product", "stage"):
-                    deals[c] = deals[c].astype(object)
+                cols = list(zip(*rows, strict=True))
+                deals = pd.DataFrame({c: pd.Series(list(v), dtype=object) for c, v in zip(SNAPSHOT_DEAL_COLUMNS, cols, strict=True)})
                 deals["amount"] = pd.to_numeric(deals["amount"], errors="coerce").astype(float)
                 deals["close_date"] = pd.to_datetime(deals["close_date"]).astype("datetime64[ns]")
     metrics = pd.DataFrame({
