@@ -133,7 +133,9 @@ def read_excel_text(path: str, *, sheet: str | int | None, what: str) -> pd.Data
     body = frame.iloc[1:].reset_index(drop=True)
     body.columns = header
     body[ROW_COLUMN] = range(2, len(body) + 2)
-    return body
+    # like blank CSV lines, an empty sheet row is not a record (it would only be rejected)
+    blank = body.iloc[:, : len(header)].map(lambda v: str(v).strip() == "").all(axis=1)
+    return body[~blank].reset_index(drop=True)
 
 
 def _with_rows(mapped: pd.DataFrame) -> pd.DataFrame:
