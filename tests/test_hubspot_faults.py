@@ -118,3 +118,12 @@ def test_paces_by_rate_limit_headers_without_hitting_429(h, rate_max, reserve, w
     assert ex.waited_seconds == sum(waits)
     assert [d["wait"] for k, d in h.events if k == "wait"] == waits
 
+
+
+def test_a_request_that_times_out_is_retried(h):
+    clean = h.run(started=RUN1, state=False)
+    h.hub.faults = {h.hub.count + 2: "hang"}  # the first deals page answers only after 1 s
+    ex = h.run(h.cfg(timeout=0.2), started=RUN1, state=False)
+    assert ex.records.equals(clean.records) and ex.retries == 1
+    reasons = [d["reason"] for k, d in h.events if k == "retry"]
+    assert len(reasons) == 1 and reasons[0].startswith("ReadTimeout on GET")

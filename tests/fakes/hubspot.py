@@ -7,8 +7,9 @@ and a 10-second window enforced against an injected clock. Seeded from the recor
 /work/shared/fixtures/real/hubspot/dlt_deals_data.json.
 
 Switches: `max_page` (tiny pages), `faults` {request number: kind} with kinds "429",
-"429-no-retry-after", "429-daily", "500", "503", "drop", "truncate"; `fail_from` (every request
-from that number answers 503); `search_cap`; `rate_max` / `rate_remaining_floor`.
+"429-no-retry-after", "429-daily", "500", "503", "drop", "truncate", "hang" (answers only after
+`hang_seconds`); `fail_from` (every request from that number answers 503); `search_cap`;
+`rate_max` / `interval_ms` (the window); `daily` (the daily limit in the headers).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import functools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +131,7 @@ class FakeHubSpot:
     interval_ms: int = 10_000
     daily: int = 1_000_000
     retry_after: str = "7"
+    hang_seconds: float = 1.0
     deals: dict[str, dict] = field(default_factory=dict)
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
@@ -182,8 +185,12 @@ class FakeHubSpot:
             self.count += 1
             n = self.count
             fault = self.faults.get(n) or ("503" if self.fail_from is not None and n >= self.fail_from else None)
-            if fault:
+            if fault and fault != "hang":
                 return self._fault(fault)
+        if fault == "hang":  # answer late (outside the lock): the client's timeout fires first
+            time.sleep(self.hang_seconds)
+            return Response(drop=True)  # the client has gone by now
+        with self._lock:
             if req.headers.get("authorization") != f"Bearer {self.token}":
                 return _error(401, "Authentication credentials not found. This API supports OAuth 2.0 "
                               "authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
