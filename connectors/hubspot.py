@@ -137,6 +137,7 @@ class RateLimiter:
         self.remaining: int | None = None
         self.window_start: float | None = None
         self.last_search: float | None = None
+        self.pause_due: float | None = None
 
     def on_response(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
         if resp.status_code == 429:
@@ -152,8 +153,7 @@ class RateLimiter:
             self.window_start = now  # a fresh window began about now
         self.remaining = int(remaining)
         if resp.status_code < 400 and self.remaining <= self.reserve:
-            self._wait(self.rest_of_window(), f"{self.remaining} calls left in the rate-limit window")
-            self.remaining, self.window_start = None, None
+            self.pause_due = self.rest_of_window()  # taken before the next call, not mid-response
 
     def _check_daily(self, resp: requests.Response) -> None:
         try:
@@ -179,8 +179,16 @@ class RateLimiter:
             return None
         return max(1.0, self.rest_of_window())
 
+    def before_request(self) -> None:
+        """Wait out the window when the last answer said few calls remain in it."""
+        if self.pause_due is not None:
+            wait, left = self.pause_due, self.remaining
+            self.pause_due = self.remaining = self.window_start = None
+            self._wait(wait, f"{left} calls left in the rate-limit window")
+
     def before_search(self) -> None:
         """Search has its own limit (about 5 per second) and sends no headers: keep a gap."""
+        self.before_request()
         now = self.clock()
         if self.last_search is not None and now - self.last_search < self.search_gap:
             self.sleep(self.search_gap - (now - self.last_search))
@@ -205,15 +213,23 @@ class HubSpotApi:
     client: HttpClient
     limiter: RateLimiter
 
+    def get(self, path: str, **params: Any) -> dict:
+        self.limiter.before_request()
+        return self.client.get_json(path, params=params or None)
+
+    def post(self, path: str, body: dict) -> dict:
+        self.limiter.before_request()
+        return self.client.post_json(path, body)
+
     def pipelines(self) -> dict:
-        return self.client.get_json("/crm/v3/pipelines/deals")
+        return self.get("/crm/v3/pipelines/deals")
 
     def owners(self, archived: bool) -> Iterable[list[dict]]:
         def page(after: Any) -> tuple[list[dict], Any]:
             params = {"limit": OWNER_PAGE, "archived": str(archived).lower()}
             if after:
                 params["after"] = after
-            body = self.client.get_json("/crm/v3/owners", params=params)
+            body = self.get("/crm/v3/owners", **params)
             return body.get("results") or [], _next_after(body)
 
         return paginate(page)
@@ -227,7 +243,7 @@ class HubSpotApi:
                 params["associations"] = "line_items"
             if after:
                 params["after"] = after
-            body = self.client.get_json("/crm/v3/objects/deals", params=params)
+            body = self.get("/crm/v3/objects/deals", **params)
             return body.get("results") or [], _next_after(body)
 
         return paginate(page)
@@ -241,7 +257,7 @@ class HubSpotApi:
 
         def page(after: Any) -> tuple[list[dict], Any]:
             params = {"limit": 500, **({"after": after} if after else {})}
-            body = self.client.get_json(f"/crm/v4/objects/deals/{deal_id}/associations/line_items", params=params)
+            body = self.get(f"/crm/v4/objects/deals/{deal_id}/associations/line_items", **params)
             return body.get("results") or [], _next_after(body)
 
         for results in paginate(page):
@@ -253,7 +269,7 @@ class HubSpotApi:
         for i in range(0, len(ids), LINE_ITEM_BATCH):
             body = {"properties": ["name", "amount", "hs_product_id"],
                     "inputs": [{"id": x} for x in ids[i:i + LINE_ITEM_BATCH]]}
-            out += self.client.post_json("/crm/v3/objects/line_items/batch/read", body).get("results") or []
+            out += self.post("/crm/v3/objects/line_items/batch/read", body).get("results") or []
         return out
 
 
