@@ -497,6 +497,37 @@ class NotifyConfig(StrictModel):
     on: list[NotifyEvent] = Field(default_factory=lambda: ["failure"], min_length=1)
 
 
+# ----------------------------------------------------------------------------- reports and backfills
+
+
+class ReportFilterConfig(StrictModel):
+    """Which opportunities a named report shows. Each list given keeps the rows whose value is in
+    it (trimmed, case-insensitive); rows must match every list given. No lists: every row."""
+
+    owners: list[str] | None = None
+    teams: list[str] | None = None
+    products: list[str] | None = None
+    sources: list[str] | None = None  # names from `sources:` (e.g. one CRM pipeline per source)
+
+
+class ReportConfig(StrictModel):
+    """One named report of `reports:`: shares the config's sources, has its own rows and outputs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # also its key in the snapshot store
+    filter: ReportFilterConfig = Field(default_factory=ReportFilterConfig)
+    targets: TargetsConfig | None = None  # the keys given here override the top-level targets
+    destinations: list[DestinationConfig] = Field(min_length=1)
+    schedule: list[ScheduleConfig] = Field(default_factory=list)
+
+
+class BackfillConfig(StrictModel):
+    """`pipeline-sync backfill` (docs/backfill.md)."""
+
+    # true: one workbook per date (destination paths need {as_of}); false: snapshots only (Trends/Changes)
+    write_workbooks: bool = False
+    concurrency: int = Field(default=2, ge=1, le=32)  # dates rendered and published at once
+
+
 # ----------------------------------------------------------------------------- top level
 
 
@@ -510,9 +541,13 @@ class AppConfig(StrictModel):
     inputs: InputsConfig = Field(default_factory=InputsConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     sources: list[SourceConfig] = Field(min_length=1)
-    destinations: list[DestinationConfig] = Field(min_length=1)
+    destinations: list[DestinationConfig] = Field(default_factory=list)  # none: only the named reports
     schedule: list[ScheduleConfig] = Field(default_factory=list)
     notify: list[NotifyConfig] = Field(default_factory=list)
+    reports: list[ReportConfig] = Field(default_factory=list)
+    runner: Literal["thread", "dask"] = "thread"  # where the reports of a run fan out
+    dask_address: str | None = None  # runner: dask: a scheduler (tcp://host:8786); none: a local cluster
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -540,6 +575,35 @@ class AppConfig(StrictModel):
         for sched in self.schedule:
             if sched.timezone is None:
                 sched.timezone = self.timezone
+        return self
+
+    @model_validator(mode="after")
+    def _check_reports(self) -> AppConfig:
+        if not self.destinations and not self.reports:
+            raise ValueError("destinations: required key is missing (give at least one destination, "
+                             "or named reports: each with its own destinations)")
+        problems = []
+        names = [r.name for r in self.reports] + ([self.report] if self.destinations else [])
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"reports: names must be unique and differ from 'report' ({self.report}, "
+                            f"produced from the top-level destinations); repeated: {', '.join(dupes)}")
+        sources = {s.name for s in self.sources}
+        for i, rep in enumerate(self.reports):
+            unknown = sorted(set(rep.filter.sources or []) - sources)
+            if unknown:
+                problems.append(f"reports[{i}].filter.sources: {', '.join(unknown)} not in sources "
+                                f"(sources: {', '.join(sorted(sources))})")
+            mix = rep.targets.product_mix if rep.targets is not None else None
+            if mix is not None and (problem := product_mix_problem(mix)):
+                problems.append(f"reports[{i}].{problem}")
+            for sched in rep.schedule:
+                if sched.timezone is None:
+                    sched.timezone = self.timezone
+        if self.dask_address and self.runner != "dask":
+            problems.append("dask_address is set but runner is not 'dask': set runner: dask, or remove dask_address")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
