@@ -12,11 +12,13 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -169,6 +171,15 @@ class HttpClient:
             reason: str
             try:
                 resp = self.session.request(method, url, **kwargs)
+            except requests.exceptions.SSLError as exc:
+                detail = _certificate_problem(exc)
+                if detail is None:  # e.g. a handshake cut short: transient
+                    reason = f"SSLError on {method} {_path(url)}"
+                else:  # retrying cannot make an untrusted certificate trusted
+                    raise FatalAPIError(
+                        f"{self.service}: the TLS certificate of {urlsplit(url).hostname} is not trusted ({detail}); "
+                        "set `ca_bundle:` to the PEM file of the CA that issued it (e.g. a corporate proxy's CA)"
+                    ) from None
             except TRANSIENT_EXCEPTIONS as exc:
                 reason = f"{type(exc).__name__} on {method} {_path(url)}"
             else:
@@ -208,6 +219,12 @@ class HttpClient:
         resp = self.request("POST", path_or_url, expect_json=True, data=json.dumps(body),
                             headers={"Content-Type": "application/json", **kwargs.pop("headers", {})}, **kwargs)
         return resp.json()
+
+
+def _certificate_problem(exc: requests.exceptions.SSLError) -> str | None:
+    """'certificate verify failed: <why>' when the server's certificate was rejected, else None."""
+    m = re.search(r"certificate verify failed: ([^(')]+)", str(exc))
+    return f"certificate verify failed: {m.group(1).strip()}" if m else None
 
 
 def _path(url: str) -> str:

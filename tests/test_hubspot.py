@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from config.loader import load_config
 from config.models import DEFAULT_STAGES, HubSpotSourceConfig
-from connectors.errors import FatalAPIError, RetriableAPIError
+from connectors.errors import FatalAPIError
 from connectors.hubspot import parse_pipelines, stage_text
 from tests.fakes.hubspot import DEFAULT_PIPELINES, TOKEN, FakeClock, FakeHubSpot, Harness, seed_demo
 from tests.fakes.server import FakeServer
@@ -200,5 +200,5 @@ def test_ca_bundle_wins_over_requests_ca_bundle(h, tmp_path, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
     monkeypatch.setenv("CURL_CA_BUNDLE", str(other))
     assert len(h.run(started=RUN1, state=False).records) == 7  # cfg.ca_bundle = the fake's CA
-    with pytest.raises(RetriableAPIError, match=r"gave up after 4 attempts; last: SSLError on GET https://127.0.0.1:\d+/crm/v3/pipelines/deals"):
+    with pytest.raises(FatalAPIError, match=r"^HubSpot: the TLS certificate of 127.0.0.1 is not trusted .*set `ca_bundle:`"):
         h.run(h.cfg(ca_bundle=None), started=RUN1, state=False)
