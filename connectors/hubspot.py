@@ -355,8 +355,8 @@ class _Progress:
     records: int = 0
     pages: int = 0
 
-    def page(self, n: int) -> None:
-        self.records += n
+    def page(self, n: int, total: int | None = None) -> None:
+        self.records = total if total is not None else self.records + n
         self.pages += 1
         self.observer.event("page", source=self.source, records=self.records, pages=self.pages)
 
@@ -380,50 +380,63 @@ def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progre
     return out
 
 
+def _search_body(props: list[str], limit: int, filters: list[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "filterGroups": [{"filters": [{"propertyName": "hs_lastmodifieddate", "operator": op, "value": str(v)}
+                                      for op, v in filters]}],
+        "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+        "properties": props,
+        "limit": limit,
+    }
+
+
 def search_changed(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], since: datetime,
                    signpost: datetime, progress: _Progress) -> dict[str, dict]:
-    """Deals with since <= hs_lastmodifieddate < signpost, ascending, deduplicated by id.
+    """Deals with since <= hs_lastmodifieddate < signpost, deduplicated by id (last version wins).
 
-    A query pages through at most 10,000 results; past that the window restarts at the last
-    modification time seen (records with that same time come again and are deduplicated).
+    Keyset paging, sliced by time: every page is a fresh query from the last modification time
+    seen (GTE; records sharing that time come again and are deduplicated). No query pages
+    deep, so the 10,000-result cap is never reached, and a deal modified while we page (it
+    leaves the window) cannot shift later deals past us as offset paging would. A full page
+    that all shares one millisecond is read by offset within that millisecond.
     """
     found: dict[str, dict] = {}
     lo, hi = _ms(since), _ms(signpost)
     limit = cfg.search_page_size
+
+    def take(results: list[dict]) -> None:
+        for d in results:
+            found[str(d["id"])] = _payload(d)
+        progress.page(len(results), total=len(found))
+
     while lo < hi:
-        body: dict[str, Any] = {
-            "filterGroups": [{"filters": [
-                {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": str(lo)},
-                {"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": str(hi)},
-            ]}],
-            "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
-            "properties": props,
-            "limit": limit,
-        }
-        fetched, last = 0, None
+        resp = api.search(_search_body(props, limit, [("GTE", lo), ("LT", hi)]))
+        results = resp.get("results") or []
+        take(results)
+        if not results or not _next_after(resp):
+            break
+        last = _parse_ts((results[-1].get("properties") or {}).get("hs_lastmodifieddate"))
+        if last is None:
+            raise FatalAPIError("HubSpot search returned a deal without hs_lastmodifieddate; run with --full-refresh")
+        if last > lo:
+            lo = last
+            continue
+        same = _search_body(props, limit, [("EQ", lo)])
+        fetched = 0
 
-        def page(after: Any, body: dict = body) -> tuple[list[dict], Any]:
-            resp = api.search({**body, **({"after": after} if after else {})})
-            return resp.get("results") or [], _next_after(resp)
+        def page(after: Any, body: dict = same) -> tuple[list[dict], Any]:
+            r = api.search({**body, **({"after": after} if after else {})})
+            return r.get("results") or [], _next_after(r)
 
-        capped = False
         for results in paginate(page):
-            for d in results:
-                found[str(d["id"])] = _payload(d)
-                last = _parse_ts((d.get("properties") or {}).get("hs_lastmodifieddate")) or last
+            take(results)
             fetched += len(results)
-            progress.page(len(results))
             if fetched + limit > SEARCH_CAP:
-                capped = True
-                break
-        if not capped:
-            return found
-        if last is None or last <= lo:
-            raise FatalAPIError(
-                f"HubSpot search: more than {SEARCH_CAP} deals share hs_lastmodifieddate "
-                f"{datetime.fromtimestamp(lo / 1000, UTC).isoformat()}; run with --full-refresh"
-            )
-        lo = last
+                raise FatalAPIError(
+                    f"HubSpot search: more than {SEARCH_CAP} deals share hs_lastmodifieddate "
+                    f"{datetime.fromtimestamp(lo / 1000, UTC).isoformat()}; run with --full-refresh"
+                )
+        lo += 1
     return found
 
 

@@ -38,7 +38,7 @@ def prepare(h: Harness, mode: str) -> datetime:
 
 
 # request numbers within the run: full = 1 pipelines, 2..8 deal pages, 9/10 owners;
-# incremental = 1 pipelines, 2..4 search pages, 5.. archived list, then owners
+# incremental = 1 pipelines, 2.. search pages (keyset: tiny pages re-read their boundary), archived, owners
 FAULT_AT = {"full": 3, "incremental": 3}
 
 

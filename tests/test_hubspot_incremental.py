@@ -46,7 +46,6 @@ def test_second_run_pages_only_through_changed_deals(h):
     h.commit(first)
     assert get_cursor(h.engine, "hubspot_main").startswith("2026-11-27T08:00:00.000Z;")
 
-    h.hub.max_page = 1
     h.hub.update("101", RUN1 + timedelta(minutes=10), amount="13000", dealstage="closedwon")
     h.hub.add_deal("106", RUN1 + timedelta(minutes=20), dealname="Stark upsell", amount="2500",
                    hubspot_owner_id="69864217", dealtype="existingbusiness")
@@ -55,7 +54,7 @@ def test_second_run_pages_only_through_changed_deals(h):
     h.server.requests.clear()
 
     second = h.run(started=RUN2)
-    assert len(h.requests("POST", SEARCH)) == 2  # one page per changed deal (101, 106)
+    assert len(h.requests("POST", SEARCH)) == 1  # one page holds both changed deals (101, 106)
     assert lists(h, "false") == 0 and lists(h, "true") == 1  # no full listing; archived ids once
     assert ids(second) == sorted(["101", "102", "103", "105", "106", "6744192456", "6744457152"])
     recs = second.records.set_index("opportunity_id")
@@ -142,22 +141,55 @@ def test_without_a_state_store_every_run_lists_everything(h):
     assert lists(h, "false") == 2 and not h.requests("POST", SEARCH)
 
 
-def test_search_past_10000_results_restarts_the_window(h):
+def test_search_slices_by_time_and_never_pages_into_the_10000_cap(h):
     h.commit(h.run(started=RUN1))
     n = 10_050
-    for i in range(n):  # two deals per millisecond: a restart re-reads the boundary's twin
+    for i in range(n):  # two deals per millisecond: each next slice re-reads the boundary's twin
         h.hub.add_deal(str(20_000 + i), RUN1 + timedelta(milliseconds=1 + i // 2), dealname=f"Bulk {i}")
     h.server.requests.clear()
     ex = h.run(started=RUN2)
     searches = [r.json() for r in h.requests("POST", SEARCH)]
-    lows = [b["filterGroups"][0]["filters"][0]["value"] for b in searches]
-    assert len(set(lows)) == 2  # one restart
-    assert max(int(b.get("after") or 0) for b in searches) < 10_000  # never paged into the 400
-    assert lows[-1] == str(to_ms(RUN1) + 1 + 9_999 // 2)  # restarted at the last time seen
+    assert not any(b.get("after") for b in searches)  # every page is a fresh query: no deep paging
+    lows = [int(b["filterGroups"][0]["filters"][0]["value"]) for b in searches]
+    assert lows == sorted(set(lows)) and lows[0] == to_ms(RUN1)
+    assert lows[1] == to_ms(RUN1) + 100  # 200 results = 100 ms; the next slice starts at the last
+    assert len(searches) == 51  # 198 new deals per page (2 re-read), 10,050 deals
     assert len(ex.records) == 7 + n and ex.records["opportunity_id"].is_unique
     assert len(ex.pending_state.upserts) == n
     assert iso(RUN2) in ex.pending_state.cursor
 
+
+def test_a_deal_modified_while_paging_does_not_hide_later_deals(h):
+    """Offset paging would skip a deal when an earlier one leaves the window mid-run."""
+    h.commit(h.run(started=RUN1))
+    changed = ["101", "102", "103", "105", "6744192456", "6744457152"]
+    for i, deal_id in enumerate(changed):
+        h.hub.update(deal_id, RUN1 + timedelta(minutes=i + 1))
+    h.server.requests.clear()
+
+    def touch_first(req) -> None:  # before the 2nd search page: 101 changes again, after the signpost
+        if req.path.endswith("/search") and len(h.requests("POST", SEARCH)) == 2:
+            h.hub.update("101", RUN2 + timedelta(seconds=1), amount="99")
+
+    h.hub.on_request = touch_first
+    ex = h.run(h.cfg(search_page_size=2), started=RUN2)
+    assert sorted(k for k, _ in ex.pending_state.upserts) == sorted(changed)
+    assert ex.records.set_index("opportunity_id").loc["101", "amount"] == "12500"  # the new one: next run
+
+
+def test_a_full_page_within_one_millisecond_is_read_by_offset(h):
+    h.commit(h.run(started=RUN1))
+    same = RUN1 + timedelta(minutes=5)
+    for i in range(5):
+        h.hub.add_deal(str(300 + i), same, dealname=f"Import {i}")
+    h.hub.add_deal("399", same + timedelta(milliseconds=1), dealname="Later")
+    h.server.requests.clear()
+    ex = h.run(h.cfg(search_page_size=2), started=RUN2)
+    bodies = [r.json() for r in h.requests("POST", SEARCH)]
+    ops = [(b["filterGroups"][0]["filters"][0]["operator"], b.get("after")) for b in bodies]
+    # from RUN1: 2 at `same`; from `same`: 2 again, no progress -> that millisecond by offset; then on
+    assert ops == [("GTE", None), ("GTE", None), ("EQ", None), ("EQ", "2"), ("EQ", "4"), ("GTE", None)]
+    assert sorted(k for k, _ in ex.pending_state.upserts) == ["300", "301", "302", "303", "304", "399"]
 
 def test_a_renamed_owner_rewrites_only_the_affected_stored_rows(h):
     h.commit(h.run(started=RUN1))

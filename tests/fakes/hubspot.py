@@ -132,6 +132,7 @@ class FakeHubSpot:
     daily: int = 1_000_000
     retry_after: str = "7"
     hang_seconds: float = 1.0
+    on_request: Callable[[Request], None] | None = None  # runs first, e.g. to change data mid-run
     deals: dict[str, dict] = field(default_factory=dict)
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
@@ -182,6 +183,8 @@ class FakeHubSpot:
 
     def __call__(self, req: Request) -> Response:
         with self._lock:
+            if self.on_request is not None:
+                self.on_request(req)
             self.count += 1
             n = self.count
             fault = self.faults.get(n) or ("503" if self.fail_from is not None and n >= self.fail_from else None)
