@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import string
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -13,11 +14,27 @@ from connectors.errors import DestinationError
 
 
 def fill_placeholders(template: str, *, as_of: date, period: str) -> str:
-    """Fill `{as_of}` and `{period}`; any other `{...}` is an error naming it."""
+    """Fill `{as_of}` and `{period}`; any other `{...}` (or a format spec on them) is an error naming it."""
+    values = {"as_of": as_of.isoformat(), "period": period}
     try:
-        return template.format(as_of=as_of.isoformat(), period=period)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise DestinationError(f"destination path {template!r}: unknown placeholder {exc}; use {{as_of}} or {{period}}") from exc
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise DestinationError(
+            f"destination path {template!r}: {exc}; write placeholders as {{as_of}} or {{period}} "
+            "and a literal brace twice ({{ or }})"
+        ) from None
+    out = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in values or spec or conversion:
+            whole = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise DestinationError(
+                f"destination path {template!r}: unknown placeholder {whole}; use {{as_of}} or {{period}}"
+            )
+        out.append(values[name])
+    return "".join(out)
 
 
 def expand_path(template: str, *, as_of: date, period: str) -> Path:
@@ -29,8 +46,11 @@ def publish(staged: Path, target: Path) -> Path:
 
     A crash or a full disk leaves the previous workbook untouched (and no temp file behind).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise DestinationError(f"cannot write {target}: {exc.strerror or exc}; the previous file is unchanged") from exc
     try:
         with os.fdopen(fd, "wb") as out, open(staged, "rb") as src:
             shutil.copyfileobj(src, out, length=1024 * 1024)
