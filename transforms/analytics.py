@@ -54,7 +54,7 @@ _METRIC_INPUTS = ["owner", "product", "account_id", "stage", "status", "amount",
                   "stage_entered_date", "deal_type"]
 _UNIT_FORMAT: dict[str, ColumnFormat] = {
     "count": "int", "currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
-    "pct": "number", "days": "days",
+    "pct": "pct", "days": "days",
 }
 
 
