@@ -571,13 +571,23 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
 
     `session`, `policy` and `clock` are for tests (a fake server's session, no real sleeping).
     """
+    api = make_api(cfg, ctx.observer, session=session, policy=policy, clock=clock)
+    try:
+        return _extract(cfg, ctx, api)
+    finally:
+        if session is None:
+            api.client.session.close()
+
+
+def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> Extracted:
     started = time.monotonic()
     obs = ctx.observer
     before = (obs.requests, obs.retries, obs.waited_seconds)
-    api = make_api(cfg, obs, session=session, policy=policy, clock=clock)
     pipelines, stages = parse_pipelines(api.pipelines(), cfg.stage_map)
     selected = select_pipelines(cfg, pipelines)
-    props = base_properties(cfg) + [f"{cfg.stage_entered_prefix}{sid}" for sid in stages]
+    # stage timing of the selected pipelines' stages (keeps the list URL short)
+    props = base_properties(cfg) + [f"{cfg.stage_entered_prefix}{s.id}" for s in stages.values()
+                                    if s.pipeline_id in selected]
     props = list(dict.fromkeys(props))
     fp = fingerprint(cfg)
     signpost = ctx.run_started if ctx.run_started.tzinfo else ctx.run_started.replace(tzinfo=UTC)

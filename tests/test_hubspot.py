@@ -112,6 +112,8 @@ def test_pipelines_filter_by_id_or_label(h, selection):
     ex = h.run(h.cfg(pipelines=selection), started=RUN1)
     assert sorted(ex.records["opportunity_id"]) == ["103", "105"]
     assert set(ex.records["_pipeline"]) == {"Renewals"}
+    wanted = h.requests("GET", "/crm/v3/objects/deals")[0].q("properties").split(",")
+    assert "hs_date_entered_1001" in wanted and "hs_date_entered_contractsent" not in wanted
 
 
 def test_unknown_pipeline_is_a_clear_error(h):
