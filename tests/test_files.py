@@ -153,14 +153,23 @@ def test_explicit_columns_any_case(tmp_path):
                     "_row": 2, "_error": ""}]
 
 
-def test_two_headers_mapping_to_one_field_is_an_error(tmp_path):
-    text = "Deal ID,opportunity_id,stage,created_date\n1,1,Won,2026-01-05\n"
+@pytest.mark.parametrize(
+    ("header", "columns", "detail"),
+    [
+        ("Deal ID,opportunity_id,stage,created_date", {"Deal ID": "opportunity_id"},
+         "opportunity_id <- 'Deal ID', 'opportunity_id'"),
+        ("opportunity_id,Stage,stage,created_date", {}, "stage <- 'Stage', 'stage'"),
+        ("opportunity_id,stage,created_date,amount,amount", {}, "amount <- 'amount', 'amount'"),
+        ("opportunity_id,stage,Created,Opened,created_date", {"Created": "created_date", "Opened": "created_date"},
+         "created_date <- 'Created', 'Opened', 'created_date'"),
+    ],
+    ids=["mapped-and-canonical", "case-variants", "repeated-header", "three-way"],
+)
+def test_two_headers_mapping_to_one_field_is_an_error(tmp_path, header, columns, detail):
+    text = header + "\n" + ",".join(["1"] * len(header.split(","))) + "\n"
     with pytest.raises(SourceDataError) as info:
-        extract_csv(csv_source(write_bytes(tmp_path, text.encode()), columns={"Deal ID": "opportunity_id"}))
-    assert str(info.value) == (
-        "source 'crm': more than one column maps to the same field "
-        "(opportunity_id <- 'Deal ID', 'opportunity_id'); keep one"
-    )
+        extract_csv(csv_source(write_bytes(tmp_path, text.encode()), columns=columns))
+    assert str(info.value) == f"source 'crm': more than one column maps to the same field ({detail}); keep one"
 
 
 def test_columns_naming_an_unknown_field(tmp_path):
