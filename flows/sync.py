@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date
+import logging
+from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.errors import RetriableAPIError
-from flows.pipeline import RunResult, Step, run_pipeline
+from flows.pipeline import RunResult, Step, StepWrapper, run_pipeline
+
+log = logging.getLogger("pipeline_sync")
 
 RETRIED_STEPS = ("extract-", "publish-")
 
@@ -53,7 +56,123 @@ def result_summary(result: RunResult) -> dict[str, Any]:
     }
 
 
+class _Steps:
+    """A step wrapper (`as_task`) that also remembers the step running (for failure alerts) and the transform's result."""
+
+    def __init__(self, inner: StepWrapper) -> None:
+        self.inner = inner
+        self.current, self.run, self.transformed = "prepare", None, None
+
+    def __call__(self, step: Step, name: str) -> Step:
+        wrapped = self.inner(step, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.current = name
+            if self.run is None and args:
+                self.run = args[0]
+            out = wrapped(*args, **kwargs)
+            if name == "transform":
+                self.transformed = out
+            return out
+
+        return call
+
+
+def _run_url() -> str | None:
+    """The flow run's page in the Prefect UI; None on Prefect's temporary server (no lasting UI)."""
+    import os
+
+    from prefect.runtime import flow_run
+
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    try:
+        return flow_run.ui_url
+    except Exception:  # no UI configured
+        return None
+
+
+def _skip_reason(cfg: Any, schedule_index: int | None) -> str | None:
+    """Catch-up for a scheduled deployment run that starts late (see flows.schedules)."""
+    from prefect.runtime import deployment, flow_run
+
+    from flows.schedules import catch_up_skip_reason
+
+    if schedule_index is None or deployment.id is None or not 0 <= schedule_index < len(cfg.schedule):
+        return None
+    scheduled = flow_run.scheduled_start_time
+    if scheduled is None:
+        return None
+    policy = cfg.schedule[schedule_index].catch_up
+    return catch_up_skip_reason(cfg.schedule, policy, datetime.fromisoformat(str(scheduled)), datetime.now(UTC))
+
+
+def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
+    """Digest, alerts and artifacts; a failure here is logged and never fails a published run."""
+    from prefect.context import FlowRunContext
+
+    from flows.artifacts import publish_artifacts
+    from flows.notify import digest_for_run, notify_success
+
+    cfg = loaded.config
+    try:
+        digest = digest_for_run(steps.run, result, steps.transformed, _run_url())
+        if FlowRunContext.get() is not None:
+            publish_artifacts(digest, getattr(getattr(steps.transformed, "analytics", None), "flags", None))
+        if cfg.notify:
+            notify_success(cfg.notify, digest, secrets=loaded.secrets)
+    except Exception as exc:  # the workbook is already published
+        log.warning("run digest / notification failed: %s", type(exc).__name__)
+
+
 @flow(name="sync-pipeline", persist_result=False, log_prints=False)
-def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: bool = False) -> dict[str, Any]:
-    """Extract, transform, render and publish one config's workbook(s)."""
-    return result_summary(run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=as_task))
+def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: bool = False,
+                  schedule_index: int | None = None) -> dict[str, Any]:
+    """Extract, transform, render and publish one config's workbook(s).
+
+    `schedule_index` is set by deployments: which `schedule:` entry started the run (its
+    catch_up and overlap policies apply). One run per report at a time (flows.schedules).
+    """
+    return sync_report(config_path, as_of, full_refresh, schedule_index)
+
+
+def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool = False,
+                schedule_index: int | None = None, task_wrapper: StepWrapper = as_task) -> dict[str, Any]:
+    """The flow's body: catch-up check, report lock, `run_pipeline`, then alerts, digest and artifacts.
+
+    Tests pass `task_wrapper=lambda step, name: step` to run the same body without Prefect tasks.
+    """
+    from config.loader import load_config
+    from flows.notify import notify_failure
+    from flows.schedules import lock_path, report_lock
+
+    loaded = load_config(config_path)
+    cfg = loaded.config
+    reason = _skip_reason(cfg, schedule_index)
+    if reason:
+        log.warning("report %s: run skipped (%s)", cfg.report, reason)
+        return {"skipped": reason, "report": cfg.report}
+    in_range = schedule_index is not None and 0 <= schedule_index < len(cfg.schedule)
+    overlap = cfg.schedule[schedule_index].overlap if in_range else "wait"
+    from prefect.runtime import flow_run
+
+    with report_lock(lock_path(loaded.base_dir / ".state", cfg.report), overlap, run_id=str(flow_run.id or ""),
+                     on_wait=lambda h: log.warning("report %s: waiting for run %s (since %s) to finish", cfg.report,
+                                                   h.get("run_id") or "?", h.get("since", "?"))) as lock:
+        if not lock.acquired:
+            reason = f"overlap: skip: run {lock.holder.get('run_id') or '?'} of this report is still in progress"
+            log.warning("report %s: run skipped (%s)", cfg.report, reason)
+            return {"skipped": reason, "report": cfg.report}
+        steps = _Steps(task_wrapper)
+        try:
+            result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded)
+        except Exception as exc:
+            try:
+                if cfg.notify:
+                    notify_failure(cfg.notify, report=cfg.report, step=steps.current, error=exc,
+                                   run_url=_run_url(), secrets=loaded.secrets)
+            except Exception as alert_exc:  # never hide the run's own error
+                log.warning("failure alert could not be sent: %s", type(alert_exc).__name__)
+            raise
+        _after_success(loaded, steps, result)
+    return result_summary(result)

@@ -1,0 +1,421 @@
+"""Alerts and run digests through apprise (Slack, Teams, email, generic webhooks).
+
+`notify:` targets choose events: `failure` (report, step, one-sentence error, run link),
+`success` (the digest: KPIs against the previous snapshot, new and resolved flags, top pushed
+and slipped deals, run health, workbook link) and `flags_changed` (the digest, only when flags
+appeared or resolved). Every payload passes `scrub`: no configured secret (tokens, client
+secrets, the apprise URLs themselves) is ever sent; target URLs are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from config.models import NotifyConfig
+
+log = logging.getLogger("pipeline_sync.notify")
+
+# the KPIs a digest shows, in order (the artifacts show every team metric)
+DIGEST_KPIS = ("open_value", "weighted_value", "open_deals", "new_value", "won_value", "win_rate",
+               "avg_sales_cycle_days", "sales_velocity_per_day")
+TOP_DEALS = 5
+TOP_FLAGS = 5
+
+
+# ----------------------------------------------------------------------------- digest content
+
+
+@dataclass
+class KpiChange:
+    metric: str
+    value: float | None
+    previous: float | None
+    unit: str
+
+    @property
+    def change(self) -> float | None:
+        if self.value is None or self.previous is None:
+            return None
+        return self.value - self.previous
+
+
+@dataclass(frozen=True)
+class FlagLine:
+    key: str
+    rule: str
+    severity: str
+    message: str
+
+
+@dataclass
+class DealMove:
+    name: str
+    owner: str
+    amount: float | None
+    old_close: date | None
+    new_close: date | None
+
+
+@dataclass
+class RunHealth:
+    rows_read: int
+    rows_loaded: int
+    rows_rejected: int
+    seconds: float
+    requests: int = 0
+    retries: int = 0
+    waited_seconds: float = 0.0
+    stale_sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Digest:
+    report: str
+    as_of: date
+    period: str
+    currency: str
+    kpis: list[KpiChange]
+    previous_as_of: date | None
+    flags_total: int | None
+    new_flags: list[FlagLine]
+    resolved_flags: list[FlagLine]
+    pushed: list[DealMove]
+    slipped: list[DealMove]
+    health: RunHealth
+    workbooks: list[str]
+    run_url: str | None = None
+    has_previous_flags: bool = False
+    all_kpis: list[KpiChange] = field(default_factory=list)  # every team metric (artifacts)
+
+    @property
+    def flags_changed(self) -> bool:
+        return self.has_previous_flags and bool(self.new_flags or self.resolved_flags)
+
+
+def kpi_changes(current: dict[str, float | None], previous: dict[str, float | None], units: dict[str, str],
+                metrics: Sequence[str] = DIGEST_KPIS) -> list[KpiChange]:
+    """Each digest KPI with its value in the previous snapshot (None when there is none)."""
+    return [KpiChange(m, _num(current.get(m)), _num(previous.get(m)), units.get(m, "number"))
+            for m in metrics if m in current]
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def flag_lines(flags: pd.DataFrame | None) -> dict[str, FlagLine]:
+    """Flags by identity (rule, check, scope, key; #n for repeats of one identity in a run, e.g. M7 per
+    metric): the same problem on the next run has the same identity."""
+    if flags is None or len(flags) == 0:
+        return {}
+    out: dict[str, FlagLine] = {}
+    for rule, check, scope, key, sev, msg in zip(flags["rule"], flags["check"], flags["scope"], flags["key"],
+                                                  flags["severity"], flags["message"], strict=True):
+        base = ident = f"{rule}|{check}|{scope}|{key}"
+        n = 1
+        while ident in out:
+            n += 1
+            ident = f"{base}#{n}"
+        out[ident] = FlagLine(ident, str(rule), str(sev), str(msg))
+    return out
+
+
+def flag_diff(current: dict[str, FlagLine], previous: dict[str, FlagLine]) -> tuple[list[FlagLine], list[FlagLine]]:
+    """(new, resolved), most severe first."""
+    order = {"high": 0, "medium": 1, "low": 2}
+
+    def sort(lines: Iterable[FlagLine]) -> list[FlagLine]:
+        return sorted(lines, key=lambda f: (order.get(f.severity, 3), f.rule, f.key))
+
+    return (sort(v for k, v in current.items() if k not in previous),
+            sort(v for k, v in previous.items() if k not in current))
+
+
+def deal_moves(changes: pd.DataFrame | None, period_end: date, top: int = TOP_DEALS) -> tuple[list[DealMove], list[DealMove]]:
+    """(pushed, slipped) from the Changes sheet, largest amount first.
+
+    Slipped: the close date moved from inside the reporting period to after it (the deal left
+    this period's forecast). Pushed: every other later close date.
+    """
+    if changes is None or len(changes) == 0:
+        return [], []
+    moved = changes[changes["change"] == "pushed"]
+    end = pd.Timestamp(period_end)
+    old, new = pd.to_datetime(moved["old_close_date"]), pd.to_datetime(moved["new_close_date"])
+    slipped_mask = (old <= end) & (new > end)
+    amount = moved["new_amount"].astype(float).fillna(moved["old_amount"].astype(float))
+
+    def pick(mask: pd.Series) -> list[DealMove]:
+        rows = moved[mask.to_numpy()].assign(_amount=amount[mask.to_numpy()]).sort_values(
+            "_amount", ascending=False, na_position="last", kind="stable").head(top)
+        return [DealMove(str(r["name"] if pd.notna(r["name"]) else r["opportunity_id"]),
+                         str(r["owner"]) if pd.notna(r["owner"]) else "(no owner)", _num(r["_amount"]),
+                         _date(r["old_close_date"]), _date(r["new_close_date"])) for _, r in rows.iterrows()]
+
+    return pick(~slipped_mask), pick(slipped_mask)
+
+
+def _date(v: Any) -> date | None:
+    return None if v is None or pd.isna(v) else pd.Timestamp(v).date()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def fmt_value(value: float | None, unit: str, currency: str = "USD") -> str:
+    if value is None:
+        return "–"
+    if unit in ("currency", "currency_per_day"):
+        text = f"{value:,.0f} {currency}"
+        return text + "/day" if unit == "currency_per_day" else text
+    if unit == "ratio":
+        return f"{value * 100:.1f}%"
+    if unit == "pct":
+        return f"{value:.1f}%"
+    if unit == "days":
+        return f"{value:.1f} d"
+    if unit == "count":
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
+
+
+def fmt_change(k: KpiChange, currency: str = "USD") -> str:
+    change = k.change
+    if change is None:
+        return "–"
+    if k.unit == "ratio":
+        return f"{change * 100:+.1f} pp"
+    if k.unit == "pct":
+        return f"{change:+.1f} pp"
+    sign = "+" if change >= 0 else "-"
+    return sign + fmt_value(abs(change), k.unit, currency)
+
+
+def render_digest(d: Digest) -> tuple[str, str]:
+    """Title and markdown body of the success digest."""
+    title = f"pipeline-sync: '{d.report}' refreshed (as of {d.as_of.isoformat()})"
+    lines = [f"**{d.report}**: period {d.period}, as of {d.as_of.isoformat()}."]
+    since = f"vs snapshot of {d.previous_as_of.isoformat()}" if d.previous_as_of else "no earlier snapshot"
+    lines += ["", f"**KPIs** ({since})", "", "| KPI | value | change |", "|---|---:|---:|"]
+    lines += [f"| {k.metric.replace('_', ' ')} | {fmt_value(k.value, k.unit, d.currency)} | {fmt_change(k, d.currency)} |"
+              for k in d.kpis]
+    if d.flags_total is not None:
+        lines += ["", f"**Flags**: {d.flags_total:,} open, {len(d.new_flags):,} new, {len(d.resolved_flags):,} resolved"
+                  + ("" if d.has_previous_flags else " (first run: nothing to compare)")]
+        for label, flags in (("new", d.new_flags), ("resolved", d.resolved_flags)):
+            for f in flags[:TOP_FLAGS]:
+                lines.append(f"- {label} [{f.severity}] {f.rule}: {f.message}")
+            if len(flags) > TOP_FLAGS:
+                lines.append(f"- ... and {len(flags) - TOP_FLAGS:,} more {label}")
+    for label, moves in (("Top slipped deals (out of this period)", d.slipped), ("Top pushed deals", d.pushed)):
+        if moves:
+            lines += ["", f"**{label}**"]
+            lines += [f"- {m.name} ({m.owner}): {fmt_value(m.amount, 'currency', d.currency)}, close "
+                      f"{_iso(m.old_close)} -> {_iso(m.new_close)}" for m in moves]
+    h = d.health
+    lines += ["", f"**Run health**: {h.rows_read:,} rows read, {h.rows_loaded:,} loaded, {h.rows_rejected:,} rejected; "
+              f"{h.seconds:.1f} s; {h.requests:,} API requests, {h.retries:,} retries, "
+              f"{h.waited_seconds:.1f} s rate-limit waits"
+              + (f"; stale sources: {', '.join(h.stale_sources)}" if h.stale_sources else "")]
+    if d.workbooks:
+        lines += ["", "**Workbook**: " + ", ".join(d.workbooks)]
+    if d.run_url:
+        lines += ["", f"[Run in Prefect]({d.run_url})"]
+    return title, "\n".join(lines)
+
+
+def _iso(d: date | None) -> str:
+    return d.isoformat() if d else "?"
+
+
+def one_sentence(exc: BaseException, limit: int = 300) -> str:
+    """The error as one sentence: its type and the first line of its message, shortened."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = re.sub(r"\s+", " ", text)
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    sentence = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return sentence if sentence.endswith((".", "…", "!", "?")) else sentence + "."
+
+
+def render_failure(report: str, step: str, error: str, run_url: str | None) -> tuple[str, str]:
+    title = f"pipeline-sync: '{report}' FAILED at {step}"
+    lines = [f"**{report}** failed at step **{step}**.", "", f"Error: {error}"]
+    lines += ["", f"[Run in Prefect]({run_url})" if run_url else "No run link (run without a Prefect server)."]
+    lines += ["", "The workbook was not changed by this run unless the failing step was after publishing."]
+    return title, "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sending
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret value replaced by ***, longest first (a secret inside another)."""
+    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
+
+
+def url_secrets(url: str) -> set[str]:
+    """An apprise URL and its token-like parts (8+ characters mixing letters and digits, no dots):
+    apprise keeps tokens in the user, password, path and query of its URLs."""
+    parts = re.split(r"[/:@?&=#]+", url.split("://", 1)[-1])
+    tokens = {p for p in parts if len(p) >= 8 and "." not in p and re.search(r"\d", p) and re.search(r"[A-Za-z]", p)}
+    return {url, *tokens}
+
+
+def secrets_of(targets: Sequence[NotifyConfig], config_secrets: Iterable[str]) -> tuple[str, ...]:
+    """Everything a payload must never contain: the config's secrets and the target URLs (and their tokens)."""
+    return tuple({*config_secrets, *(s for t in targets for s in url_secrets(t.url))})
+
+
+def send(targets: Sequence[NotifyConfig], events: set[str], title: str, body: str, *, secrets: Iterable[str],
+         kind: str = "info") -> list[int]:
+    """Send to every target that subscribed to any of `events`; returns the indexes that succeeded."""
+    import apprise
+
+    secrets = tuple(secrets_of(targets, secrets))
+    title, body = scrub(title, secrets), scrub(body, secrets)
+    notify_type = {"failure": apprise.NotifyType.FAILURE, "success": apprise.NotifyType.SUCCESS}.get(
+        kind, apprise.NotifyType.INFO)
+    sent = []
+    for i, target in enumerate(targets):
+        if not events & set(target.on):
+            continue
+        ap = apprise.Apprise()
+        if not ap.add(target.url):
+            log.warning("notify[%d]: not a valid apprise URL; fix notify[%d].url", i, i)
+            continue
+        scheme = target.url.split("://", 1)[0]
+        if ap.notify(body=body, title=title, notify_type=notify_type, body_format=apprise.NotifyFormat.MARKDOWN):
+            sent.append(i)
+            log.info("notify[%d] (%s): sent %s", i, scheme, "/".join(sorted(events)))
+        else:
+            log.warning("notify[%d] (%s): sending failed", i, scheme)
+    return sent
+
+
+def notify_failure(targets: Sequence[NotifyConfig], *, report: str, step: str, error: BaseException,
+                   run_url: str | None, secrets: Iterable[str]) -> list[int]:
+    title, body = render_failure(report, step, one_sentence(error), run_url)
+    return send(targets, {"failure"}, title, body, secrets=secrets, kind="failure")
+
+
+def notify_success(targets: Sequence[NotifyConfig], digest: Digest, *, secrets: Iterable[str]) -> list[int]:
+    """The digest to `success` targets, and to `flags_changed` targets when flags changed."""
+    events = {"success"} | ({"flags_changed"} if digest.flags_changed else set())
+    title, body = render_digest(digest)
+    return send(targets, events, title, body, secrets=secrets, kind="success")
+
+
+# ----------------------------------------------------------------------------- flag memory
+
+
+_meta = sa.MetaData()
+digest_flags = sa.Table(
+    "digest_flags",
+    _meta,
+    sa.Column("report", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("flag_key", sa.String(1000), primary_key=True),
+    sa.Column("rule", sa.String(20), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+
+def previous_flags(engine: sa.Engine, report: str, as_of: date) -> tuple[date | None, dict[str, FlagLine]]:
+    """The flags stored by the latest run of `report` with an as_of before `as_of`."""
+    digest_flags.create(engine, checkfirst=True)
+    with engine.connect() as conn:
+        prev = conn.execute(sa.select(sa.func.max(digest_flags.c.as_of)).where(
+            digest_flags.c.report == report, digest_flags.c.as_of < as_of)).scalar_one_or_none()
+        if prev is None:
+            return None, {}
+        rows = conn.execute(sa.select(digest_flags.c.flag_key, digest_flags.c.rule, digest_flags.c.severity,
+                                      digest_flags.c.message)
+                            .where(digest_flags.c.report == report, digest_flags.c.as_of == prev)).all()
+    return prev, {r[0]: FlagLine(r[0], r[1], r[2], r[3]) for r in rows}
+
+
+def save_flags(engine: sa.Engine, report: str, as_of: date, flags: dict[str, FlagLine]) -> None:
+    """Store this run's flags (replacing an earlier run for the same as_of)."""
+    digest_flags.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(digest_flags).where(digest_flags.c.report == report, digest_flags.c.as_of == as_of))
+        rows = [{"report": report, "as_of": as_of, "flag_key": f.key, "rule": f.rule, "severity": f.severity,
+                 "message": f.message} for f in flags.values()]
+        if rows:
+            conn.execute(digest_flags.insert(), rows)
+
+
+# ----------------------------------------------------------------------------- from a finished run
+
+
+def digest_for_run(run: Any, result: Any, transformed: Any = None, run_url: str | None = None) -> Digest:
+    """The digest of a finished `run_pipeline` (RunContext, RunResult, Transformed or None).
+
+    Also remembers this run's flags so the next run can tell which are new and resolved.
+    Works without analytics (no KPIs and no flags then).
+    """
+    cfg = run.config
+    analytics = getattr(transformed, "analytics", None) if transformed is not None else None
+    kpis: list[KpiChange] = []
+    all_kpis: list[KpiChange] = []
+    previous_as_of = None
+    new, resolved, has_prev, flags_total = [], [], False, result.flags_count
+    pushed: list[DealMove] = []
+    slipped: list[DealMove] = []
+    if analytics is not None:
+        current = dict(getattr(getattr(analytics, "snapshot", None), "metrics", None) or {})
+        units = _units(getattr(analytics, "summary", None))
+        previous: dict[str, float | None] = {}
+        try:
+            from connectors.snapshots import load_history
+
+            history = load_history(run.engine, cfg.report, result.as_of)
+            previous, previous_as_of = history.previous_metrics(), history.previous_as_of
+        except ImportError:
+            pass
+        kpis = kpi_changes(current, previous, units)
+        all_kpis = kpi_changes(current, previous, units, metrics=list(current))
+        lines = flag_lines(getattr(analytics, "flags", None))
+        prev_as_of, prev_lines = previous_flags(run.engine, cfg.report, result.as_of)
+        has_prev = prev_as_of is not None
+        new, resolved = flag_diff(lines, prev_lines) if has_prev else ([], [])
+        save_flags(run.engine, cfg.report, result.as_of, lines)
+        flags_total = len(lines)
+        changes = next((s.frame for s in getattr(analytics, "sheets", []) if getattr(s, "name", "") == "Changes"), None)
+        pushed, slipped = deal_moves(changes, result.period.end)
+    sources = result.sources
+    health = RunHealth(
+        rows_read=sum(s.rows_read for s in sources), rows_loaded=sum(s.rows_loaded for s in sources),
+        rows_rejected=sum(s.rows_rejected for s in sources), seconds=result.seconds,
+        requests=sum(getattr(s, "requests", 0) for s in sources), retries=sum(getattr(s, "retries", 0) for s in sources),
+        waited_seconds=sum(getattr(s, "waited_seconds", 0.0) for s in sources),
+        stale_sources=[s.name for s in sources if s.stale])
+    return Digest(cfg.report, result.as_of, result.period.label, cfg.inputs.currency, kpis, previous_as_of,
+                  flags_total, new, resolved, pushed, slipped, health, list(result.outputs), run_url, has_prev,
+                  all_kpis)
+
+
+def _units(summary: Any) -> dict[str, str]:
+    kpis = getattr(summary, "kpis", None)
+    if kpis is None or "unit" not in getattr(kpis, "columns", []):
+        return {}
+    return {str(m): str(u) for m, u in zip(kpis["metric"], kpis["unit"], strict=True)}
