@@ -449,6 +449,8 @@ def archived_ids(api: HubSpotApi, cfg: HubSpotSourceConfig) -> set[str]:
 
 def add_line_item_products(api: HubSpotApi, deals: dict[str, dict]) -> None:
     """Set LINE_ITEM_PRODUCT on each deal: the name of its largest line item (by amount)."""
+    if not deals:
+        return
     for deal_id, p in deals.items():
         if "_line_item_ids" not in p:
             p["_line_item_ids"] = api.deal_line_item_ids(deal_id)
@@ -616,8 +618,6 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         deletes |= gone & set(current)
         notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
                      f"{len(deletes)} archived deal(s)")
-    if cfg.product_from_line_items and changed:
-        add_line_item_products(api, changed)
     current.update(changed)
     for deal_id in deletes:
         current.pop(deal_id, None)
@@ -625,6 +625,8 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     for deal_id in outside:
         current.pop(deal_id)
     deletes = (deletes | outside) & set(previous) if since is not None else set()
+    if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
+        add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
 
     owner_ids = {p["properties"].get("hubspot_owner_id") for p in current.values()} - {None, ""}
     resolver = Resolver(cfg, pipelines, stages, load_owners(api, owner_ids) if owner_ids else {})
