@@ -80,7 +80,7 @@ class _SessionGone(Exception):
 # ----------------------------------------------------------------------------- Graph calls
 
 
-class _Graph:
+class GraphApi:
     """Graph API calls with a bearer token (renewed once on 401) through the shared retry policy."""
 
     def __init__(self, cfg: OneDriveDestinationConfig, session: requests.Session, auth: GraphAuth,
@@ -115,7 +115,7 @@ class _Graph:
 # ----------------------------------------------------------------------------- addressing
 
 
-def _drive_id(g: _Graph, cfg: OneDriveDestinationConfig) -> str:
+def resolve_drive(g: GraphApi, cfg: OneDriveDestinationConfig) -> str:
     """The drive's id from user / site / drive_id / me."""
     if cfg.drive_id:
         where, path = f"drive_id '{cfg.drive_id}'", f"/drives/{quote(cfg.drive_id, safe='!')}"
@@ -132,7 +132,7 @@ def _drive_id(g: _Graph, cfg: OneDriveDestinationConfig) -> str:
     return resp.json()["id"]
 
 
-def _site_id(g: _Graph, site: str) -> str:
+def _site_id(g: GraphApi, site: str) -> str:
     """Resolve `host:/sites/path` (or https://host/sites/path) to a site id; a site id passes through."""
     value = site.strip()
     if value.startswith("https://"):
@@ -149,11 +149,11 @@ def _site_id(g: _Graph, site: str) -> str:
     return resp.json()["id"]
 
 
-def _item_path(drive_id: str, parent_id: str, name: str) -> str:
+def item_path(drive_id: str, parent_id: str, name: str) -> str:
     return f"/drives/{drive_id}/items/{parent_id}:/{quote(name, safe='')}:"
 
 
-def _ensure_folder(g: _Graph, drive_id: str, parts: list[str]) -> str:
+def ensure_folder(g: GraphApi, drive_id: str, parts: list[str]) -> str:
     """The id of the folder `parts` under the drive root, creating missing folders."""
     folder = g.call("GET", f"/drives/{drive_id}/root", params={"$select": "id"}).json()["id"]
     if not parts:
@@ -164,12 +164,12 @@ def _ensure_folder(g: _Graph, drive_id: str, parts: list[str]) -> str:
         return _folder_id(whole.json(), "/" + "/".join(parts))
     for i, seg in enumerate(parts):
         here = "/" + "/".join(parts[: i + 1])
-        resp = g.call("GET", _item_path(drive_id, folder, seg), allow=frozenset({404}))
+        resp = g.call("GET", item_path(drive_id, folder, seg), allow=frozenset({404}))
         if resp.status_code == 404:
             resp = g.call("POST", f"/drives/{drive_id}/items/{folder}/children", allow=frozenset({409}),
                           json={"name": seg, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"})
             if resp.status_code == 409:  # made by someone else just now
-                resp = g.call("GET", _item_path(drive_id, folder, seg))
+                resp = g.call("GET", item_path(drive_id, folder, seg))
             else:
                 log.info("onedrive: created folder %s", here)
         folder = _folder_id(resp.json(), here)
@@ -205,7 +205,7 @@ class _LockPolicy:
 
 
 class _Uploader:
-    def __init__(self, g: _Graph, drive_id: str, parent_id: str, data: bytes, locks: _LockPolicy):
+    def __init__(self, g: GraphApi, drive_id: str, parent_id: str, data: bytes, locks: _LockPolicy):
         self.g, self.drive_id, self.parent_id, self.data, self.locks = g, drive_id, parent_id, data, locks
         self.chunk_size = g.cfg.chunk_size
 
@@ -224,7 +224,7 @@ class _Uploader:
         if if_match and item_id:
             path, params = f"/drives/{self.drive_id}/items/{item_id}/content", {}
         else:
-            path = _item_path(self.drive_id, self.parent_id, name) + "/content"
+            path = item_path(self.drive_id, self.parent_id, name) + "/content"
             params = {"@microsoft.graph.conflictBehavior": behaviour}
         headers = {"Content-Type": "application/octet-stream"} | ({"If-Match": if_match} if if_match else {})
         while True:
@@ -235,7 +235,7 @@ class _Uploader:
             self.locks.on_locked()
 
     def _session(self, name: str, behaviour: str, if_match: str | None) -> requests.Response:
-        create = _item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
+        create = item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
         body = {"item": {"@microsoft.graph.conflictBehavior": behaviour, "name": name}, "deferCommit": False}
         headers = {"If-Match": if_match} if if_match else {}
         while True:
@@ -309,7 +309,7 @@ class _Uploader:
     def _commit_explicitly(self, url: str, name: str) -> requests.Response:
         """Commit a finished session over the existing file (the documented 409 recovery)."""
         log.info("onedrive: the commit met nameAlreadyExists; committing the session with replace")
-        return self.g.call("PUT", _item_path(self.drive_id, self.parent_id, name)[:-1], allow=frozenset({409, 412}),
+        return self.g.call("PUT", item_path(self.drive_id, self.parent_id, name)[:-1], allow=frozenset({409, 412}),
                            json={"name": name, "@microsoft.graph.conflictBehavior": "replace",
                                  "@microsoft.graph.sourceUrl": url})
 
@@ -366,21 +366,27 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
             now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> PublishResult:
     """Upload `workbook` to `remote_path` (cfg.path with placeholders filled) on the configured drive.
 
-    Raises DestinationError for the documented outcomes (path refused, changed by someone else,
+    With `mode: update_sheets` the managed sheets are refreshed in place instead
+    (connectors.onedrive_workbook.update_sheets). Raises DestinationError for the documented outcomes (path refused, changed by someone else,
     locked, name conflict), RetriableAPIError / FatalAPIError for transport and auth failures.
     In every failure the file already on the drive is left as it was.
     """
+    if cfg.mode == "update_sheets":
+        from connectors.onedrive_workbook import update_sheets
+
+        return update_sheets(cfg, workbook, remote_path=remote_path, session=session, sleep=sleep, auth=auth,
+                             config_dir=config_dir)
     problems = onedrive_path_problems(remote_path)
     if problems:
         raise DestinationError("onedrive destination path: " + "; ".join(problems))
     data = Path(workbook).read_bytes()
     session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
     policy = RetryPolicy(sleep=sleep)
-    g = _Graph(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir), policy)
-    drive_id = _drive_id(g, cfg)
+    g = GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir), policy)
+    drive_id = resolve_drive(g, cfg)
     *folders, name = remote_path.strip("/").split("/")
-    parent_id = _ensure_folder(g, drive_id, folders)
-    existing = g.call("GET", _item_path(drive_id, parent_id, name), allow=frozenset({404}))
+    parent_id = ensure_folder(g, drive_id, folders)
+    existing = g.call("GET", item_path(drive_id, parent_id, name), allow=frozenset({404}))
     current = existing.json() if existing.status_code == 200 else None
 
     behaviour, if_match = "replace", None

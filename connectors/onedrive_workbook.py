@@ -1,0 +1,326 @@
+"""`mode: update_sheets`: refresh the managed sheets of a workbook in place (Graph Excel API, section 6).
+
+The tool never replaces the file. In one persistChanges workbook session it rewrites only the
+sheets the rendered workbook has (creating missing ones), resizes their tables `tbl<Sheet>` in
+place (rows deleted with a shift up, rows appended with rows/add) so users' structured references
+keep working, and leaves every other sheet (users' pivots, formulas, charts) untouched. Values go in
+row blocks that fit the request limit, one request at a time. The first run, when the file does not
+exist yet, uploads the whole rendered workbook instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import openpyxl
+import requests
+from openpyxl.utils import get_column_letter
+
+from config.models import OneDriveDestinationConfig, onedrive_path_problems
+from config.workbook import table_name
+from connectors import onedrive
+from connectors.errors import DestinationError, FatalAPIError
+from connectors.http import RetryPolicy, build_session, default_error_message
+from connectors.msal_auth import GraphAuth
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 2_000_000  # Graph requests are capped near 4 MB; stay well below
+MAX_BLOCK_ROWS = 5_000
+SESSION_POLLS = 40
+_EXCEL_EPOCH = datetime(1899, 12, 30)
+
+
+@dataclass
+class StagedSheet:
+    """One sheet of the rendered workbook: its rows (header first when it has a table)."""
+
+    name: str
+    rows: list[list[Any]]
+    formats: list[str | None]  # per column; None = General
+    table: str | None  # tbl<Sheet> when the sheet's data is an Excel table
+
+    @property
+    def width(self) -> int:
+        return max((len(r) for r in self.rows), default=1) or 1
+
+
+def _cell_value(cell: Any) -> Any:
+    """A value the Graph `values` array takes: dates as serial numbers, text never parsed or a formula."""
+    v = cell.value
+    if v is None:
+        return ""
+    if getattr(cell, "data_type", None) == "f":
+        return v  # a formula of the rendered workbook
+    if isinstance(v, datetime):
+        return (v.replace(tzinfo=None) - _EXCEL_EPOCH).total_seconds() / 86400
+    if isinstance(v, date):
+        return (datetime(v.year, v.month, v.day) - _EXCEL_EPOCH).days
+    if isinstance(v, str):
+        return "'" + v  # a leading apostrophe keeps text as text (no '=' formulas, no '00123' -> 123)
+    return v
+
+
+def _format(cell: Any) -> str | None:
+    fmt = getattr(cell, "number_format", None)
+    return None if not fmt or fmt == "General" else fmt
+
+
+def read_staged(path: Path) -> list[StagedSheet]:
+    """Read the rendered workbook's sheets (values, formats, which ones are tables)."""
+    with zipfile.ZipFile(path) as z:
+        tables = set()
+        for name in z.namelist():
+            if name.startswith("xl/tables/") and name.endswith(".xml"):
+                m = re.search(rb'\sdisplayName="([^"]+)"', z.read(name))
+                if m:
+                    tables.add(m.group(1).decode())
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        sheets = []
+        for ws in book.worksheets:
+            rows: list[list[Any]] = []
+            formats: list[str | None] = []
+            for row in ws.iter_rows():
+                values = [_cell_value(c) for c in row]
+                while values and values[-1] == "":
+                    values.pop()
+                rows.append(values)
+                if len(rows) == 2:  # the first data row carries the column formats
+                    formats = [_format(c) for c in row]
+            while rows and not rows[-1]:
+                rows.pop()
+            tbl = table_name(ws.title)
+            width = max((len(r) for r in rows), default=1) or 1
+            rows = [r + [""] * (width - len(r)) for r in rows] or [[""]]
+            sheets.append(StagedSheet(ws.title, rows, (formats + [None] * width)[:width], tbl if tbl in tables else None))
+        return sheets
+    finally:
+        book.close()
+
+
+def _blocks(rows: list[list[Any]], max_bytes: int, max_rows: int) -> list[tuple[int, int]]:
+    """(start, stop) row slices whose JSON stays under `max_bytes` (fmt matrix included) and `max_rows`."""
+    out, start, size = [], 0, 0
+    for i, row in enumerate(rows):
+        n = 2 * len(json.dumps(row, default=str)) + 8
+        if i > start and (size + n > max_bytes or i - start >= max_rows):
+            out.append((start, i))
+            start, size = i, 0
+        size += n
+    if start < len(rows):
+        out.append((start, len(rows)))
+    return out
+
+
+def _ref(r1: int, c1: int, r2: int, c2: int) -> str:
+    return f"{get_column_letter(c1)}{r1}:{get_column_letter(c2)}{r2}"
+
+
+def _parse(address: str) -> tuple[int, int, int, int]:
+    cells = address.rsplit("!", 1)[-1].replace("$", "").split(":")
+    parsed = []
+    for c in cells:
+        m = re.fullmatch(r"([A-Z]+)(\d+)", c.upper())
+        if not m:
+            raise FatalAPIError(f"Microsoft Graph returned an address this tool cannot read: {address!r}")
+        col = 0
+        for ch in m.group(1):
+            col = col * 26 + ord(ch) - 64
+        parsed.append((int(m.group(2)), col))
+    (r1, c1), (r2, c2) = parsed[0], parsed[-1]
+    return r1, c1, r2, c2
+
+
+def _sheet(name: str) -> str:
+    return f"worksheets('{quote(name.replace(chr(39), chr(39) * 2), safe='')}')"
+
+
+class _WorkbookSession:
+    """Workbook calls inside one persistChanges session; a session the service dropped is re-created once."""
+
+    def __init__(self, g: onedrive.GraphApi, base: str, sleep: Callable[[float], None], poll: float):
+        self.g, self.base, self.sleep, self.poll = g, base, sleep, poll
+        self.id: str | None = None
+
+    def open(self) -> None:
+        resp = self.g.call("POST", f"{self.base}/createSession", json={"persistChanges": True},
+                           headers={"Prefer": "respond-async"})
+        if resp.status_code in (200, 201):
+            self.id = resp.json()["id"]
+            return
+        location = resp.headers.get("Location")
+        if resp.status_code != 202 or not location:
+            raise FatalAPIError(f"Microsoft Graph answered HTTP {resp.status_code} to createSession without a session")
+        for _ in range(SESSION_POLLS):
+            self.sleep(self.poll)
+            status = self.g.call("GET", location).json()
+            if status.get("status") == "succeeded":
+                self.id = self.g.call("GET", status["resourceLocation"]).json()["id"]
+                return
+            if status.get("status") == "failed":
+                raise DestinationError(f"the workbook session could not be created: {status.get('error', status)}")
+        raise DestinationError(f"the workbook session was still not ready after {SESSION_POLLS} polls")
+
+    def close(self) -> None:
+        if self.id is None:
+            return
+        try:
+            self.call("POST", "closeSession", json={}, retry_session=False)
+        except Exception as exc:  # best effort: the session times out by itself
+            log.warning("onedrive: could not close the workbook session (%s)", type(exc).__name__)
+        self.id = None
+
+    def call(self, method: str, rest: str, *, retry_session: bool = True, **kwargs: Any) -> requests.Response:
+        for attempt in (1, 2):
+            headers = {"workbook-session-id": self.id} if self.id else {}
+            resp = self.g.call(method, f"{self.base}/{rest}", headers=headers, allow=frozenset({400, 404, 409}),
+                               **kwargs)
+            if resp.status_code < 400:
+                return resp
+            if attempt == 1 and retry_session and _inner_code(resp).startswith("invalidSession"):
+                log.info("onedrive: the workbook session expired; opening a new one")
+                self.open()
+                continue
+            raise FatalAPIError(f"Microsoft Graph refused {method} workbook/{rest.split('(')[0]} with HTTP "
+                                f"{resp.status_code}: {default_error_message(resp)}")
+        raise AssertionError("unreachable")
+
+
+def _inner_code(resp: requests.Response) -> str:
+    try:
+        return str(resp.json()["error"]["innerError"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+class _Refresher:
+    def __init__(self, wb: _WorkbookSession, max_bytes: int, max_rows: int):
+        self.wb, self.max_bytes, self.max_rows = wb, max_bytes, max_rows
+        self.notes: list[str] = []
+
+    def write(self, sheet: str, rows: list[list[Any]], formats: list[str | None], r1: int, c1: int) -> None:
+        """PATCH `rows` at (r1, c1) in row blocks, with number formats where the column has one."""
+        for a, b in _blocks(rows, self.max_bytes, self.max_rows):
+            block = rows[a:b]
+            body: dict[str, Any] = {"values": block}
+            if any(formats):
+                body["numberFormat"] = [list(formats) for _ in block]
+            ref = _ref(r1 + a, c1, r1 + b - 1, c1 + len(block[0]) - 1)
+            self.wb.call("PATCH", f"{_sheet(sheet)}/range(address='{ref}')", json=body)
+
+    def sheet(self, s: StagedSheet, existing: dict[str, str]) -> None:
+        name = existing.get(s.name.lower())
+        if name is None:
+            self.wb.call("POST", "worksheets/add", json={"name": s.name})
+            self.notes.append(f"sheet '{s.name}' was missing from the workbook (deleted or renamed); recreated it")
+            existing[s.name.lower()] = name = s.name
+        if s.table is None:
+            used = self.wb.call("GET", f"{_sheet(name)}/usedRange(valuesOnly=true)").json()["address"]
+            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(*_parse(used))}')/clear",
+                         json={"applyTo": "Contents"})
+            self.write(name, s.rows, s.formats, 1, 1)
+            return
+        here = [t["name"] for t in self.wb.call("GET", f"{_sheet(name)}/tables").json()["value"]]
+        match = next((t for t in here if t.lower() == s.table.lower()), None)
+        if match is None:
+            self._new_table(s, name)
+            return
+        r1, c1, r2, c2 = _parse(self.wb.call("GET", f"tables('{match}')/range").json()["address"])
+        if c2 - c1 + 1 != s.width:
+            self.wb.call("DELETE", f"tables('{match}')")
+            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(r1, c1, r2, c2)}')/clear",
+                         json={"applyTo": "Contents"})
+            self.notes.append(f"{s.table} on '{name}' changed its columns; the table was rebuilt (formulas that "
+                              "named removed columns need fixing)")
+            self._new_table(s, name, at=(r1, c1))
+            return
+        header, data = s.rows[0], s.rows[1:] or [[""] * s.width]
+        old_n, new_n = r2 - r1, len(data)
+        self.write(name, [header], [None] * s.width, r1, c1)
+        if new_n < old_n:
+            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(r1 + 1 + new_n, c1, r2, c2)}')/delete",
+                         json={"shift": "Up"})
+        keep = min(old_n, new_n)
+        self.write(name, data[:keep], s.formats, r1 + 1, c1)
+        extra = data[keep:]
+        for a, b in _blocks(extra, self.max_bytes, self.max_rows):
+            self.wb.call("POST", f"tables('{match}')/rows/add", json={"index": None, "values": extra[a:b]})
+        if extra and any(s.formats):
+            self.write(name, [[None] * s.width for _ in extra], s.formats, r1 + 1 + keep, c1)
+
+    def _new_table(self, s: StagedSheet, sheet: str, at: tuple[int, int] = (1, 1)) -> None:
+        r1, c1 = at
+        if at == (1, 1):
+            used = self.wb.call("GET", f"{_sheet(sheet)}/usedRange(valuesOnly=true)").json()["address"]
+            self.wb.call("POST", f"{_sheet(sheet)}/range(address='{_ref(*_parse(used))}')/clear",
+                         json={"applyTo": "Contents"})
+        rows = s.rows if len(s.rows) > 1 else [s.rows[0], [""] * s.width]
+        self.write(sheet, rows, s.formats, r1, c1)
+        ref = _ref(r1, c1, r1 + len(rows) - 1, c1 + s.width - 1)
+        made = self.wb.call("POST", f"{_sheet(sheet)}/tables/add", json={"address": ref, "hasHeaders": True}).json()
+        taken = {t["name"].lower() for t in self.wb.call("GET", "tables").json()["value"]}
+        name, k = s.table, 1
+        while name.lower() in taken and name.lower() != made["name"].lower():
+            k += 1
+            name = f"{s.table}_{k}"
+        self.wb.call("PATCH", f"tables('{made['name']}')", json={"name": name})
+        if name != s.table:
+            self.notes.append(f"'{sheet}' got a new table {name}: the name {s.table} is still used by a table on a "
+                              "renamed copy of the sheet, which was left as it is")
+        else:
+            self.notes.append(f"table {name} on '{sheet}' was missing; recreated it")
+
+
+def update_sheets(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
+                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                  auth: GraphAuth | None = None, config_dir: Path | None = None,
+                  max_request_bytes: int = MAX_REQUEST_BYTES, max_block_rows: int = MAX_BLOCK_ROWS,
+                  poll_interval: float = 2.0) -> onedrive.PublishResult:
+    """Refresh the managed sheets of `remote_path` in place; other sheets stay as users left them."""
+    problems = onedrive_path_problems(remote_path)
+    if problems:
+        raise DestinationError("onedrive destination path: " + "; ".join(problems))
+    if cfg.auth != "delegated":
+        raise DestinationError("mode update_sheets needs auth: delegated (the Graph Excel API does not take "
+                               "app-only tokens); sign in once with `pipeline-sync login --config PATH`")
+    staged = read_staged(Path(workbook))
+    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
+    g = onedrive.GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir),
+                          RetryPolicy(sleep=sleep))
+    drive_id = onedrive.resolve_drive(g, cfg)
+    *folders, name = remote_path.strip("/").split("/")
+    parent_id = onedrive.ensure_folder(g, drive_id, folders)
+    path = onedrive.item_path(drive_id, parent_id, name)
+    found = g.call("GET", path, allow=frozenset({404}))
+    if found.status_code == 404:
+        res = onedrive.publish(cfg.model_copy(update={"mode": "replace"}), workbook, remote_path=remote_path,
+                               session=session, sleep=sleep, auth=g.auth)
+        res.note = "the workbook did not exist yet, so the whole rendered workbook was uploaded"
+        return res
+    item_id = found.json()["id"]
+    wb = _WorkbookSession(g, f"/drives/{drive_id}/items/{item_id}/workbook", sleep, poll_interval)
+    wb.open()
+    refresher = _Refresher(wb, max_request_bytes, max_block_rows)
+    try:
+        existing = {w["name"].lower(): w["name"] for w in wb.call("GET", "worksheets").json()["value"]}
+        for s in staged:
+            refresher.sheet(s, existing)
+    finally:
+        wb.close()
+    item = g.call("GET", f"/drives/{drive_id}/items/{item_id}").json()
+    note = "; ".join(refresher.notes) or None
+    result = onedrive.PublishResult(web_url=item.get("webUrl", ""), item_id=item_id, etag=item.get("eTag", ""),
+                                    size=int(item.get("size", 0)), path=remote_path, note=note)
+    log.info("onedrive: refreshed %d sheets of %s in place%s", len(staged), remote_path, f" ({note})" if note else "")
+    return result
