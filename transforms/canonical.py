@@ -34,6 +34,8 @@ MIN_YEAR, MAX_YEAR = 1900, 2200
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TZ_SUFFIX = r"(?:Z|[+-]\d{2}:?\d{2})$"
 _AMOUNT_NOISE = re.compile(r"[\s$€£¥,]|^USD|^EUR|^GBP")
+# a comma that does not separate thousands ('12000,50', '1.000,5'): a decimal comma, never guessed
+_NOT_THOUSANDS = re.compile(r",(?!\d{3}(?:\D|$))")
 _CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 _DEAL_TYPES = {
     "new": "new",
@@ -65,6 +67,7 @@ def parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     neg_paren = cleaned.str.match(r"^\(.*\)$")
     cleaned = cleaned.where(~neg_paren, "-" + cleaned.str.slice(1, -1))
     num = pd.to_numeric(cleaned.where(cleaned != "", np.nan), errors="coerce")
+    num = num.where(~txt.str.contains(_NOT_THOUSANDS, regex=True))
     reason = pd.Series("", index=raw.index, dtype=object)
     not_number = (txt != "") & num.isna()
     reason[not_number] = "amount '" + txt[not_number] + "' is not a number"
