@@ -500,6 +500,10 @@ class Resolver:
     owners: dict[str, tuple[str, str | None]]
     unknown_owners: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.fields = list(field_properties(self.cfg).items())
+        self.entered = [(f"{self.cfg.stage_entered_prefix}{s.id}", s.text) for s in self.stages.values()]
+
     def row(self, deal: dict) -> tuple[dict[str, Any], list[list[str]]]:
         cfg, props = self.cfg, deal["properties"]
         prefix = cfg.stage_entered_prefix
@@ -513,7 +517,7 @@ class Resolver:
         product = props.get(cfg.product_property) if cfg.product_property else None
         if not product and cfg.product_from_line_items:
             product = deal.get(LINE_ITEM_PRODUCT)
-        row: dict[str, Any] = {f: props.get(p) for f, p in field_properties(cfg).items()}
+        row: dict[str, Any] = {f: props.get(p) for f, p in self.fields}
         row.update({
             "opportunity_id": deal["id"],
             "stage": stage.text if stage else (sid or None),
@@ -524,7 +528,7 @@ class Resolver:
             "stage_entered_date": props.get(f"{prefix}{sid}") if sid else None,
             PIPELINE_COLUMN: stage.pipeline_label if stage else self.pipelines.get(pid, pid or None),
         })
-        hist = [[s.text, props[f"{prefix}{s.id}"]] for s in self.stages.values() if props.get(f"{prefix}{s.id}")]
+        hist = [[text, props[name]] for name, text in self.entered if props.get(name)]
         return row, hist
 
     def notes(self) -> list[str]:
