@@ -214,8 +214,8 @@ class _Refresher:
         for a, b in _blocks(rows, self.max_bytes, self.max_rows):
             block = rows[a:b]
             body: dict[str, Any] = {"values": block}
-            if any(formats):
-                body["numberFormat"] = [list(formats) for _ in block]
+            if any(formats):  # data rows of a table: their column formats (dates would show as serials)
+                body["numberFormat"] = [[f or "General" for f in formats] for _ in block]
             ref = _ref(r1 + a, c1, r1 + b - 1, c1 + len(block[0]) - 1)
             self.wb.call("PATCH", f"{_sheet(sheet)}/range(address='{ref}')", json=body)
 
@@ -229,7 +229,7 @@ class _Refresher:
             used = self.wb.call("GET", f"{_sheet(name)}/usedRange(valuesOnly=true)").json()["address"]
             self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(*_parse(used))}')/clear",
                          json={"applyTo": "Contents"})
-            self.write(name, s.rows, s.formats, 1, 1)
+            self.write(name, s.rows, [None] * s.width, 1, 1)  # the sheet keeps its own formats
             return
         here = [t["name"] for t in self.wb.call("GET", f"{_sheet(name)}/tables").json()["value"]]
         match = next((t for t in here if t.lower() == s.table.lower()), None)
@@ -256,8 +256,23 @@ class _Refresher:
         extra = data[keep:]
         for a, b in _blocks(extra, self.max_bytes, self.max_rows):
             self.wb.call("POST", f"tables('{match}')/rows/add", json={"index": None, "values": extra[a:b]})
-        if extra and any(s.formats):
-            self.write(name, [[None] * s.width for _ in extra], s.formats, r1 + 1 + keep, c1)
+        if extra:
+            self._check_rows(name, match, r1, c1, c2, new_n, extra, s.formats)
+
+    def _check_rows(self, sheet: str, table: str, r1: int, c1: int, c2: int, want: int, extra: list[list[Any]],
+                    formats: list[str | None]) -> None:
+        """After appending: a rows/add retried after a 504 may have landed twice; trim and rewrite."""
+        got = _parse(self.wb.call("GET", f"tables('{table}')/range").json()["address"])[2] - r1
+        start = r1 + 1 + want - len(extra)
+        if got > want:
+            log.warning("onedrive: %s has %d rows instead of %d after appending; fixing", table, got, want)
+            self.wb.call("POST", f"{_sheet(sheet)}/range(address='{_ref(r1 + 1 + want, c1, r1 + got, c2)}')/delete",
+                         json={"shift": "Up"})
+            self.write(sheet, extra, formats, start, c1)
+        elif got < want:
+            raise FatalAPIError(f"{table} has {got} rows after appending {want}; the workbook was not fully refreshed")
+        elif any(formats):
+            self.write(sheet, [[None] * len(formats) for _ in extra], formats, start, c1)
 
     def _new_table(self, s: StagedSheet, sheet: str, at: tuple[int, int] = (1, 1)) -> None:
         r1, c1 = at
@@ -266,7 +281,8 @@ class _Refresher:
             self.wb.call("POST", f"{_sheet(sheet)}/range(address='{_ref(*_parse(used))}')/clear",
                          json={"applyTo": "Contents"})
         rows = s.rows if len(s.rows) > 1 else [s.rows[0], [""] * s.width]
-        self.write(sheet, rows, s.formats, r1, c1)
+        self.write(sheet, rows[:1], [None] * s.width, r1, c1)
+        self.write(sheet, rows[1:], s.formats, r1 + 1, c1)
         ref = _ref(r1, c1, r1 + len(rows) - 1, c1 + s.width - 1)
         made = self.wb.call("POST", f"{_sheet(sheet)}/tables/add", json={"address": ref, "hasHeaders": True}).json()
         taken = {t["name"].lower() for t in self.wb.call("GET", "tables").json()["value"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -197,6 +198,15 @@ def test_async_session_504s_and_an_expired_session_are_survived(env: Env) -> Non
     assert env.book.table_rows("tblOpportunities")[1:] == as_stored(opportunities(9, 2))
     assert env.graph.workbook_calls.count("POST createSession") == 4  # 2 x 504, then ok, then after expiry
     assert env.graph.sessionless == 0
+
+
+def test_rows_add_retried_after_a_504_that_was_applied_leaves_no_duplicates(env: Env, caplog) -> None:
+    env.run(opportunities(3, 1))
+    env.graph.rows_504, env.graph.rows_504_applied = 1, True
+    env.run(opportunities(40, 2), max_request_bytes=1500)
+    assert env.book.table_rows("tblOpportunities") == [HEADER] + as_stored(opportunities(40, 2))
+    assert env.sleeps  # the 504 was retried after a backoff
+    assert re.search(r"has \d+ rows instead of 40 after appending; fixing", caplog.text)
 
 
 def test_app_only_auth_fails_at_config_check_naming_the_auth_to_use(env: Env) -> None:

@@ -132,6 +132,7 @@ class FakeGraphWorkbook(FakeGraph):
         self.operations: dict[str, dict] = {}
         self.session_504 = 0
         self.rows_504 = 0
+        self.rows_504_applied = False
         self.async_polls = 1
         self.max_body = 4 * 1024 * 1024
         self.sessionless = 0  # workbook calls sent without workbook-session-id
@@ -355,28 +356,33 @@ class FakeGraphWorkbook(FakeGraph):
             r2 = t.r1 if rest == "headerRowRange" else t.r2
             return Response(200, self._range_json(t.sheet, r1, t.c1, r2, t.c2))
         if req.method == "POST" and rest == "rows/add":
+            values = (req.json() or {}).get("values") or []
             if self.rows_504 > 0:
                 self.rows_504 -= 1
+                if self.rows_504_applied:  # the rows went in, but the answer was a timeout
+                    self._append_rows(t, values)
                 return gerror(504, "gatewayTimeout", "The operation timed out", "gatewayTimeoutUncategorized")
-            values = (req.json() or {}).get("values") or []
             width = t.c2 - t.c1 + 1
             if any(len(row) != width for row in values):
                 return gerror(400, "invalidRequest", "The values must have the table's column count",
                               "invalidArgument")
-            n = len(values)
-            shifted = {}
-            for (r, c), v in t.sheet.cells.items():
-                shifted[(r + n, c) if (t.c1 <= c <= t.c2 and r > t.r2) else (r, c)] = v
-            t.sheet.cells = shifted
-            for i, row in enumerate(values):
-                for j, v in enumerate(row):
-                    if isinstance(v, str) and v.startswith("'"):
-                        v = v[1:]
-                    t.sheet.cells[(t.r2 + 1 + i, t.c1 + j)] = v
             index = t.r2 - t.r1
-            t.r2 += n
+            self._append_rows(t, values)
             return Response(200, {"index": index, "values": values})
         return gerror(400, "invalidRequest", f"Unsupported {req.method} tables/{rest}")
+
+    def _append_rows(self, t: Table, values: list[list[Any]]) -> None:
+        n = len(values)
+        shifted = {}
+        for (r, c), v in t.sheet.cells.items():
+            shifted[(r + n, c) if (t.c1 <= c <= t.c2 and r > t.r2) else (r, c)] = v
+        t.sheet.cells = shifted
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if isinstance(v, str) and v.startswith("'"):
+                    v = v[1:]
+                t.sheet.cells[(t.r2 + 1 + i, t.c1 + j)] = v
+        t.r2 += n
 
     # ------------------------------------------------------------------ JSON shapes
     def _ws_json(self, wb: Workbook, s: Sheet) -> dict:
