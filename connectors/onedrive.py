@@ -259,10 +259,12 @@ class _Uploader:
 
     def _send(self, url: str) -> requests.Response:
         """PUT the pieces in order; after a failed piece, resume from the session's nextExpectedRanges."""
-        total, offset, failures = len(self.data), 0, 0
+        total, failures = len(self.data), 0
+        rng: tuple[int, int | None] = (0, None)
         policy = self.g.policy
         while True:
-            end = min(offset + self.chunk_size, total) - 1
+            offset, stop = rng  # fill the first expected range; a bounded one ends before data already sent
+            end = min(offset + self.chunk_size, total if stop is None else stop + 1, total) - 1
             wait: float | None = None
             try:
                 resp = self.g.session.put(url, data=self.data[offset:end + 1], timeout=self.g.cfg.timeout,
@@ -274,13 +276,13 @@ class _Uploader:
                 if code in (200, 201, 409, 412):
                     return resp
                 if code == 202:
-                    offset, failures = _next_offset(resp, end + 1), 0
+                    rng, failures = _next_range(resp) or (end + 1, None), 0
                     continue
                 if code == 404:
                     raise _SessionGone()
                 if code == 423:
                     self.locks.on_locked()
-                    offset = self._resume(url)
+                    rng = self._resume(url)
                     continue
                 if code != 416 and code not in RETRY_STATUSES:
                     raise FatalAPIError(f"Microsoft Graph refused upload bytes {offset}-{end} with HTTP {code}: "
@@ -293,18 +295,18 @@ class _Uploader:
             delay = min(wait, policy.retry_after_max) if wait is not None else policy.backoff(failures)
             log.info("onedrive: upload piece failed (%s); resuming in %.1fs", reason, delay)
             policy.sleep(delay)
-            offset = self._resume(url)
+            rng = self._resume(url)
 
-    def _resume(self, url: str) -> int:
+    def _resume(self, url: str) -> tuple[int, int | None]:
         resp = self.g.upload_url("GET", url, allow=frozenset({404}))
         if resp.status_code == 404:
             raise _SessionGone()
-        offset = _next_offset(resp, None)
-        if offset is None:  # every byte arrived but nothing committed: start over cleanly
+        rng = _next_range(resp)
+        if rng is None:  # every byte arrived but nothing committed: start over cleanly
             self._cancel(url)
             raise _SessionGone()
-        log.info("onedrive: upload session expects bytes from %d", offset)
-        return offset
+        log.info("onedrive: upload session expects bytes from %d", rng[0])
+        return rng
 
     def _commit_explicitly(self, url: str, name: str) -> requests.Response:
         """Commit a finished session over the existing file (the documented 409 recovery)."""
@@ -321,12 +323,16 @@ class _Uploader:
             log.warning("onedrive: could not cancel the upload session (%s); it will expire", type(exc).__name__)
 
 
-def _next_offset(resp: requests.Response, default: int | None) -> int | None:
+def _next_range(resp: requests.Response) -> tuple[int, int | None] | None:
+    """The first of `nextExpectedRanges` ("12345-55232" or open-ended "77829-"); None when none."""
     try:
         ranges = resp.json().get("nextExpectedRanges") or []
-    except ValueError:
-        return default
-    return int(str(ranges[0]).split("-", 1)[0]) if ranges else default
+    except (ValueError, AttributeError):
+        return None
+    if not ranges:
+        return None
+    start, _, stop = str(ranges[0]).partition("-")
+    return int(start), int(stop) if stop.strip() else None
 
 
 # ----------------------------------------------------------------------------- eTags

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 
 from config.models import OneDriveDestinationConfig
 from connectors import msal_auth, onedrive
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.state_db import make_engine
 from tests.fakes.entra import FakeEntra
-from tests.fakes.graph import FakeGraph
+from tests.fakes.graph import FIXTURES, FakeGraph
 from tests.fakes.server import FakeServer, Request, Response
 
 CHUNK = 327_680
@@ -191,6 +192,17 @@ def test_409_at_commit_with_replace_is_recovered_with_an_explicit_commit(env: En
     commit = [r for r in env.graph_requests("PUT") if r.path.endswith("Pipeline%20Q3.xlsx")]
     assert len(commit) == 1 and commit[0].json()["@microsoft.graph.conflictBehavior"] == "replace"
     assert not env.graph.sessions
+
+
+@pytest.mark.parametrize("sample, expected", [
+    ("uploadChunk_202_nextExpectedRanges.json", (26, None)),
+    ("uploadChunk_202_multipleRanges.json", (12345, 55232)),
+    ("uploadSession_status_200.json", (12345, None)),
+])
+def test_next_expected_ranges_of_the_recorded_samples(sample: str, expected: tuple) -> None:
+    resp = requests.Response()
+    resp.status_code, resp._content = 202, (FIXTURES / sample).read_bytes()
+    assert onedrive._next_range(resp) == expected
 
 
 # ----------------------------------------------------------------------------- conflicts
