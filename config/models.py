@@ -415,7 +415,7 @@ class OneDriveDestinationConfig(StrictModel):
     mode: Literal["replace", "update_sheets"] = "replace"
     conflict: Literal["replace", "fail_if_changed"] = "replace"
     on_locked: Literal["wait", "sibling", "fail"] = "wait"
-    chunk_size: int = Field(default=10 * 1024 * 1024, gt=0, le=60 * 1024 * 1024)  # Graph: pieces under 60 MiB
+    chunk_size: int = Field(default=10 * 1024 * 1024, gt=0, lt=60 * 1024 * 1024)  # Graph: pieces under 60 MiB
     lock_wait_max: float = Field(default=900.0, ge=0)  # on_locked: wait gives up after this many seconds
     # delegated: msal's token cache (kept 0600); by default in .state/ next to the config file
     token_cache: RelPath | None = Field(default=".state/msal-token-cache.json", validate_default=True)
