@@ -104,6 +104,18 @@ class Transformed:
     summary: SummaryData | None
     flags_count: int | None = None
     analytics: Any = None
+    about: list[tuple[str, Any]] = field(default_factory=list)  # extra About rows (e.g. a report's filter)
+
+
+@dataclass
+class Validated:
+    """Every source's rows after validation, before the analytics: shared by all reports of a run."""
+
+    opportunities: pd.DataFrame
+    rejected: pd.DataFrame
+    history: pd.DataFrame
+    sources: list[SourceReport]
+    raw: list[tuple[str, pd.DataFrame]]
 
 
 @dataclass
@@ -117,6 +129,7 @@ class RunResult:
     workbook_rows: dict[str, int]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
 
 
 # ----------------------------------------------------------------------------- steps
@@ -152,6 +165,11 @@ def extract_source(run: RunContext, index: int) -> Extracted:
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows, then compute the analytics sheets."""
+    return analyze(run, validate(run, extracted, failures))
+
+
+def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
+    """Every source's rows typed and checked (rejected rows with reasons), and their stage history."""
     cfg = run.config
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
@@ -181,6 +199,15 @@ def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, s
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
     history = pd.concat(history_parts, ignore_index=True) if history_parts else canonicalize_history(
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
+    raw = [(src.raw_sheet, by_name[src.name].raw) for src in cfg.sources
+           if src.raw_sheet and src.name in by_name and by_name[src.name].raw is not None]
+    return Validated(opportunities, rejected, history, reports, raw)
+
+
+def analyze(run: RunContext, validated: Validated) -> Transformed:
+    """Metrics, flags and every sheet of `run.config`'s report from the validated rows."""
+    opportunities, rejected, history, reports = (validated.opportunities, validated.rejected, validated.history,
+                                                 validated.sources)
     stale = [r.name for r in reports if r.stale]
     analytics = _analytics(run, opportunities, history, stale)
     if analytics is not None:
@@ -192,8 +219,7 @@ def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, s
         shown, sheets, summary, flags_count = opportunities, [], _placeholder_summary(run, reports), None
     sheets.append(opportunities_sheet(shown))
     sheets.append(rejected_sheet(rejected))
-    sheets.extend(raw_sheets([(src.raw_sheet, by_name[src.name].raw) for src in cfg.sources
-                              if src.raw_sheet and src.name in by_name and by_name[src.name].raw is not None]))
+    sheets.extend(raw_sheets(validated.raw))
     return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics)
 
 
@@ -234,6 +260,7 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
     cut, notes = excel_limits(sheets)
     if cut:
         about_extra.append(("cells cut at 32,767 characters", cut))
+    about_extra.extend(result.about)
     about = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
                         timezone=run.config.timezone, version=package_version(), config_sha256=run.loaded.sha256,
                         sources=result.sources, extra=about_extra, notes=notes)
@@ -255,22 +282,28 @@ def publish(run: RunContext, index: int, staged: Path) -> str:
     return result.web_url or result.path
 
 
-def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed) -> None:
-    """One transaction: every source's cursor/records and this run's snapshot."""
+def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed | None,
+                 *, snapshots: list[tuple[str, Any]] | None = None) -> None:
+    """One transaction: every source's cursor/records and this run's snapshot (or, with
+    `snapshots`, those (report, SnapshotRecord) pairs instead)."""
     from connectors.source_state import save_state
 
     pending = [e for e in extracted if e.pending_state is not None]
-    analytics = result.analytics
-    if not pending and analytics is None:
+    if snapshots is None:
+        analytics = result.analytics if result is not None else None
+        snap = getattr(analytics, "snapshot", None)
+        snapshots = [(run.config.report, snap)] if snap is not None else []
+    if not pending and not snapshots:
         return
     with run.engine.begin() as conn:
         for e in pending:
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all)
-        if analytics is not None and getattr(analytics, "snapshot", None) is not None:
+        if snapshots:
             from connectors.snapshots import save_snapshot
 
-            save_snapshot(conn, run.config.report, analytics.snapshot)
+            for report, record in snapshots:
+                save_snapshot(conn, report, record)
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -297,6 +330,25 @@ def run_pipeline(
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded)
     run.observer.on_event = on_event
+    extracted, failures = extract_all(run, wrap)
+    if run.config.reports:
+        from flows.reports import run_reports
+
+        return run_reports(run, extracted, failures, wrap=wrap, started=t0)
+    result = wrap(transform, "transform")(run, extracted, failures)
+    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
+    try:
+        staged, rows, notes = wrap(render, "render")(run, result, staging)
+        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    wrap(commit_state, "commit-state")(run, extracted, result)
+    return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
+                     time.perf_counter() - t0, notes)
+
+
+def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:
+    """Every source once; a failed CRM source falls back to its stored records (marked stale)."""
     extracted: list[Extracted] = []
     failures: dict[str, str] = {}
     for i, src in enumerate(run.config.sources):
@@ -309,16 +361,7 @@ def run_pipeline(
             log.warning("source %s failed (%s); using its data from the previous run", src.name, exc)
             failures[src.name] = str(exc)
             extracted.append(fallback)
-    result = wrap(transform, "transform")(run, extracted, failures)
-    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
-    try:
-        staged, rows, notes = wrap(render, "render")(run, result, staging)
-        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    wrap(commit_state, "commit-state")(run, extracted, result)
-    return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
-                     time.perf_counter() - t0, notes)
+    return extracted, failures
 
 
 def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
