@@ -41,6 +41,11 @@ ROW_COLUMN = "_row"
 PIPELINE_COLUMN = "_pipeline"  # the deal's pipeline label; canonicalize names it in stage rejects
 CORE_PROPERTIES = ("dealstage", "pipeline", "hubspot_owner_id", "createdate", "hs_lastmodifieddate")
 LINE_ITEM_PRODUCT = "line_item_product"
+HINTS = {
+    401: " (check the source's `token`: a HubSpot private-app access token, e.g. ${HUBSPOT_TOKEN})",
+    403: " (give the private app the scopes crm.objects.deals.read and crm.objects.owners.read, "
+         "plus crm.objects.line_items.read for product_from_line_items)",
+}
 STATE_FORMAT = "v1"  # of the stored payloads; part of the cursor's fingerprint
 RAW_KEY = "_hubspot"  # stored payload: the raw deal {id, properties, line_item_product}
 HISTORY_KEY = "_history"  # stored payload: [[stage text, entered], ...]
@@ -288,7 +293,8 @@ def make_api(cfg: HubSpotSourceConfig, observer: Observer, *, session: requests.
     token = cfg.token
 
     def message(resp: requests.Response) -> str:
-        return default_error_message(resp).replace(token, "***")
+        text = default_error_message(resp).replace(token, "***")
+        return text + HINTS.get(resp.status_code, "")
 
     client = HttpClient(session=session, base_url=cfg.base_url, timeout=cfg.timeout, policy=policy,
                         observer=observer, error_message=message, service="HubSpot",

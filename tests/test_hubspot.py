@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -184,9 +185,19 @@ def test_bad_token_fails_fast_without_leaking_it(h, caplog):
         h.run(h.cfg(token=secret), started=RUN1)
     msg = str(err.value)
     assert "HTTP 401" in msg and "Authentication credentials not found" in msg
+    assert msg.endswith("(check the source's `token`: a HubSpot private-app access token, e.g. ${HUBSPOT_TOKEN})")
     assert secret not in msg and secret not in caplog.text
     assert secret not in repr(h.cfg(token=secret))
     assert len(h.server.requests) == 1  # a 401 is not retried
+
+
+def test_a_missing_scope_names_the_scopes(h):
+    h.hub.forbidden = {"/crm/v3/owners"}
+    with pytest.raises(FatalAPIError) as err:
+        h.run(started=RUN1, state=False)
+    assert re.match(r"HubSpot refused GET https://127.0.0.1:\d+/crm/v3/owners with HTTP 403: This app hasn't been "
+                    "granted all required scopes", str(err.value))
+    assert "crm.objects.owners.read" in str(err.value)
 
 
 def test_example_config_loads(tmp_path):

@@ -133,6 +133,7 @@ class FakeHubSpot:
     retry_after: str = "7"
     hang_seconds: float = 1.0
     on_request: Callable[[Request], None] | None = None  # runs first, e.g. to change data mid-run
+    forbidden: set[str] = field(default_factory=set)  # paths the token's app has no scope for
     deals: dict[str, dict] = field(default_factory=dict)
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
@@ -198,6 +199,9 @@ class FakeHubSpot:
                 return _error(401, "Authentication credentials not found. This API supports OAuth 2.0 "
                               "authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
                               "INVALID_AUTHENTICATION")
+            if req.path.rstrip("/") in self.forbidden:
+                return _error(403, "This app hasn't been granted all required scopes to make this call.",
+                              "MISSING_SCOPES", errors=[{"message": "One or more of the following scopes are required."}])
             is_search = req.path.endswith("/search")
             if not is_search:
                 limited = self._count_window()
