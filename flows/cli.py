@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Device-code sign-in for destinations with auth: delegated; the token cache is "
                            "saved owner-only so scheduled runs reuse the refresh token.")
     login.add_argument("--config", required=True, help="path to the YAML config")
+
+    srv = sub.add_parser("serve", help="serve the configs' schedules as Prefect deployments (starts a local Prefect server if needed)",
+                         description="Register one deployment per `schedule:` entry and run them on time until Ctrl-C. "
+                         "Without PREFECT_API_URL a local Prefect server (UI included) is started on 127.0.0.1 and "
+                         "stopped on exit; with PREFECT_API_URL set that server is used.")
+    srv.add_argument("--config", required=True, action="append", help="path to a YAML config (repeat for several reports)")
+    srv.add_argument("--port", type=int, help="port of the local Prefect server (default: a free port)")
+    srv.add_argument("--no-ui", action="store_true", help="start the local Prefect server without its UI")
+
+    trg = sub.add_parser("trigger", help="create a run of the config's deployment on the Prefect server (shows in the UI)",
+                         description="Create a flow run of the deployment `pipeline-sync serve` (or prefect deploy) "
+                         "registered for this config, on the server in PREFECT_API_URL.")
+    trg.add_argument("--config", required=True, help="path to the YAML config")
+    trg.add_argument("--wait", action="store_true", help="wait until the run has finished")
     return p
 
 
@@ -252,8 +266,36 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _echo(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+
+    loaded = [_load(path) for path in args.config]
+    try:
+        serve(loaded, ui=not args.no_ui, port=args.port, echo=_echo)
+    except (RuntimeError, ValueError) as exc:
+        print(f"pipeline-sync: serve failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from flows.serve import trigger
+
+    loaded = _load(args.config)
+    try:
+        trigger(loaded, wait=args.wait, echo=_echo)
+    except RuntimeError as exc:
+        print(f"pipeline-sync: trigger failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_source, "login": cmd_login,
-            "demo-data": cmd_demo_data}
+            "demo-data": cmd_demo_data, "serve": cmd_serve, "trigger": cmd_trigger}
 
 
 def main(argv: list[str] | None = None) -> int:

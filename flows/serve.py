@@ -1,0 +1,255 @@
+"""`pipeline-sync serve` and `pipeline-sync trigger`: the configs' schedules as Prefect deployments.
+
+Prefect cannot schedule on its temporary server, so without `PREFECT_API_URL` `serve` starts
+`prefect server start` on 127.0.0.1 (SQLite under PREFECT_HOME, so scheduled runs survive a
+restart), waits until it is healthy, prints where the UI is, serves the deployments and stops
+the server on exit (Ctrl-C or SIGTERM). With `PREFECT_API_URL` set it uses that server.
+
+One deployment per `schedule:` entry (named after the report; `-2`, `-3`... for more entries,
+parameter `schedule_index` says which entry, so its catch_up/overlap apply); a config without
+`schedule:` gets one unscheduled deployment that `trigger` can start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from config.loader import LoadedConfig
+
+FLOW_NAME = "sync-pipeline"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What `serve` registers (and prefect.yaml mirrors) for one schedule of one config."""
+
+    name: str
+    config_path: str
+    schedule_index: int | None
+    cron: str | None
+    timezone: str | None
+    catch_up: str | None = None
+    overlap: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return {"config_path": self.config_path, "schedule_index": self.schedule_index}
+
+
+def deployment_specs(loaded: LoadedConfig) -> list[DeploymentSpec]:
+    cfg = loaded.config
+    path = str(loaded.path)
+    tags = ["pipeline-sync", f"report:{cfg.report}"]
+    if not cfg.schedule:
+        return [DeploymentSpec(cfg.report, path, None, None, None, tags=tags)]
+    return [DeploymentSpec(cfg.report if i == 0 else f"{cfg.report}-{i + 1}", path, i, s.cron, s.timezone,
+                           s.catch_up, s.overlap, tags)
+            for i, s in enumerate(cfg.schedule)]
+
+
+def check_unique(specs: list[DeploymentSpec]) -> None:
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.name in seen and seen[s.name] != s.config_path:
+            raise ValueError(f"two configs use report '{s.name}' ({seen[s.name]} and {s.config_path}); "
+                             "give each config its own `report:` name")
+        seen[s.name] = s.config_path
+
+
+# ----------------------------------------------------------------------------- local server
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _no_proxy_get(url: str, timeout: float) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never via a proxy
+    with opener.open(url, timeout=timeout) as resp:
+        return resp.status
+
+
+class LocalServer:
+    """`prefect server start` on 127.0.0.1 as a child process, owned by this process."""
+
+    def __init__(self, port: int | None = None, *, ui: bool = True, home: str | None = None,
+                 startup_timeout: float = 120.0, log_path: Path | None = None):
+        self.port = port or free_port()
+        self.ui = ui
+        self.home = home
+        self.startup_timeout = startup_timeout
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"pipeline-sync-prefect-server-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> LocalServer:
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+        env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+                   PREFECT_UI_ENABLED="true" if self.ui else "false", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+        if self.home:
+            env["PREFECT_HOME"] = self.home
+        log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        return self
+
+    def wait_healthy(self, sleep: Callable[[float], None] = time.sleep) -> float:
+        """Seconds until /api/health answers; raises with the server's last log lines if it does not."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.startup_timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the local Prefect server exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if _no_proxy_get(f"{self.api_url}/health", timeout=2) == 200:
+                    return time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                pass
+            sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"the local Prefect server was not healthy after {self.startup_timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL if it does not exit in `timeout` s."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+
+
+# ----------------------------------------------------------------------------- serve / trigger
+
+
+def _to_deployment(spec: DeploymentSpec) -> Any:
+    from flows.sync import sync_pipeline
+
+    kwargs: dict[str, Any] = {"name": spec.name, "parameters": spec.parameters, "tags": spec.tags,
+                              "description": f"pipeline-sync report {spec.name} ({spec.config_path})"}
+    if spec.cron:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        kwargs["schedules"] = [CronSchedule(cron=spec.cron, timezone=spec.timezone)]
+    return sync_pipeline.to_deployment(**kwargs)
+
+
+def describe(spec: DeploymentSpec, now: datetime | None = None) -> str:
+    from flows.schedules import next_runs
+
+    if not spec.cron:
+        return f"{FLOW_NAME}/{spec.name}: no schedule (start it with `pipeline-sync trigger`)"
+    nxt = next_runs(spec.cron, spec.timezone or "UTC", now or datetime.now(UTC), 1)
+    when = nxt[0].isoformat(timespec="minutes") if nxt else "never"
+    return (f"{FLOW_NAME}/{spec.name}: '{spec.cron}' {spec.timezone} (catch_up: {spec.catch_up}, "
+            f"overlap: {spec.overlap}); next run {when}")
+
+
+def serve(loaded: list[LoadedConfig], *, ui: bool = True, port: int | None = None,
+          echo: Callable[[str], None] = print) -> None:
+    """Register every config's deployments and serve them until Ctrl-C / SIGTERM."""
+    specs = [s for cfg in loaded for s in deployment_specs(cfg)]
+    check_unique(specs)
+    server: LocalServer | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if not os.environ.get("PREFECT_API_URL"):
+            server = LocalServer(port, ui=ui).start()
+            echo(f"starting a local Prefect server on {HOST}:{server.port} (log: {server.log_path}) ...")
+            took = server.wait_healthy()
+            os.environ["PREFECT_API_URL"] = server.api_url
+            if ui:
+                os.environ["PREFECT_UI_URL"] = server.ui_url
+            echo(f"Prefect server healthy after {took:.1f} s; "
+                 + (f"UI: {server.ui_url}" if ui else f"API: {server.api_url}"))
+        else:
+            echo(f"using the Prefect server at {os.environ['PREFECT_API_URL']}")
+        from prefect import serve as prefect_serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            deployments = [_to_deployment(s) for s in specs]
+            for d, s in zip(deployments, specs, strict=True):
+                d.apply()  # registered (schedules active) before we say so; the runner applies again
+                echo(f"serving {describe(s)}")
+            echo("press Ctrl-C to stop" + (" (stops the local Prefect server too)" if server else ""))
+            # keep schedules active on exit: runs missed while stopped are handled by catch_up
+            prefect_serve(*deployments, pause_on_shutdown=False, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            echo("stopping the local Prefect server ...")
+            server.stop()
+            echo("stopped")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def trigger(loaded: LoadedConfig, *, wait: bool = False, echo: Callable[[str], None] = print) -> str:
+    """Create a run of the config's (first) deployment on the server in PREFECT_API_URL; returns its id.
+
+    The run has no schedule_index: it waits for a run in progress (never skipped) and is never
+    treated as a missed slot.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        raise RuntimeError("PREFECT_API_URL is not set: start `pipeline-sync serve` (it prints the URL) or "
+                           "export PREFECT_API_URL=http://127.0.0.1:4200/api; use `pipeline-sync run` to run locally")
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    spec = deployment_specs(loaded)[0]
+    try:
+        run = run_deployment(f"{FLOW_NAME}/{spec.name}", parameters={"config_path": spec.config_path,
+                                                                      "schedule_index": None},
+                             timeout=None if wait else 0, tags=["manual"])
+    except ObjectNotFound as exc:
+        raise RuntimeError(f"no deployment {FLOW_NAME}/{spec.name} on {os.environ['PREFECT_API_URL']}: start "
+                           f"`pipeline-sync serve --config {loaded.path}` (or `prefect deploy --all`) first") from exc
+    ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
+    echo(f"created flow run {run.name} ({run.id}) of {FLOW_NAME}/{spec.name}: {ui}/runs/flow-run/{run.id}")
+    if wait:
+        echo(f"finished: {run.state.name if run.state else 'unknown'}")
+    return str(run.id)

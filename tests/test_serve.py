@@ -1,0 +1,116 @@
+"""`pipeline-sync serve`: deployments from the config, and one real start/stop of a local Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from config.loader import load_config
+from flows.cli import main
+from flows.serve import check_unique, deployment_specs, describe
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """\
+timezone: Europe/Berlin
+report: sales-emea
+sources: [{name: crm, type: csv, path: deals.csv}]
+destinations: [{type: file, path: out/pipeline.xlsx}]
+schedule:
+  - cron: "0 6 * * 1-5"
+  - {cron: "30 2 * * *", timezone: America/New_York, catch_up: all, overlap: skip}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "sales.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_one_deployment_per_schedule_entry(config: Path):
+    specs = deployment_specs(load_config(config))
+    assert [(s.name, s.cron, s.timezone, s.catch_up, s.overlap, s.parameters) for s in specs] == [
+        ("sales-emea", "0 6 * * 1-5", "Europe/Berlin", "latest", "wait", {"config_path": str(config), "schedule_index": 0}),
+        ("sales-emea-2", "30 2 * * *", "America/New_York", "all", "skip",
+         {"config_path": str(config), "schedule_index": 1}),
+    ]
+    assert describe(specs[0], datetime(2026, 3, 27, 12, tzinfo=UTC)) == (
+        "sync-pipeline/sales-emea: '0 6 * * 1-5' Europe/Berlin (catch_up: latest, overlap: wait); "
+        "next run 2026-03-30T06:00+02:00")
+
+
+def test_config_without_schedule_gets_one_manual_deployment_and_names_must_not_clash(tmp_path: Path, config: Path):
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIG.split("schedule:")[0])
+    [spec] = deployment_specs(load_config(other))
+    assert (spec.name, spec.cron, spec.parameters["schedule_index"]) == ("sales-emea", None, None)
+    with pytest.raises(ValueError, match="two configs use report 'sales-emea'"):
+        check_unique([*deployment_specs(load_config(config)), spec])
+
+
+def test_trigger_without_a_server_says_what_to_do(config: Path, monkeypatch, capsys):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["trigger", "--config", str(config)]) == 1
+    assert "PREFECT_API_URL is not set: start `pipeline-sync serve`" in capsys.readouterr().err
+
+
+def _get(url: str) -> tuple[int, dict | bool]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+@pytest.mark.timeout(90)
+def test_serve_starts_a_local_server_registers_deployments_and_stops_it(config: Path, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(config), "--no-ui"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("press Ctrl-C") or proc.poll() is not None:
+                break
+        ready = time.monotonic() - t0
+        out = "\n".join(lines)
+        assert lines[-1] == "press Ctrl-C to stop (stops the local Prefect server too)", out
+        port = int(lines[0].split("127.0.0.1:")[1].split()[0])
+        api = f"http://127.0.0.1:{port}/api"
+        assert f"API: {api}" in out
+        assert _get(f"{api}/health") == (200, True)
+        status, dep = _get(f"{api}/deployments/name/sync-pipeline/sales-emea-2")
+        assert status == 200
+        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["30 2 * * *"]
+        assert [s["schedule"]["timezone"] for s in dep["schedules"]] == ["America/New_York"]
+        assert dep["parameters"] == {"config_path": str(config), "schedule_index": 1}
+        assert dep["paused"] is False
+        servers = [p for p in psutil.process_iter(["cmdline"])
+                   if p.info["cmdline"] and "server" in p.info["cmdline"] and str(port) in p.info["cmdline"]]
+        assert len(servers) == 1
+
+        proc.send_signal(signal.SIGTERM)  # what `docker stop` / systemd send
+        rest, _ = proc.communicate(timeout=40)
+        assert proc.returncode == 0, rest
+        assert rest.rstrip().splitlines()[-2:] == ["stopping the local Prefect server ...", "stopped"]
+        assert not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        print(f"serve ready after {ready:.1f} s, stopped after {time.monotonic() - t0:.1f} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
