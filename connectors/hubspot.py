@@ -562,6 +562,10 @@ def frames(cfg: HubSpotSourceConfig, payloads: list[dict]) -> tuple[pd.DataFrame
         raw.append({"id": deal["id"], **deal["properties"],
                     **({LINE_ITEM_PRODUCT: deal.get(LINE_ITEM_PRODUCT)} if cfg.product_from_line_items else {})})
     history = pd.DataFrame(hist, columns=list(HISTORY_FIELDS))
+    if not rows:  # keep the columns, so an empty source still has the shape of one
+        columns = ["opportunity_id", *field_properties(cfg), "stage", "status", "owner", "team", "product",
+                   "stage_entered_date", PIPELINE_COLUMN, ROW_COLUMN]
+        return pd.DataFrame(columns=columns), history, pd.DataFrame(columns=["id"])
     return pd.DataFrame(rows), history, pd.DataFrame(raw)
 
 

@@ -215,3 +215,13 @@ def test_ca_bundle_wins_over_requests_ca_bundle(h, tmp_path, monkeypatch):
     assert len(h.run(started=RUN1, state=False).records) == 7  # cfg.ca_bundle = the fake's CA
     with pytest.raises(FatalAPIError, match=r"^HubSpot: the TLS certificate of 127.0.0.1 is not trusted .*set `ca_bundle:`"):
         h.run(h.cfg(ca_bundle=None), started=RUN1, state=False)
+
+
+def test_an_empty_account_gives_empty_frames_with_their_columns(h):
+    h.hub.deals.clear()
+    ex = h.run(h.cfg(raw_sheet="HubSpot raw"), started=RUN1)
+    assert ex.records.empty and {"opportunity_id", "stage", "amount", "_row"} <= set(ex.records)
+    assert list(ex.history.columns) == ["opportunity_id", "stage", "entered_date"] and ex.history.empty
+    assert ex.pending_state.replace_all and ex.pending_state.upserts == []
+    res = canonicalize(ex.records, source="hubspot_main", stages=list(DEFAULT_STAGES), stage_map={}, tz=UTC)
+    assert (res.rows_read, len(res.loaded), len(res.rejected)) == (0, 0, 0)
