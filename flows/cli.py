@@ -113,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "registered for this config, on the server in PREFECT_API_URL.")
     trg.add_argument("--config", required=True, help="path to the YAML config")
     trg.add_argument("--wait", action="store_true", help="wait until the run has finished")
+
+    bf = sub.add_parser("backfill", help="compute (and store) every report as it stood on each past date",
+                        description="One as-of computation per date (day, week end, month end or quarter end) over "
+                        "--from..--to, from the stored source state (CRM) and the files; stores each date's snapshot "
+                        "(Trends/Changes history) and, with backfill.write_workbooks: true, writes one workbook per "
+                        "date. Completed dates are skipped unless --force. See docs/backfill.md.")
+    bf.add_argument("--config", required=True, help="path to the YAML config")
+    bf.add_argument("--from", dest="start", required=True, type=_as_of, help="first date (YYYY-MM-DD)")
+    bf.add_argument("--to", dest="end", required=True, type=_as_of, help="last date (YYYY-MM-DD)")
+    bf.add_argument("--every", required=True, choices=["day", "week", "month", "quarter"],
+                    help="each day, or the last day of each week (Sunday), month or quarter in the range")
+    bf.add_argument("--force", action="store_true", help="recompute dates already completed")
+    bf.add_argument("--refetch", action="store_true", help="pull every source again instead of its stored state")
+    bf.add_argument("--concurrency", type=int, help="workbooks rendered and published at once (default: backfill.concurrency)")
+    bf.add_argument("--report", action="append", dest="reports", help="only this report (repeatable; default: all)")
     return p
 
 
@@ -294,8 +309,25 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from flows.backfill import backfill, outcome_table
+
+    loaded = _load(args.config)
+    try:
+        result = backfill(args.config, args.start, args.end, args.every, force=args.force, refetch=args.refetch,
+                          concurrency=args.concurrency, reports=args.reports, loaded=loaded,
+                          echo=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"pipeline-sync: backfill: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for note in result.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    print(outcome_table(result))
+    return EXIT_FAILURE if result.failed else EXIT_OK
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_source, "login": cmd_login,
-            "demo-data": cmd_demo_data, "serve": cmd_serve, "trigger": cmd_trigger}
+            "demo-data": cmd_demo_data, "serve": cmd_serve, "trigger": cmd_trigger, "backfill": cmd_backfill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,57 @@
+"""Which (report, as_of) dates a backfill has completed, in the state database.
+
+A row is written in the same transaction as that date's snapshot, so a date counts as done
+exactly when its snapshot (and, when workbooks are written, its workbook) is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+
+from connectors.state_db import metadata
+
+backfill_dates = sa.Table(
+    "backfill_dates",
+    metadata,
+    sa.Column("report", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("open_deals", sa.Integer, nullable=True),
+    sa.Column("flags", sa.Integer, nullable=True),
+    sa.Column("wrote_workbook", sa.Boolean, nullable=False),
+    sa.Column("output", sa.Text, nullable=True),  # where the workbook went (", " between destinations)
+)
+
+
+@dataclass(frozen=True)
+class CompletedDate:
+    as_of: date
+    open_deals: int | None
+    flags: int | None
+    wrote_workbook: bool
+    output: str | None
+
+
+def ensure_table(engine: sa.Engine) -> None:
+    metadata.create_all(engine, tables=[backfill_dates])
+
+
+def mark_done(conn: sa.Connection, report: str, as_of: date, *, open_deals: int | None, flags: int | None,
+              wrote_workbook: bool, output: str | None) -> None:
+    """Record (or replace) the completion of `report` at `as_of` inside the caller's transaction."""
+    conn.execute(sa.delete(backfill_dates).where(backfill_dates.c.report == report, backfill_dates.c.as_of == as_of))
+    conn.execute(backfill_dates.insert().values(report=report, as_of=as_of, completed_at=datetime.now(UTC),
+                                                open_deals=open_deals, flags=flags, wrote_workbook=wrote_workbook,
+                                                output=output))
+
+
+def completed(engine: sa.Engine, report: str) -> dict[date, CompletedDate]:
+    """The dates of `report` a backfill completed, with what it recorded."""
+    cols = backfill_dates.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(cols.as_of, cols.open_deals, cols.flags, cols.wrote_workbook, cols.output)
+                            .where(cols.report == report).order_by(cols.as_of)).all()
+    return {r[0]: CompletedDate(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows}
