@@ -15,8 +15,10 @@ Switches: `max_page` (tiny pages), `faults` {request number: kind} with kinds "4
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import json
+import math
 import threading
 import time
 import uuid
@@ -74,6 +76,7 @@ DEFAULT_OWNERS: list[dict] = [
 ]
 
 ALWAYS = ("hs_object_id", "createdate", "hs_lastmodifieddate")
+RANGE_OPS = ("GTE", "GT", "LT", "LTE", "EQ")
 
 
 def iso(when: datetime) -> str:
@@ -145,6 +148,9 @@ class FakeHubSpot:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _version: int = 0  # bumped by every change through the helpers below
     _cache: dict[str, list[str]] = field(default_factory=dict)
+    _index: list[tuple[Any, int, str]] = field(default_factory=list)
+    _index_state: tuple[int, int] | None = None
+    _index_ms: list[float] = field(default_factory=list)
 
     # ------------------------------------------------------------------ data
 
@@ -332,7 +338,29 @@ class FakeHubSpot:
 
     def _query(self, groups: list[dict], sorts: list[dict]) -> list[str]:
         """Matching ids in sort order, cached per query until the data changes (like an index)."""
-        key = json.dumps([groups, sorts, len(self.deals), self._version], sort_keys=True)
+        state = (len(self.deals), self._version)
+        if sorts == [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}]:
+            # the incremental query: filter an index sorted by modification time (fast for 10k+ deals)
+            if self._index_state != state:
+                self._index = sorted((self._sort_value(i, "hs_lastmodifieddate"), int(i), i)
+                                     for i in self._ordered(False))
+                self._index_ms = [k[1] if k[0] == 0 else math.inf for k, _, _ in self._index]
+                self._index_state = state
+            lo, hi = 0, len(self._index)
+            filters = groups[0].get("filters") or [] if len(groups) == 1 else []
+            if filters and all(f["propertyName"] == "hs_lastmodifieddate" and f["operator"] in RANGE_OPS
+                               for f in filters):
+                for f in filters:
+                    v, op = to_ms(f["value"]), f["operator"]
+                    if op in ("GTE", "EQ", "GT"):
+                        cut = (bisect.bisect_left if op != "GT" else bisect.bisect_right)(self._index_ms, v)
+                        lo = max(lo, cut)
+                    if op in ("LT", "EQ", "LTE"):
+                        cut = (bisect.bisect_left if op == "LT" else bisect.bisect_right)(self._index_ms, v)
+                        hi = min(hi, cut)
+                return [i for _, _, i in self._index[lo:hi]]
+            return [i for _, _, i in self._index if self._matches(i, groups)]
+        key = json.dumps([groups, sorts, *state], sort_keys=True)
         if key not in self._cache:
             ids = [i for i in self._ordered(False) if self._matches(i, groups)]
             for s in reversed(sorts):
