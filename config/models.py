@@ -38,6 +38,17 @@ def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
 RelPath = Annotated[str, AfterValidator(_resolve_path)]
 
 
+def _check_delimiter(value: str) -> str:
+    if value in ("\\t", "tab"):
+        return "\t"
+    if len(value) != 1:
+        raise ValueError(f"delimiter {value!r} must be one character, e.g. ',' or ';' (a tab: \"\\t\" or tab)")
+    return value
+
+
+Delimiter = Annotated[str, AfterValidator(_check_delimiter)]
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -157,7 +168,7 @@ class StageHistoryFileConfig(StrictModel):
     path: RelPath
     columns: dict[str, str] = Field(default_factory=dict)
     date_format: str | None = None
-    delimiter: str = ","
+    delimiter: Delimiter = ","
     encoding: str = "utf-8"
     sheet: str | int | None = None
 
@@ -167,7 +178,7 @@ class CsvSourceConfig(_SourceBase):
     path: RelPath
     columns: dict[str, str] = Field(default_factory=dict)  # source header -> canonical field
     date_format: str | None = None
-    delimiter: str = ","
+    delimiter: Delimiter = ","
     encoding: str = "utf-8"
     stage_history: StageHistoryFileConfig | None = None
 

@@ -259,6 +259,20 @@ def test_product_mix_must_sum_to_one(tmp_path, mix, total):
     assert problem.endswith(f"targets.product_mix: shares must add up to 1 (they add up to {total})")
 
 
+@pytest.mark.parametrize(("text", "expected"), [("','", ","), ("';'", ";"), ('"\\t"', "\t"), ("\\t", "\t"), ("tab", "\t")])
+def test_delimiter_accepts_one_character_or_a_tab(tmp_path, text, expected):
+    yaml_text = f"sources:\n  - {{name: crm, type: csv, path: d.csv, delimiter: {text}}}\ndestinations: [{{type: file, path: o.xlsx}}]\n"
+    assert load(tmp_path, yaml_text).config.sources[0].delimiter == expected
+
+
+@pytest.mark.parametrize("text", ["';;'", "''", "comma"])
+def test_delimiter_of_several_characters_is_rejected(tmp_path, text):
+    yaml_text = f"sources:\n  - {{name: crm, type: csv, path: d.csv, delimiter: {text}}}\ndestinations: [{{type: file, path: o.xlsx}}]\n"
+    (problem,) = problems(tmp_path, yaml_text)
+    assert problem.startswith("sources[0].delimiter: delimiter ")
+    assert "must be one character, e.g. ',' or ';'" in problem
+
+
 def test_product_mix_within_rounding_is_fine(tmp_path):
     cfg = load(tmp_path, with_(targets={"product_mix": {"A": 0.333, "B": 0.333, "C": 0.334}}))
     assert cfg.config.targets.product_mix == {"A": 0.333, "B": 0.333, "C": 0.334}

@@ -83,6 +83,12 @@ def test_semicolon_delimiter(tmp_path):
     ]
 
 
+def test_tab_delimiter(tmp_path):
+    path = write_bytes(tmp_path, b"opportunity_id\tname\tstage\tcreated_date\n1\tAcme, Inc.\tWon\t2026-01-05\n")
+    (rec,) = records(path, delimiter="tab")
+    assert (rec["name"], rec["stage"], rec["_error"]) == ("Acme, Inc.", "Won", "")
+
+
 @pytest.mark.parametrize(
     "newline_text",
     [
