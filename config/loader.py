@@ -25,6 +25,19 @@ SECRET_KEYS = frozenset({"token", "client_secret", "token_secret", "password", "
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 would turn `on:` (notify) or `no` into booleans."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 class ConfigError(Exception):
     """The config cannot be used; `problems` lists every reason, each naming its key."""
 
@@ -199,7 +212,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     except OSError as exc:
         raise ConfigError(p, [f"cannot read the config file: {exc.strerror}"]) from exc
     try:
-        data = yaml.safe_load(raw_bytes.decode("utf-8")) or {}
+        data = yaml.load(raw_bytes.decode("utf-8"), Loader=_Yaml12Loader) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(p, [f"not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):
