@@ -143,7 +143,7 @@ def _progress(kind: str, data: Any) -> None:
     if kind == "page":
         print(f"  {data.get('source', '')}: {data.get('records', 0):,} records, {data.get('pages', 0)} pages",
               file=sys.stderr)
-    elif kind == "retry":
+    elif kind in ("retry", "wait"):  # retries after errors, and rate-limit pacing
         print(f"  waiting {data.get('wait', 0):.1f}s: {data.get('reason', '')}", file=sys.stderr)
 
 
