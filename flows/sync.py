@@ -104,7 +104,11 @@ def _skip_reason(cfg: Any, schedule_index: int | None) -> str | None:
     if scheduled is None:
         return None
     policy = cfg.schedule[schedule_index].catch_up
-    return catch_up_skip_reason(cfg.schedule, policy, datetime.fromisoformat(str(scheduled)), datetime.now(UTC))
+    if not isinstance(scheduled, datetime):
+        scheduled = datetime.fromisoformat(str(scheduled))
+    if scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=UTC)
+    return catch_up_skip_reason(cfg.schedule, policy, scheduled, datetime.now(UTC))
 
 
 def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
@@ -133,7 +137,12 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
     `schedule_index` is set by deployments: which `schedule:` entry started the run (its
     catch_up and overlap policies apply). One run per report at a time (flows.schedules).
     """
-    return sync_report(config_path, as_of, full_refresh, schedule_index)
+    summary = sync_report(config_path, as_of, full_refresh, schedule_index)
+    if "skipped" in summary:  # shown as "Skipped" with its reason in the UI
+        from prefect.states import Completed
+
+        return Completed(name="Skipped", message=summary["skipped"], data=summary)
+    return summary
 
 
 def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool = False,
