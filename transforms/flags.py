@@ -75,12 +75,22 @@ def _messages(ids: np.ndarray, fmt: Callable[..., str], *cols: np.ndarray) -> np
     if len(ids) == 0:
         return np.zeros(0, dtype=object)
     key = np.zeros(len(ids), dtype=np.int64)
+    span = 1
     for c in cols:
         lo, hi = int(c.min()), int(c.max())
         key = key * (hi - lo + 1) + (c - lo)
-    uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        span *= hi - lo + 1
+    if span <= 4 * len(ids) + 1024:  # dense keys: O(n) instead of sorting
+        first_at = np.full(span, len(ids), dtype=np.int64)
+        first_at[key] = np.arange(len(ids))  # any row of a key will do: they share every value
+        present = np.flatnonzero(first_at < len(ids))
+        rank = np.zeros(span, dtype=np.int64)
+        rank[present] = np.arange(len(present))
+        first, inv = first_at[present], rank[key]
+    else:
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     suffix = np.array([fmt(*(int(c[i]) for c in cols)) for i in first], dtype=object)
-    return ids.astype(object) + suffix[inv]
+    return ids + suffix[inv]
 
 
 def _iso(days: int) -> str:
@@ -199,17 +209,19 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     # deal checks
     masks = deal_check_masks(deals, cfg, as_of, tv.get("avg_sales_cycle_days"))
     bits = np.zeros(len(deals), dtype=np.int64)
-    deal_parts: list[tuple[str, str, pd.DataFrame]] = []
+    deal_parts: list[tuple[str, str, dict[str, object]]] = []
+    row_ids = deals["row_id"].to_numpy(dtype=object)
+    opp_ids = deals["opportunity_id"].to_numpy(dtype=object)
     for i, (check, rule, sev) in enumerate(DEAL_CHECKS):
         m, value, thr, messages = masks[check]
         bits |= m.astype(np.int64) << i
         if not m.any():
             continue
-        deal_parts.append((sev, rule, pd.DataFrame({
-            "rule": rule, "check": check, "severity": sev, "scope": "deal",
-            "key": deals["row_id"].to_numpy(dtype=object)[m], "opportunity_id": deals["opportunity_id"].to_numpy(dtype=object)[m],
-            "value": value[m], "threshold": thr[m], "message": messages(m), "advice": ADVICE[rule],
-        })))
+        deal_parts.append((sev, rule, {
+            "rule": rule, "check": check, "severity": sev, "scope": "deal", "key": row_ids[m],
+            "opportunity_id": opp_ids[m], "value": value[m].astype(float), "threshold": thr[m].astype(float),
+            "message": messages(m), "advice": ADVICE[rule],
+        }))
 
     # M5 team: missing share, stale sources
     if n_open:
@@ -251,39 +263,42 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     return FlagResult(flags, pd.Series(_bits_to_names(bits), index=deals.index, dtype=object), bits, counts)
 
 
-def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All flags sorted by severity then rule (team/owner/stage rows before deal rows within a rule),
-    and the count per (rule, check, severity) in the same order."""
+    and the count per (rule, check, severity) in the same order. Columns are assembled as numpy
+    arrays and framed once (millions of deal flags)."""
     rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
-    pieces: list[tuple[tuple[int, str, int], pd.DataFrame]] = []
-    if rows:
-        team = pd.DataFrame(rows, columns=FLAG_COLUMNS)
-        for (sev, rule), grp in team.groupby(["severity", "rule"], sort=False):
-            pieces.append(((rank[sev], rule, 0), grp))
-    for i, (sev, rule, frame) in enumerate(deal_parts):
-        pieces.append(((rank[sev], rule, 1 + i), frame))
+    pieces: list[tuple[tuple[int, str, int], dict[str, object], int]] = []
+    for i, r in enumerate(rows):
+        pieces.append(((rank[r["severity"]], r["rule"], -len(rows) + i), r, 1))
+    for i, (sev, rule, part) in enumerate(deal_parts):
+        pieces.append(((rank[sev], rule, i), part, len(part["key"])))  # type: ignore[arg-type]
     pieces.sort(key=lambda p: p[0])
-    frames = [p[1] for p in pieces]
-    if not frames:
-        frames = [pd.DataFrame(columns=FLAG_COLUMNS)]
-    flags = pd.concat(frames, ignore_index=True)[FLAG_COLUMNS]
-    for c in ("value", "threshold"):
-        flags[c] = pd.to_numeric(flags[c], errors="coerce").astype(float)
-    for c in ("rule", "check", "severity", "scope", "key", "opportunity_id", "message", "advice"):
-        flags[c] = flags[c].astype(object)
-    count_rows = []
-    for _, frame in pieces:
-        if frame["scope"].iloc[0] == "deal":
-            count_rows.append((frame["rule"].iloc[0], frame["check"].iloc[0], frame["severity"].iloc[0], len(frame)))
+    numeric = {"value", "threshold"}
+    sizes = np.array([n for _, _, n in pieces], dtype=np.int64)
+    which = np.repeat(np.arange(len(pieces)), sizes)  # piece of each output row
+    flags = pd.DataFrame(index=pd.RangeIndex(int(sizes.sum())))
+    for c in FLAG_COLUMNS:  # one column at a time: no consolidation copy of millions of objects
+        kind = float if c in numeric else object
+        if all(not isinstance(part[c], np.ndarray) for _, part, _ in pieces):
+            consts = np.array([np.nan if (c in numeric and part[c] is None) else part[c] for _, part, _ in pieces],
+                              dtype=kind)
+            col = consts[which] if len(pieces) else np.zeros(0, dtype=kind)
         else:
-            for (rule, check, sev), g in frame.groupby(["rule", "check", "severity"], sort=False):
-                count_rows.append((rule, check, sev, len(g)))
-    counts = pd.DataFrame(count_rows, columns=["rule", "check", "severity", "count"])
-    counts = counts.groupby(["rule", "check", "severity"], sort=False, as_index=False)["count"].sum()
-    for c in ("rule", "check", "severity"):
-        counts[c] = counts[c].astype(object)
-    counts["count"] = counts["count"].astype(np.int64)
-    return flags, counts
+            col = np.concatenate([
+                part[c] if isinstance(part[c], np.ndarray)
+                else np.full(n, np.nan if (c in numeric and part[c] is None) else part[c], dtype=kind)
+                for _, part, n in pieces]).astype(kind, copy=False)
+        flags[c] = pd.Series(col, index=flags.index, dtype=kind, copy=False)
+    counts: dict[tuple[str, str, str], int] = {}
+    for _, part, n in pieces:
+        k = (str(part["rule"]), str(part["check"]), str(part["severity"]))
+        counts[k] = counts.get(k, 0) + n
+    count_frame = pd.DataFrame({
+        "rule": pd.Series([k[0] for k in counts], dtype=object), "check": pd.Series([k[1] for k in counts], dtype=object),
+        "severity": pd.Series([k[2] for k in counts], dtype=object),
+        "count": pd.Series(list(counts.values()), dtype=np.int64)})
+    return flags, count_frame
 
 
 def _bits_to_names(bits: np.ndarray) -> np.ndarray:

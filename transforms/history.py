@@ -99,7 +99,11 @@ def prepare_history(opps: pd.DataFrame, history: pd.DataFrame | None, stages: li
     keep = (pos >= 0) & ~np.isnat(entered)
     pos, entered = pos[keep], entered[keep]
     stage = stage_codes(history["stage"].to_numpy()[keep], stages)
-    order = np.lexsort((entered, pos))
+    # sort by (deal, entered) through one int64 key: much faster than lexsort on millions of rows
+    days = entered.astype(np.int64)
+    lo = int(days.min()) if len(days) else 0
+    span = (int(days.max()) - lo + 1) if len(days) else 1
+    order = np.argsort(pos * span + (days - lo), kind="stable")
     return PreparedHistory(pos[order], stage[order], entered[order], current)
 
 
