@@ -410,7 +410,7 @@ class OneDriveDestinationConfig(StrictModel):
     type: Literal["onedrive"]
     tenant_id: str
     client_id: str
-    client_secret: str | None = None
+    client_secret: str | None = Field(default=None, repr=False)  # never logged or shown
     certificate_path: RelPath | None = None
     certificate_thumbprint: str | None = None
     auth: Literal["app", "delegated"] = "app"

@@ -373,9 +373,10 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
     """Upload `workbook` to `remote_path` (cfg.path with placeholders filled) on the configured drive.
 
     With `mode: update_sheets` the managed sheets are refreshed in place instead
-    (connectors.onedrive_workbook.update_sheets). Raises DestinationError for the documented outcomes (path refused, changed by someone else,
-    locked, name conflict), RetriableAPIError / FatalAPIError for transport and auth failures.
-    In every failure the file already on the drive is left as it was.
+    (connectors.onedrive_workbook.update_sheets). Raises DestinationError for the documented
+    outcomes (path refused, changed by someone else, locked, name conflict), RetriableAPIError /
+    FatalAPIError for transport and auth failures. In every failure the file already on the
+    drive is left as it was.
     """
     if cfg.mode == "update_sheets":
         from connectors.onedrive_workbook import update_sheets

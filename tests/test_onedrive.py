@@ -353,7 +353,7 @@ def test_no_secret_or_token_in_logs_errors_or_results(env: Env, caplog: pytest.L
         env.publish(env.cfg(client_secret="wrong-secret-value-123"), SMALL)
     secrets = [env.entra.client_secret, "wrong-secret-value-123", *env.entra.ever_issued]
     assert len(secrets) > 2
-    texts = [caplog.text, str(locked.value), str(refused.value), repr(res)]
+    texts = [caplog.text, str(locked.value), str(refused.value), repr(res), repr(env.cfg())]
     assert "invalid_client" in str(refused.value)
     assert not [s for s in secrets for t in texts if s in t]
 
