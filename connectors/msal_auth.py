@@ -64,7 +64,7 @@ def cache_path(cfg: OneDriveDestinationConfig, config_dir: Path | None = None) -
     return path if path.is_absolute() else (config_dir or Path.cwd()) / path
 
 
-def _login_hint(cfg: OneDriveDestinationConfig) -> str:
+def _login_hint() -> str:
     return "run `pipeline-sync login --config PATH` once to sign in (device code) and store the token cache"
 
 
@@ -217,13 +217,13 @@ class GraphAuth:
         if self._app is None:
             if not path.exists():
                 raise FatalAPIError(f"no signed-in account for the onedrive destination (no token cache at {path}): "
-                                    + _login_hint(self.cfg))
+                                    + _login_hint())
             self._cache = load_cache(path)
             self._app = _build(msal.PublicClientApplication, self.cfg, token_cache=self._cache,
                                **_app_kwargs(self.cfg, self._session))
         accounts = self._app.get_accounts()
         if not accounts:
-            raise FatalAPIError(f"the token cache {path} holds no account: " + _login_hint(self.cfg))
+            raise FatalAPIError(f"the token cache {path} holds no account: " + _login_hint())
         result = _call(self.cfg, lambda: self._app.acquire_token_silent(
             delegated_scopes(self.cfg), account=accounts[0], force_refresh=refresh))
         if self._cache is not None and self._cache.has_state_changed:
@@ -231,7 +231,7 @@ class GraphAuth:
         if not result or "access_token" not in result:
             why = _oauth_error(self.cfg, result, "the silent sign-in") if result else "no usable refresh token"
             raise FatalAPIError(f"{why}; the sign-in of {accounts[0].get('username', '?')} has expired or was revoked: "
-                                + _login_hint(self.cfg))
+                                + _login_hint())
         return result["access_token"]
 
 
