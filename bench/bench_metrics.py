@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.models import AppConfig  # noqa: E402
 from config.schema import CANONICAL_FIELDS  # noqa: E402
+from config.snapshot_types import SnapshotHistory  # noqa: E402
 from transforms.analytics import build_analytics  # noqa: E402
 
 AS_OF = date(2026, 6, 15)
@@ -106,12 +107,19 @@ def main() -> None:
     opps, hist = generate(args.deals, args.seed, cfg)
     t1 = time.perf_counter()
     print(f"generated {len(opps):,} deals and {len(hist):,} history rows in {t1 - t0:.1f} s")
+    # a snapshot from a week earlier feeds Trends, Changes and M7 volume_over_value, as in a real run
+    week = AS_OF - timedelta(days=7)
+    prev = build_analytics(opps, hist, cfg, week).snapshot
+    metrics = pd.DataFrame({"as_of": [week] * len(prev.metrics), "metric": list(prev.metrics),
+                            "value": [np.nan if v is None else v for v in prev.metrics.values()]})
+    snapshots = SnapshotHistory(metrics=metrics, previous_as_of=week, previous_deals=prev.deals)
     for _ in range(args.repeat):
         t1, c1 = time.perf_counter(), time.process_time()
-        a = build_analytics(opps, hist, cfg, AS_OF)
+        a = build_analytics(opps, hist, cfg, AS_OF, snapshots=snapshots)
         t2, c2 = time.perf_counter(), time.process_time()
         print(f"build_analytics: {t2 - t1:.2f} s wall, {c2 - c1:.2f} s CPU ({len(a.opportunities):,} deals at as_of, "
-              f"{len(a.metrics):,} metric rows, {len(a.flags):,} flags)")
+              f"{len(a.metrics):,} metric rows, {len(a.flags):,} flags, "
+              f"{len(next(x for x in a.sheets if x.name == 'Changes').frame):,} changes)")
 
 
 if __name__ == "__main__":
