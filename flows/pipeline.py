@@ -26,7 +26,7 @@ from config.workbook import SheetData, SummaryData
 from connectors import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import Observer
+from connectors.http import Observer, RetryPolicy
 from connectors.registry import extractor_for
 from connectors.state_db import default_state_url, make_engine
 from transforms.canonical import canonicalize, canonicalize_history, empty_opportunities
@@ -81,6 +81,7 @@ class RunContext:
     full_refresh: bool = False
     state_url: str = ""
     observer: Observer = field(default_factory=Observer)
+    retry_policy: RetryPolicy | None = None  # every HTTP call of the run (None: the default policy)
     _engine: Any = None
 
     @property
@@ -136,15 +137,19 @@ class RunResult:
 
 
 def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh: bool = False,
-            loaded: LoadedConfig | None = None) -> RunContext:
-    """Load and validate the config (ConfigError before any I/O) and fix as_of once for the run."""
+            loaded: LoadedConfig | None = None, retry_policy: RetryPolicy | None = None) -> RunContext:
+    """Load and validate the config (ConfigError before any I/O) and fix as_of once for the run.
+
+    `retry_policy` (e.g. a sleep that does not really wait, in tests) goes to every extractor and upload.
+    """
     loaded = loaded or load_config(config_path)
     cfg = loaded.config
     started = datetime.now(UTC)
     as_of = as_of or started.astimezone(cfg.tz).date()
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     state_url = cfg.state.url or default_state_url(loaded.base_dir)
-    return RunContext(loaded, as_of, period, uuid.uuid4().hex[:12], started, full_refresh, state_url)
+    return RunContext(loaded, as_of, period, uuid.uuid4().hex[:12], started, full_refresh, state_url,
+                      retry_policy=retry_policy)
 
 
 def extract_source(run: RunContext, index: int) -> Extracted:
@@ -153,7 +158,7 @@ def extract_source(run: RunContext, index: int) -> Extracted:
     observer = Observer(on_event=run.observer.on_event)
     ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
-                         full_refresh=run.full_refresh)
+                         full_refresh=run.full_refresh, retry_policy=run.retry_policy)
     started = time.perf_counter()
     extracted = extractor_for(src.type)(src, ctx)
     extracted.seconds = extracted.seconds or time.perf_counter() - started
@@ -269,7 +274,7 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
 
 
 def publish(run: RunContext, index: int, staged: Path) -> str:
-    """Deliver the staged workbook to one destination; returns where it went."""
+    """Deliver the staged workbook to one destination; returns where it went (and any note)."""
     dest = run.config.destinations[index]
     if isinstance(dest, FileDestinationConfig):
         target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
@@ -278,8 +283,13 @@ def publish(run: RunContext, index: int, staged: Path) -> str:
     from connectors import onedrive
 
     remote = local_file.fill_placeholders(dest.path, as_of=run.as_of, period=run.period.label)
-    result = onedrive.publish(dest, staged, remote_path=remote, engine=run.engine)
-    return result.web_url or result.path
+    kwargs = {"sleep": run.retry_policy.sleep} if run.retry_policy is not None else {}
+    result = onedrive.publish(dest, staged, remote_path=remote, engine=run.engine, **kwargs)
+    where = result.web_url or result.path
+    if result.note:  # e.g. written next to a locked file, or a managed sheet recreated: the user must hear it
+        log.warning("destination %s: %s", where, result.note)
+        return f"{where} ({result.note})"
+    return where
 
 
 def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed | None,
@@ -321,6 +331,7 @@ def run_pipeline(
     wrap: StepWrapper = _plain,
     on_event: Callable[[str, Any], None] | None = None,
     loaded: LoadedConfig | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
 
@@ -328,7 +339,7 @@ def run_pipeline(
     marked stale, M5). State is committed only after every destination succeeded.
     """
     t0 = time.perf_counter()
-    run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded)
+    run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
     run.observer.on_event = on_event
     extracted, failures = extract_all(run, wrap)
     if run.config.reports:
