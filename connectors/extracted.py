@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from connectors.http import Observer
+from connectors.http import Observer, RetryPolicy
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ExtractContext:
     """What a run hands every extractor: the state database, counters and the run's fixed times.
 
     `run_started` (UTC) is the incremental signpost: a cursor never moves past it.
+    `retry_policy`: the HTTP retry policy extractors use when none is passed to them (None: the default).
     """
 
     engine: Any | None  # sqlalchemy Engine of the state store, None when state is off
@@ -63,3 +64,4 @@ class ExtractContext:
     run_started: datetime
     tz: tzinfo
     full_refresh: bool = False
+    retry_policy: RetryPolicy | None = None

@@ -587,7 +587,7 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
 
     `session`, `policy` and `clock` are for tests (a fake server's session, no real sleeping).
     """
-    api = make_api(cfg, ctx.observer, session=session, policy=policy, clock=clock)
+    api = make_api(cfg, ctx.observer, session=session, policy=policy or ctx.retry_policy, clock=clock)
     try:
         return _extract(cfg, ctx, api)
     finally:

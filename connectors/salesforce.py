@@ -362,7 +362,7 @@ def extract(
     obs = ctx.observer
     before = (obs.requests, obs.retries, obs.waited_seconds)
     http = HttpClient(session or build_session(cfg.ca_bundle, cfg.verify_tls), timeout=cfg.timeout,
-                      policy=policy or RetryPolicy(), observer=obs, service="Salesforce")
+                      policy=policy or ctx.retry_policy or RetryPolicy(), observer=obs, service="Salesforce")
     api = SalesforceAPI(cfg, http)
     api.authenticate()
 

@@ -72,7 +72,7 @@ def extract(
     started = time.monotonic()
     obs = ctx.observer
     before = (obs.requests, obs.retries, obs.waited_seconds)
-    policy = policy or RetryPolicy()
+    policy = policy or ctx.retry_policy or RetryPolicy()
     with _one_session_per_token(cfg):
         tab = TableauSession(cfg, obs, policy, session_factory)
         try:
