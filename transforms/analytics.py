@@ -2,7 +2,17 @@
 
 Pure and vectorised: `build_analytics` takes the canonical opportunities and stage history and
 returns everything the workbook and the snapshot store need. The rules are those of shared
-docs/metrics.md; how a past `as_of` is reconstructed is in `transforms.history`.
+docs/metrics.md. Choices where the spec leaves room (each documented where it is made):
+
+- a past `as_of`: see `transforms.history` (a deal closed after `as_of` without history is shown
+  open in the last open stage, entered on `created_date`, `stage_entered_estimated` = True);
+- Opportunities: `status`, `stage` and `stage_entered_date` are the values at `as_of` (the last
+  one is the date `days_in_stage` counts from);
+- `avg_deal_size` averages the won deals that have an amount (the missing-amount rule);
+- owner / product rows group deals without one under "(no owner)" / "(no product)";
+- point-in-time metrics (open_*, clv, stage metrics) have an empty `period_start`;
+- the Summary's "previous" is the team metric of the whole previous period, as of its last day;
+- two small extra data sheets feed Summary charts: "Won by month" and "Flags by rule".
 """
 
 from __future__ import annotations
@@ -60,6 +70,8 @@ _UNIT_FORMAT: dict[str, ColumnFormat] = {
 
 @dataclass
 class Analytics:
+    """What one run shows and stores (see the module docstring)."""
+
     opportunities: pd.DataFrame
     excluded_future: int
     metrics: pd.DataFrame

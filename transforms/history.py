@@ -15,7 +15,8 @@ Rules for a deal open at `as_of` (shared docs/metrics.md, "Inputs"):
    after `as_of` is placed in the last open stage (the one a deal sits in just before it
    closes; its real stage is unknown). Both are entered on `created_date` and marked estimated.
 
-A deal closed at `as_of` keeps its current stage, entered per rule 1's dates.
+A deal closed at `as_of` keeps its current stage, entered per rule 1's dates. An entry date
+after `as_of` (inconsistent source data) falls back to `created_date`, estimated.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def stage_as_of(opps: pd.DataFrame, hist: PreparedHistory, stages: list[StageCon
     from_hist = ~keep & (hist_stage >= 0)
     stage = np.where(keep, cur, np.where(from_hist, hist_stage, np.where(open_now, cur, last_open)))
     entered = np.where(keep, cur_entered, np.where(from_hist, hist_entered, np.datetime64("NaT", "D")))
+    entered = np.where(entered > day, np.datetime64("NaT", "D"), entered)  # inconsistent dates: fall back
     estimated = np.isnat(entered) | (~keep & ~from_hist)
     entered = np.where(np.isnat(entered), created, entered)
     return StageAsOf(stage.astype(np.int64), entered.astype("datetime64[D]"), estimated, reached)
