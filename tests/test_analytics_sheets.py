@@ -91,3 +91,22 @@ def test_no_deals_at_all() -> None:
     unavailable = a.flags[a.flags["check"] == "metric_unavailable"]["message"].tolist()
     assert unavailable == ["cac is empty because no spend for 2026-Q2: add inputs.spend['2026-Q2']."]
     assert a.snapshot.deals.empty
+
+
+def test_inputs_are_not_modified_and_empty_values_have_notes() -> None:
+    from tests.analytics_support import make_opps
+
+    opps = make_opps(ROWS)
+    hist = make_history([("a", "Contact", "2026-05-01")])
+    before_o, before_h = opps.copy(deep=True), hist.copy(deep=True)
+    a = build_analytics(opps, hist, make_cfg(), pd.Timestamp("2026-06-15").date())
+    pd.testing.assert_frame_equal(opps, before_o)
+    pd.testing.assert_frame_equal(hist, before_h)
+    metrics_sheet = next(s for s in a.sheets if s.name == "Metrics").frame
+    empty = metrics_sheet[metrics_sheet["value"].isna()]
+    assert len(empty) > 0 and (empty["note"] != "").all()
+    assert (metrics_sheet.loc[metrics_sheet["value"].notna(), "note"] == "").all()
+    lg = metrics_sheet[(metrics_sheet["metric"] == "lead_gen_per_day") & (metrics_sheet["scope"] == "team")].iloc[0]
+    assert (lg["period_start"], lg["period_end"]) == (pd.Timestamp("2026-05-17"), pd.Timestamp("2026-06-15"))
+    # a: open, no stage_entered_date, its history lacks its current stage -> estimated (w, v are closed)
+    assert any(line.startswith("1 open deals have an estimated stage") for line in a.summary.lines)

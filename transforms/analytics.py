@@ -272,9 +272,9 @@ def _summary(cfg: AppConfig, as_of: date, period: Period, prev_period: Period, t
         f"{int(counts['count'].sum())} flags: "
         + ", ".join(f"{int(counts.loc[counts['severity'] == s, 'count'].sum())} {s}" for s in SEVERITY_ORDER) + ".",
     ]
-    est = int(deals["stage_entered_estimated"].sum())
+    est = int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum())
     if est:
-        lines.append(f"{est} deals have an estimated stage entry date (no stage_entered_date or history).")
+        lines.append(f"{est} open deals have an estimated stage (entry date): no stage_entered_date or stage history.")
     if stale:
         lines.append("Stale sources (data from an earlier run): " + ", ".join(stale) + ".")
     lines.append(funnel_note)
