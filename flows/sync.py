@@ -129,14 +129,36 @@ def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
         log.warning("run digest / notification failed: %s", type(exc).__name__)
 
 
+def env_from_secret_blocks(secret_blocks: dict[str, str] | None) -> list[str]:
+    """Set each unset environment variable from the Prefect Secret block named for it, at run time.
+
+    prefect.yaml names blocks, never values (`prefect deploy` would store resolved values in the
+    deployment); the config keeps its `${ENV}` references. Returns the variables it set.
+    """
+    import os
+
+    if not secret_blocks:
+        return []
+    from prefect.blocks.system import Secret
+
+    filled = []
+    for var, block in secret_blocks.items():
+        if not os.environ.get(var):
+            os.environ[var] = str(Secret.load(block).get())
+            filled.append(var)
+    return filled
+
+
 @flow(name="sync-pipeline", persist_result=False, log_prints=False)
 def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: bool = False,
-                  schedule_index: int | None = None) -> dict[str, Any]:
+                  schedule_index: int | None = None, secret_blocks: dict[str, str] | None = None) -> dict[str, Any]:
     """Extract, transform, render and publish one config's workbook(s).
 
     `schedule_index` is set by deployments: which `schedule:` entry started the run (its
     catch_up and overlap policies apply). One run per report at a time (flows.schedules).
+    `secret_blocks` maps environment variables to Prefect Secret block names (prefect.yaml).
     """
+    env_from_secret_blocks(secret_blocks)
     summary = sync_report(config_path, as_of, full_refresh, schedule_index)
     if "skipped" in summary:  # shown as "Skipped" with its reason in the UI
         from prefect.states import Completed
