@@ -86,6 +86,13 @@ def _no_proxy_get(url: str, timeout: float) -> int:
         return resp.status
 
 
+def _die_with_parent() -> None:
+    """In the server child (Linux): get SIGTERM when `serve` dies, even by SIGKILL."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LocalServer:
     """`prefect server start` on 127.0.0.1 as a child process, owned by this process."""
 
@@ -116,7 +123,8 @@ class LocalServer:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         finally:
             log.close()
         return self

@@ -112,5 +112,9 @@ def test_serve_starts_a_local_server_registers_deployments_and_stops_it(config: 
         print(f"serve ready after {ready:.1f} s, stopped after {time.monotonic() - t0:.1f} s")
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+            proc.terminate()  # serve stops its server on SIGTERM
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
