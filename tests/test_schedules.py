@@ -227,3 +227,18 @@ def test_a_crashed_holder_does_not_leave_the_lock_held(tmp_path: Path):
     assert rc == 3
     with report_lock(path, "skip") as got:
         assert got.acquired
+
+
+def test_the_flow_body_skips_while_another_run_of_the_report_holds_the_lock(tmp_path: Path):
+    """overlap: skip at flow level: the run ends before touching any source or the workbook."""
+    from flows.sync import sync_report
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("report: weekly\nsources: [{name: crm, type: csv, path: deals.csv}]\n"
+                   "destinations: [{type: file, path: out/book.xlsx}]\n"
+                   "schedule: [{cron: '0 6 * * *', overlap: skip}, {cron: '0 7 * * *'}]\n")
+    with report_lock(tmp_path / ".state" / "locks" / "weekly.lock", "wait", run_id="run-in-progress"):
+        summary = sync_report(str(cfg), schedule_index=0, task_wrapper=lambda step, name: step)
+    assert summary == {"skipped": "overlap: skip: run run-in-progress of this report is still in progress",
+                       "report": "weekly"}
+    assert not (tmp_path / "out").exists()
