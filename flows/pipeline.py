@@ -332,11 +332,13 @@ def run_pipeline(
     on_event: Callable[[str, Any], None] | None = None,
     loaded: LoadedConfig | None = None,
     retry_policy: RetryPolicy | None = None,
+    reports: list[str] | None = None,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
 
     A source that fails raises unless it has stored state to fall back on (then its data is
     marked stale, M5). State is committed only after every destination succeeded.
+    With `reports:` in the config, flows.reports produces every report (or those named in `reports`).
     """
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
@@ -345,7 +347,9 @@ def run_pipeline(
     if run.config.reports:
         from flows.reports import run_reports
 
-        return run_reports(run, extracted, failures, wrap=wrap, started=t0)
+        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports)
+    if reports and reports != [run.config.report]:
+        raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
     staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
     try:

@@ -189,10 +189,11 @@ def prefect_fan_out(cfg: AppConfig, calls: list[Call]) -> list[Any]:
 
 
 def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
-                wrap: StepWrapper, started: float) -> RunResult:
-    """Validate once, produce every report in parallel, then commit state and the snapshots."""
+                wrap: StepWrapper, started: float, names: Sequence[str] | None = None) -> RunResult:
+    """Validate once, produce every report (or those in `names`) in parallel, then commit state
+    and the snapshots."""
+    specs = report_specs(run.config, names)
     validated = wrap(validate, "validate")(run, extracted, failures)
-    specs = report_specs(run.config)
     _ = run.engine  # tables exist before the reports open their own connections
     calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))
                          for s in specs]

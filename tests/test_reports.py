@@ -115,6 +115,15 @@ def test_top_level_destinations_add_the_unfiltered_report(tmp_path):
     assert stored_reports(tmp_path) == [("all", AS_OF), ("east", AS_OF), ("platform", AS_OF)]
 
 
+def test_a_run_can_produce_some_reports_only(tmp_path):
+    result = run_pipeline(write_config(tmp_path), AS_OF, reports=["platform"])
+    assert [r["report"] for r in result.reports] == ["platform"]
+    assert not (tmp_path / "out" / f"east-{AS_OF}.xlsx").exists()
+    assert stored_reports(tmp_path) == [("platform", AS_OF)]
+    with pytest.raises(Exception, match="unknown report\\(s\\): west; this config has: east, platform"):
+        run_pipeline(write_config(tmp_path), AS_OF, reports=["west"])
+
+
 def test_one_failing_report_fails_the_run_after_the_others_published(tmp_path):
     path = write_config(tmp_path)
     (tmp_path / "out" / f"east-{AS_OF}.xlsx").mkdir(parents=True)  # the file cannot be written
