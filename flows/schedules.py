@@ -132,6 +132,25 @@ def catch_up_skip_reason(schedules: Sequence[ScheduleConfig], policy: CatchUp, s
     return None
 
 
+def wait_for_older_runs(pending: Callable[[], list[str]], *, poll: float = 5.0, max_wait: float = 3600.0,
+                        on_wait: Callable[[list[str]], None] | None = None,
+                        sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.monotonic) -> bool:
+    """catch_up: all keeps missed slots in order: block while `pending()` names unfinished runs of
+    the report for older slots. True when none are left; False after `max_wait` seconds (a run
+    nobody will execute must not block the report forever)."""
+    start = clock()
+    told = False
+    while older := pending():
+        if clock() - start >= max_wait:
+            return False
+        if not told and on_wait is not None:
+            on_wait(older)
+            told = True
+        sleep(poll)
+    return True
+
+
 def _ago(delta: timedelta) -> str:
     minutes = int(delta.total_seconds() // 60)
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"

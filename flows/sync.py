@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -111,6 +111,54 @@ def _skip_reason(cfg: Any, schedule_index: int | None) -> str | None:
     return catch_up_skip_reason(cfg.schedule, policy, scheduled, datetime.now(UTC))
 
 
+def _older_unfinished_runs(report: str, scheduled: datetime, own_id: str) -> list[str]:
+    """Names of this report's runs for slots before `scheduled` that have not finished yet."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    flt = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[f"report:{report}"]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])),
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=scheduled - timedelta(seconds=1)),
+        id=FlowRunFilterId(not_any_=[own_id]),
+    )
+    with get_client(sync_client=True) as client:
+        return [r.name for r in client.read_flow_runs(flow_run_filter=flt, limit=50)]
+
+
+def _keep_catch_up_order(cfg: Any, schedule_index: int | None) -> None:
+    """catch_up: all: wait until the older missed runs of this report have finished."""
+    from prefect.runtime import deployment, flow_run
+
+    from flows.schedules import wait_for_older_runs
+
+    if schedule_index is None or deployment.id is None or not 0 <= schedule_index < len(cfg.schedule):
+        return
+    if cfg.schedule[schedule_index].catch_up != "all":
+        return
+    scheduled = flow_run.scheduled_start_time
+    if not isinstance(scheduled, datetime):
+        scheduled = datetime.fromisoformat(str(scheduled))
+    if scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=UTC)
+    own_id = str(flow_run.id)
+    done = wait_for_older_runs(
+        lambda: _older_unfinished_runs(cfg.report, scheduled, own_id),
+        on_wait=lambda older: log.warning("report %s: catch_up: all: waiting for older run(s) %s", cfg.report,
+                                          ", ".join(older)))
+    if not done:
+        log.warning("report %s: older runs still unfinished after an hour; running anyway", cfg.report)
+
+
 def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
     """Digest, alerts and artifacts; a failure here is logged and never fails a published run."""
     from prefect.context import FlowRunContext
@@ -183,6 +231,7 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
     if reason:
         log.warning("report %s: run skipped (%s)", cfg.report, reason)
         return {"skipped": reason, "report": cfg.report}
+    _keep_catch_up_order(cfg, schedule_index)
     in_range = schedule_index is not None and 0 <= schedule_index < len(cfg.schedule)
     overlap = cfg.schedule[schedule_index].overlap if in_range else "wait"
     from prefect.runtime import flow_run

@@ -20,6 +20,7 @@ from flows.schedules import (
     plan_catch_up,
     report_lock,
     slots_between,
+    wait_for_older_runs,
 )
 
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
@@ -242,3 +243,20 @@ def test_the_flow_body_skips_while_another_run_of_the_report_holds_the_lock(tmp_
     assert summary == {"skipped": "overlap: skip: run run-in-progress of this report is still in progress",
                        "report": "weekly"}
     assert not (tmp_path / "out").exists()
+
+
+def test_catch_up_all_waits_for_older_runs_then_goes():
+    answers = [["run-mon", "run-tue"], ["run-tue"], []]
+    told, slept = [], []
+    assert wait_for_older_runs(lambda: answers.pop(0), poll=5.0, on_wait=told.append, sleep=slept.append)
+    assert (told, slept, answers) == ([["run-mon", "run-tue"]], [5.0, 5.0], [])
+
+
+def test_catch_up_all_stops_waiting_for_a_run_nobody_executes():
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert not wait_for_older_runs(lambda: ["orphan"], poll=60.0, max_wait=600.0, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 600.0
