@@ -507,6 +507,13 @@ class NotifyConfig(StrictModel):
     url: str = Field(min_length=1, repr=False)
     on: list[NotifyEvent] = Field(default_factory=lambda: ["failure"], min_length=1)
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if "://" not in value:  # the value is a secret: never echo it
+            raise ValueError("is not an apprise URL (scheme://...), e.g. slack://..., json://host/path, mailtos://...")
+        return value
+
 
 # ----------------------------------------------------------------------------- reports and backfills
 

@@ -243,3 +243,18 @@ def test_artifact_content():
     md = kpi_markdown(d, [KpiChange("open_value", 1200.0, 1000.0, "currency")])
     assert "_change vs the snapshot of 2026-11-20_" in md
     assert "| open_value | 1,200 EUR | 1,000 EUR | +200 EUR |" in md
+
+
+def test_a_bad_notify_url_is_named_without_echoing_it(tmp_path):
+    from config.loader import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("sources: [{name: a, type: csv, path: x.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n"
+                    "notify: [{url: '${HOOK}', on: [failure, sucess]}]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"HOOK": f"hooks.slack.com/{HOOK_TOKEN}"})
+    assert caught.value.problems == [
+        "notify[0].url: is not an apprise URL (scheme://...), e.g. slack://..., json://host/path, mailtos://...",
+        "notify[0].on[1]: Input should be 'failure', 'success' or 'flags_changed'",
+    ]
+    assert HOOK_TOKEN not in caught.value.render()
