@@ -279,7 +279,8 @@ def _clv(deals: pd.DataFrame, won: np.ndarray, amount: np.ndarray) -> _Result:
     valid = m & ~np.isnan(amount)
     note, missing = "", None
     if valid.any():
-        totals = pd.Series(amount[valid]).groupby(acc[valid]).sum()
+        codes, uniques = pd.factorize(acc[valid])
+        totals = np.bincount(codes, weights=amount[valid], minlength=len(uniques))
         value = float(totals.mean())
     elif m.any():
         value, note, missing = np.nan, "none of the won deals with an account_id has an amount", "amount"
