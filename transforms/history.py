@@ -75,10 +75,11 @@ def _match_deals(opps: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     n = len(opps)
     ids = np.concatenate([opps["opportunity_id"].to_numpy(dtype=object), history["opportunity_id"].to_numpy(dtype=object)])
     id_codes, id_uniq = pd.factorize(ids)
-    if SOURCE_COLUMN in history.columns and SOURCE_COLUMN in opps.columns:
-        src = np.concatenate([opps[SOURCE_COLUMN].to_numpy(dtype=object), history[SOURCE_COLUMN].to_numpy(dtype=object)])
+    src = (np.concatenate([opps[SOURCE_COLUMN].to_numpy(dtype=object), history[SOURCE_COLUMN].to_numpy(dtype=object)])
+           if SOURCE_COLUMN in history.columns and SOURCE_COLUMN in opps.columns else None)
+    if src is not None and not (len(src) and (src == src[0]).all()):
         src_codes, src_uniq = pd.factorize(src)
-    else:
+    else:  # one source (the usual case) or no source column: the id alone is the key
         src_codes, src_uniq = np.zeros(len(ids), dtype=np.int64), [None]
     key = src_codes.astype(np.int64) * len(id_uniq) + id_codes
     valid = (id_codes >= 0) & (src_codes >= 0)
