@@ -257,8 +257,16 @@ def render_failure(report: str, step: str, error: str, run_url: str | None) -> t
     title = f"pipeline-sync: '{report}' FAILED at {step}"
     lines = [f"**{report}** failed at step **{step}**.", "", f"Error: {error}"]
     lines += ["", f"[Run in Prefect]({run_url})" if run_url else "No run link (run without a Prefect server)."]
-    lines += ["", "The workbook was not changed by this run unless the failing step was after publishing."]
+    lines += ["", _consequence(step)]
     return title, "\n".join(lines)
+
+
+def _consequence(step: str) -> str:
+    if step.startswith("publish-"):
+        return "Destinations before this one may already have the new workbook; state was not saved."
+    if step == "commit-state":
+        return "The workbook was published, but state was not saved: the next run reads the changes again."
+    return "No workbook was changed."
 
 
 # ----------------------------------------------------------------------------- sending

@@ -256,8 +256,10 @@ def trigger(loaded: LoadedConfig, *, wait: bool = False, echo: Callable[[str], N
     except ObjectNotFound as exc:
         raise RuntimeError(f"no deployment {FLOW_NAME}/{spec.name} on {os.environ['PREFECT_API_URL']}: start "
                            f"`pipeline-sync serve --config {loaded.path}` (or `prefect deploy --all`) first") from exc
-    ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
-    echo(f"created flow run {run.name} ({run.id}) of {FLOW_NAME}/{spec.name}: {ui}/runs/flow-run/{run.id}")
+    from prefect.utilities.urls import url_for
+
+    link = url_for(run) or f"{os.environ['PREFECT_API_URL'].removesuffix('/api')}/runs/flow-run/{run.id}"
+    echo(f"created flow run {run.name} ({run.id}) of {FLOW_NAME}/{spec.name}: {link}")
     if wait:
         echo(f"finished: {run.state.name if run.state else 'unknown'}")
     return str(run.id)

@@ -158,6 +158,7 @@ def test_failure_alert_names_report_step_and_error_without_secrets(tmp_path, hub
     assert f"Error: {one_sentence(caught.value)}" in alert["message"]
     assert type(caught.value).__name__ in alert["message"]
     assert "No run link (run without a Prefect server)." in alert["message"]
+    assert alert["message"].endswith("No workbook was changed.")
     assert receiver.to("digest") == [] and receiver.to("flags") == []
     receiver.assert_no_secret(wrong, TOKEN, HOOK_TOKEN)
 
@@ -171,6 +172,8 @@ def test_a_secret_inside_an_error_message_is_scrubbed_before_sending(receiver):
     [alert] = receiver.to("alert")
     assert alert["message"].splitlines()[2] == "Error: RuntimeError: token *** was rejected by https://x.example/***."
     assert "[Run in Prefect](http://127.0.0.1:4200/runs/flow-run/abc)" in alert["message"]
+    assert alert["message"].endswith("Destinations before this one may already have the new workbook; "
+                                     "state was not saved.")
     receiver.assert_no_secret(fake_secret, HOOK_TOKEN)
 
 
