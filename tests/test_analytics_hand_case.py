@@ -113,3 +113,23 @@ def test_cli_workbook_metrics_sheet(tmp_path) -> None:
     assert wrong == []
     flags = list(wb["Flags"].iter_rows(values_only=True))
     assert len(flags) - 1 == len(pd.read_csv(CASE / "expected_flags.csv"))
+
+
+def test_cli_two_runs_fill_trends_and_changes(tmp_path) -> None:
+    """Two CLI runs with a file state store: the second workbook has both dates in Trends and the
+    one change between them (deal 8 was created on 2026-05-19)."""
+    pytest.importorskip("flows.cli")
+    from flows.cli import main
+
+    work = tmp_path / "hand_case"
+    shutil.copytree(CASE, work)
+    text = (work / "config.yaml").read_text()
+    (work / "config.yaml").write_text(text.replace('state:\n  url: "sqlite:///:memory:"\n', ""))
+    for day in ("2026-05-13", "2026-05-20"):
+        assert main(["run", "--config", str(work / "config.yaml"), "--as-of", day, "--no-prefect"]) == 0
+    wb = openpyxl.load_workbook(work / "out" / "hand_case 2026-05-20.xlsx", read_only=True)
+    trends = list(wb["Trends"].iter_rows(values_only=True))
+    col = trends[0].index("open_deals")
+    assert [(r[0].date().isoformat(), r[col]) for r in trends[1:]] == [("2026-05-13", 11), ("2026-05-20", 12)]
+    changes = list(wb["Changes"].iter_rows(values_only=True))
+    assert [(r[0], r[1]) for r in changes[1:]] == [("new", "crm:8")]
