@@ -343,6 +343,10 @@ def run_pipeline(
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
     run.observer.on_event = on_event
+    if run.config.reports and reports:
+        from flows.reports import report_specs
+
+        report_specs(run.config, reports)  # an unknown report name fails before any extraction
     extracted, failures = extract_all(run, wrap)
     if run.config.reports:
         from flows.reports import run_reports
