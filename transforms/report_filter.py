@@ -15,9 +15,11 @@ from config.models import ReportFilterConfig
 FILTER_COLUMNS: dict[str, str] = {"owners": "owner", "teams": "team", "products": "product", "sources": "source"}
 
 
-def _folded(values: pd.Series) -> np.ndarray:
-    obj = values.astype(object).to_numpy(dtype=object)
-    return np.array([v.strip().casefold() if isinstance(v, str) else None for v in obj], dtype=object)
+def _folded(values: pd.Series) -> pd.Series:
+    """Trimmed, case-folded text; NA where there is no text."""
+    obj = values.astype(object)
+    text = obj.where(obj.map(lambda v: isinstance(v, str)), None)
+    return text.astype(pd.StringDtype("python")).str.strip().str.casefold()
 
 
 def filter_mask(frame: pd.DataFrame, flt: ReportFilterConfig) -> np.ndarray:
@@ -30,7 +32,7 @@ def filter_mask(frame: pd.DataFrame, flt: ReportFilterConfig) -> np.ndarray:
         if column not in frame.columns:
             return np.zeros(len(frame), dtype=bool)
         allowed = {w.strip().casefold() for w in wanted}
-        keep &= np.array([v in allowed for v in _folded(frame[column])], dtype=bool)
+        keep &= _folded(frame[column]).isin(allowed).fillna(False).to_numpy(dtype=bool)
     return keep
 
 
