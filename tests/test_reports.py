@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import openpyxl
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -187,3 +189,19 @@ def test_reports_fan_out_on_a_local_dask_cluster(prefect_server, tmp_path):
     check_workbooks(tmp_path)
     assert len(summary["outputs"]) == 2
     assert stored_reports(tmp_path) == [("east", AS_OF), ("platform", AS_OF)]
+
+
+@pytest.mark.parametrize(("flt", "expected"), [
+    ({}, [True, True, True, True, True]),
+    ({"owners": ["ANN"]}, [True, True, False, False, False]),  # trimmed, case-insensitive
+    ({"owners": ["ann", "bob"], "teams": ["west"]}, [False, False, False, False, True]),  # every list must match
+    ({"teams": ["East"]}, [True, True, False, True, False]),  # no team (row 2): only in unfiltered reports
+    ({"products": ["Platform"]}, [False, False, False, False, False]),  # no product column at all
+])
+def test_filter_mask(flt, expected):
+    from config.models import ReportFilterConfig
+    from transforms.report_filter import filter_mask
+
+    frame = pd.DataFrame({"owner": ["Ann", " ann ", None, np.nan, "Bob"],
+                          "team": pd.Series(["East", "east", None, "East", "West"], dtype=object)})
+    assert filter_mask(frame, ReportFilterConfig(**flt)).tolist() == expected
