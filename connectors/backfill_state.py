@@ -48,6 +48,13 @@ def mark_done(conn: sa.Connection, report: str, as_of: date, *, open_deals: int 
                                                 output=output))
 
 
+def forget(conn: sa.Connection, report: str, dates: list[date]) -> None:
+    """Drop the completion of `dates` (a forced backfill recomputes them; interrupted, it resumes there)."""
+    for i in range(0, len(dates), 500):
+        conn.execute(sa.delete(backfill_dates).where(backfill_dates.c.report == report,
+                                                     backfill_dates.c.as_of.in_(dates[i:i + 500])))
+
+
 def completed(engine: sa.Engine, report: str) -> dict[date, CompletedDate]:
     """The dates of `report` a backfill completed, with what it recorded."""
     cols = backfill_dates.c

@@ -206,6 +206,9 @@ class _Progress:
 def _report_dates(run: RunContext, spec: ReportSpec, validated: Validated, dates: list[date], *, force: bool,
                   write: bool, concurrency: int, progress: _Progress) -> list[DateOutcome]:
     rows = report_rows(validated, spec.filter)
+    if force:
+        with run.engine.begin() as conn:
+            backfill_state.forget(conn, spec.name, dates)
     done = backfill_state.completed(run.engine, spec.name)
     outcomes: dict[date, DateOutcome] = {}
     broken: date | None = None

@@ -183,6 +183,16 @@ def test_an_interrupted_backfill_resumes_where_it_stopped(tmp_path, demo_files):
         mine_cells, ref_cells = cells(tmp_path / "out" / Path(ref.output).name), cells(Path(ref.output))
         assert mine_cells | {"About": None} == ref_cells | {"About": None}
 
+    # a forced backfill that fails half-way resumes at its own failure, not at the older completions
+    blocker = tmp_path / "out" / "pipeline 2026-02-28.xlsx"
+    blocker.unlink()
+    blocker.mkdir()
+    forced = backfill(path, date(2026, 1, 1), date(2026, 4, 30), "month", force=True)
+    assert [o.status for o in forced.outcomes] == ["done", "failed", "done", "done"]
+    blocker.rmdir()
+    again = backfill(path, date(2026, 1, 1), date(2026, 4, 30), "month")
+    assert [o.status for o in again.outcomes] == ["skipped", "done", "skipped", "skipped"]
+
 
 def test_history_only_backfill_feeds_the_trends_of_the_next_run(tmp_path, demo_files):
     path = write_config(tmp_path, demo_files, write_workbooks=False, dest="out/pipeline.xlsx")
