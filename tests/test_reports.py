@@ -38,7 +38,7 @@ def write_config(folder: Path, **extra: object) -> Path:
         "report": "all",
         "sources": [{"name": "crm", "type": "csv", "path": "deals.csv"}],
         "reports": [
-            {"name": "east", "filter": {"teams": ["East"]},
+            {"name": "east", "filter": {"teams": ["East"], "owners": ["Ann", "Dee", "Bob"]},  # Bob is West
              "targets": {"new_pipeline_per_day": 10},
              "destinations": [{"type": "file", "path": "out/east-{as_of}.xlsx"}]},
             {"name": "platform", "filter": {"products": [" platform "]},
@@ -73,7 +73,7 @@ def check_workbooks(folder: Path) -> None:
     # the rejected row (stage 'Bogus') is West / Platform: only in the platform report
     assert column(east, "Rejected", "opportunity_id") == []
     assert column(platform, "Rejected", "opportunity_id") == ["7"]
-    assert about(east)["report filter"] == "teams: East"
+    assert about(east)["report filter"] == "owners: Ann, Dee, Bob; teams: East"
     assert about(east)["opportunities in this report"] == "3"
     assert about(platform)["report filter"] == "products: platform"
     # the source is read once; About reconciles the whole source in every report
