@@ -68,7 +68,8 @@ def publish_artifacts(digest: Digest, flags: pd.DataFrame | None) -> list[str]:
     rows = flag_rows(flags)
     key = artifact_key(digest.report, "flags")
     total = digest.flags_total if digest.flags_total is not None else len(rows)
-    create_table_artifact(table=rows or [{"rule": None, "message": "no flags"}], key=key,
+    placeholder = "no flags" if flags is not None else "flag details are in the workbook's Flags sheet"
+    create_table_artifact(table=rows or [{"rule": None, "message": placeholder}], key=key,
                           description=f"{digest.report}: {total:,} flags"
                           + (f" (the {len(rows):,} most severe shown)" if total > len(rows) else ""))
     keys.append(key)

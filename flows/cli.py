@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Create a flow run of the deployment `pipeline-sync serve` (or prefect deploy) "
                          "registered for this config, on the server in PREFECT_API_URL.")
     trg.add_argument("--config", required=True, help="path to the YAML config")
+    trg.add_argument("--report", help="a named report of `reports:` (its own deployment; default: the whole config)")
     trg.add_argument("--wait", action="store_true", help="wait until the run has finished")
 
     bf = sub.add_parser("backfill", help="compute (and store) every report as it stood on each past date",
@@ -302,7 +303,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     loaded = _load(args.config)
     try:
-        trigger(loaded, wait=args.wait, echo=_echo)
+        trigger(loaded, report=args.report, wait=args.wait, echo=_echo)
     except RuntimeError as exc:
         print(f"pipeline-sync: trigger failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE

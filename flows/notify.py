@@ -95,6 +95,7 @@ class Digest:
     run_url: str | None = None
     has_previous_flags: bool = False
     all_kpis: list[KpiChange] = field(default_factory=list)  # every team metric (artifacts)
+    flag_details: bool = True  # False: only the count is known (named reports)
 
     @property
     def flags_changed(self) -> bool:
@@ -214,7 +215,9 @@ def render_digest(d: Digest) -> tuple[str, str]:
     lines += ["", f"**KPIs** ({since})", "", "| KPI | value | change |", "|---|---:|---:|"]
     lines += [f"| {k.metric.replace('_', ' ')} | {fmt_value(k.value, k.unit, d.currency)} | {fmt_change(k, d.currency)} |"
               for k in d.kpis]
-    if d.flags_total is not None:
+    if d.flags_total is not None and not d.flag_details:
+        lines += ["", f"**Flags**: {d.flags_total:,} open (details in the workbook's Flags sheet)"]
+    elif d.flags_total is not None:
         lines += ["", f"**Flags**: {d.flags_total:,} open, {len(d.new_flags):,} new, {len(d.resolved_flags):,} resolved"
                   + ("" if d.has_previous_flags else " (first run: nothing to compare)")]
         for label, flags in (("new", d.new_flags), ("resolved", d.resolved_flags)):
@@ -427,3 +430,30 @@ def _units(summary: Any) -> dict[str, str]:
     if kpis is None or "unit" not in getattr(kpis, "columns", []):
         return {}
     return {str(m): str(u) for m, u in zip(kpis["metric"], kpis["unit"], strict=True)}
+
+
+def digests_for_run(run: Any, result: Any, transformed: Any = None, run_url: str | None = None) -> list[Digest]:
+    """One digest per report the run produced: `digest_for_run` for a single report; with named
+    reports (`reports:`) each report's KPIs come from the snapshot store (flag details are in its
+    workbook: the report tasks hand back only their flag counts)."""
+    entries = list(getattr(result, "reports", None) or [])
+    if not entries:
+        return [digest_for_run(run, result, transformed, run_url)]
+    from connectors.snapshots import load_history
+    from transforms.metrics import TEAM_METRICS, UNITS
+
+    base = digest_for_run(run, result, None, run_url)
+    out = []
+    for entry in entries:
+        name = entry["report"]
+        history = load_history(run.engine, name, result.as_of)
+        rows = history.metrics[history.metrics["as_of"] == result.as_of]
+        current = {m: _num(v) for m, v in zip(rows["metric"], rows["value"], strict=True)}
+        current = {m: current[m] for m in TEAM_METRICS if m in current}
+        previous = history.previous_metrics()
+        out.append(Digest(
+            name, result.as_of, result.period.label, run.config.inputs.currency,
+            kpi_changes(current, previous, dict(UNITS)), history.previous_as_of, entry.get("flags"), [], [], [], [],
+            base.health, list(entry.get("outputs") or []), run_url, False,
+            kpi_changes(current, previous, dict(UNITS), metrics=list(current)), flag_details=False))
+    return out

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
@@ -85,6 +85,16 @@ def next_runs(cron: str, timezone: str, after: datetime, n: int = 1) -> list[dat
         if window_start - after > timedelta(days=366 * 5):
             break  # e.g. "0 0 30 2 *": never
     return found[:n]
+
+
+def schedules_for(cfg: Any, reports: Sequence[str] | None) -> tuple[str, list[ScheduleConfig]]:
+    """(target name, its schedule entries): a run of one named report (`reports:`) follows that
+    report's `schedule:`; any other run follows the top-level `schedule:`."""
+    if reports and len(reports) == 1:
+        for rep in getattr(cfg, "reports", None) or []:
+            if rep.name == reports[0]:
+                return rep.name, list(rep.schedule)
+    return cfg.report, list(cfg.schedule)
 
 
 def missed_slots(schedules: Sequence[ScheduleConfig], last_run: datetime, now: datetime) -> list[datetime]:

@@ -45,29 +45,38 @@ class DeploymentSpec:
     catch_up: str | None = None
     overlap: str | None = None
     tags: list[str] = field(default_factory=list)
+    reports: list[str] | None = None  # a named report of `reports:` only; None: the whole config
 
     @property
     def parameters(self) -> dict[str, Any]:
-        return {"config_path": self.config_path, "schedule_index": self.schedule_index}
+        params: dict[str, Any] = {"config_path": self.config_path, "schedule_index": self.schedule_index}
+        if self.reports:
+            params["reports"] = self.reports
+        return params
 
 
 def deployment_specs(loaded: LoadedConfig) -> list[DeploymentSpec]:
+    """The top-level `schedule:` runs the whole config (every report); a named report's own
+    `schedule:` runs that report only. Without any schedule: one manual deployment."""
     cfg = loaded.config
     path = str(loaded.path)
-    tags = ["pipeline-sync", f"report:{cfg.report}"]
+    targets = [(cfg.report, cfg.schedule, None)]
+    targets += [(r.name, r.schedule, [r.name]) for r in getattr(cfg, "reports", None) or [] if r.schedule]
+    specs = [DeploymentSpec(name if i == 0 else f"{name}-{i + 1}", path, i, s.cron, s.timezone, s.catch_up,
+                            s.overlap, ["pipeline-sync", f"report:{name}"], reports)
+             for name, schedules, reports in targets for i, s in enumerate(schedules)]
     if not cfg.schedule:
-        return [DeploymentSpec(cfg.report, path, None, None, None, tags=tags)]
-    return [DeploymentSpec(cfg.report if i == 0 else f"{cfg.report}-{i + 1}", path, i, s.cron, s.timezone,
-                           s.catch_up, s.overlap, tags)
-            for i, s in enumerate(cfg.schedule)]
+        specs.insert(0, DeploymentSpec(cfg.report, path, None, None, None, tags=["pipeline-sync", f"report:{cfg.report}"]))
+    return specs
 
 
 def check_unique(specs: list[DeploymentSpec]) -> None:
     seen: dict[str, str] = {}
     for s in specs:
-        if s.name in seen and seen[s.name] != s.config_path:
-            raise ValueError(f"two configs use report '{s.name}' ({seen[s.name]} and {s.config_path}); "
-                             "give each config its own `report:` name")
+        if s.name in seen:
+            where = s.config_path if seen[s.name] == s.config_path else f"{seen[s.name]} and {s.config_path}"
+            raise ValueError(f"two deployments would be named '{s.name}' ({where}); give each config its own "
+                             "`report:` name and each named report a name that no other deployment uses")
         seen[s.name] = s.config_path
 
 
@@ -236,8 +245,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def trigger(loaded: LoadedConfig, *, wait: bool = False, echo: Callable[[str], None] = print) -> str:
-    """Create a run of the config's (first) deployment on the server in PREFECT_API_URL; returns its id.
+def trigger(loaded: LoadedConfig, *, report: str | None = None, wait: bool = False,
+            echo: Callable[[str], None] = print) -> str:
+    """Create a run of the config's deployment (or of a named report's) on the server in
+    PREFECT_API_URL; returns its id.
 
     The run has no schedule_index: it waits for a run in progress (never skipped) and is never
     treated as a missed slot.
@@ -248,10 +259,15 @@ def trigger(loaded: LoadedConfig, *, wait: bool = False, echo: Callable[[str], N
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    spec = deployment_specs(loaded)[0]
+    specs = deployment_specs(loaded)
+    if report is not None:
+        specs = [s for s in specs if (s.reports or [loaded.config.report]) == [report]]
+        if not specs:
+            raise RuntimeError(f"report '{report}' has no deployment: give it a `schedule:` in {loaded.path} "
+                               "(or trigger the whole config without --report)")
+    spec = specs[0]
     try:
-        run = run_deployment(f"{FLOW_NAME}/{spec.name}", parameters={"config_path": spec.config_path,
-                                                                      "schedule_index": None},
+        run = run_deployment(f"{FLOW_NAME}/{spec.name}", parameters={**spec.parameters, "schedule_index": None},
                              timeout=None if wait else 0, tags=["manual"])
     except ObjectNotFound as exc:
         raise RuntimeError(f"no deployment {FLOW_NAME}/{spec.name} on {os.environ['PREFECT_API_URL']}: start "

@@ -92,23 +92,29 @@ def _run_url() -> str | None:
         return None
 
 
-def _skip_reason(cfg: Any, schedule_index: int | None) -> str | None:
-    """Catch-up for a scheduled deployment run that starts late (see flows.schedules)."""
+def _scheduled_slot(schedules: list[Any], schedule_index: int | None) -> datetime | None:
+    """The slot of this deployment run (None for manual runs and runs outside a deployment)."""
     from prefect.runtime import deployment, flow_run
 
-    from flows.schedules import catch_up_skip_reason
-
-    if schedule_index is None or deployment.id is None or not 0 <= schedule_index < len(cfg.schedule):
+    if schedule_index is None or deployment.id is None or not 0 <= schedule_index < len(schedules):
         return None
     scheduled = flow_run.scheduled_start_time
     if scheduled is None:
         return None
-    policy = cfg.schedule[schedule_index].catch_up
     if not isinstance(scheduled, datetime):
         scheduled = datetime.fromisoformat(str(scheduled))
-    if scheduled.tzinfo is None:
-        scheduled = scheduled.replace(tzinfo=UTC)
-    return catch_up_skip_reason(cfg.schedule, policy, scheduled, datetime.now(UTC))
+    return scheduled if scheduled.tzinfo else scheduled.replace(tzinfo=UTC)
+
+
+def _skip_reason(schedules: list[Any], schedule_index: int | None) -> str | None:
+    """Catch-up for a scheduled deployment run that starts late (see flows.schedules)."""
+    from flows.schedules import catch_up_skip_reason
+
+    scheduled = _scheduled_slot(schedules, schedule_index)
+    if scheduled is None:
+        return None
+    policy = schedules[schedule_index].catch_up
+    return catch_up_skip_reason(schedules, policy, scheduled, datetime.now(UTC))
 
 
 def _older_unfinished_runs(report: str, scheduled: datetime, own_id: str) -> list[str]:
@@ -135,28 +141,22 @@ def _older_unfinished_runs(report: str, scheduled: datetime, own_id: str) -> lis
         return [r.name for r in client.read_flow_runs(flow_run_filter=flt, limit=50)]
 
 
-def _keep_catch_up_order(cfg: Any, schedule_index: int | None) -> None:
+def _keep_catch_up_order(target: str, schedules: list[Any], schedule_index: int | None) -> None:
     """catch_up: all: wait until the older missed runs of this report have finished."""
-    from prefect.runtime import deployment, flow_run
+    from prefect.runtime import flow_run
 
     from flows.schedules import wait_for_older_runs
 
-    if schedule_index is None or deployment.id is None or not 0 <= schedule_index < len(cfg.schedule):
+    scheduled = _scheduled_slot(schedules, schedule_index)
+    if scheduled is None or schedules[schedule_index].catch_up != "all":
         return
-    if cfg.schedule[schedule_index].catch_up != "all":
-        return
-    scheduled = flow_run.scheduled_start_time
-    if not isinstance(scheduled, datetime):
-        scheduled = datetime.fromisoformat(str(scheduled))
-    if scheduled.tzinfo is None:
-        scheduled = scheduled.replace(tzinfo=UTC)
     own_id = str(flow_run.id)
     done = wait_for_older_runs(
-        lambda: _older_unfinished_runs(cfg.report, scheduled, own_id),
-        on_wait=lambda older: log.warning("report %s: catch_up: all: waiting for older run(s) %s", cfg.report,
+        lambda: _older_unfinished_runs(target, scheduled, own_id),
+        on_wait=lambda older: log.warning("report %s: catch_up: all: waiting for older run(s) %s", target,
                                           ", ".join(older)))
     if not done:
-        log.warning("report %s: older runs still unfinished after an hour; running anyway", cfg.report)
+        log.warning("report %s: older runs still unfinished after an hour; running anyway", target)
 
 
 def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
@@ -164,15 +164,16 @@ def _after_success(loaded: Any, steps: _Steps, result: RunResult) -> None:
     from prefect.context import FlowRunContext
 
     from flows.artifacts import publish_artifacts
-    from flows.notify import digest_for_run, notify_success
+    from flows.notify import digests_for_run, notify_success
 
     cfg = loaded.config
     try:
-        digest = digest_for_run(steps.run, result, steps.transformed, _run_url())
-        if FlowRunContext.get() is not None:
-            publish_artifacts(digest, getattr(getattr(steps.transformed, "analytics", None), "flags", None))
-        if cfg.notify:
-            notify_success(cfg.notify, digest, secrets=loaded.secrets)
+        for digest in digests_for_run(steps.run, result, steps.transformed, _run_url()):
+            if FlowRunContext.get() is not None:
+                flags = getattr(getattr(steps.transformed, "analytics", None), "flags", None)
+                publish_artifacts(digest, flags if digest.flag_details else None)
+            if cfg.notify:
+                notify_success(cfg.notify, digest, secrets=loaded.secrets)
     except Exception as exc:  # the workbook is already published
         log.warning("run digest / notification failed: %s", type(exc).__name__)
 
@@ -199,15 +200,17 @@ def env_from_secret_blocks(secret_blocks: dict[str, str] | None) -> list[str]:
 
 @flow(name="sync-pipeline", persist_result=False, log_prints=False)
 def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: bool = False,
-                  schedule_index: int | None = None, secret_blocks: dict[str, str] | None = None) -> dict[str, Any]:
+                  schedule_index: int | None = None, secret_blocks: dict[str, str] | None = None,
+                  reports: list[str] | None = None) -> dict[str, Any]:
     """Extract, transform, render and publish one config's workbook(s).
 
     `schedule_index` is set by deployments: which `schedule:` entry started the run (its
     catch_up and overlap policies apply). One run per report at a time (flows.schedules).
     `secret_blocks` maps environment variables to Prefect Secret block names (prefect.yaml).
+    `reports` limits a config with `reports:` to those named reports (default: all).
     """
     env_from_secret_blocks(secret_blocks)
-    summary = sync_report(config_path, as_of, full_refresh, schedule_index)
+    summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports)
     if "skipped" in summary:  # shown as "Skipped" with its reason in the UI
         from prefect.states import Completed
 
@@ -216,24 +219,26 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
 
 
 def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool = False,
-                schedule_index: int | None = None, task_wrapper: StepWrapper = as_task) -> dict[str, Any]:
+                schedule_index: int | None = None, task_wrapper: StepWrapper = as_task, *,
+                reports: list[str] | None = None) -> dict[str, Any]:
     """The flow's body: catch-up check, report lock, `run_pipeline`, then alerts, digest and artifacts.
 
     Tests pass `task_wrapper=lambda step, name: step` to run the same body without Prefect tasks.
     """
     from config.loader import load_config
     from flows.notify import notify_failure
-    from flows.schedules import lock_path, report_lock
+    from flows.schedules import lock_path, report_lock, schedules_for
 
     loaded = load_config(config_path)
     cfg = loaded.config
-    reason = _skip_reason(cfg, schedule_index)
+    target, schedules = schedules_for(cfg, reports)
+    reason = _skip_reason(schedules, schedule_index)
     if reason:
-        log.warning("report %s: run skipped (%s)", cfg.report, reason)
-        return {"skipped": reason, "report": cfg.report}
-    _keep_catch_up_order(cfg, schedule_index)
-    in_range = schedule_index is not None and 0 <= schedule_index < len(cfg.schedule)
-    overlap = cfg.schedule[schedule_index].overlap if in_range else "wait"
+        log.warning("report %s: run skipped (%s)", target, reason)
+        return {"skipped": reason, "report": target}
+    _keep_catch_up_order(target, schedules, schedule_index)
+    in_range = schedule_index is not None and 0 <= schedule_index < len(schedules)
+    overlap = schedules[schedule_index].overlap if in_range else "wait"
     from prefect.runtime import flow_run
 
     with report_lock(lock_path(loaded.base_dir / ".state", cfg.report), overlap, run_id=str(flow_run.id or ""),
@@ -242,14 +247,15 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
         if not lock.acquired:
             reason = f"overlap: skip: run {lock.holder.get('run_id') or '?'} of this report is still in progress"
             log.warning("report %s: run skipped (%s)", cfg.report, reason)
-            return {"skipped": reason, "report": cfg.report}
+            return {"skipped": reason, "report": target}
         steps = _Steps(task_wrapper)
         try:
-            result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded)
+            kwargs = {"reports": reports} if reports else {}
+            result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded, **kwargs)
         except Exception as exc:
             try:
                 if cfg.notify:
-                    notify_failure(cfg.notify, report=cfg.report, step=steps.current, error=exc,
+                    notify_failure(cfg.notify, report=target, step=steps.current, error=exc,
                                    run_url=_run_url(), secrets=loaded.secrets)
             except Exception as alert_exc:  # never hide the run's own error
                 log.warning("failure alert could not be sent: %s", type(alert_exc).__name__)

@@ -261,3 +261,30 @@ def test_a_bad_notify_url_is_named_without_echoing_it(tmp_path):
         "notify[0].on[1]: Input should be 'failure', 'success' or 'flags_changed'",
     ]
     assert HOOK_TOKEN not in caught.value.render()
+
+
+def test_named_reports_each_get_a_digest_with_their_own_kpis(tmp_path, hubspot, receiver, env):
+    hub, srv = hubspot
+    path = write_config(tmp_path, srv)
+    cfg = yaml.safe_load(path.read_text())
+    cfg.pop("destinations")
+    cfg["reports"] = [
+        {"name": "ann", "filter": {"owners": ["Ann Lee"]}, "destinations": [{"type": "file", "path": "out/ann.xlsx"}]},
+        {"name": "everyone", "destinations": [{"type": "file", "path": "out/all.xlsx"}]},
+    ]
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    sync_report(str(path), date(2026, 11, 20), task_wrapper=PLAIN)
+    sync_report(str(path), date(2026, 11, 27), task_wrapper=PLAIN)
+    digests = {m["title"]: m["message"] for m in receiver.to("digest")}
+    assert sorted(digests) == sorted(f"pipeline-sync: '{r}' refreshed (as of {d})" for d in ("2026-11-20", "2026-11-27")
+                                     for r in ("ann", "everyone"))
+    everyone = digests["pipeline-sync: 'everyone' refreshed (as of 2026-11-27)"]
+    ann = digests["pipeline-sync: 'ann' refreshed (as of 2026-11-27)"]
+    assert "**KPIs** (vs snapshot of 2026-11-20)" in everyone and "**KPIs** (vs snapshot of 2026-11-20)" in ann
+    assert "| open deals | 4 | +0 |" in everyone
+    # Ann's own open deals: Acme renewal (12,500) and Hooli renewal (7,000)
+    assert "| open deals | 2 | +0 |" in ann and "| open value | 19,500 USD | +0 USD |" in ann
+    assert "**Flags**: 10 open (details in the workbook's Flags sheet)" in ann
+    assert f"**Workbook**: {tmp_path / 'out' / 'ann.xlsx'}" in ann
+    assert receiver.to("flags") == []  # flag changes are not known per named report
+    receiver.assert_no_secret(TOKEN, HOOK_TOKEN)

@@ -56,8 +56,32 @@ def test_config_without_schedule_gets_one_manual_deployment_and_names_must_not_c
     other.write_text(CONFIG.split("schedule:")[0])
     [spec] = deployment_specs(load_config(other))
     assert (spec.name, spec.cron, spec.parameters["schedule_index"]) == ("sales-emea", None, None)
-    with pytest.raises(ValueError, match="two configs use report 'sales-emea'"):
+    with pytest.raises(ValueError, match="two deployments would be named 'sales-emea'"):
         check_unique([*deployment_specs(load_config(config)), spec])
+
+
+def test_named_reports_get_their_own_deployments(tmp_path: Path):
+    path = tmp_path / "teams.yaml"
+    path.write_text(CONFIG.replace("destinations: [{type: file, path: out/pipeline.xlsx}]\n", "")
+                    .split("schedule:")[0]
+                    + "schedule: [{cron: '0 5 * * 1'}]\n"
+                    + "reports:\n"
+                    + "  - {name: east, filter: {teams: [East]}, destinations: [{type: file, path: east.xlsx}],\n"
+                    + "     schedule: [{cron: '0 6 * * 1-5', timezone: Asia/Tokyo, overlap: skip}, {cron: '0 18 * * 5'}]}\n"
+                    + "  - {name: west, filter: {teams: [West]}, destinations: [{type: file, path: west.xlsx}]}\n")
+    specs = deployment_specs(load_config(path))
+    assert [(s.name, s.cron, s.timezone, s.schedule_index, s.reports, s.tags[-1]) for s in specs] == [
+        ("sales-emea", "0 5 * * 1", "Europe/Berlin", 0, None, "report:sales-emea"),
+        ("east", "0 6 * * 1-5", "Asia/Tokyo", 0, ["east"], "report:east"),
+        ("east-2", "0 18 * * 5", "Europe/Berlin", 1, ["east"], "report:east"),
+    ]
+    assert specs[1].parameters == {"config_path": str(path), "schedule_index": 0, "reports": ["east"]}
+    from flows.schedules import schedules_for
+
+    cfg = load_config(path).config
+    assert [s.cron for s in schedules_for(cfg, ["east"])[1]] == ["0 6 * * 1-5", "0 18 * * 5"]
+    assert schedules_for(cfg, None) == ("sales-emea", cfg.schedule)
+    assert schedules_for(cfg, ["east", "west"]) == ("sales-emea", cfg.schedule)
 
 
 def test_trigger_without_a_server_says_what_to_do(config: Path, monkeypatch, capsys):
