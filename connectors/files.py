@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from config.models import CsvSourceConfig, ExcelSourceConfig, StageHistoryFileConfig
@@ -87,31 +88,70 @@ def read_csv_text(path: str, *, encoding: str, delimiter: str, what: str) -> pd.
             f"{getattr(exc, 'start', '?')}); set `encoding:` (e.g. utf-8-sig or cp1252)"
         ) from exc
     text = text.lstrip("\ufeff")
+    fast = _read_rectangular(text, delimiter)
+    if fast is not None:
+        return fast
     try:
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False))
     except csv.Error as exc:
         raise SourceDataError(f"{what}: {p.name} is not a readable CSV table: {exc}") from exc
-    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]
-    if not numbered:
+    first = next((i for i, r in enumerate(rows) if r and "".join(r).strip()), None)
+    if first is None:
         return pd.DataFrame()
-    header = [_normalise_header(h) for h in numbered[0][1]]
+    header = [_normalise_header(h) for h in rows[first]]
     width = len(header)
-    body, row_numbers, errors = [], [], []
-    for number, r in numbered[1:]:
-        err = ""
-        if len(r) > width:
-            if any(cell.strip() for cell in r[width:]):
-                err = f"row has {len(r)} fields but the header has {width}"
-            r = r[:width]
-        elif len(r) < width:
-            r = r + [""] * (width - len(r))
-        body.append(r)
-        row_numbers.append(number)
-        errors.append(err)
+    rest = rows[first + 1 :]
+    if all(len(r) == width for r in rest):  # the usual rectangular file: no per-row work
+        keep = [i for i, r in enumerate(rest) if "".join(r).strip()] if any(not "".join(r).strip() for r in rest) else None
+        body = rest if keep is None else [rest[i] for i in keep]
+        row_numbers = [first + 2 + i for i in (range(len(rest)) if keep is None else keep)]
+        errors = [""] * len(body)
+    else:
+        body, row_numbers, errors = [], [], []
+        for offset, r in enumerate(rest):
+            if not r or not "".join(r).strip():
+                continue
+            err = ""
+            if len(r) > width:
+                if any(cell.strip() for cell in r[width:]):
+                    err = f"row has {len(r)} fields but the header has {width}"
+                r = r[:width]
+            elif len(r) < width:
+                r = r + [""] * (width - len(r))
+            body.append(r)
+            row_numbers.append(first + 2 + offset)
+            errors.append(err)
     frame = pd.DataFrame(body, columns=range(width), dtype=object) if body else pd.DataFrame(columns=range(width))
     frame.columns = header
     frame[ROW_COLUMN] = row_numbers
     frame[ERROR_COLUMN] = errors
+    return frame
+
+
+def _read_rectangular(text: str, delimiter: str) -> pd.DataFrame | None:
+    """pandas' C parser for the usual file (no row wider than the header); None -> use the csv path.
+
+    Blank lines are kept while parsing so `_row` counts CSV records exactly as the csv module does.
+    """
+    try:
+        grid = pd.read_csv(io.StringIO(text, newline=""), sep=delimiter, header=None, dtype=object,
+                           keep_default_na=False, na_filter=False, skip_blank_lines=False, engine="c",
+                           quoting=csv.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return None
+    grid = grid.fillna("")
+    cells = grid.astype(str)
+    blank = (cells.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy()
+    if blank.all():
+        return pd.DataFrame()
+    first = int(np.argmax(~blank))
+    header = [_normalise_header(h) for h in grid.iloc[first].tolist()]
+    body_mask = ~blank
+    body_mask[: first + 1] = False
+    frame = grid.iloc[np.flatnonzero(body_mask), : len(header)].reset_index(drop=True)
+    frame.columns = header
+    frame[ROW_COLUMN] = (np.flatnonzero(body_mask) + 1).tolist()
+    frame[ERROR_COLUMN] = ""
     return frame
 
 

@@ -7,7 +7,7 @@ rejected frame with every reason joined by '; ', never dropped.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 
@@ -55,13 +55,38 @@ class CanonicalResult:
 
 
 def _text(series: pd.Series) -> pd.Series:
-    """Raw values as stripped strings; missing -> ''."""
-    s = series.astype(object).where(series.notna(), "")
-    return s.map(str).str.strip() if len(s) else s.astype(str)
+    """Raw values as stripped strings; missing -> ''. Each distinct value is converted once."""
+    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+    stripped = np.array([str(u).strip() for u in uniques.tolist()] + [""], dtype=object)
+    return pd.Series(stripped[codes], index=series.index, dtype=object)
+
+
+def _on_distinct(raw: pd.Series, parse: Callable[[pd.Series], tuple[pd.Series, pd.Series]]) -> tuple[pd.Series, pd.Series]:
+    """Run a vectorised `parse` over the distinct raw values only, then spread results to every row.
+
+    Columns of dates, stages, flags and amounts repeat values heavily; parsing each once makes
+    validation cost grow with the number of distinct values, not rows.
+    """
+    obj = raw.astype(object)
+    try:
+        codes, uniques = pd.factorize(obj, use_na_sentinel=True)
+    except TypeError:  # unhashable cells: parse row by row
+        return parse(raw)
+    if len(uniques) * 2 > len(raw):
+        return parse(raw)
+    distinct = pd.Series([*uniques.tolist(), None], dtype=object)  # the last one stands for missing
+    values, reasons = parse(distinct)
+    take = np.where(codes < 0, len(uniques), codes)
+    return (pd.Series(values.to_numpy()[take], index=raw.index, dtype=values.dtype),
+            pd.Series(reasons.to_numpy()[take], index=raw.index, dtype=object))
 
 
 def parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Returns (amount as float or NaN, reason or '') for values like 12000, '$12,000', '12,000.00'."""
+    return _on_distinct(raw, _parse_amounts)
+
+
+def _parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     txt = _text(raw)
     cleaned = txt.str.replace(_AMOUNT_NOISE, "", regex=True)
     neg_paren = cleaned.str.match(r"^\(.*\)$")
@@ -85,6 +110,10 @@ def parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None 
     Accepts ISO dates, ISO date-times (with an offset: converted to `tz` first) and
     `date_format`. Already-parsed datetimes/dates pass through.
     """
+    return _on_distinct(raw, lambda distinct: _parse_dates(distinct, field, tz, date_format))
+
+
+def _parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None) -> tuple[pd.Series, pd.Series]:
     if raw.empty:
         return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]"), pd.Series("", index=raw.index, dtype=object)
     # microseconds while parsing: years like 9999 (a common "no date" placeholder) fit, and are
@@ -148,6 +177,10 @@ def _local_timestamp(value: object, tz: tzinfo) -> pd.Timestamp:
 
 def parse_bools(raw: pd.Series, field: str) -> tuple[pd.Series, pd.Series]:
     """true/false, yes/no, y/n, 1/0, blank (= false), any case."""
+    return _on_distinct(raw, lambda distinct: _parse_bools(distinct, field))
+
+
+def _parse_bools(raw: pd.Series, field: str) -> tuple[pd.Series, pd.Series]:
     obj = raw.astype(object)
     txt = _text(obj).str.lower()
     txt = txt.where(~obj.map(lambda v: isinstance(v, bool | np.bool_)), obj.map(lambda v: str(bool(v)).lower() if isinstance(v, bool | np.bool_) else ""))
