@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench faults clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
+
+faults: install
+	$(BIN)/python -m tests.fault_matrix --out docs/reliability.md
 
 clean:
 	rm -rf $(VENV) out .state .pytest_cache
