@@ -267,6 +267,8 @@ def render_failure(report: str, step: str, error: str, run_url: str | None) -> t
 def _consequence(step: str) -> str:
     if step.startswith("publish-"):
         return "Destinations before this one may already have the new workbook; state was not saved."
+    if step == "reports":
+        return "Reports the error does not name were published; the sources' state was saved."
     if step == "commit-state":
         return "The workbook was published, but state was not saved: the next run reads the changes again."
     return "No workbook was changed."

@@ -62,6 +62,11 @@ class _Steps:
     def __init__(self, inner: StepWrapper) -> None:
         self.inner = inner
         self.current, self.run, self.transformed = "prepare", None, None
+        self.done: set[str] = set()
+
+    def failed_step(self) -> str:
+        """The step that raised; `reports` when every wrapped step finished (a named report failed)."""
+        return "reports" if self.current in self.done else self.current
 
     def __call__(self, step: Step, name: str) -> Step:
         wrapped = self.inner(step, name)
@@ -71,6 +76,7 @@ class _Steps:
             if self.run is None and args:
                 self.run = args[0]
             out = wrapped(*args, **kwargs)
+            self.done.add(name)
             if name == "transform":
                 self.transformed = out
             return out
@@ -225,6 +231,8 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
 
     Tests pass `task_wrapper=lambda step, name: step` to run the same body without Prefect tasks.
     """
+    from prefect.runtime import flow_run
+
     from config.loader import load_config
     from flows.notify import notify_failure
     from flows.schedules import lock_path, report_lock, schedules_for
@@ -239,8 +247,6 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
     _keep_catch_up_order(target, schedules, schedule_index)
     in_range = schedule_index is not None and 0 <= schedule_index < len(schedules)
     overlap = schedules[schedule_index].overlap if in_range else "wait"
-    from prefect.runtime import flow_run
-
     with report_lock(lock_path(loaded.base_dir / ".state", cfg.report), overlap, run_id=str(flow_run.id or ""),
                      on_wait=lambda h: log.warning("report %s: waiting for run %s (since %s) to finish", cfg.report,
                                                    h.get("run_id") or "?", h.get("since", "?"))) as lock:
@@ -255,7 +261,7 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
         except Exception as exc:
             try:
                 if cfg.notify:
-                    notify_failure(cfg.notify, report=target, step=steps.current, error=exc,
+                    notify_failure(cfg.notify, report=target, step=steps.failed_step(), error=exc,
                                    run_url=_run_url(), secrets=loaded.secrets)
             except Exception as alert_exc:  # never hide the run's own error
                 log.warning("failure alert could not be sent: %s", type(alert_exc).__name__)

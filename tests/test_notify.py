@@ -288,3 +288,26 @@ def test_named_reports_each_get_a_digest_with_their_own_kpis(tmp_path, hubspot, 
     assert f"**Workbook**: {tmp_path / 'out' / 'ann.xlsx'}" in ann
     assert receiver.to("flags") == []  # flag changes are not known per named report
     receiver.assert_no_secret(TOKEN, HOOK_TOKEN)
+
+
+def test_a_failed_named_report_is_reported_as_the_reports_step(tmp_path, hubspot, receiver, env):
+    _, srv = hubspot
+    path = write_config(tmp_path, srv)
+    cfg = yaml.safe_load(path.read_text())
+    cfg.pop("destinations")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the report wants a folder")
+    cfg["reports"] = [
+        {"name": "ann", "filter": {"owners": ["Ann Lee"]},
+         "destinations": [{"type": "file", "path": str(blocker / "ann.xlsx")}]},
+        {"name": "everyone", "destinations": [{"type": "file", "path": "out/all.xlsx"}]},
+    ]
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(Exception, match="1 of 2 reports failed") as caught:
+        sync_report(str(path), date(2026, 11, 27), task_wrapper=PLAIN)
+    [alert] = receiver.to("alert")
+    assert alert["title"] == "pipeline-sync: 'pipeline' FAILED at reports"
+    assert f"Error: {one_sentence(caught.value)}" in alert["message"]
+    assert alert["message"].endswith("Reports the error does not name were published; the sources' state was saved.")
+    assert (tmp_path / "out" / "all.xlsx").is_file()
+    receiver.assert_no_secret(TOKEN, HOOK_TOKEN)
