@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Register one deployment per `schedule:` entry and run them on time until Ctrl-C. "
                          "Without PREFECT_API_URL a local Prefect server (UI included) is started on 127.0.0.1 and "
                          "stopped on exit; with PREFECT_API_URL set that server is used.")
-    srv.add_argument("--config", required=True, action="append", help="path to a YAML config (repeat for several reports)")
+    srv.add_argument("--config", required=True, action="append", help="path to a YAML config (repeat for several configs)")
     srv.add_argument("--port", type=int, help="port of the local Prefect server (default: a free port)")
     srv.add_argument("--no-ui", action="store_true", help="start the local Prefect server without its UI")
 
