@@ -125,68 +125,77 @@ def _escape_one(t: str, stats: WriteStats) -> str:
     return t
 
 
-def _escape_text(values: pd.Series, stats: WriteStats) -> np.ndarray:
-    """Escaped text per row ('' for missing); each distinct value is escaped once."""
+def _text_tails(values: pd.Series, s_attr: str, stats: WriteStats) -> np.ndarray:
+    """Per row, everything of a text cell after its reference (None for missing or empty).
+
+    Each distinct value is escaped and wrapped once.
+    """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    escaped = np.array(
-        [_escape_one(u if isinstance(u, str) else str(u), stats) for u in uniques.tolist()] + [""], dtype=object
-    )
-    if stats.cut_cells:
-        # a cut value counts once per cell, not once per distinct value
-        long_codes = [i for i, u in enumerate(uniques.tolist()) if len(str(u)) > EXCEL_MAX_CELL_CHARS]
-        stats.cut_cells += int(np.isin(codes, long_codes).sum()) - len(long_codes)
-    return escaped[codes]  # code -1 (missing) picks the trailing ""
+    plain = '"' + s_attr + ' t="inlineStr"><is><t>'
+    keep_space = '"' + s_attr + ' t="inlineStr"><is><t xml:space="preserve">'
+    tails: list[str | None] = []
+    cut_codes = []
+    for i, u in enumerate(uniques.tolist()):
+        text = u if isinstance(u, str) else str(u)
+        if not text:
+            tails.append(None)
+            continue
+        if len(text) > EXCEL_MAX_CELL_CHARS:
+            cut_codes.append(i)
+        esc = _escape_one(text, stats)
+        tails.append((keep_space if text[0].isspace() or text[-1].isspace() else plain) + esc + "</t></is></c>")
+    if cut_codes:  # _escape_one counted each distinct value once; count every cell
+        stats.cut_cells += int(np.isin(codes, cut_codes).sum()) - len(cut_codes)
+    return np.array([*tails, None], dtype=object)[codes]  # code -1 (missing) picks the trailing None
 
 
-def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, refs: list[str], stats: WriteStats) -> list[str]:
-    """Cell XML for one column; `refs` are the cell references (e.g. "C2") of its rows."""
+def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, pre: str, numbers: list[str],
+                  stats: WriteStats) -> list[str]:
+    """Cell XML for one column; a cell is `pre + row number + tail` (pre is e.g. '<c r="C')."""
     s_attr = f' s="{style}"' if style and style != "0" else ""
-    n = len(series)
     if fmt == "text":
-        txt = _escape_text(series, stats)
-        a, b = f"{s_attr} t=\"inlineStr\"><is><t>", f"{s_attr} t=\"inlineStr\"><is><t xml:space=\"preserve\">"
-        return [
-            "" if not t else '<c r="' + r + '"' + (b if t[0].isspace() or t[-1].isspace() else a) + t + "</t></is></c>"
-            for r, t in zip(refs, txt, strict=True)
-        ]
-    if fmt == "bool":
-        vals = series.astype(object).tolist()
-        return ["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-                else f'<c r="{r}"{s_attr} t="b"><v>{1 if v else 0}</v></c>' for r, v in zip(refs, vals, strict=True)]
-    if fmt in ("date", "datetime"):
+        tails = _text_tails(series, s_attr, stats)
+    elif fmt == "bool":
+        codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+        wrapped = [f'"{s_attr} t="b"><v>{1 if u else 0}</v></c>' for u in uniques.tolist()]
+        tails = np.array([*wrapped, None], dtype=object)[codes]
+    elif fmt in ("date", "datetime"):
         dt = pd.to_datetime(series, errors="coerce")
         if getattr(dt.dt, "tz", None) is not None:
             dt = dt.dt.tz_localize(None)
         arr = dt.to_numpy(dtype="datetime64[ns]")
-        mask = np.isnat(arr)
         if fmt == "date":
-            strs = list(map(str, (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64).tolist()))
+            serial = np.where(np.isnat(arr), -1, (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64))
+            codes, uniques = pd.factorize(serial)
+            wrapped = [None if u < 0 else f'"{s_attr}><v>{u}</v></c>' for u in uniques.tolist()]
+            tails = np.array(wrapped, dtype=object)[codes]
         else:
+            mask = np.isnat(arr)
             serial = (arr - _EPOCH.astype("datetime64[ns]")).astype(np.int64) / 86_400e9
-            strs = list(map(repr, np.round(serial, 8).tolist()))
+            mid = f'"{s_attr}><v>'
+            tails = [None if m else mid + repr(v) + "</v></c>" for v, m in
+                     zip(np.round(serial, 8).tolist(), mask.tolist(), strict=True)]
     else:
         num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         mask = ~np.isfinite(num)
         whole = np.where(mask, 0.0, num)
-        if n and bool((whole == np.trunc(whole)).all()) and float(np.abs(whole).max(initial=0)) < 2**53:
-            strs = list(map(str, whole.astype(np.int64).tolist()))  # integral values print without ".0"
+        if len(whole) and bool((whole == np.trunc(whole)).all()) and float(np.abs(whole).max(initial=0)) < 2**53:
+            strs = map(str, whole.astype(np.int64).tolist())  # integral values print without ".0"
         else:
-            strs = list(map(repr, whole.tolist()))
-    mid, post = f'"{s_attr}><v>', "</v></c>"
-    return ["" if m else '<c r="' + r + mid + v + post
-            for r, v, m in zip(refs, strs, mask.tolist(), strict=True)]
+            strs = map(repr, whole.tolist())
+        mid = f'"{s_attr}><v>'
+        return ["" if m else pre + r + mid + v + "</v></c>" for r, v, m in zip(numbers, strs, mask.tolist(), strict=True)]
+    return ["" if t is None else pre + r + t for r, t in zip(numbers, tails, strict=True)]
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats) -> Iterator[str]:
     """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
-    letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
+    pres = ['<c r="' + xl_col_to_name(j) for j in range(frame.shape[1])]
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = frame.iloc[start : start + CHUNK_ROWS]
-        numbers = [str(start + 2 + i) for i in range(len(chunk))]
-        cols = [
-            _column_cells(chunk.iloc[:, j], formats[j], styles[j], [letters[j] + r for r in numbers], stats)
-            for j in range(chunk.shape[1])
-        ]
+        numbers = list(map(str, range(start + 2, start + 2 + len(chunk))))
+        cols = [_column_cells(chunk.iloc[:, j], formats[j], styles[j], pres[j], numbers, stats)
+                for j in range(chunk.shape[1])]
         yield "".join(
             '<row r="' + r + '">' + "".join(cells) + "</row>" for r, cells in zip(numbers, zip(*cols, strict=True), strict=True)
         )
