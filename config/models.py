@@ -368,9 +368,23 @@ SourceConfig = Annotated[
 # ----------------------------------------------------------------------------- destinations
 
 
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
+
+
 class FileDestinationConfig(StrictModel):
     type: Literal["file"]
     path: RelPath  # may contain {as_of} and {period}
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _no_device_names(cls, value: object) -> object:
+        """CON, NUL, ... (any extension, any folder) are devices on Windows: a workbook written there is lost."""
+        if isinstance(value, str):
+            for seg in value.replace("\\", "/").split("/"):
+                if seg.split(".", 1)[0].strip().lower() in _WINDOWS_DEVICES:
+                    raise ValueError(f"'{seg}' is a reserved device name on Windows (CON, PRN, AUX, NUL, COM0-9, "
+                                     "LPT0-9): a workbook written there is lost; choose another name")
+        return value
 
 
 _DRIVE_BAD_CHARS = set('"*:<>?\\|') | {chr(c) for c in range(32)}

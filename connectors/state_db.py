@@ -18,14 +18,18 @@ def default_state_url(config_dir: Path) -> str:
 
 
 def make_engine(url: str) -> sa.Engine:
-    """Create the engine and the tables. A new SQLite file is created owner-only (0600)."""
+    """Create the engine and the tables. A new SQLite file is created owner-only (0600).
+
+    SQLite waits up to 30 s for another process's lock (`?timeout=<seconds>` in the URL sets it).
+    """
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        path = Path(url[len("sqlite:///"):])
+        file_part, _, query = url[len("sqlite:///"):].partition("?")
+        path = Path(file_part)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={} if "timeout=" in query else {"timeout": 30})
     else:
         engine = sa.create_engine(url)
     # import the table definitions so create_all sees every table

@@ -35,7 +35,14 @@ from config.schema import FIELD_NAMES, FIELDS_BY_NAME
 from connectors import files
 from connectors.errors import FatalAPIError, RetriableAPIError, SourceDataError
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import TRANSIENT_EXCEPTIONS, HttpClient, Observer, RetryPolicy, build_session
+from connectors.http import (
+    TRANSIENT_EXCEPTIONS,
+    HttpClient,
+    Observer,
+    RetryPolicy,
+    build_session,
+    retry_after_seconds,
+)
 from connectors.paging import paginate
 
 log = logging.getLogger(__name__)
@@ -141,9 +148,11 @@ class TableauSession:
                                  session_factory=counted_session)
         self.server.version = cfg.api_version
         self.sign_ins = 0
+        self.last_response: requests.Response | None = None
 
     def _count(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.observer.requests += 1
+        self.last_response = response
 
     @property
     def token(self) -> str:
@@ -195,10 +204,18 @@ class TableauSession:
             except InternalServerError as exc:
                 reason = f"{what}: HTTP {exc.code} from Tableau"
             except NonXMLResponseError as exc:
-                raise FatalAPIError(
-                    f"Tableau refused {what} with a non-XML answer: {_snippet(exc.args[0] if exc.args else b'')} "
-                    f"(check server_url '{self.cfg.server_url}' and api_version '{self.cfg.api_version}')"
-                ) from None
+                last = self.last_response
+                if last is not None and last.status_code == 429:  # a gateway's 429: not Tableau's XML
+                    reason = f"{what}: HTTP 429 (not Tableau's XML: {_snippet(last.content)[:80]})"
+                    wait = retry_after_seconds(last)
+                    if wait is not None and wait > self.policy.retry_after_max:
+                        raise RetriableAPIError(f"Tableau is rate limiting {what} (HTTP 429); run again after "
+                                                f"{wait / 60:.0f} minutes") from None
+                else:
+                    raise FatalAPIError(
+                        f"Tableau refused {what} with a non-XML answer: {_snippet(exc.args[0] if exc.args else b'')} "
+                        f"(check server_url '{self.cfg.server_url}' and api_version '{self.cfg.api_version}')"
+                    ) from None
             except TRANSIENT_EXCEPTIONS as exc:
                 reason = f"{what}: {type(exc).__name__}"
             if attempt >= self.policy.max_attempts:

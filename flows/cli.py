@@ -152,10 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if args.no_prefect:
         from flows.pipeline import run_pipeline
+        from flows.schedules import lock_path, report_lock
         from flows.sync import result_summary
 
-        summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
-                                              on_event=_progress, loaded=loaded))
+        report = loaded.config.report
+        with report_lock(lock_path(loaded.base_dir / ".state", report), "wait", run_id="cli",
+                         on_wait=lambda h: print(f"  waiting for run {h.get('run_id') or '?'} of report {report} "
+                                                 f"(since {h.get('since', '?')}) to finish", file=sys.stderr)):
+            summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
+                                                  on_event=_progress, loaded=loaded))
     else:
         from flows.sync import sync_pipeline
 
@@ -336,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_prefect(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sqlalchemy.exc import SQLAlchemyError
+
     from config.loader import ConfigError
     from connectors.errors import PipelineSyncError
 
@@ -346,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except PipelineSyncError as exc:
         print(f"pipeline-sync: {args.command} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SQLAlchemyError as exc:  # e.g. the state database locked by another program
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        print(f"pipeline-sync: {args.command} failed: state database: {detail}; nothing was committed",
+              file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pipeline-sync: interrupted", file=sys.stderr)
