@@ -183,3 +183,25 @@ def test_a_run_killed_at_any_step_leaves_the_store_as_the_last_good_run(world: W
     assert rerun.error is None
     after = state_dump(folder)
     assert after != before and sheet_values(local.read_bytes()) == world.baseline()
+
+
+def test_a_state_store_locked_by_another_program_ends_the_cli_run_in_one_line(world: World, capsys,
+                                                                                 monkeypatch) -> None:
+    from tests.fault_matrix import HOLD_LOCK
+
+    folder = world.restore("cli-db-locked")
+    db = folder / ".state" / "pipeline-sync.db"
+    world.write_config(folder, **{"state.url": f"sqlite:///{db}?timeout=1"})
+    for k, v in world.env().items():
+        monkeypatch.setenv(k, v)
+    before = (folder / "out" / f"pipeline-{AS_OF.isoformat()}.xlsx").read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db), "600"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        code = main(["run", "--config", str(folder / "pipeline.yaml"), "--as-of", AS_OF.isoformat(), "--no-prefect"])
+    finally:
+        holder.kill()
+        holder.wait(30)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["pipeline-sync: run failed: state database: database is locked; nothing was committed"]
+    assert (folder / "out" / f"pipeline-{AS_OF.isoformat()}.xlsx").read_bytes() == before
