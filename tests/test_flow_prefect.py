@@ -8,15 +8,8 @@ import openpyxl
 import pytest
 
 pytest.importorskip("prefect")
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from flows.sync import sync_pipeline  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_sync_pipeline_flow_runs_every_step_as_tasks(prefect_server, tmp_path):

@@ -158,14 +158,6 @@ def test_report_config_errors_name_the_key(tmp_path, extra, message):
 # ----------------------------------------------------------------------------- Prefect and Dask
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    pytest.importorskip("prefect")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
 
 def test_reports_fan_out_on_prefects_default_task_runner(prefect_server, tmp_path):
     from flows.sync import sync_pipeline
