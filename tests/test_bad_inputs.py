@@ -241,6 +241,7 @@ def test_duplicated_headers_in_excel_end_in_one_line(tmp_path: Path, capsys) -> 
 # ----------------------------------------------------------------------------- over one sheet
 
 
+@pytest.mark.slow  # ~90 s of CPU on a 2-core box (1,048,577 rows read, validated, analysed and written)
 def test_more_rows_than_one_sheet_holds_are_split_with_a_note_never_cut(tmp_path: Path, capsys) -> None:
     rows = 1_048_577  # one more than a sheet's 1,048,576 rows (one of them is the header)
     big_csv(tmp_path / "big.csv", rows)
