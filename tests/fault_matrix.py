@@ -436,8 +436,8 @@ TRANSIENT = {
     "500": ("HTTP 500", {0: "500"}),
     "502": ("HTTP 502", {0: "502"}),
     "503": ("HTTP 503", {0: "503"}),
-    "drop": ("connection dropped before the answer", {0: "drop"}),
-    "truncate": ("body cut in half", {0: "truncate"}),
+    "drop": ("connection dropped before any answer", {0: "drop"}),
+    "truncate": ("connection dropped mid-body (half the body sent)", {0: "truncate"}),
     "timeout": ("read timeout (no answer for 1.5 s; timeout: 0.5)", {0: "hang"}),
 }
 # Every service's client meets each kind; the HTTP retry layer is shared, so the 5xx codes are spread.
