@@ -479,6 +479,14 @@ def _graph_expire(w: World) -> None:
     w.fakes.wire["graph"].before[2] = w.fakes.entra.revoke
 
 
+def _hub_daily(w: World) -> None:
+    w.fakes.hub.faults = {2: "429-daily"}  # HubSpot's own 429 envelope, policy DAILY
+
+
+def _tableau_long_wait(w: World) -> None:
+    w.fakes.tab.faults.append(Fault("views", "429", "Too many requests. Please retry after 29 minutes."))
+
+
 def _sf_limit(w: World) -> None:
     w.fakes.sf.api_used = w.fakes.sf.api_max
 
@@ -559,6 +567,10 @@ def scenarios() -> list[Scenario]:
                  Expect("same"), _search_cap, baseline="hub-changes", setup=_hub_changes),
         Scenario("salesforce-limit", "salesforce: REQUEST_LIMIT_EXCEEDED (daily API limit used up)",
                  Expect("stale", "FatalAPIError: REQUEST_LIMIT_EXCEEDED", "salesforce_main"), _sf_limit),
+        Scenario("hubspot-daily", "hubspot: daily API limit used up (429, policy DAILY: not retried)",
+                 Expect("stale", "FatalAPIError: daily API limit", "hubspot_main"), _hub_daily),
+        Scenario("tableau-long-wait", "tableau: rate limited for 29 minutes (429000: no source state to fall back on)",
+                 Expect("fail", "RetriableAPIError: run again after 29 minutes"), _tableau_long_wait),
         Scenario("graph-423-wait", "graph: file locked (423) twice, on_locked: wait", Expect("same"), _lock(2)),
         Scenario("graph-423-fail", "graph: file locked (423), on_locked: fail",
                  Expect("fail", "DestinationError: is locked", intact=("drive", "local")), _lock(-1),
