@@ -3,22 +3,23 @@
 Why two steps: xlsxwriter writes tables, charts, formats and conditional formats well, but in
 its streaming (`constant_memory`) mode it cannot add tables, and in its normal mode it keeps
 every cell in memory. So xlsxwriter writes each data sheet with its header, one sample row
-(which fixes the style of every column) and the `tbl<Sheet>` table sized for all rows; then
+(which fixes the style of every column) and the `tbl<Sheet>` table (its range is widened to
+all rows afterwards); then
 the sheet XML's rows are replaced by rows generated column-wise from the frame, written
-straight into the final zip. Memory stays at the frames plus one chunk of XML.
+straight into the final zip (fast deflate). Text that repeats down a column goes to the
+shared-string table. Memory stays at the frames plus one chunk of XML.
 
-Text is always an inline string: a value starting with `=`, `+`, `-`, `@` is never a formula.
+Text is always a string cell (inline or shared), never a formula: a value starting with `=`,
+`+`, `-` or `@` stays text.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import queue
 import re
 import shutil
 import tempfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
 MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
 CHUNK_ROWS = 50_000
+SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _LITERAL_ESCAPE = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
@@ -65,6 +67,39 @@ class WriteStats:
     rows: dict[str, int] = field(default_factory=dict)
     cut_cells: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+class SharedStrings:
+    """Strings that repeat down a column go to the workbook's shared-string table.
+
+    xlsxwriter's own table (header and small-sheet strings) keeps its indices; ours are
+    appended after it. Distinct values of high-cardinality columns stay inline strings, so
+    memory grows with repeated values only.
+    """
+
+    def __init__(self, base_xml: bytes):
+        m = re.search(rb'uniqueCount="(\d+)"', base_xml)
+        c = re.search(rb'count="(\d+)"', base_xml)
+        self.base_xml = base_xml
+        self.base = int(m.group(1)) if m else 0
+        self.references = int(c.group(1)) if c else 0
+        self.index: dict[str, int] = {}
+        self.items: list[str] = []
+
+    def add(self, escaped: str, preserve: bool) -> int:
+        key = escaped if not preserve else "\x00" + escaped
+        idx = self.index.get(key)
+        if idx is None:
+            idx = self.index[key] = self.base + len(self.items)
+            self.items.append(('<si><t xml:space="preserve">' if preserve else "<si><t>") + escaped + "</t></si>")
+        return idx
+
+    def xml(self) -> bytes:
+        total = self.base + len(self.items)
+        head, _, _ = self.base_xml.rpartition(b"</sst>")
+        head = re.sub(rb'count="\d+"', b'count="%d"' % self.references, head, count=1)
+        head = re.sub(rb'uniqueCount="\d+"', b'uniqueCount="%d"' % total, head, count=1)
+        return head + "".join(self.items).encode("utf-8") + b"</sst>"
 
 
 def safe_sheet_name(name: str) -> str:
@@ -125,12 +160,14 @@ def _escape_one(t: str, stats: WriteStats) -> str:
     return t
 
 
-def _text_tails(values: pd.Series, s_attr: str, stats: WriteStats) -> np.ndarray:
+def _text_tails(values: pd.Series, s_attr: str, stats: WriteStats, sst: SharedStrings | None) -> np.ndarray:
     """Per row, everything of a text cell after its reference (None for missing or empty).
 
-    Each distinct value is escaped and wrapped once.
+    Each distinct value is escaped and wrapped once; values that repeat down the column are
+    written once into the shared-string table.
     """
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    shared = sst is not None and len(uniques) * 2 <= len(values)
     plain = '"' + s_attr + ' t="inlineStr"><is><t>'
     keep_space = '"' + s_attr + ' t="inlineStr"><is><t xml:space="preserve">'
     tails: list[str | None] = []
@@ -143,18 +180,24 @@ def _text_tails(values: pd.Series, s_attr: str, stats: WriteStats) -> np.ndarray
         if len(text) > EXCEL_MAX_CELL_CHARS:
             cut_codes.append(i)
         esc = _escape_one(text, stats)
-        tails.append((keep_space if text[0].isspace() or text[-1].isspace() else plain) + esc + "</t></is></c>")
+        preserve = text[0].isspace() or text[-1].isspace()
+        if shared:
+            tails.append(f'"{s_attr} t="s"><v>{sst.add(esc, preserve)}</v></c>')
+        else:
+            tails.append((keep_space if preserve else plain) + esc + "</t></is></c>")
     if cut_codes:  # _escape_one counted each distinct value once; count every cell
         stats.cut_cells += int(np.isin(codes, cut_codes).sum()) - len(cut_codes)
+    if shared:
+        sst.references += int((codes >= 0).sum())
     return np.array([*tails, None], dtype=object)[codes]  # code -1 (missing) picks the trailing None
 
 
 def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, pre: str, numbers: list[str],
-                  stats: WriteStats) -> list[str]:
+                  stats: WriteStats, sst: SharedStrings | None = None) -> list[str]:
     """Cell XML for one column; a cell is `pre + row number + tail` (pre is e.g. '<c r="C')."""
     s_attr = f' s="{style}"' if style and style != "0" else ""
     if fmt == "text":
-        tails = _text_tails(series, s_attr, stats)
+        tails = _text_tails(series, s_attr, stats, sst)
     elif fmt == "bool":
         codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
         wrapped = [f'"{s_attr} t="b"><v>{1 if u else 0}</v></c>' for u in uniques.tolist()]
@@ -188,13 +231,14 @@ def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, pre: str, nu
     return ["" if t is None else pre + r + t for r, t in zip(numbers, tails, strict=True)]
 
 
-def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats) -> Iterator[str]:
+def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
+              sst: SharedStrings | None = None) -> Iterator[str]:
     """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
     pres = ['<c r="' + xl_col_to_name(j) for j in range(frame.shape[1])]
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = frame.iloc[start : start + CHUNK_ROWS]
         numbers = list(map(str, range(start + 2, start + 2 + len(chunk))))
-        cols = [_column_cells(chunk.iloc[:, j], formats[j], styles[j], pres[j], numbers, stats)
+        cols = [_column_cells(chunk.iloc[:, j], formats[j], styles[j], pres[j], numbers, stats, sst)
                 for j in range(chunk.shape[1])]
         yield "".join(
             '<row r="' + r + '">' + "".join(cells) + "</row>" for r, cells in zip(numbers, zip(*cols, strict=True), strict=True)
@@ -369,7 +413,8 @@ _CELL_STYLE = re.compile(rb'<c r="[A-Z]+2"(?: s="(\d+)")?')
 _DIMENSION = re.compile(rb'<dimension ref="[^"]*"/>')
 
 
-def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Planned, stats: WriteStats) -> None:
+def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Planned, stats: WriteStats,
+            sst: SharedStrings | None) -> None:
     xml = src.read(name)
     head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
     data, tail = rest.split(b"</sheetData>", 1) if b"</sheetData>" in rest else (b"", rest)
@@ -382,51 +427,19 @@ def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Pla
     last_row = max(len(frame), 1) + 1
     dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
     head = _DIMENSION.sub(dim, head)
-    info = zipfile.ZipInfo(name, date_time=src.getinfo(name).date_time)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    with dst.open(info, "w", force_zip64=True) as out:
+    # opened by name, so the entry gets the archive's fast compression level (a bare ZipInfo gets 6)
+    with dst.open(name, "w", force_zip64=True) as out:
         out.write(head + b"<sheetData>")
         if header_row:
             out.write(header_row.group(0))
-        wrote = _write_overlapped(out, (b.encode("utf-8") for b in _rows_xml(frame, planned.formats, styles, stats)))
+        wrote = False
+        for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+            out.write(block.encode("utf-8"))
+            wrote = True
         if not wrote:
             out.write(b'<row r="2"></row>')
         out.write(b"</sheetData>" + tail)
 
-
-def _write_overlapped(out: Any, blocks: Iterator[bytes]) -> bool:
-    """Compress and write blocks on a second thread while the next block is generated.
-
-    zlib releases the GIL, so on two cores compression hides behind XML generation.
-    Returns whether any block was written.
-    """
-    q: queue.Queue[bytes | None] = queue.Queue(maxsize=3)
-    failure: list[BaseException] = []
-
-    def consume() -> None:
-        try:
-            while (block := q.get()) is not None:
-                out.write(block)
-        except BaseException as exc:  # re-raised on the producing thread
-            failure.append(exc)
-            while q.get() is not None:
-                pass
-
-    worker = threading.Thread(target=consume, name="xlsx-compress", daemon=True)
-    worker.start()
-    wrote = False
-    try:
-        for block in blocks:
-            if failure:
-                break
-            q.put(block)
-            wrote = True
-    finally:
-        q.put(None)
-        worker.join()
-    if failure:
-        raise failure[0]
-    return wrote
 
 
 def _full_ref(planned: _Planned) -> str:
@@ -484,13 +497,17 @@ def write_workbook(
         table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+            names = set(src.namelist())
+            sst = SharedStrings(src.read(SST_PART)) if SST_PART in names else None
             for item in src.infolist():
                 if item.filename in by_part:
-                    _splice(src, dst, item.filename, by_part[item.filename], stats)
+                    _splice(src, dst, item.filename, by_part[item.filename], stats, sst)
                 elif item.filename.startswith("xl/tables/"):
                     dst.writestr(item, _resize_table(src.read(item.filename), table_refs))
-                else:
+                elif item.filename != SST_PART:
                     dst.writestr(item, src.read(item.filename))
+            if sst is not None:  # written last: it now holds the strings the data sheets share
+                dst.writestr(src.getinfo(SST_PART), sst.xml())
         with open(final_tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(final_tmp, target)
