@@ -151,6 +151,7 @@ class FakeHubSpot:
     _index: list[tuple[Any, int, str]] = field(default_factory=list)
     _index_state: tuple[int, int] | None = None
     _index_ms: list[float] = field(default_factory=list)
+    _order: dict[bool, tuple[tuple[int, int], list[str]]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ data
 
@@ -170,6 +171,19 @@ class FakeHubSpot:
         p.update({k: (None if v is None else str(v)) for k, v in props.items()})
         self.deals[deal_id] = {"properties": p, "archived": False, "line_items": list(line_items or []),
                                "createdAt": created, "updatedAt": p["hs_lastmodifieddate"]}
+        self._version += 1
+
+    def add_deals(self, rows: list[tuple[str, str, dict[str, str | None]]]) -> None:
+        """Bulk seeding (benchmarks): (id, ISO modified time, string properties) per deal.
+
+        The same stored shape as `add_deal`, without per-call defaults or conversions.
+        """
+        for deal_id, modified, props in rows:
+            created = props.get("createdate") or "2026-01-05T09:30:00.000Z"
+            p = {"pipeline": "default", "dealstage": "appointmentscheduled", **props,
+                 "hs_object_id": deal_id, "createdate": created, "hs_lastmodifieddate": modified}
+            self.deals[deal_id] = {"properties": p, "archived": False, "line_items": [],
+                                   "createdAt": created, "updatedAt": modified}
         self._version += 1
 
     def update(self, deal_id: str, modified: datetime, **props: Any) -> None:
@@ -295,7 +309,13 @@ class FakeHubSpot:
         return out
 
     def _ordered(self, archived: bool) -> list[str]:
-        return sorted((k for k, d in self.deals.items() if d["archived"] == archived), key=int)
+        """Ids by number, cached until the data changes through the helpers (every list page asks)."""
+        state = (len(self.deals), self._version)
+        cached = self._order.get(archived)
+        if cached is None or cached[0] != state:
+            cached = self._order[archived] = (state, sorted(
+                (k for k, d in self.deals.items() if d["archived"] == archived), key=int))
+        return cached[1]
 
     def _list(self, req: Request) -> Response:
         limit = int(req.q("limit", "10") or 10)
