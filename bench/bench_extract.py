@@ -20,6 +20,7 @@ floor HubSpot's 190 calls / 10 s would impose.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -179,14 +180,17 @@ class Fake:
 # ----------------------------------------------------------------------------- config
 
 
-def write_config(fake: Fake, folder: Path) -> Path:
+def write_config(fake: Fake, folder: Path, raw_sheet: bool = True) -> Path:
+    """config/examples/hubspot.yaml at the fake, a file destination and a state DB in `folder`."""
     import yaml
 
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg["sources"][0].update(base_url=fake.url, ca_bundle=fake.ca_path)
+    if not raw_sheet:
+        cfg["sources"][0].pop("raw_sheet", None)
     cfg["destinations"] = [{"type": "file", "path": str(folder / "out" / "pipeline-{as_of}.xlsx")}]
     cfg["state"] = {"url": f"sqlite:///{folder / 'state.db'}"}
-    path = folder / "hubspot.yaml"
+    path = folder / ("hubspot.yaml" if raw_sheet else "hubspot-no-raw.yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -326,6 +330,14 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool) -> dict:
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
         out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
+        # variants, once each: without the example's raw sheet; with the cyclic GC off (its share)
+        no_raw = write_config(fake, folder, raw_sheet=False)
+        out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))
+        gc.disable()
+        try:
+            out["steps_gc_disabled"] = timed_steps(path, loaded)
+        finally:
+            gc.enable()
         if profile:
             from pyinstrument import Profiler
 
