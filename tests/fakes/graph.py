@@ -6,7 +6,7 @@ with the real rules (pieces in order, multiples of 320 KiB except the last, same
 Authorization header, nextExpectedRanges, GET status, DELETE, explicit commit through
 `@microsoft.graph.sourceUrl`), quoted eTags and If-Match (412), locks (423), nameAlreadyExists
 (409), throttling (429/503 + Retry-After). Error bodies use the Graph envelope and the recorded
-samples in /work/shared/fixtures/real/msgraph/.
+samples in ../shared/fixtures/real/msgraph/.
 
 Switches (each a countdown of requests it affects): `lock(path, times)`, `throttle(times, ...)`,
 `drop_chunk(nth, keep)`, `chunk_failures[nth]`, `commit_conflict`; `on_chunk(n)` runs test code
@@ -22,12 +22,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote, unquote
 
+from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import Request, Response
 
-FIXTURES = Path("/work/shared/fixtures/real/msgraph")
+FIXTURES = REAL_FIXTURES / "msgraph"
 CHUNK_UNIT = 320 * 1024
 SIMPLE_MAX = 4 * 1024 * 1024
 FRAGMENT_MAX = 60 * 1024 * 1024

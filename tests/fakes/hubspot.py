@@ -4,7 +4,7 @@ Follows ../shared/docs/api-contracts.md section 2: Bearer auth with the document
 envelope, string-typed properties, `paging.next.after` that is absent on the last page,
 search capped at `search_cap` results (400 beyond), rate-limit headers on non-search answers
 and a 10-second window enforced against an injected clock. Seeded from the recorded sample
-/work/shared/fixtures/real/hubspot/dlt_deals_data.json.
+../shared/fixtures/real/hubspot/dlt_deals_data.json.
 
 Switches: `max_page` (tiny pages), `faults` {request number: kind} with kinds "429",
 "429-no-retry-after", "429-daily", "500", "503", "drop", "truncate", "hang" (answers only after
@@ -34,9 +34,10 @@ from connectors.http import Observer, RetryPolicy
 from connectors.hubspot import extract
 from connectors.source_state import save_state
 from connectors.state_db import make_engine
+from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 
-FIXTURES = Path("/work/shared/fixtures/real/hubspot")
+FIXTURES = REAL_FIXTURES / "hubspot"
 TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
 
 # HubSpot's default deal pipeline (ids are words), plus a custom one (numeric-string ids) whose

@@ -38,9 +38,10 @@ from config.models import SalesforceSourceConfig
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http import Observer, RetryPolicy
 from connectors.salesforce import extract
+from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 
-RECORDED = Path("/work/shared/fixtures/real/salesforce")
+RECORDED = REAL_FIXTURES / "salesforce"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SF_DATETIME = "%Y-%m-%dT%H:%M:%S.%f%z"
 

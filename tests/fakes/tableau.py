@@ -1,7 +1,7 @@
 """A Tableau Server fake (REST API + VizQL Data Service) following api-contracts.md section 1.
 
 Serve it with tests.fakes.server.FakeServer. It replays the recorded samples in
-/work/shared/fixtures/real/tableau/: the sign-in answer (token and site swapped in), the sign-in
+../shared/fixtures/real/tableau/: the sign-in answer (token and site swapped in), the sign-in
 error, the view elements of the recorded view pages and the recorded view-data CSV.
 Rules copied from the contract: one session per personal access token (a new sign-in ends the
 older session), 401002 for an expired or ended session, pages capped at 1000, `vf_` filters
@@ -16,13 +16,13 @@ import io
 import re
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import Request, Response
 
-RECORDED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real" / "tableau"
+RECORDED = REAL_FIXTURES / "tableau"
 NS = "http://tableau.com/api"
 RECORDED_TOKEN = "eIX6mvFsqyansa4KqEI1UwOpS8ggRs2l"
 RECORDED_SITE_ID = "6b7179ba-b82b-4f0f-91ed-812074ac5da6"
