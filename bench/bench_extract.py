@@ -305,7 +305,7 @@ def timed_steps(path: Path, loaded: Any) -> dict[str, float]:
     return times
 
 
-def flow_case(n: int, work: Path, repeat: int, profile: bool) -> dict:
+def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = True) -> dict:
     from flows.pipeline import run_pipeline
 
     folder = work / f"flow-{n}"
@@ -330,14 +330,14 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool) -> dict:
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
         out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
-        # variants, once each: without the example's raw sheet; with the cyclic GC off (its share)
-        no_raw = write_config(fake, folder, raw_sheet=False)
-        out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))
-        gc.disable()
-        try:
-            out["steps_gc_disabled"] = timed_steps(path, loaded)
-        finally:
-            gc.enable()
+        if variants:  # once each: without the example's raw sheet; with the cyclic GC off (its share)
+            no_raw = write_config(fake, folder, raw_sheet=False)
+            out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))
+            gc.disable()
+            try:
+                out["steps_gc_disabled"] = timed_steps(path, loaded)
+            finally:
+                gc.enable()
         if profile:
             from pyinstrument import Profiler
 
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow-rows", type=int, default=100_000, help="N for the nothing-changed flow run (0: skip)")
     ap.add_argument("--repeat", type=int, default=3, help="nothing-changed runs (median)")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one nothing-changed run")
+    ap.add_argument("--no-variants", action="store_true", help="skip the no-raw-sheet and GC-off runs")
     ap.add_argument("--out", default=str(HERE / "extract_results.json"))
     args = ap.parse_args(argv)
     results: dict[str, Any] = {"machine": machine(), "extract": [], "flow": None}
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res), flush=True)
             results["extract"].append(res)
         if args.flow_rows:
-            results["flow"] = flow_case(args.flow_rows, Path(tmp), args.repeat, args.profile)
+            results["flow"] = flow_case(args.flow_rows, Path(tmp), args.repeat, args.profile, not args.no_variants)
             print(json.dumps(results["flow"]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
