@@ -96,6 +96,22 @@ def retry_after_seconds(response: requests.Response, now: datetime | None = None
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def pause_before_retry(policy: RetryPolicy, observer: Observer, service: str, attempt: int, reason: str,
+                       wait: float | None) -> None:
+    """The retry step shared by every client: give up when attempts run out, else count and wait.
+
+    `wait` is the server's (Retry-After or a rate-limit hint); otherwise capped exponential backoff.
+    """
+    if attempt >= policy.max_attempts:
+        raise RetriableAPIError(f"{service}: gave up after {attempt} attempts; last: {reason}")
+    delay = wait if wait is not None else policy.backoff(attempt)
+    observer.retries += 1
+    observer.waited_seconds += delay
+    observer.event("retry", reason=reason, wait=delay, attempt=attempt)
+    log.info("%s: retrying in %.1fs (attempt %d): %s", service, delay, attempt, reason)
+    policy.sleep(delay)
+
+
 def default_error_message(response: requests.Response) -> str:
     """The API's own message, from the common JSON/XML envelopes, else the start of the body."""
     text = response.text[:2000] if response.content else ""
@@ -203,14 +219,7 @@ class HttpClient:
                         f"{self.service} refused {method} {_path(url)} with HTTP {resp.status_code}: "
                         f"{self.error_message(resp)}"
                     )
-            if attempt >= self.policy.max_attempts:
-                raise RetriableAPIError(f"{self.service}: gave up after {attempt} attempts; last: {reason}")
-            delay = wait if wait is not None else self.policy.backoff(attempt)
-            self.observer.retries += 1
-            self.observer.waited_seconds += delay
-            self.observer.event("retry", reason=reason, wait=delay, attempt=attempt)
-            log.info("%s: retrying in %.1fs (attempt %d): %s", self.service, delay, attempt, reason)
-            self.policy.sleep(delay)
+            pause_before_retry(self.policy, self.observer, self.service, attempt, reason, wait)
 
     def get_json(self, path_or_url: str, **kwargs: Any) -> Any:
         return self.request("GET", path_or_url, expect_json=True, **kwargs).json()

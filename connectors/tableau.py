@@ -41,6 +41,7 @@ from connectors.http import (
     Observer,
     RetryPolicy,
     build_session,
+    pause_before_retry,
     retry_after_seconds,
 )
 from connectors.paging import paginate
@@ -218,14 +219,7 @@ class TableauSession:
                     ) from None
             except TRANSIENT_EXCEPTIONS as exc:
                 reason = f"{what}: {type(exc).__name__}"
-            if attempt >= self.policy.max_attempts:
-                raise RetriableAPIError(f"Tableau: gave up after {attempt} attempts; last: {reason}")
-            delay = wait if wait is not None else self.policy.backoff(attempt)
-            self.observer.retries += 1
-            self.observer.waited_seconds += delay
-            self.observer.event("retry", reason=reason, wait=delay, attempt=attempt)
-            log.info("tableau: retrying in %.1fs (attempt %d): %s", delay, attempt, reason)
-            self.policy.sleep(delay)
+            pause_before_retry(self.policy, self.observer, "Tableau", attempt, reason, wait)
 
     def _refusal(self, what: str, exc: XMLError) -> str:
         code = str(exc.code or "")
