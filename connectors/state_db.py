@@ -33,6 +33,8 @@ def make_engine(url: str) -> sa.Engine:
     else:
         engine = sa.create_engine(url)
     # import the table definitions so create_all sees every table
+    import connectors.backfill_state  # noqa: F401
+    import connectors.digest_flags  # noqa: F401
     import connectors.onedrive  # noqa: F401
     import connectors.snapshots  # noqa: F401
     import connectors.source_state  # noqa: F401

@@ -21,6 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from config.models import NotifyConfig
+from connectors import digest_flags
 
 log = logging.getLogger("pipeline_sync.notify")
 
@@ -339,42 +340,15 @@ def notify_success(targets: Sequence[NotifyConfig], digest: Digest, *, secrets: 
 # ----------------------------------------------------------------------------- flag memory
 
 
-_meta = sa.MetaData()
-digest_flags = sa.Table(
-    "digest_flags",
-    _meta,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("flag_key", sa.String(1000), primary_key=True),
-    sa.Column("rule", sa.String(20), nullable=False),
-    sa.Column("severity", sa.String(20), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-)
-
-
 def previous_flags(engine: sa.Engine, report: str, as_of: date) -> tuple[date | None, dict[str, FlagLine]]:
     """The flags stored by the latest run of `report` with an as_of before `as_of`."""
-    digest_flags.create(engine, checkfirst=True)
-    with engine.connect() as conn:
-        prev = conn.execute(sa.select(sa.func.max(digest_flags.c.as_of)).where(
-            digest_flags.c.report == report, digest_flags.c.as_of < as_of)).scalar_one_or_none()
-        if prev is None:
-            return None, {}
-        rows = conn.execute(sa.select(digest_flags.c.flag_key, digest_flags.c.rule, digest_flags.c.severity,
-                                      digest_flags.c.message)
-                            .where(digest_flags.c.report == report, digest_flags.c.as_of == prev)).all()
-    return prev, {r[0]: FlagLine(r[0], r[1], r[2], r[3]) for r in rows}
+    prev, rows = digest_flags.load_previous(engine, report, as_of)
+    return prev, {r[0]: FlagLine(*r) for r in rows}
 
 
 def save_flags(engine: sa.Engine, report: str, as_of: date, flags: dict[str, FlagLine]) -> None:
     """Store this run's flags (replacing an earlier run for the same as_of)."""
-    digest_flags.create(engine, checkfirst=True)
-    with engine.begin() as conn:
-        conn.execute(sa.delete(digest_flags).where(digest_flags.c.report == report, digest_flags.c.as_of == as_of))
-        rows = [{"report": report, "as_of": as_of, "flag_key": f.key, "rule": f.rule, "severity": f.severity,
-                 "message": f.message} for f in flags.values()]
-        if rows:
-            conn.execute(digest_flags.insert(), rows)
+    digest_flags.save(engine, report, as_of, ((f.key, f.rule, f.severity, f.message) for f in flags.values()))
 
 
 # ----------------------------------------------------------------------------- from a finished run
