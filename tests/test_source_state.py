@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -113,3 +114,17 @@ def test_nothing_is_saved_when_the_callers_transaction_fails(engine: sa.Engine) 
         raise RuntimeError("a destination failed")
     assert load_records(engine, "hub") == [rec("1")]
     assert get_cursor(engine, "hub") == "c1"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_leaves_the_garbage_collector_as_it_was(engine: sa.Engine, enabled: bool) -> None:
+    save(engine, "hub", [("1", rec("1"))])
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert load_records(engine, "hub") == [rec("1")]
+        with engine.begin() as conn:
+            save_state(conn, "hub", None, [("2", rec("2"))])
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
