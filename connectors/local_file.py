@@ -41,6 +41,16 @@ def expand_path(template: str, *, as_of: date, period: str) -> Path:
     return Path(fill_placeholders(template, as_of=as_of, period=period))
 
 
+def _file_mode(target: Path) -> int:
+    """The replaced file's mode, or what a new file gets under the umask (mkstemp makes 0600)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def publish(staged: Path, target: Path) -> Path:
     """Copy `staged` to `target` atomically: a temp file in the same folder, fsync, rename.
 
@@ -56,6 +66,7 @@ def publish(staged: Path, target: Path) -> Path:
             shutil.copyfileobj(src, out, length=1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, _file_mode(target))
         os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):

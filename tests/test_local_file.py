@@ -130,3 +130,22 @@ def test_unknown_placeholders_are_rejected(template, named):
 def test_unbalanced_braces_are_rejected(template):
     with pytest.raises(DestinationError, match=r"^destination path .*: .*; write placeholders as \{as_of\} or \{period\}"):
         fill_placeholders(template, as_of=date(2026, 11, 27), period="2026-Q4")
+
+
+def test_new_workbook_gets_normal_permissions_and_a_replaced_one_keeps_its_own(tmp_path):
+    import os
+    import stat
+
+    from connectors.local_file import publish as publish_file
+
+    staged = tmp_path / "staged.xlsx"
+    staged.write_bytes(b"book")
+    old = os.umask(0o022)
+    try:
+        target = publish_file(staged, tmp_path / "out" / "new.xlsx")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's 0600: teams share this file
+    target.chmod(0o640)
+    publish_file(staged, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
