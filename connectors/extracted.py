@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from connectors.http import Observer, RetryPolicy
+from connectors.source_state import SourceVersion
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Extracted:
     retries: int = 0
     waited_seconds: float = 0.0
     pending_state: PendingState | None = None
+    version: str | None = None  # names the content of these rows (source_state.SourceVersion); None: unversioned
+    reused: bool = False  # unchanged since `ExtractContext.cached_version`: no rows built, the flow has them
+    reused_rows: Any = None  # set by the flow: its validated copy of the rows at `version`
 
     @property
     def rows_read(self) -> int:
@@ -48,6 +52,7 @@ class PendingState:
     upserts: list[tuple[str, dict]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     replace_all: bool = False
+    version: SourceVersion | None = None  # the content version to store with these changes
 
 
 @dataclass
@@ -56,6 +61,8 @@ class ExtractContext:
 
     `run_started` (UTC) is the incremental signpost: a cursor never moves past it.
     `retry_policy`: the HTTP retry policy extractors use when none is passed to them (None: the default).
+    `cached_version`: the version of this source's rows the flow already holds validated; an
+    extractor that finds its source unchanged since that version may return `reused=True` and no rows.
     """
 
     engine: Any | None  # sqlalchemy Engine of the state store, None when state is off
@@ -65,3 +72,4 @@ class ExtractContext:
     tz: tzinfo
     full_refresh: bool = False
     retry_policy: RetryPolicy | None = None
+    cached_version: str | None = None

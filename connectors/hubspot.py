@@ -14,6 +14,7 @@ whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +31,15 @@ from connectors.errors import FatalAPIError
 from connectors.extracted import ExtractContext, Extracted, PendingState
 from connectors.http import HttpClient, Observer, RetryPolicy, build_session, default_error_message
 from connectors.paging import paginate
-from connectors.source_state import get_cursor, load_records
+from connectors.source_state import (
+    SourceVersion,
+    get_cursor,
+    get_version,
+    load_records,
+    load_some,
+    new_version,
+    stored_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +587,38 @@ def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:
                      stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run"])
 
 
+# ----------------------------------------------------------------------------- versions
+
+
+def resolution_digest(pipelines: dict[str, str], stages: dict[str, Stage], selected: set[str],
+                      owners: dict[str, tuple[str, str | None]] | None = None) -> str:
+    """Names everything besides the stored deals that shapes the rows: pipelines, stages, owners."""
+    key = json.dumps([pipelines, [list(vars(st).values()) for st in stages.values()], sorted(selected),
+                      owners], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _unchanged(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, stored: SourceVersion | None,
+               changed: dict[str, dict], gone: set[str], pipelines: dict[str, str], stages: dict[str, Stage],
+               selected: set[str]) -> bool:
+    """True when the rows at `stored` are still the source's rows and the flow holds them: no deal
+    archived, every deal the search found (e.g. re-read in the overlap window) is stored exactly
+    as it is now, and pipelines, stages and the stored deals' owners resolve as before."""
+    if ctx.engine is None or stored is None or ctx.cached_version != stored.version:
+        return False
+    if changed:
+        if cfg.product_from_line_items:  # their products are only known after reading line items
+            return False
+        kept = load_some(ctx.engine, cfg.name, changed)
+        if any(kept.get(k, {}).get(RAW_KEY) != deal for k, deal in changed.items()):
+            return False
+    if gone & stored_ids(ctx.engine, cfg.name):
+        return False
+    wanted = set(stored.detail.get("owners") or [])
+    owners = load_owners(api, wanted) if wanted else {}
+    return stored.detail.get("resolution") == resolution_digest(pipelines, stages, selected, owners)
+
+
 # ----------------------------------------------------------------------------- extract
 
 
@@ -619,6 +660,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
 
     previous: dict[str, dict] = {}
     deletes: set[str] = set()
+    stored_version = get_version(ctx.engine, cfg.name) if ctx.engine is not None else None
     if since is None:
         changed = list_all(api, cfg, props, progress)
         current = dict(changed)
@@ -627,6 +669,14 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         lo = min(since, signpost) - timedelta(seconds=cfg.search_overlap_seconds)
         changed = search_changed(api, cfg, props, lo, signpost, progress)
         gone = archived_ids(api, cfg) - set(changed)
+        if _unchanged(api, cfg, ctx, stored_version, changed, gone, pipelines, stages, selected):
+            return Extracted(
+                source=cfg.name, records=pd.DataFrame(), seconds=time.monotonic() - started,
+                notes=[*notes, f"incremental since {since.isoformat()}: nothing changed"],
+                requests=obs.requests - before[0], retries=obs.retries - before[1],
+                waited_seconds=obs.waited_seconds - before[2],
+                pending_state=PendingState(cursor=format_cursor(signpost, fp)),
+                version=stored_version.version, reused=True)
         previous = {str(p["opportunity_id"]): p for p in load_records(ctx.engine, cfg.name) if RAW_KEY in p}
         current = {k: p[RAW_KEY] for k, p in previous.items()}
         deletes |= gone & set(current)
@@ -643,7 +693,8 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
 
     owner_ids = {p["properties"].get("hubspot_owner_id") for p in current.values()} - {None, ""}
-    resolver = Resolver(cfg, pipelines, stages, load_owners(api, owner_ids) if owner_ids else {})
+    owners = load_owners(api, owner_ids) if owner_ids else {}
+    resolver = Resolver(cfg, pipelines, stages, owners)
     payloads = {k: stored(deal, *resolver.row(deal)) for k, deal in current.items()}
     records, history, raw = frames(cfg, list(payloads.values()))
 
@@ -651,8 +702,16 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     if ctx.engine is not None:
         # changed deals, and any whose resolved row moved (a renamed owner, stage or pipeline)
         upserts = [(k, p) for k, p in payloads.items() if since is None or previous.get(k) != p]
+        resolution = resolution_digest(pipelines, stages, selected, owners)
+        same = (since is not None and not upserts and not deletes and stored_version is not None
+                and stored_version.detail.get("resolution") == resolution)
+        previous_version = stored_version.version if stored_version else None
+        version = SourceVersion(
+            previous_version if same and previous_version else new_version(
+                previous_version, cfg.name, format_cursor(signpost, fp), resolution, len(upserts), len(deletes)),
+            {"resolution": resolution, "owners": sorted(owner_ids)})
         pending = PendingState(cursor=format_cursor(signpost, fp), upserts=upserts,
-                               deletes=sorted(deletes), replace_all=since is None)
+                               deletes=sorted(deletes), replace_all=since is None, version=version)
     return Extracted(
         source=cfg.name,
         records=records,
@@ -664,4 +723,5 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         retries=obs.retries - before[1],
         waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
+        version=pending.version.version if pending is not None and pending.version else None,
     )

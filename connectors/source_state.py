@@ -7,10 +7,13 @@ changes; the flow commits them in the run's one transaction only after the run s
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -32,6 +35,63 @@ records = sa.Table(
     sa.Column("record_id", sa.String(200), primary_key=True),
     sa.Column("payload", sa.Text, nullable=False),  # JSON object of raw values
 )
+
+versions = sa.Table(
+    "source_versions",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=False),  # changes whenever the source's rows would
+    sa.Column("detail", sa.Text, nullable=False),  # JSON: what the connector needs to tell "unchanged"
+)
+
+
+@dataclass(frozen=True)
+class SourceVersion:
+    """A token naming one content of a source's current rows (records and how they were resolved).
+
+    A connector gives its rows a new version whenever they would come out differently; the flow
+    keys its copy of the validated rows by it, so an unchanged source is not rebuilt.
+    """
+
+    version: str
+    detail: dict[str, Any]
+
+
+def new_version(*basis: Any) -> str:
+    """A version token derived from what made it (e.g. the previous version, the run's signpost and
+    the changes), so repeating a run from the same state gives the same token."""
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def get_version(engine: sa.Engine, source: str) -> SourceVersion | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(versions.c.version, versions.c.detail)
+                           .where(versions.c.source == source)).one_or_none()
+    if row is None:
+        return None
+    try:
+        detail = json.loads(row.detail)
+    except ValueError:
+        return None
+    return SourceVersion(row.version, detail if isinstance(detail, dict) else {})
+
+
+def stored_ids(engine: sa.Engine, source: str) -> set[str]:
+    """The record ids stored for the source (without their payloads)."""
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(records.c.record_id).where(records.c.source == source)).scalars())
+
+
+def load_some(engine: sa.Engine, source: str, ids: Iterable[str]) -> dict[str, dict]:
+    """The stored payloads of `ids` (those stored), by id."""
+    wanted = list(dict.fromkeys(ids))
+    out: dict[str, dict] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(wanted), _CHUNK):
+            rows = conn.execute(sa.select(records.c.record_id, records.c.payload).where(
+                records.c.source == source, records.c.record_id.in_(wanted[i:i + _CHUNK]))).all()
+            out.update((rid, json.loads(payload)) for rid, payload in rows)
+    return out
 
 
 def get_cursor(engine: sa.Engine, source: str) -> str | None:
@@ -77,12 +137,13 @@ def save_state(
     upserts: Iterable[tuple[str, dict]],
     deletes: Iterable[str] = (),
     replace_all: bool = False,
+    version: SourceVersion | None = None,
 ) -> None:
     """Write one source's new cursor and record changes inside the caller's transaction.
 
     `replace_all` drops every stored record of the source first; then `deletes` are removed and
     `upserts` stored (an id in both is kept with its new payload; the last upsert of an id wins).
-    A `cursor` of None keeps the stored one.
+    A `cursor` of None keeps the stored one; a `version` of None keeps the stored version.
     """
     changes = dict(upserts)
     if replace_all:
@@ -97,6 +158,10 @@ def save_state(
     if cursor is not None:
         conn.execute(sa.delete(cursors).where(cursors.c.source == source))
         conn.execute(cursors.insert().values(source=source, cursor=cursor, updated_at=datetime.now(UTC)))
+    if version is not None:
+        conn.execute(sa.delete(versions).where(versions.c.source == source))
+        conn.execute(versions.insert().values(source=source, version=version.version,
+                                              detail=json.dumps(version.detail, sort_keys=True)))
 
 
 def _delete_ids(conn: sa.Connection, source: str, ids: list[str]) -> None:

@@ -47,6 +47,7 @@ from flows.pipeline import (
     analyze,
     commit_state,
     extract_source,
+    keep_validated,
     prepare,
     publish,
     render,
@@ -290,6 +291,7 @@ def backfill(config_path: str | Path, start: date, end: date, every: str, *, for
     validated = validate(run, extracted, {})
     if refetch:
         commit_state(run, extracted, None, snapshots=[])  # what was pulled, as a run commits it
+        keep_validated(run, extracted, validated)
     backfill_state.ensure_table(run.engine)
     progress = _Progress(len(dates) * len(specs), echo)
     outcomes: list[DateOutcome] = []

@@ -6,7 +6,10 @@ task; tests call these functions directly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import pickle
 import shutil
 import tempfile
 import time
@@ -29,6 +32,7 @@ from connectors.extracted import ExtractContext, Extracted
 from connectors.http import Observer, RetryPolicy
 from connectors.registry import extractor_for
 from connectors.state_db import default_state_url, make_engine
+from connectors.validated_cache import SourceRows, ValidatedCache
 from transforms.canonical import canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
 from transforms.workbook_layout import (
@@ -65,6 +69,7 @@ class SourceReport:
     requests: int = 0
     retries: int = 0
     waited_seconds: float = 0.0
+    reused: bool = False  # unchanged since the last run: its validated rows were reused
 
     @property
     def reconciles(self) -> bool:
@@ -94,6 +99,14 @@ class RunContext:
             self._engine = make_engine(self.state_url)
         return self._engine
 
+    @property
+    def validated_cache(self) -> ValidatedCache | None:
+        """Validated rows kept beside a SQLite state database (none for other databases)."""
+        prefix = "sqlite:///"
+        if not self.state_url.startswith(prefix) or self.state_url.startswith(prefix + ":memory:"):
+            return None
+        return ValidatedCache(Path(self.state_url[len(prefix):].partition("?")[0]).parent / "validated")
+
 
 @dataclass
 class Transformed:
@@ -106,6 +119,7 @@ class Transformed:
     flags_count: int | None = None
     analytics: Any = None
     about: list[tuple[str, Any]] = field(default_factory=list)  # extra About rows (e.g. a report's filter)
+    validated: Validated | None = None
 
 
 @dataclass
@@ -117,6 +131,7 @@ class Validated:
     history: pd.DataFrame
     sources: list[SourceReport]
     raw: list[tuple[str, pd.DataFrame]]
+    by_source: dict[str, SourceRows] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,20 +167,56 @@ def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh:
                       retry_policy=retry_policy)
 
 
-def extract_source(run: RunContext, index: int) -> Extracted:
-    """Pull one source. Errors propagate (the flow decides: stale fallback or failure)."""
+def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extracted:
+    """Pull one source. Errors propagate (the flow decides: stale fallback or failure).
+
+    When the connector finds the source unchanged since the rows this flow validated last time
+    (`reuse`), those rows come from the validated cache instead of being rebuilt.
+    """
     src = run.config.sources[index]
     observer = Observer(on_event=run.observer.on_event)
+    cache = run.validated_cache if reuse else None
+    digest = validation_digest(run.config, index)
     ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
-                         full_refresh=run.full_refresh, retry_policy=run.retry_policy)
+                         full_refresh=run.full_refresh, retry_policy=run.retry_policy,
+                         cached_version=cache.version(src.name, digest) if cache is not None else None)
     started = time.perf_counter()
     extracted = extractor_for(src.type)(src, ctx)
+    if extracted.reused:
+        rows = cache.load(src.name, digest, extracted.version) if cache is not None and extracted.version else None
+        if rows is None:
+            log.warning("source %s: the rows of the last run are not readable here; rebuilding them", src.name)
+            return extract_source(run, index, reuse=False)
+        extracted.reused_rows = rows
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
-    log.info("source %s: %d rows read in %.2fs", src.name, extracted.rows_read, extracted.seconds)
+    read = extracted.reused_rows.rows_read if extracted.reused else extracted.rows_read
+    log.info("source %s: %d rows read in %.2fs%s", src.name, read, extracted.seconds,
+             " (unchanged: the last run's validated rows)" if extracted.reused else "")
     return extracted
+
+
+_CODE_FILES = ("transforms/canonical.py", "config/schema.py")
+
+
+def validation_digest(cfg: AppConfig, index: int) -> str:
+    """Names how a source's rows are validated: its config, the pipeline's stages, the timezone,
+    currency and rates, and the code that validates them. Cached rows must match it."""
+    src = cfg.sources[index]
+    root = Path(__file__).resolve().parent.parent
+    module = root / "connectors" / f"{src.type}.py"
+    code = hashlib.sha256()
+    for path in (*(root / f for f in _CODE_FILES), module):
+        code.update(path.read_bytes() if path.exists() else b"")
+    key = json.dumps({
+        "source": src.model_dump(mode="json"), "stages": cfg.pipeline.model_dump(mode="json"),
+        "timezone": cfg.timezone, "currency": cfg.inputs.currency,
+        "rates": cfg.inputs.model_dump(mode="json").get("rates"),
+        "version": package_version(), "code": code.hexdigest(),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
@@ -179,34 +230,43 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
     loaded_parts, rejected_parts, history_parts, reports = [], [], [], []
+    by_source: dict[str, SourceRows] = {}
     for src in cfg.sources:
         e = by_name.get(src.name)
         if e is None:
             reports.append(SourceReport(src.name, src.type, 0, 0, 0, 0.0, stale=True, error=failures.get(src.name)))
             continue
-        res = canonicalize(
-            e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
-            date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
-            rates=cfg.inputs.rates,
-        )
-        loaded_parts.append(res.loaded)
-        rejected_parts.append(res.rejected)
-        if e.history is not None:
-            history_parts.append(canonicalize_history(
-                e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
-                date_format=getattr(src, "date_format", None)))
+        rows = e.reused_rows if e.reused_rows is not None else _validate_source(run, src, e)
+        by_source[src.name] = rows
+        loaded_parts.append(rows.loaded)
+        rejected_parts.append(rows.rejected)
+        if rows.history is not None:
+            history_parts.append(rows.history)
         reports.append(SourceReport(
-            src.name, src.type, res.rows_read, len(res.loaded), len(res.rejected), e.seconds,
-            stale=e.stale or res.rows_read == 0, error=failures.get(src.name), requests=e.requests,
-            retries=e.retries, waited_seconds=e.waited_seconds))
+            src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
+            stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
+            retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None))
     opportunities = pd.concat(loaded_parts, ignore_index=True) if loaded_parts else empty_opportunities()
     rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
     history = pd.concat(history_parts, ignore_index=True) if history_parts else canonicalize_history(
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
-    raw = [(src.raw_sheet, by_name[src.name].raw) for src in cfg.sources
-           if src.raw_sheet and src.name in by_name and by_name[src.name].raw is not None]
-    return Validated(opportunities, rejected, history, reports, raw)
+    raw = [(src.raw_sheet, by_source[src.name].raw) for src in cfg.sources
+           if src.raw_sheet and src.name in by_source and by_source[src.name].raw is not None]
+    return Validated(opportunities, rejected, history, reports, raw, by_source)
+
+
+def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
+    cfg = run.config
+    res = canonicalize(
+        e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
+        date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
+        rates=cfg.inputs.rates,
+    )
+    history = None if e.history is None else canonicalize_history(
+        e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
+        date_format=getattr(src, "date_format", None))
+    return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read)
 
 
 def analyze(run: RunContext, validated: Validated) -> Transformed:
@@ -225,7 +285,8 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     sheets.append(opportunities_sheet(shown))
     sheets.append(rejected_sheet(rejected))
     sheets.extend(raw_sheets(validated.raw))
-    return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics)
+    return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics,
+                       validated=validated)
 
 
 def _analytics(run: RunContext, opportunities: pd.DataFrame, history: pd.DataFrame, stale: list[str]) -> Any:
@@ -308,12 +369,29 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
     with run.engine.begin() as conn:
         for e in pending:
             p = e.pending_state
-            save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all)
+            save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
         if snapshots:
             from connectors.snapshots import save_snapshot
 
             for report, record in snapshots:
                 save_snapshot(conn, report, record)
+
+
+def keep_validated(run: RunContext, extracted: list[Extracted], validated: Validated | None) -> None:
+    """After the state is committed: keep each versioned source's validated rows for the next run
+    (a source reused this run already has them). Failing here only costs the next run time."""
+    cache = run.validated_cache
+    if cache is None or validated is None:
+        return
+    index = {src.name: i for i, src in enumerate(run.config.sources)}
+    for e in extracted:
+        rows = validated.by_source.get(e.source)
+        if e.version is None or e.reused or e.stale or rows is None or e.source not in index:
+            continue
+        try:
+            cache.save(e.source, validation_digest(run.config, index[e.source]), e.version, rows)
+        except (OSError, pickle.PicklingError) as exc:
+            log.warning("source %s: could not keep its validated rows for the next run (%s)", e.source, exc)
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -362,6 +440,7 @@ def run_pipeline(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     wrap(commit_state, "commit-state")(run, extracted, result)
+    keep_validated(run, extracted, result.validated)
     return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
                      time.perf_counter() - t0, notes)
 

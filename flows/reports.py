@@ -38,6 +38,7 @@ from flows.pipeline import (
     Validated,
     analyze,
     commit_state,
+    keep_validated,
     publish,
     render,
     validate,
@@ -201,6 +202,7 @@ def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str,
     done = [r for r in results if isinstance(r, ReportOutcome)]
     wrap(commit_state, "commit-state")(run, extracted, None,
                                        snapshots=[(o.report, o.snapshot) for o in done if o.snapshot is not None])
+    keep_validated(run, extracted, validated)
     failed = [(s.name, r) for s, r in zip(specs, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         if len(failed) == 1 and len(specs) == 1:

@@ -118,6 +118,8 @@ def about_sheet(
             rows.append((f"{p}: requests / retries / waited s", f"{s.requests} / {s.retries} / {s.waited_seconds:.1f}"))
         if s.stale:
             rows.append((f"{p}: stale", s.error or "returned no rows this run"))
+        if getattr(s, "reused", False):
+            rows.append((f"{p}: unchanged", "nothing changed since the last run; its validated rows were reused"))
     rows += [(k, str(v)) for k, v in extra]
     rows += [("note", n) for n in notes]
     frame = pd.DataFrame(rows, columns=["key", "value"])

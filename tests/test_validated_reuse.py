@@ -1,0 +1,135 @@
+"""A HubSpot source that did not change: the flow reuses the rows it validated last run, and the
+workbook is the same as one built from scratch; any change in the source rebuilds them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openpyxl
+import pytest
+import yaml
+
+from config.loader import load_config
+from connectors.source_state import get_version
+from connectors.state_db import make_engine
+from flows.pipeline import prepare, run_pipeline
+from tests.fakes.hubspot import TOKEN
+from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
+
+SOURCE = "hubspot_main"
+
+
+def run_flow(path: Path, **kw):
+    return run_pipeline(path, AS_OF, loaded=load_config(path, env={"HUBSPOT_TOKEN": TOKEN}), **kw)
+
+
+def sheets(path: str) -> dict[str, list[tuple]]:
+    """Every sheet's values except About (run id and times differ between runs)."""
+    book = openpyxl.load_workbook(path, read_only=True)
+    return {name: list(book[name].iter_rows(values_only=True)) for name in book.sheetnames if name != "About"}
+
+
+def about(path: str) -> dict[str, str]:
+    rows = openpyxl.load_workbook(path, read_only=True)["About"].iter_rows(values_only=True)
+    return {k: v for k, v in list(rows)[1:]}
+
+
+def cache_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / ".state" / "validated").glob("*"))
+
+
+def later() -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=2)  # after the last run's signpost, before the next one's
+
+
+@pytest.fixture
+def flow(fake, tmp_path: Path):  # noqa: F811
+    hub, srv = fake
+    path = write_config(srv, tmp_path)
+    first = run_flow(path)
+    assert not first.sources[0].reused
+    return hub, srv, path
+
+
+def test_nothing_changed_reuses_the_validated_rows_and_writes_the_same_workbook(flow, tmp_path: Path) -> None:
+    hub, srv, path = flow
+    rebuilt = run_flow(path, full_refresh=True)  # the reference: every row pulled and validated again
+    srv.requests.clear()
+    second = run_flow(path)
+    report = second.sources[0]
+    assert report.reused and not report.stale
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (7, 7, 0)
+    assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
+    assert about(second.outputs[0])[f"source {SOURCE}: unchanged"].startswith("nothing changed")
+    # pipelines, one empty search, the archived list, owners (active and archived): no deal page read
+    paths = [r.path for r in srv.requests]
+    assert paths.count("/crm/v3/objects/deals/search") == 1 and paths.count("/crm/v3/pipelines/deals") == 1
+    assert [r.q("archived") for r in srv.requests if r.path == "/crm/v3/objects/deals"] == ["true"]
+    assert len(paths) == 5
+    third = run_flow(path)
+    assert third.sources[0].reused
+    assert sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])
+
+
+@pytest.mark.parametrize("change", ["deal", "archive", "owner", "stage label", "new deal"])
+def test_any_change_in_the_source_rebuilds_the_rows(flow, tmp_path: Path, change: str) -> None:
+    hub, srv, path = flow
+    engine = make_engine("sqlite:///" + str(tmp_path / ".state" / "pipeline-sync.db"))
+    before = get_version(engine, SOURCE)
+    if change == "deal":
+        hub.update("101", later(), amount="20000")
+    elif change == "archive":
+        hub.archive("104", later())
+    elif change == "owner":  # no deal modified: only the owner's name differs
+        hub.owners[0]["firstName"] = "Renamed"
+    elif change == "stage label":
+        hub.pipelines[0]["stages"][0]["label"] = "Appointment Booked"
+    else:
+        hub.add_deal("999", later(), dealname="New", amount="5", dealstage="appointmentscheduled",
+                     pipeline="default", createdate="2026-11-01T00:00:00Z")
+    second = run_flow(path)
+    assert not second.sources[0].reused
+    after = get_version(engine, SOURCE)
+    assert after is not None and before is not None and after.version != before.version
+    rebuilt = run_flow(path, full_refresh=True)
+    assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
+    third = run_flow(path)  # the change is now the stored state: reused again
+    assert third.sources[0].reused
+    assert sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])
+
+
+def test_an_unreadable_cache_is_rebuilt_not_trusted(flow, tmp_path: Path) -> None:
+    hub, srv, path = flow
+    reference = sheets(run_flow(path, full_refresh=True).outputs[0])
+    data = next(p for p in cache_files(tmp_path) if p.suffix == ".pkl")
+    data.write_bytes(b"not a pickle")
+    second = run_flow(path)
+    assert not second.sources[0].reused
+    assert sheets(second.outputs[0]) == reference
+    data.unlink()  # the header names a version whose data is gone
+    assert not run_flow(path).sources[0].reused
+
+
+def test_a_changed_config_or_lost_state_version_is_not_reused(flow, tmp_path: Path) -> None:
+    hub, srv, path = flow
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"][0]["stage_map"]["Contract Sent"] = "Proposal"  # validation differs now
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    changed = run_flow(path)
+    assert not changed.sources[0].reused
+    stages = {r[2] for r in sheets(changed.outputs[0])["Opportunities"][1:]}
+    assert "Closing" not in stages
+    assert run_flow(path).sources[0].reused
+    engine = make_engine("sqlite:///" + str(tmp_path / ".state" / "pipeline-sync.db"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM source_versions")
+    assert not run_flow(path).sources[0].reused
+
+
+def test_cache_files_are_owner_only_and_live_beside_the_state_db(flow, tmp_path: Path) -> None:
+    files = cache_files(tmp_path)
+    assert [p.suffix for p in files] == [".json", ".pkl"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in files)
+    run = prepare(flow[2], AS_OF, loaded=load_config(flow[2], env={"HUBSPOT_TOKEN": TOKEN}))
+    assert run.validated_cache is not None and run.validated_cache.folder == tmp_path / ".state" / "validated"
