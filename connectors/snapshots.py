@@ -6,6 +6,7 @@ a (report, as_of) that is already stored replaces it, inside the caller's transa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import UTC, date, datetime
 
@@ -50,6 +51,14 @@ snapshot_deals = sa.Table(
     sa.Column("close_date", sa.Date, nullable=True),
 )
 
+snapshot_digests = sa.Table(  # a separate table, so state databases of earlier versions keep working
+    "snapshot_digests",
+    metadata,
+    sa.Column("report", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("deals_sha256", sa.String(64), nullable=False),
+)
+
 _BATCH = 20_000
 
 
@@ -59,18 +68,39 @@ def _clean(v: object) -> object:
     return v
 
 
+def deals_digest(deals: pd.DataFrame) -> str:
+    """sha256 naming a snapshot's deals (values, columns and order)."""
+    h = hashlib.sha256("|".join(map(str, deals.columns)).encode())
+    if len(deals):
+        h.update(pd.util.hash_pandas_object(deals, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_snapshot(conn: sa.Connection, report: str, record: SnapshotRecord) -> None:
-    """Store (or replace) the snapshot of `report` at `record.as_of` in the caller's transaction."""
+    """Store (or replace) the snapshot of `report` at `record.as_of` in the caller's transaction.
+
+    Deals identical to those already stored for that date (a rerun where nothing changed) are kept
+    as they are; the metrics and the save time are always written.
+    """
     as_of = record.as_of
-    for table in (snapshot_deals, snapshot_metrics, snapshots):
+    digest = deals_digest(record.deals)
+    where = (snapshot_digests.c.report == report, snapshot_digests.c.as_of == as_of)
+    stored = conn.execute(sa.select(snapshot_digests.c.deals_sha256).where(*where)).scalar_one_or_none()
+    same_deals = stored == digest and conn.execute(
+        sa.select(snapshots.c.as_of).where(snapshots.c.report == report, snapshots.c.as_of == as_of)
+    ).first() is not None
+    for table in (snapshot_metrics, snapshots) if same_deals else (snapshot_deals, snapshot_metrics, snapshots):
         conn.execute(sa.delete(table).where(table.c.report == report, table.c.as_of == as_of))
+    if not same_deals:
+        conn.execute(sa.delete(snapshot_digests).where(*where))
+        conn.execute(snapshot_digests.insert().values(report=report, as_of=as_of, deals_sha256=digest))
     conn.execute(snapshots.insert().values(report=report, as_of=as_of, saved_at=datetime.now(UTC)))
     rows = [{"report": report, "as_of": as_of, "metric": m, "value": _clean(None if v is None else float(v))}
             for m, v in record.metrics.items()]
     if rows:
         conn.execute(snapshot_metrics.insert(), rows)
     deals = record.deals
-    if len(deals):
+    if len(deals) and not same_deals:
         close = pd.to_datetime(deals["close_date"])
         cols = {
             "deal_id": deals["deal_id"].astype(str).tolist(),

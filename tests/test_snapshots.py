@@ -91,3 +91,41 @@ def test_tables_compile_for_postgres(table: sa.Table) -> None:
     ddl = str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
     assert f"CREATE TABLE {table.name}" in ddl
     assert "PRIMARY KEY (report, as_of" in ddl
+
+
+def _deal_rows(engine: sa.Engine) -> list[tuple]:
+    """(deal_id, amount, SQLite rowid) of report r: a rewritten row gets a new rowid."""
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "SELECT deal_id, amount, rowid FROM snapshot_deals WHERE report = 'r' ORDER BY deal_id").all()
+
+
+def test_a_rerun_with_the_same_deals_keeps_them_and_rewrites_the_metrics(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        store.save_snapshot(conn, "r", record("2026-06-01", 2, ["crm:a", "crm:b"]))
+        store.save_snapshot(conn, "other", record("2026-06-01", 1, ["x:1"]))  # rows after them: a rewrite moves rowids
+    before = _deal_rows(engine)
+    same_deals = record("2026-06-01", 2, ["crm:a", "crm:b"])
+    same_deals.metrics["open_deals"] = 7.0  # metrics are always written
+    with engine.begin() as conn:
+        store.save_snapshot(conn, "r", same_deals)
+    assert _deal_rows(engine) == before  # not deleted and inserted again
+    assert store.load_history(engine, "r", date(2026, 6, 2)).previous_metrics()["open_deals"] == 7.0
+    changed = record("2026-06-01", 2, ["crm:a", "crm:c"])
+    with engine.begin() as conn:
+        store.save_snapshot(conn, "r", changed)
+    assert [r[0] for r in _deal_rows(engine)] == ["crm:a", "crm:c"]
+    with engine.begin() as conn:  # snapshot rows removed by hand: the same deals are written again
+        for table in (store.snapshots, store.snapshot_deals):
+            conn.execute(sa.delete(table))
+        store.save_snapshot(conn, "r", changed)
+    assert [r[0] for r in _deal_rows(engine)] == ["crm:a", "crm:c"]
+
+
+def test_deals_digest_follows_values_and_order() -> None:
+    a = record("2026-06-01", 2, ["crm:a", "crm:b"]).deals
+    assert store.deals_digest(a) == store.deals_digest(a.copy())
+    assert store.deals_digest(a) != store.deals_digest(a.iloc[::-1].reset_index(drop=True))
+    b = a.copy()
+    b.loc[0, "amount"] = b.loc[0, "amount"] + 1
+    assert store.deals_digest(a) != store.deals_digest(b)
