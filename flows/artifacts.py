@@ -32,8 +32,8 @@ def kpi_markdown(digest: Digest, kpis: list[KpiChange]) -> str:
     lines += [f"| {k.metric} | {fmt_value(k.value, k.unit, digest.currency)} | "
               f"{fmt_value(k.previous, k.unit, digest.currency)} | {fmt_change(k, digest.currency)} |" for k in kpis]
     if digest.flags_total is not None:
-        lines += ["", f"**Flags**: {digest.flags_total:,} ({len(digest.new_flags):,} new, "
-                  f"{len(digest.resolved_flags):,} resolved)"]
+        lines += ["", f"**Flags**: {digest.flags_total:,} ({digest.new_count:,} new, "
+                  f"{digest.resolved_count:,} resolved)"]
     return "\n".join(lines)
 
 

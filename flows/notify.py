@@ -9,14 +9,16 @@ secrets, the apprise URLs themselves) is ever sent; target URLs are never logged
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -87,7 +89,7 @@ class Digest:
     kpis: list[KpiChange]
     previous_as_of: date | None
     flags_total: int | None
-    new_flags: list[FlagLine]
+    new_flags: list[FlagLine]  # the most severe new flags (TOP_FLAGS of them from a run)
     resolved_flags: list[FlagLine]
     pushed: list[DealMove]
     slipped: list[DealMove]
@@ -97,10 +99,18 @@ class Digest:
     has_previous_flags: bool = False
     all_kpis: list[KpiChange] = field(default_factory=list)  # every team metric (artifacts)
     flag_details: bool = True  # False: only the count is known (named reports)
+    new_count: int | None = None  # how many flags are new (None: len(new_flags))
+    resolved_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.new_count is None:
+            self.new_count = len(self.new_flags)
+        if self.resolved_count is None:
+            self.resolved_count = len(self.resolved_flags)
 
     @property
     def flags_changed(self) -> bool:
-        return self.has_previous_flags and bool(self.new_flags or self.resolved_flags)
+        return self.has_previous_flags and bool(self.new_count or self.resolved_count)
 
 
 def kpi_changes(current: dict[str, float | None], previous: dict[str, float | None], units: dict[str, str],
@@ -120,32 +130,134 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def flag_lines(flags: pd.DataFrame | None) -> dict[str, FlagLine]:
-    """Flags by identity (rule, check, scope, key; #n for repeats of one identity in a run, e.g. M7 per
-    metric): the same problem on the next run has the same identity."""
-    if flags is None or len(flags) == 0:
-        return {}
-    out: dict[str, FlagLine] = {}
-    for rule, check, scope, key, sev, msg in zip(flags["rule"], flags["check"], flags["scope"], flags["key"],
-                                                  flags["severity"], flags["message"], strict=True):
-        base = ident = f"{rule}|{check}|{scope}|{key}"
-        n = 1
-        while ident in out:
+SEVERITY_RANK = {"high": 0, "medium": 1, "low": 2}  # digest order: severity, then rule, then identity
+CHUNK = 100_000  # flags per stored chunk (and per batch of identities built at once)
+
+
+class CurrentFlags:
+    """A run's flags as identity hashes and (severity, rule) label indexes, for diffing and storing.
+
+    A flag's identity is rule|check|scope|key, with #n for the n-th repeat of one identity in the
+    run (e.g. M7 per metric): the same problem on the next run has the same identity. Identity
+    strings are built chunk by chunk when hashed or stored, and for the flags a digest shows.
+    """
+
+    def __init__(self, flags: pd.DataFrame | None) -> None:
+        n = 0 if flags is None else len(flags)
+        self._cols = {c: (np.asarray(flags[c], dtype=object) if flags is not None and n else np.zeros(0, dtype=object))
+                      for c in ("rule", "check", "scope", "key", "severity", "message")}
+        self.codes, self.labels = digest_flags.label_codes(self._cols["severity"], self._cols["rule"])
+        self._repeat = np.zeros(n, dtype=np.int64)  # n - 1 of "#n"
+        self._explicit: list[str] | None = None
+        self.hashes = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            digest_flags.ident_hashes(self._idents(slice(s, s + CHUNK))) for s in range(0, n, CHUNK)])
+        repeated = np.flatnonzero(pd.Series(self.hashes).duplicated(keep=False).to_numpy())
+        if len(repeated):
+            same = self.hashes[repeated]
+            self._repeat[repeated] = pd.Series(same).groupby(same).cumcount().to_numpy()
+            later = repeated[self._repeat[repeated] > 0]
+            self.hashes[later] = digest_flags.ident_hashes(self._idents(later))
+            if pd.Series(self.hashes).duplicated().any():  # a key that looks like "x#2": number one by one
+                self._explicit = _numbered(self._idents(slice(0, n), numbered=False))
+                self.hashes = digest_flags.ident_hashes(self._explicit)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def _idents(self, rows: slice | np.ndarray, numbered: bool = True) -> list[str]:
+        if self._explicit is not None and numbered:
+            return self._explicit[rows] if isinstance(rows, slice) else [self._explicit[i] for i in rows.tolist()]
+        c = self._cols
+        out = [f"{r}|{k}|{s}|{key}" for r, k, s, key in zip(c["rule"][rows].tolist(), c["check"][rows].tolist(),
+                                                              c["scope"][rows].tolist(), c["key"][rows].tolist(), strict=True)]
+        if numbered:
+            rep = self._repeat[rows]
+            for i in np.flatnonzero(rep).tolist():
+                out[i] += f"#{rep[i] + 1}"
+        return out
+
+    def texts(self, column: str, positions: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """(positions, identities or messages), sorted by position, CHUNK at a time."""
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        for s in range(0, len(positions), CHUNK):
+            part = positions[s:s + CHUNK]
+            yield part, (self._idents(part) if column == "idents"
+                         else [str(m) for m in self._cols["message"][part].tolist()])
+
+    def chunks(self, size: int = CHUNK) -> Iterator[digest_flags.Chunk]:
+        """The flags in order, `size` at a time, as stored."""
+        for s in range(0, len(self), size):
+            rows = slice(s, s + size)
+            yield digest_flags.Chunk(self.hashes[rows], self.codes[rows], self._idents(rows),
+                                     [str(m) for m in self._cols["message"][rows].tolist()])
+
+
+def _numbered(bases: list[str]) -> list[str]:
+    """Identities numbered one by one: the n-th flag whose identity is taken gets #n."""
+    seen: set[str] = set()
+    out = []
+    for base in bases:
+        ident, n = base, 1
+        while ident in seen:
             n += 1
             ident = f"{base}#{n}"
-        out[ident] = FlagLine(ident, str(rule), str(sev), str(msg))
+        seen.add(ident)
+        out.append(ident)
     return out
 
 
-def flag_diff(current: dict[str, FlagLine], previous: dict[str, FlagLine]) -> tuple[list[FlagLine], list[FlagLine]]:
-    """(new, resolved), most severe first."""
-    order = {"high": 0, "medium": 1, "low": 2}
+class FlagSide(Protocol):
+    """One run's flags (this run's CurrentFlags or a stored run)."""
 
-    def sort(lines: Iterable[FlagLine]) -> list[FlagLine]:
-        return sorted(lines, key=lambda f: (order.get(f.severity, 3), f.rule, f.key))
+    hashes: np.ndarray
+    codes: np.ndarray
+    labels: list[tuple[str, str]]
 
-    return (sort(v for k, v in current.items() if k not in previous),
-            sort(v for k, v in previous.items() if k not in current))
+    def texts(self, column: str, positions: np.ndarray) -> Iterator[tuple[np.ndarray, list[str]]]: ...
+
+
+@dataclass
+class FlagDiff:
+    new_count: int
+    resolved_count: int
+    new: list[FlagLine]  # the `top` most severe
+    resolved: list[FlagLine]
+
+
+def flag_diff(current: FlagSide, previous: FlagSide, top: int = TOP_FLAGS) -> FlagDiff:
+    """New flags (in `current`, not in `previous`) and resolved ones (the other way round): exact
+    counts and the `top` most severe of each (severity, then rule, then identity)."""
+    new = np.flatnonzero(~pd.Series(current.hashes).isin(previous.hashes).to_numpy())
+    resolved = np.flatnonzero(~pd.Series(previous.hashes).isin(current.hashes).to_numpy())
+    return FlagDiff(len(new), len(resolved), most_severe(current, new, top), most_severe(previous, resolved, top))
+
+
+def most_severe(side: FlagSide, positions: np.ndarray, top: int = TOP_FLAGS) -> list[FlagLine]:
+    """The `top` flags at `positions` of `side`, most severe first: identities are built (or read)
+    only for the (severity, rule) group where the cut falls."""
+    if top <= 0 or len(positions) == 0:
+        return []
+    rank = _label_rank(side.labels)
+    keys = rank[side.codes[positions]]
+    cut = int(np.searchsorted(np.cumsum(np.bincount(keys)), top))  # the group holding the top-th flag
+    picked = [(ident, int(p)) for part, idents in side.texts("idents", positions[keys < cut])
+              for ident, p in zip(idents, part.tolist(), strict=True)]
+    at_cut = ((ident, int(p)) for part, idents in side.texts("idents", positions[keys == cut])
+              for ident, p in zip(idents, part.tolist(), strict=True))
+    picked += heapq.nsmallest(top - len(picked), at_cut)
+    picked.sort(key=lambda x: (rank[side.codes[x[1]]], x[0]))
+    chosen = np.array([p for _, p in picked], dtype=np.int64)
+    messages = {int(p): m for part, texts in side.texts("messages", chosen)
+                for p, m in zip(part.tolist(), texts, strict=True)}
+    return [FlagLine(ident, side.labels[side.codes[p]][1], side.labels[side.codes[p]][0], messages[p])
+            for ident, p in picked]
+
+
+def _label_rank(labels: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Per label index: the rank of (severity order, rule), ties for unknown severities kept."""
+    keys = [(SEVERITY_RANK.get(s, 3), r) for s, r in labels]
+    order = {k: i for i, k in enumerate(sorted(set(keys)))}
+    return np.array([order[k] for k in keys] or [0], dtype=np.int64)
 
 
 def deal_moves(changes: pd.DataFrame | None, period_end: date, top: int = TOP_DEALS) -> tuple[list[DealMove], list[DealMove]]:
@@ -219,13 +331,14 @@ def render_digest(d: Digest) -> tuple[str, str]:
     if d.flags_total is not None and not d.flag_details:
         lines += ["", f"**Flags**: {d.flags_total:,} open (details in the workbook's Flags sheet)"]
     elif d.flags_total is not None:
-        lines += ["", f"**Flags**: {d.flags_total:,} open, {len(d.new_flags):,} new, {len(d.resolved_flags):,} resolved"
+        lines += ["", f"**Flags**: {d.flags_total:,} open, {d.new_count:,} new, {d.resolved_count:,} resolved"
                   + ("" if d.has_previous_flags else " (first run: nothing to compare)")]
-        for label, flags in (("new", d.new_flags), ("resolved", d.resolved_flags)):
-            for f in flags[:TOP_FLAGS]:
+        for label, flags, count in (("new", d.new_flags, d.new_count), ("resolved", d.resolved_flags, d.resolved_count)):
+            shown = flags[:TOP_FLAGS]
+            for f in shown:
                 lines.append(f"- {label} [{f.severity}] {f.rule}: {f.message}")
-            if len(flags) > TOP_FLAGS:
-                lines.append(f"- ... and {len(flags) - TOP_FLAGS:,} more {label}")
+            if count > len(shown):
+                lines.append(f"- ... and {count - len(shown):,} more {label}")
     for label, moves in (("Top slipped deals (out of this period)", d.slipped), ("Top pushed deals", d.pushed)):
         if moves:
             lines += ["", f"**{label}**"]
@@ -340,15 +453,22 @@ def notify_success(targets: Sequence[NotifyConfig], digest: Digest, *, secrets: 
 # ----------------------------------------------------------------------------- flag memory
 
 
-def previous_flags(engine: sa.Engine, report: str, as_of: date) -> tuple[date | None, dict[str, FlagLine]]:
-    """The flags stored by the latest run of `report` with an as_of before `as_of`."""
-    prev, rows = digest_flags.load_previous(engine, report, as_of)
-    return prev, {r[0]: FlagLine(*r) for r in rows}
+@dataclass
+class FlagSummary:
+    total: int
+    previous_as_of: date | None  # None: no earlier stored run (nothing to compare)
+    diff: FlagDiff
 
 
-def save_flags(engine: sa.Engine, report: str, as_of: date, flags: dict[str, FlagLine]) -> None:
-    """Store this run's flags (replacing an earlier run for the same as_of)."""
-    digest_flags.save(engine, report, as_of, ((f.key, f.rule, f.severity, f.message) for f in flags.values()))
+def remember_flags(engine: sa.Engine, report: str, as_of: date, flags: pd.DataFrame | None, *,
+                   top: int = TOP_FLAGS, chunk_rows: int = CHUNK) -> FlagSummary:
+    """Diff this run's flags against the latest stored run of `report` before `as_of`, then store
+    them (replacing a stored run of the same as_of) for the next run."""
+    current = CurrentFlags(flags)
+    previous = digest_flags.load_previous(engine, report, as_of)
+    diff = flag_diff(current, previous, top) if previous is not None else FlagDiff(0, 0, [], [])
+    digest_flags.save(engine, report, as_of, current.labels, current.chunks(chunk_rows))
+    return FlagSummary(len(current), previous.as_of if previous is not None else None, diff)
 
 
 # ----------------------------------------------------------------------------- from a finished run
@@ -366,6 +486,7 @@ def digest_for_run(run: Any, result: Any, transformed: Any = None, run_url: str 
     all_kpis: list[KpiChange] = []
     previous_as_of = None
     new, resolved, has_prev, flags_total = [], [], False, result.flags_count
+    new_count = resolved_count = 0
     pushed: list[DealMove] = []
     slipped: list[DealMove] = []
     if analytics is not None:
@@ -381,12 +502,11 @@ def digest_for_run(run: Any, result: Any, transformed: Any = None, run_url: str 
             pass
         kpis = kpi_changes(current, previous, units)
         all_kpis = kpi_changes(current, previous, units, metrics=list(current))
-        lines = flag_lines(getattr(analytics, "flags", None))
-        prev_as_of, prev_lines = previous_flags(run.engine, cfg.report, result.as_of)
-        has_prev = prev_as_of is not None
-        new, resolved = flag_diff(lines, prev_lines) if has_prev else ([], [])
-        save_flags(run.engine, cfg.report, result.as_of, lines)
-        flags_total = len(lines)
+        remembered = remember_flags(run.engine, cfg.report, result.as_of, getattr(analytics, "flags", None))
+        has_prev = remembered.previous_as_of is not None
+        d = remembered.diff
+        new, resolved, new_count, resolved_count = d.new, d.resolved, d.new_count, d.resolved_count
+        flags_total = remembered.total
         changes = next((s.frame for s in getattr(analytics, "sheets", []) if getattr(s, "name", "") == "Changes"), None)
         pushed, slipped = deal_moves(changes, result.period.end)
     sources = result.sources
@@ -398,7 +518,7 @@ def digest_for_run(run: Any, result: Any, transformed: Any = None, run_url: str 
         stale_sources=[s.name for s in sources if s.stale])
     return Digest(cfg.report, result.as_of, result.period.label, cfg.inputs.currency, kpis, previous_as_of,
                   flags_total, new, resolved, pushed, slipped, health, list(result.outputs), run_url, has_prev,
-                  all_kpis)
+                  all_kpis, new_count=new_count, resolved_count=resolved_count)
 
 
 def _units(summary: Any) -> dict[str, str]:

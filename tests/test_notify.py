@@ -16,6 +16,7 @@ import yaml
 from config.models import NotifyConfig
 from flows.artifacts import artifact_key, flag_rows, kpi_markdown, workbook_url
 from flows.notify import (
+    CurrentFlags,
     FlagLine,
     KpiChange,
     deal_moves,
@@ -198,13 +199,20 @@ def test_value_and_change_formats():
     assert fmt_change(KpiChange("open_deals", 4.0, None, "count")) == "–"
 
 
+def flag_frame(*rows: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=["rule", "check", "scope", "key", "severity", "message"], dtype=object)
+
+
 def test_flag_diff_orders_by_severity():
-    a, b, c = (FlagLine("M1|x|team|all", "M1", "low", "a"), FlagLine("M4|aged|deal|s:1", "M4", "high", "b"),
-               FlagLine("M3|stalled|deal|s:2", "M3", "medium", "c"))
-    new, resolved = flag_diff({k.key: k for k in (a, b, c)}, {a.key: a})
-    assert [f.key for f in new] == [b.key, c.key] and resolved == []
-    new, resolved = flag_diff({}, {k.key: k for k in (a, c)})
-    assert new == [] and [f.rule for f in resolved] == ["M3", "M1"]
+    a, b, c = (("M1", "x", "team", "all", "low", "a"), ("M4", "aged", "deal", "s:1", "high", "b"),
+               ("M3", "stalled", "deal", "s:2", "medium", "c"))
+    d = flag_diff(CurrentFlags(flag_frame(a, b, c)), CurrentFlags(flag_frame(a)))
+    assert [f.key for f in d.new] == ["M4|aged|deal|s:1", "M3|stalled|deal|s:2"] and d.resolved == []
+    assert (d.new_count, d.resolved_count) == (2, 0)
+    assert d.new[0] == FlagLine("M4|aged|deal|s:1", "M4", "high", "b")
+    d = flag_diff(CurrentFlags(flag_frame()), CurrentFlags(flag_frame(a, c)))
+    assert d.new == [] and [f.rule for f in d.resolved] == ["M3", "M1"]
+    assert (d.new_count, d.resolved_count) == (0, 2)
 
 
 def test_pushed_and_slipped_are_ranked_by_amount():
