@@ -374,16 +374,17 @@ def extract(
     use_state = ctx.engine is not None and cfg.incremental
     notes: list[str] = []
 
-    stored: list[dict] = []
     cursor_at: datetime | None = None
+    stored_ids: set[str] = set()
+    stored_version = source_state.get_version(ctx.engine, cfg.name) if use_state else None
     if use_state and not ctx.full_refresh:
         cursor_at, stored_fp = parse_cursor(source_state.get_cursor(ctx.engine, cfg.name))
         if cursor_at is not None and stored_fp != fingerprint:
             notes.append("the query changed (fields, where or product_field): state rebuilt from a full read")
             cursor_at = None
         if cursor_at is not None:
-            stored = source_state.load_records(ctx.engine, cfg.name)
-            if not stored:
+            stored_ids = source_state.stored_ids(ctx.engine, cfg.name)
+            if not stored_ids:
                 cursor_at = None
     incremental = cursor_at is not None
     since = min(cursor_at, signpost) - timedelta(seconds=cfg.overlap_seconds) if cursor_at else None
@@ -400,21 +401,34 @@ def extract(
 
     deletes: list[str] = []
     if since:
-        merged = {p["Id"]: p for p in stored}
-        deletes = sorted((_gone_ids(api, since, signpost, user_where) - set(changed)) & set(merged))
+        deletes = sorted((_gone_ids(api, since, signpost, user_where) - set(changed)) & stored_ids)
+        kept = source_state.load_some(ctx.engine, cfg.name, changed)
+        same = not deletes and all(kept.get(k) == v for k, v in changed.items())  # e.g. re-read in the overlap
+        if same and stored_version is not None and stored_version.version == ctx.cached_version:
+            return Extracted(
+                source=cfg.name, records=pd.DataFrame(), notes=[*notes, "nothing changed since the last run"],
+                seconds=time.monotonic() - started, requests=obs.requests - before[0],
+                retries=obs.retries - before[1], waited_seconds=obs.waited_seconds - before[2],
+                pending_state=PendingState(cursor=make_cursor(signpost, fingerprint)),
+                version=stored_version.version, reused=True)
+        merged = {p["Id"]: p for p in source_state.load_records(ctx.engine, cfg.name)}
         for rid in deletes:
             merged.pop(rid, None)
         merged.update(changed)
     else:
-        merged = changed
+        merged, same = changed, False
     payloads = [merged[k] for k in sorted(merged)]
     records, history, raw, type_notes = to_frames(payloads, cfg, fields)
     notes += type_notes
 
     pending = None
     if use_state:
+        previous = stored_version.version if stored_version else None
+        keep = incremental and same and previous is not None
+        version = source_state.SourceVersion(previous if keep and previous else source_state.new_version(
+            previous, cfg.name, make_cursor(signpost, fingerprint), len(changed), len(deletes)), {})
         pending = PendingState(cursor=make_cursor(signpost, fingerprint), upserts=list(changed.items()),
-                               deletes=deletes, replace_all=not incremental)
+                               deletes=deletes, replace_all=not incremental, version=version)
     log.info("Salesforce source '%s': %s read, %d changed, %d deleted, %d current",
              cfg.name, "incremental" if incremental else "full", len(changed), len(deletes), len(payloads))
     return Extracted(
@@ -422,6 +436,7 @@ def extract(
         seconds=time.monotonic() - started, requests=obs.requests - before[0],
         retries=obs.retries - before[1], waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
+        version=pending.version.version if pending is not None and pending.version else None,
     )
 
 
