@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import time
 from collections.abc import Mapping
@@ -68,18 +69,16 @@ def _require(frame: pd.DataFrame, required: tuple[str, ...], headers: list[str],
         )
 
 
-def read_csv_text(path: str, *, encoding: str, delimiter: str, what: str) -> pd.DataFrame:
+def read_csv_text(path: str, *, encoding: str, delimiter: str, what: str, data: bytes | None = None) -> pd.DataFrame:
     """Every cell as text, BOM stripped, any line endings, quoted newlines kept.
 
     Columns keep the header's names as written (duplicates included). A row with more
     non-empty fields than the header gets an `_error` instead of shifting data; short rows
-    are padded with blanks. `_row` is the CSV record number (header = 1).
+    are padded with blanks. `_row` is the CSV record number (header = 1). `data`: the file's
+    bytes when the caller already read them.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    data = read_bytes(path, what) if data is None else data
     try:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -155,10 +154,22 @@ def _read_rectangular(text: str, delimiter: str) -> pd.DataFrame | None:
     return frame
 
 
-def read_excel_text(path: str, *, sheet: str | int | None, what: str) -> pd.DataFrame:
-    """Read one sheet with python-calamine; values keep their types (dates stay dates)."""
+def read_bytes(path: str, what: str, *, missing: str | None = None) -> bytes:
+    """The file's bytes, or SourceDataError (`missing`: the wording for a file that does not exist)."""
     try:
-        frame = pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, dtype=object,
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise SourceDataError(f"{what}: cannot read {path}: {missing or exc.strerror}") from exc
+    except OSError as exc:
+        raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+def read_excel_text(path: str, *, sheet: str | int | None, what: str, data: bytes | None = None) -> pd.DataFrame:
+    """Read one sheet with python-calamine; values keep their types (dates stay dates).
+    `data`: the file's bytes when the caller already read them."""
+    try:
+        frame = pd.read_excel(io.BytesIO(data) if data is not None else path,
+                              sheet_name=sheet if sheet is not None else 0, dtype=object,
                               engine="calamine", header=None)
     except FileNotFoundError as exc:
         raise SourceDataError(f"{what}: cannot read {path}: file not found") from exc
@@ -213,12 +224,48 @@ def _extract(cfg: CsvSourceConfig | ExcelSourceConfig, frame: pd.DataFrame, star
 
 
 def extract_csv(cfg: CsvSourceConfig, ctx: ExtractContext | None = None) -> Extracted:
+    """The file's rows; `reused` (no rows) when its bytes are those the flow validated last run."""
     started = time.perf_counter()
-    frame = read_csv_text(cfg.path, encoding=cfg.encoding, delimiter=cfg.delimiter, what=f"source '{cfg.name}'")
-    return _extract(cfg, frame, started)
+    what = f"source '{cfg.name}'"
+    data = read_bytes(cfg.path, what)
+    version = content_version(cfg, data)
+    if ctx is not None and ctx.cached_version == version:
+        return _unchanged(cfg, version, started)
+    frame = read_csv_text(cfg.path, encoding=cfg.encoding, delimiter=cfg.delimiter, what=what, data=data)
+    return _versioned(_extract(cfg, frame, started), cfg, data, version)
 
 
 def extract_excel(cfg: ExcelSourceConfig, ctx: ExtractContext | None = None) -> Extracted:
+    """The sheet's rows; `reused` (no rows) when the file's bytes are those the flow validated last run."""
     started = time.perf_counter()
-    frame = read_excel_text(cfg.path, sheet=cfg.sheet, what=f"source '{cfg.name}'")
-    return _extract(cfg, frame, started)
+    what = f"source '{cfg.name}'"
+    data = read_bytes(cfg.path, what, missing="file not found")
+    version = content_version(cfg, data)
+    if ctx is not None and ctx.cached_version == version:
+        return _unchanged(cfg, version, started)
+    frame = read_excel_text(cfg.path, sheet=cfg.sheet, what=what, data=data)
+    return _versioned(_extract(cfg, frame, started), cfg, data, version)
+
+
+def content_version(cfg: CsvSourceConfig | ExcelSourceConfig, data: bytes) -> str | None:
+    """sha256 of the file's bytes (and of its stage-history file): the version of its rows.
+    None when the history file cannot be read (the extraction then reports it)."""
+    h = hashlib.sha256(data)
+    if cfg.stage_history is not None:
+        try:
+            h.update(b"\x00history\x00" + Path(cfg.stage_history.path).read_bytes())
+        except OSError:
+            return None
+    return h.hexdigest()
+
+
+def _unchanged(cfg: CsvSourceConfig | ExcelSourceConfig, version: str, started: float) -> Extracted:
+    return Extracted(cfg.name, pd.DataFrame(), seconds=time.perf_counter() - started, version=version, reused=True,
+                     notes=[f"source '{cfg.name}': the file is unchanged since the last run"])
+
+
+def _versioned(extracted: Extracted, cfg: CsvSourceConfig | ExcelSourceConfig, data: bytes,
+               version: str | None) -> Extracted:
+    """The rows named by `version`, unless the history file changed while they were read (then unversioned)."""
+    extracted.version = version if version is not None and content_version(cfg, data) == version else None
+    return extracted

@@ -10,6 +10,7 @@ here, at the boundary; `columns` renames source headers to canonical fields.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -86,23 +88,40 @@ def extract(
         try:
             tab.sign_in()
             if cfg.mode == "view":
-                records, raw, notes = _extract_view(cfg, tab)
+                got = _extract_view(cfg, tab, ctx.cached_version)
             else:
-                records, raw, notes = _extract_datasource(cfg, tab, obs, policy)
+                got = _extract_datasource(cfg, tab, obs, policy, ctx.cached_version)
         finally:
             tab.close()
-    for note in notes:
+    for note in got.notes:
         log.warning("tableau source '%s': %s", cfg.name, note)
     return Extracted(
         source=cfg.name,
-        records=records,
-        raw=raw if cfg.raw_sheet else None,
+        records=got.records if got.records is not None else pd.DataFrame(),
+        raw=got.raw if cfg.raw_sheet else None,
         seconds=time.monotonic() - started,
-        notes=notes,
+        notes=got.notes,
         requests=obs.requests - before[0],
         retries=obs.retries - before[1],
         waited_seconds=obs.waited_seconds - before[2],
+        version=got.version,
+        reused=got.records is None,
     )
+
+
+@dataclass
+class _Pulled:
+    """Records (None: the answer is byte for byte the one at `cached_version`), raw frame, notes, and
+    the answer's version (sha256 of its bytes)."""
+
+    records: pd.DataFrame | None
+    raw: pd.DataFrame | None
+    notes: list[str]
+    version: str
+
+
+def _answer_version(cfg: TableauSourceConfig, body: bytes) -> str:
+    return hashlib.sha256(cfg.mode.encode() + b"\x00" + body).hexdigest()
 
 
 @contextmanager
@@ -256,7 +275,7 @@ def _snippet(body: bytes | str) -> str:
 # ----------------------------------------------------------------------------- mode: view
 
 
-def _extract_view(cfg: TableauSourceConfig, tab: TableauSession) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def _extract_view(cfg: TableauSourceConfig, tab: TableauSession, cached_version: str | None = None) -> _Pulled:
     assert cfg.view is not None
     view = find_view(tab, cfg.view)
     if view.sheet_type is None:  # a list answer without sheetType: the single-view answer may have it
@@ -270,6 +289,9 @@ def _extract_view(cfg: TableauSourceConfig, tab: TableauSession) -> tuple[pd.Dat
     opts = csv_request_options(cfg.filters, cfg.max_age)
     tab.server.views.populate_csv(view, opts)
     body = tab.call(f"download the data of view '{cfg.view}'", lambda: b"".join(view.csv))
+    version = _answer_version(cfg, body)
+    if version == cached_version:
+        return _Pulled(None, None, [*notes, f"view '{cfg.view}': the same data as the last run"], version)
     raw = read_view_csv(body, cfg.view)
     if {"Measure Names", "Measure Values"} <= set(raw.columns):
         notes.append(
@@ -280,7 +302,7 @@ def _extract_view(cfg: TableauSourceConfig, tab: TableauSession) -> tuple[pd.Dat
     records, more = parse_formatted(records, cfg.date_format)
     notes += more
     records["_row"] = range(2, len(records) + 2)  # CSV line: header = 1
-    return records, raw, notes
+    return _Pulled(records, raw, notes, version)
 
 
 def find_view(tab: TableauSession, ref: str, page_size: int = VIEW_PAGE_SIZE) -> TSC.ViewItem:
@@ -544,7 +566,7 @@ def _vds_wait(resp: requests.Response) -> float | None:
 
 
 def _extract_datasource(cfg: TableauSourceConfig, tab: TableauSession, observer: Observer,
-                        policy: RetryPolicy) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+                        policy: RetryPolicy, cached_version: str | None = None) -> _Pulled:
     client = HttpClient(build_session(cfg.ca_bundle, cfg.verify_tls), base_url=cfg.server_url.rstrip("/") + VDS_PATH,
                         timeout=cfg.timeout, policy=policy, observer=observer, service="Tableau VizQL Data Service",
                         error_message=_vds_message, wait_hint=_vds_wait)
@@ -582,6 +604,9 @@ def _extract_datasource(cfg: TableauSourceConfig, tab: TableauSession, observer:
         payload = resp.json()
     except ValueError:
         raise RetriableAPIError(f"VizQL Data Service sent an unreadable answer for {where}") from None
+    version = _answer_version(cfg, resp.content)
+    if version == cached_version and isinstance(payload, dict) and isinstance(payload.get("data"), list):
+        return _Pulled(None, None, [f"{where}: the same data as the last run"], version)
     rows = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(rows, list):
         raise SourceDataError(f"VizQL Data Service answer for {where} has no 'data' list")
@@ -589,7 +614,7 @@ def _extract_datasource(cfg: TableauSourceConfig, tab: TableauSession, observer:
     records = map_columns(raw, cfg.columns, where)
     records, notes = parse_formatted(records, cfg.date_format)
     records["_row"] = range(1, len(records) + 1)  # record ordinal
-    return records, raw, notes
+    return _Pulled(records, raw, notes, version)
 
 
 def _is_json(resp: requests.Response) -> bool:

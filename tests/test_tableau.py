@@ -442,3 +442,25 @@ def test_headers_named_like_fields_map_themselves_as_in_the_csv_source(srv, fake
     assert sorted(c for c in out.records.columns if c != "_row") == [
         "amount", "close_date", "created_date", "opportunity_id", "stage"]
     assert out.records["amount"].iloc[0] == 1737.0
+
+
+# ----------------------------------------------------------------------------- unchanged answers
+
+
+@pytest.mark.parametrize("mode", ["view", "datasource"])
+def test_the_same_answer_as_last_time_is_not_parsed_again(srv, fake, ds_rows, policy, mode):
+    import dataclasses
+
+    cfg = make_cfg(srv, raw_sheet="Export") if mode == "view" else ds_cfg(srv, raw_sheet="Export")
+    first = extract(cfg, make_ctx(), policy=policy)
+    assert first.version and not first.reused and len(first.records)
+    again = extract(cfg, dataclasses.replace(make_ctx(), cached_version=first.version), policy=policy)
+    assert (again.reused, again.version, len(again.records), again.raw) == (True, first.version, 0, None)
+    assert fake.sign_outs == 2  # the data was still downloaded and the session closed
+    if mode == "view":
+        fake.view_data[OPP_VIEW] = opportunities_csv(2999)
+    else:
+        ds_rows.pop()
+    changed = extract(cfg, dataclasses.replace(make_ctx(), cached_version=first.version), policy=policy)
+    assert not changed.reused and changed.version != first.version
+    assert len(changed.records) == len(first.records) - 1

@@ -176,3 +176,44 @@ def test_salesforce_reuses_unchanged_rows_and_rebuilds_changed_ones(sf_flow, cha
     third = sf_run(sf, path)  # re-reads the same change in the overlap window: equal to stored, reused
     assert third.sources[0].reused
     assert sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])
+
+
+# ----------------------------------------------------------------------------- CSV files
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    from flows.cli import main
+    from tests.test_cli_demo import AS_OF as DEMO_AS_OF
+    from tests.test_cli_demo import REPO
+
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    for src in cfg["sources"]:
+        src["path"] = str(tmp_path / "demo" / Path(src["path"]).name)
+        if "stage_history" in src:
+            src["stage_history"]["path"] = str(tmp_path / "demo" / "stage_history.csv")
+    cfg["destinations"] = [{"type": "file", "path": "out/pipeline.xlsx"}]
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["demo-data", "--out", str(tmp_path / "demo"), "--as-of", DEMO_AS_OF.isoformat()]) == 0
+    return path, DEMO_AS_OF, tmp_path / "demo"
+
+
+@pytest.mark.parametrize("change", [None, "deals", "history"])
+def test_an_unchanged_file_is_not_parsed_or_validated_again(demo, change: str | None) -> None:
+    path, as_of, folder = demo
+    first = run_pipeline(path, as_of)
+    assert not any(s.reused for s in first.sources)
+    if change == "deals":
+        deals = folder / "deals.csv"
+        deals.write_text(deals.read_text().replace("Won", "Lost", 1))
+    elif change == "history":
+        hist = folder / "stage_history.csv"
+        hist.write_text(hist.read_text() + "\n")
+    second = run_pipeline(path, as_of)
+    crm = next(s for s in second.sources if s.name == "crm_export")
+    assert crm.reused is (change is None)
+    assert crm.reconciles and crm.rows_read == first.sources[0].rows_read
+    rebuilt = sheets(second.outputs[0])
+    (path.parent / ".state" / "validated").rename(path.parent / "moved")  # no cache: built from the files
+    assert rebuilt == sheets(run_pipeline(path, as_of).outputs[0])
