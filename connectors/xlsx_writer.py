@@ -4,10 +4,12 @@ Why two steps: xlsxwriter writes tables, charts, formats and conditional formats
 its streaming (`constant_memory`) mode it cannot add tables, and in its normal mode it keeps
 every cell in memory. So xlsxwriter writes each data sheet with its header, one sample row
 (which fixes the style of every column) and the `tbl<Sheet>` table (its range is widened to
-all rows afterwards); then
-the sheet XML's rows are replaced by rows generated column-wise from the frame, written
-straight into the final zip (fast deflate). Text that repeats down a column goes to the
-shared-string table. Memory stays at the frames plus one chunk of XML.
+all rows afterwards); then the sheet XML's rows are replaced by rows generated column-wise from
+the frame, chunk by chunk, written straight into the final zip (fast deflate, on a second
+thread). Each distinct value of a column is escaped and wrapped once; a row is one join of its
+cells, which carry no cell reference unless they follow a missing cell (the reference is
+optional in ECMA-376). Text that repeats down a column goes to the shared-string table. Memory
+stays at the frames plus two chunks of XML.
 
 Text is always a string cell (inline or shared), never a formula: a value starting with `=`,
 `+`, `-` or `@` stays text.
@@ -15,13 +17,16 @@ Text is always a string cell (inline or shared), never a formula: a value starti
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -79,23 +84,32 @@ class SharedStrings:
 
     def __init__(self, base_xml: bytes):
         m = re.search(rb'uniqueCount="(\d+)"', base_xml)
-        c = re.search(rb'count="(\d+)"', base_xml)
         self.base_xml = base_xml
         self.base = int(m.group(1)) if m else 0
-        self.references = int(c.group(1)) if c else 0
-        self.index: dict[str, int] = {}
-        self.items: list[str] = []
+        self.references = 0  # shared-string cells actually written (xlsxwriter's count has the sample rows)
+        self.index: defaultdict[str, int] = defaultdict(itertools.count(self.base).__next__)
+        self.items: list[str] = []  # blocks of <si> XML, in index order
 
-    def add(self, escaped: str, preserve: bool) -> int:
-        key = escaped if not preserve else "\x00" + escaped
-        idx = self.index.get(key)
-        if idx is None:
-            idx = self.index[key] = self.base + len(self.items)
-            self.items.append(('<si><t xml:space="preserve">' if preserve else "<si><t>") + escaped + "</t></si>")
-        return idx
+    def ids(self, keys: list[str]) -> list[int]:
+        """Index of each key (escaped text; a leading NUL marks xml:space="preserve"), adding new
+        ones in order."""
+        before = self.base + len(self.index)
+        ids = list(map(self.index.__getitem__, keys))
+        if self.base + len(self.index) == before:
+            return ids
+        arr = np.asarray(ids)
+        fresh = np.flatnonzero(arr >= before)
+        _, first = np.unique(arr[fresh], return_index=True)  # new ids are consecutive from `before`
+        new = [keys[i] for i in fresh[first].tolist()]
+        spaced = [i for i, k in enumerate(new) if k.startswith("\x00")]
+        block = _wrap([k[1:] if k.startswith("\x00") else k for k in new] if spaced else new, "<si><t>", "</t></si>")
+        for i in spaced:
+            block[i] = '<si><t xml:space="preserve">' + new[i][1:] + "</t></si>"
+        self.items.append("".join(block))
+        return ids
 
     def xml(self) -> bytes:
-        total = self.base + len(self.items)
+        total = self.base + len(self.index)
         head, _, _ = self.base_xml.rpartition(b"</sst>")
         head = re.sub(rb'count="\d+"', b'count="%d"' % self.references, head, count=1)
         head = re.sub(rb'uniqueCount="\d+"', b'uniqueCount="%d"' % total, head, count=1)
@@ -139,6 +153,12 @@ def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX
 
 
 # ----------------------------------------------------------------------------- cell XML
+#
+# A column becomes (codes, table): per row the code of its distinct value, per distinct value its
+# whole `<c ...>...</c>` without a reference (table[-1], picked by code -1, is "": a missing cell
+# is not written). Rows are then `"".join` of a 2-D object array, so no Python work happens per
+# cell. A cell carries its reference (`r`) only when the cell before it in the row is missing;
+# otherwise its position is implied by its place in the row (ECMA-376 18.3.1.4: `r` is optional).
 
 
 def _escape_one(t: str, stats: WriteStats) -> str:
@@ -160,49 +180,131 @@ def _escape_one(t: str, stats: WriteStats) -> str:
     return t
 
 
-def _text_tails(values: pd.Series, s_attr: str, stats: WriteStats, sst: SharedStrings | None) -> np.ndarray:
-    """Per row, everything of a text cell after its reference (None for missing or empty).
+def _wrap(items: list[str], head: str, tail: str) -> list[str]:
+    """`head + item + tail` for every item, with one join and one split (items never hold NUL)."""
+    if not items:
+        return []
+    return (head + (tail + "\x00" + head).join(items) + tail).split("\x00")
 
-    Each distinct value is escaped and wrapped once; values that repeat down the column are
-    written once into the shared-string table.
-    """
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    shared = sst is not None and len(uniques) * 2 <= len(values)
-    plain = '"' + s_attr + ' t="inlineStr"><is><t>'
-    keep_space = '"' + s_attr + ' t="inlineStr"><is><t xml:space="preserve">'
-    tails: list[str | None] = []
-    cut_codes = []
-    for i, u in enumerate(uniques.tolist()):
-        text = u if isinstance(u, str) else str(u)
-        if not text:
-            tails.append(None)
-            continue
-        if len(text) > EXCEL_MAX_CELL_CHARS:
-            cut_codes.append(i)
-        esc = _escape_one(text, stats)
-        preserve = text[0].isspace() or text[-1].isspace()
-        if shared:
-            tails.append(f'"{s_attr} t="s"><v>{sst.add(esc, preserve)}</v></c>')
+
+def _code_points(joined: str) -> np.ndarray:
+    if joined.isascii():
+        return np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _special(joined: str, lengths: np.ndarray) -> np.ndarray:
+    """Indices of the values (joined by "\n") that need more than wrapping: XML escapes, illegal
+    characters, a literal `_xHHHH_`, leading/trailing whitespace (xml:space) or a cut. One
+    vectorised pass over the code points; "\n" needs no escape, so it marks no value by itself."""
+    cp = _code_points(joined)
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    bad = ((cp < 32) & (cp != 9) & (cp != 10)) | (cp == 38) | (cp == 60) | (cp == 62)
+    if cp.dtype == np.uint32:
+        bad |= (cp == 0xFFFE) | (cp == 0xFFFF)
+    bad[:-1] |= (cp[:-1] == 95) & (cp[1:] == 120)  # "_x"
+    hits = np.searchsorted(starts, np.flatnonzero(bad), side="right") - 1
+    nonempty = lengths > 0
+    ends = starts + lengths - 1
+    edge = np.zeros(len(lengths), dtype=bool)
+    edge[nonempty] = np.isin(cp[starts[nonempty]], _SPACES) | np.isin(cp[ends[nonempty]], _SPACES)
+    long = lengths > EXCEL_MAX_CELL_CHARS
+    return np.union1d(hits, np.flatnonzero(edge | long))
+
+
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def _mostly_distinct(values: pd.Series, sample: int = 2000) -> bool:
+    """Whether a text column's values are (nearly) all different, judged on its first rows: such
+    a column is written inline value by value, without the cost of finding its repeats."""
+    head = values.iloc[:sample].dropna().tolist()
+    return len(head) >= 100 and len(set(head)) >= 0.9 * len(head) and len(set(head)) * 2 > min(sample, len(values))
+
+
+def _text_table(values: pd.Series, s_attr: str, stats: WriteStats, sst: SharedStrings | None,
+                distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Text cells: each distinct value escaped and wrapped once; values that repeat down the
+    column go to the shared-string table. Empty text is a missing cell. `distinct`: treat every
+    present value as its own (inline), skipping the search for repeats."""
+    arr = values.to_numpy(dtype=object)
+    if distinct:
+        present = np.flatnonzero(~pd.isna(arr))
+        texts = arr[present].tolist()
+        codes = np.full(len(arr), -1, dtype=np.intp)
+        codes[present] = np.arange(len(present))
+        sst = None
+    else:
+        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+        texts = uniques.tolist()
+    try:
+        joined = "\n".join(texts)
+    except TypeError:  # an object column may hold numbers or other objects: written as their text
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        joined = "\n".join(texts)
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):  # "" is written like a missing value
+        remap = np.append(np.arange(len(texts)), -1)  # code -1 stays -1
+        remap[empty] = -1
+        codes = remap[codes]
+    escaped = texts  # shared with texts until a value needs escaping
+    preserve: list[int] = []
+    cut: list[int] = []
+    special = _special(joined, lengths) if texts else np.empty(0, dtype=np.int64)
+    if len(special):
+        escaped = list(texts)
+        for i in special.tolist():
+            text = texts[i]
+            if not text:
+                continue
+            if len(text) > EXCEL_MAX_CELL_CHARS:
+                cut.append(i)
+            escaped[i] = _escape_one(text, stats)
+            if text[0].isspace() or text[-1].isspace():
+                preserve.append(i)
+    if cut:  # _escape_one counted each distinct value once; count every cell
+        stats.cut_cells += int(np.isin(codes, cut).sum()) - len(cut)
+    if sst is not None and len(texts) * 2 <= len(values):
+        keys = escaped if not preserve else list(escaped)
+        for i in preserve:
+            keys[i] = "\x00" + keys[i]
+        if len(empty):  # no shared string for "" (its cell is not written)
+            ids = [0] * len(keys)
+            kept = np.flatnonzero(lengths > 0).tolist()
+            for i, v in zip(kept, sst.ids([keys[i] for i in kept]), strict=True):
+                ids[i] = v
         else:
-            tails.append((keep_space if preserve else plain) + esc + "</t></is></c>")
-    if cut_codes:  # _escape_one counted each distinct value once; count every cell
-        stats.cut_cells += int(np.isin(codes, cut_codes).sum()) - len(cut_codes)
-    if shared:
+            ids = sst.ids(keys)
+        table = _wrap(list(map(str, ids)), f'<c{s_attr} t="s"><v>', "</v></c>")
         sst.references += int((codes >= 0).sum())
-    return np.array([*tails, None], dtype=object)[codes]  # code -1 (missing) picks the trailing None
+    else:
+        table = _wrap(escaped, f'<c{s_attr} t="inlineStr"><is><t>', "</t></is></c>")
+        for i in preserve:
+            table[i] = f'<c{s_attr} t="inlineStr"><is><t xml:space="preserve">{escaped[i]}</t></is></c>'
+    table.append("")
+    return codes, np.array(table, dtype=object)
 
 
-def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, pre: str, numbers: list[str],
-                  stats: WriteStats, sst: SharedStrings | None = None) -> list[str]:
-    """Cell XML for one column; a cell is `pre + row number + tail` (pre is e.g. '<c r="C')."""
+def _number_strings(uniques: np.ndarray) -> list[str]:
+    if len(uniques) and bool((uniques == np.trunc(uniques)).all()) and float(np.abs(uniques).max()) < 2**53:
+        return list(map(str, uniques.astype(np.int64).tolist()))  # integral values print without ".0"
+    return list(map(repr, uniques.tolist()))
+
+
+def _column_table(series: pd.Series, fmt: ColumnFormat, style: str, stats: WriteStats,
+                  sst: SharedStrings | None = None, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, table) for one column: the cell of row i is table[codes[i]]; code -1 (and only
+    code -1) is a missing cell, table[-1] == ""."""
     s_attr = f' s="{style}"' if style and style != "0" else ""
     if fmt == "text":
-        tails = _text_tails(series, s_attr, stats, sst)
-    elif fmt == "bool":
+        return _text_table(series, s_attr, stats, sst, distinct)
+    if fmt == "bool":
         codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
-        wrapped = [f'"{s_attr} t="b"><v>{1 if u else 0}</v></c>' for u in uniques.tolist()]
-        tails = np.array([*wrapped, None], dtype=object)[codes]
-    elif fmt in ("date", "datetime"):
+        table = [f'<c{s_attr} t="b"><v>{1 if u else 0}</v></c>' for u in uniques.tolist()]
+        return codes, np.array([*table, ""], dtype=object)
+    if fmt in ("date", "datetime"):
         dt = pd.to_datetime(series, errors="coerce")
         if getattr(dt.dt, "tz", None) is not None:
             dt = dt.dt.tz_localize(None)
@@ -210,39 +312,54 @@ def _column_cells(series: pd.Series, fmt: ColumnFormat, style: str, pre: str, nu
         if fmt == "date":
             serial = np.where(np.isnat(arr), -1, (arr.astype("datetime64[D]") - _EPOCH).astype(np.int64))
             codes, uniques = pd.factorize(serial)
-            wrapped = [None if u < 0 else f'"{s_attr}><v>{u}</v></c>' for u in uniques.tolist()]
-            tails = np.array(wrapped, dtype=object)[codes]
-        else:
-            mask = np.isnat(arr)
-            serial = (arr - _EPOCH.astype("datetime64[ns]")).astype(np.int64) / 86_400e9
-            mid = f'"{s_attr}><v>'
-            tails = [None if m else mid + repr(v) + "</v></c>" for v, m in
-                     zip(np.round(serial, 8).tolist(), mask.tolist(), strict=True)]
-    else:
-        num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        mask = ~np.isfinite(num)
-        whole = np.where(mask, 0.0, num)
-        if len(whole) and bool((whole == np.trunc(whole)).all()) and float(np.abs(whole).max(initial=0)) < 2**53:
-            strs = map(str, whole.astype(np.int64).tolist())  # integral values print without ".0"
-        else:
-            strs = map(repr, whole.tolist())
-        mid = f'"{s_attr}><v>'
-        return ["" if m else pre + r + mid + v + "</v></c>" for r, v, m in zip(numbers, strs, mask.tolist(), strict=True)]
-    return ["" if t is None else pre + r + t for r, t in zip(numbers, tails, strict=True)]
+            codes[serial < 0] = -1  # its unique stays in the table, unused
+            table = _wrap(list(map(str, uniques.tolist())), f"<c{s_attr}><v>", "</v></c>")
+            return codes, np.array([*table, ""], dtype=object)
+        serial = (arr - _EPOCH.astype("datetime64[ns]")).astype(np.int64) / 86_400e9
+        codes, uniques = pd.factorize(np.where(np.isnat(arr), np.nan, np.round(serial, 8)), use_na_sentinel=True)
+        table = _wrap(list(map(repr, uniques.tolist())), f"<c{s_attr}><v>", "</v></c>")
+        return codes, np.array([*table, ""], dtype=object)
+    num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    codes, uniques = pd.factorize(np.where(np.isfinite(num), num, np.nan), use_na_sentinel=True)
+    table = _wrap(_number_strings(uniques), f"<c{s_attr}><v>", "</v></c>")
+    return codes, np.array([*table, ""], dtype=object)
+
+
+def _with_reference(letter: str, numbers: np.ndarray, cells: np.ndarray) -> list[str]:
+    """`<c r="B7" ...>` for cells that follow a gap: references and bodies paired with one join."""
+    refs = _wrap(numbers.tolist(), f'<c r="{letter}', '"')
+    parts = np.empty(3 * len(cells), dtype=object)
+    parts[0::3] = refs
+    parts[1::3] = [c[2:] for c in cells.tolist()]  # the cell without its "<c"
+    parts[2::3] = "\x00"
+    return "".join(parts[:-1].tolist()).split("\x00")
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
               sst: SharedStrings | None = None) -> Iterator[str]:
     """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
-    pres = ['<c r="' + xl_col_to_name(j) for j in range(frame.shape[1])]
+    letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
+    ncols = frame.shape[1]
+    distinct = [formats[j] == "text" and _mostly_distinct(frame.iloc[:, j]) for j in range(ncols)]
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = frame.iloc[start : start + CHUNK_ROWS]
-        numbers = list(map(str, range(start + 2, start + 2 + len(chunk))))
-        cols = [_column_cells(chunk.iloc[:, j], formats[j], styles[j], pres[j], numbers, stats, sst)
-                for j in range(chunk.shape[1])]
-        yield "".join(
-            '<row r="' + r + '">' + "".join(cells) + "</row>" for r, cells in zip(numbers, zip(*cols, strict=True), strict=True)
-        )
+        n = len(chunk)
+        numbers = np.array(list(map(str, range(start + 2, start + 2 + n))), dtype=object)
+        grid = np.empty((n, ncols + 2), dtype=object)
+        grid[:, 0] = _wrap(numbers.tolist(), '<row r="', '">')
+        grid[:, -1] = "</row>"
+        before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
+        for j in range(ncols):
+            codes, table = _column_table(chunk.iloc[:, j], formats[j], styles[j], stats, sst, distinct[j])
+            cells = table[codes]
+            missing = codes < 0
+            if before_missing is not None:
+                at = np.flatnonzero(before_missing & ~missing)
+                if len(at):  # after a gap a cell says where it is
+                    cells[at] = _with_reference(letters[j], numbers[at], cells[at])
+            grid[:, j + 1] = cells
+            before_missing = missing
+        yield "".join(grid.ravel().tolist())
 
 
 # ----------------------------------------------------------------------------- layout with xlsxwriter
@@ -285,8 +402,8 @@ class _Layout:
         self.header = workbook.add_format({"bold": True, "text_wrap": False})
         self.formats: dict[str, Any] = {k: workbook.add_format({"num_format": v}) for k, v in NUMBER_FORMATS.items()}
         self.formats["currency"] = workbook.add_format({"num_format": currency_format(currency)})
-        self.formats["text"] = workbook.add_format({})
-        self.formats["bool"] = workbook.add_format({})
+        self.formats["text"] = None  # the default style: no `s` attribute on millions of text cells
+        self.formats["bool"] = None
         self.count = 0
 
     def data_sheet(self, sheet: SheetData) -> _Planned:
@@ -432,14 +549,28 @@ def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Pla
         out.write(head + b"<sheetData>")
         if header_row:
             out.write(header_row.group(0))
+            if sst is not None:
+                sst.references += header_row.group(0).count(b't="s"')
         wrote = False
-        for block in _rows_xml(frame, planned.formats, styles, stats, sst):
-            out.write(block.encode("utf-8"))
-            wrote = True
+        # zlib, crc32 and the file write release the GIL: block k is deflated on a second thread
+        # while block k + 1 is built (at most two blocks in memory)
+        with ThreadPoolExecutor(1, thread_name_prefix="xlsx-deflate") as pool:
+            pending: Future | None = None
+            for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(_write_text, out, block)
+                wrote = True
+            if pending is not None:
+                pending.result()
         if not wrote:
             out.write(b'<row r="2"></row>')
         out.write(b"</sheetData>" + tail)
 
+
+
+def _write_text(out: Any, text: str) -> None:
+    out.write(text.encode("utf-8"))
 
 
 def _full_ref(planned: _Planned) -> str:
@@ -505,9 +636,12 @@ def write_workbook(
                 elif item.filename.startswith("xl/tables/"):
                     dst.writestr(item, _resize_table(src.read(item.filename), table_refs))
                 elif item.filename != SST_PART:
-                    dst.writestr(item, src.read(item.filename))
+                    part = src.read(item.filename)
+                    if sst is not None and item.filename.startswith("xl/worksheets/sheet"):  # e.g. Summary
+                        sst.references += part.count(b't="s"')
+                    dst.writestr(item, part)
             if sst is not None:  # written last: it now holds the strings the data sheets share
-                dst.writestr(src.getinfo(SST_PART), sst.xml())
+                dst.writestr(src.getinfo(SST_PART), sst.xml(), compresslevel=1)
         with open(final_tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(final_tmp, target)
