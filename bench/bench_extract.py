@@ -298,11 +298,33 @@ def timed_steps(path: Path, loaded: Any) -> dict[str, float]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     step("commit", pl.commit_state, run, extracted, result)
+    step("keep validated rows", pl.keep_validated, run, extracted, validated)
     times["total (without the separate load_records)"] = round(
         time.perf_counter() - t0 - times["load_records (inside extract)"], 3)
     times["requests"] = extracted[0].requests
     times["upserts"] = len(extracted[0].pending_state.upserts)
     return times
+
+
+def cli_runs(path: Path, repeat: int) -> dict[str, list[float]]:
+    """Wall seconds of the scheduled command in a fresh process, nothing changed: `pipeline-sync run`
+    without and with Prefect (a temporary local API, as a run without PREFECT_API_URL gets)."""
+    import os
+    import subprocess
+
+    exe = str(Path(sys.executable).with_name("pipeline-sync"))
+    env = {**os.environ, "HUBSPOT_TOKEN": TOKEN}
+    env.pop("PREFECT_API_URL", None)
+    out: dict[str, list[float]] = {}
+    for label, extra in (("no_prefect", ["--no-prefect"]), ("prefect", [])):
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            subprocess.run([exe, "run", "--config", str(path), *extra], env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(round(time.perf_counter() - t, 2))
+        out[label] = times
+    return out
 
 
 def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = True) -> dict:
@@ -330,6 +352,7 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
         out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
+        out["cli"] = cli_runs(path, repeat)
         if variants:  # once each: without the example's raw sheet; with the cyclic GC off (its share)
             no_raw = write_config(fake, folder, raw_sheet=False)
             out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))

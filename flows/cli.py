@@ -151,9 +151,8 @@ def _progress(kind: str, data: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     if args.no_prefect:
-        from flows.pipeline import run_pipeline
+        from flows.pipeline import result_summary, run_pipeline
         from flows.schedules import lock_path, report_lock
-        from flows.sync import result_summary
 
         report = loaded.config.report
         with report_lock(lock_path(loaded.base_dir / ".state", report), "wait", run_id="cli",

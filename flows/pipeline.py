@@ -148,6 +148,21 @@ class RunResult:
     reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
 
 
+def result_summary(result: RunResult) -> dict[str, Any]:
+    """What the CLI prints and the Prefect flow returns: plain values only."""
+    return {
+        "run_id": result.run_id,
+        "as_of": result.as_of.isoformat(),
+        "period": result.period.label,
+        "outputs": result.outputs,
+        "flags": result.flags_count,
+        "sources": [
+            {"name": s.name, "read": s.rows_read, "loaded": s.rows_loaded, "rejected": s.rows_rejected, "stale": s.stale}
+            for s in result.sources
+        ],
+    }
+
+
 # ----------------------------------------------------------------------------- steps
 
 

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.errors import RetriableAPIError
-from flows.pipeline import RunResult, Step, StepWrapper, run_pipeline
+from flows.pipeline import RunResult, Step, StepWrapper, result_summary, run_pipeline
 
 log = logging.getLogger("pipeline_sync")
 
@@ -40,20 +40,6 @@ def as_task(step: Step, name: str) -> Step:
         persist_result=False,
         cache_policy=NO_CACHE,
     )
-
-
-def result_summary(result: RunResult) -> dict[str, Any]:
-    return {
-        "run_id": result.run_id,
-        "as_of": result.as_of.isoformat(),
-        "period": result.period.label,
-        "outputs": result.outputs,
-        "flags": result.flags_count,
-        "sources": [
-            {"name": s.name, "read": s.rows_read, "loaded": s.rows_loaded, "rejected": s.rows_rejected, "stale": s.stale}
-            for s in result.sources
-        ],
-    }
 
 
 class _Steps:
