@@ -174,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"pipeline-sync run {summary['run_id']}: as of {summary['as_of']} (period {summary['period']})")
     for s in summary["sources"]:
-        stale = "  [STALE: failed or empty this run; M5 source_stale]" if s["stale"] else ""
+        stale = "  [STALE: failed or empty this run; M5 source_stale]" if s["stale"] else (
+            "  (unchanged since the last run)" if s.get("unchanged") else "")
         print(f"  source {s['name']}: {s['read']:,} read, {s['loaded']:,} loaded, {s['rejected']:,} rejected{stale}")
     if summary.get("flags") is not None:
         print(f"  flags: {summary['flags']:,}")

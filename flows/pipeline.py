@@ -157,7 +157,8 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         "outputs": result.outputs,
         "flags": result.flags_count,
         "sources": [
-            {"name": s.name, "read": s.rows_read, "loaded": s.rows_loaded, "rejected": s.rows_rejected, "stale": s.stale}
+            {"name": s.name, "read": s.rows_read, "loaded": s.rows_loaded, "rejected": s.rows_rejected, "stale": s.stale,
+             "unchanged": s.reused}
             for s in result.sources
         ],
     }

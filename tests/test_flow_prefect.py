@@ -24,8 +24,13 @@ def test_sync_pipeline_flow_runs_every_step_as_tasks(prefect_server, tmp_path):
                    "destinations: [{type: file, path: 'out/{period}.xlsx'}]\n")
     summary = sync_pipeline(str(cfg), date(2026, 2, 15))
     assert summary["period"] == "2026-Q1"
-    assert summary["sources"] == [{"name": "crm", "read": 3, "loaded": 2, "rejected": 1, "stale": False}]
+    assert summary["sources"] == [{"name": "crm", "read": 3, "loaded": 2, "rejected": 1, "stale": False,
+                                   "unchanged": False}]
     out = tmp_path / "out" / "2026-Q1.xlsx"
     assert summary["outputs"] == [str(out)]
+    ws = openpyxl.load_workbook(out)["Opportunities"]
+    assert ws["B2"].value == "=1+1" and ws["B2"].data_type == "s"
+    again = sync_pipeline(str(cfg), date(2026, 2, 15))  # the file did not change: its rows are reused
+    assert again["sources"] == [{**summary["sources"][0], "unchanged": True}]
     ws = openpyxl.load_workbook(out)["Opportunities"]
     assert ws["B2"].value == "=1+1" and ws["B2"].data_type == "s"
