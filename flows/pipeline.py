@@ -101,11 +101,14 @@ class RunContext:
 
     @property
     def validated_cache(self) -> ValidatedCache | None:
-        """Validated rows kept beside a SQLite state database (none for other databases)."""
+        """Validated rows kept beside a SQLite state database, or in `.state/` next to the config for
+        another database (entries are keyed by the versions that database holds); none in memory."""
         prefix = "sqlite:///"
-        if not self.state_url.startswith(prefix) or self.state_url.startswith(prefix + ":memory:"):
+        if self.state_url.startswith(prefix + ":memory:") or self.state_url in ("sqlite://", "sqlite:"):
             return None
-        return ValidatedCache(Path(self.state_url[len(prefix):].partition("?")[0]).parent / "validated")
+        if self.state_url.startswith(prefix):
+            return ValidatedCache(Path(self.state_url[len(prefix):].partition("?")[0]).parent / "validated")
+        return ValidatedCache(self.loaded.base_dir / ".state" / "validated")
 
 
 @dataclass

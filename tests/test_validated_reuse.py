@@ -217,3 +217,17 @@ def test_an_unchanged_file_is_not_parsed_or_validated_again(demo, change: str | 
     rebuilt = sheets(second.outputs[0])
     (path.parent / ".state" / "validated").rename(path.parent / "moved")  # no cache: built from the files
     assert rebuilt == sheets(run_pipeline(path, as_of).outputs[0])
+
+
+@pytest.mark.parametrize(("url", "where"), [
+    ("sqlite:///{tmp}/db/state.db?timeout=5", "{tmp}/db/validated"),
+    ("postgresql+psycopg://etl@db.example/pipeline", "{tmp}/.state/validated"),
+    ("sqlite:///:memory:", None),
+])
+def test_where_the_validated_rows_are_kept(tmp_path: Path, url: str, where: str | None) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"sources": [{"name": "crm", "type": "csv", "path": "deals.csv"}],
+                                    "destinations": [{"type": "file", "path": "out/x.xlsx"}],
+                                    "state": {"url": url.format(tmp=tmp_path)}}))
+    cache = prepare(path, AS_OF).validated_cache
+    assert (cache.folder if cache else None) == (Path(where.format(tmp=tmp_path)) if where else None)
