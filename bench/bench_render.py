@@ -78,11 +78,15 @@ def _load(pkl: Path):
     return run, d["result"]
 
 
-def one(pkl: Path, profile: Path | None) -> dict:
+def one(pkl: Path, profile: Path | None, chunk_rows: int | None = None) -> dict:
     """One render in this process: seconds, peak RSS above the loaded frames, file size."""
     import gc
 
+    from connectors import xlsx_writer
     from flows.pipeline import render
+
+    if chunk_rows:
+        xlsx_writer.CHUNK_ROWS = chunk_rows
 
     run, result = _load(pkl)
     gc.collect()
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", help="write a pyinstrument profile of one extra render to this file")
     ap.add_argument("--work", default=str(WORK))
+    ap.add_argument("--chunk-rows", type=int, help="the writer's rows per block (default: its own)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -123,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {prepare(args.rows, work)} in {time.perf_counter() - t:.0f} s")
         return 0
     if args.mode == "one":
-        print(json.dumps(one(pkl, Path(args.profile) if args.profile else None)))
+        print(json.dumps(one(pkl, Path(args.profile) if args.profile else None, args.chunk_rows)))
         return 0
+    extra = ["--chunk-rows", str(args.chunk_rows)] if args.chunk_rows else []
     runs = []
     for _ in range(args.repeat):
-        proc = subprocess.run([sys.executable, __file__, "one", "--rows", str(args.rows), "--work", str(work)],
+        proc = subprocess.run([sys.executable, __file__, "one", "--rows", str(args.rows), "--work", str(work), *extra],
                               capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     res = {"rows": args.rows, "seconds": [round(r["seconds"], 2) for r in runs],
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
            "file_mb": round(runs[-1]["file_mb"], 1), "sheet_rows": runs[-1]["rows"]}
     print(json.dumps(res))
     if args.profile:
-        subprocess.run([sys.executable, __file__, "one", "--rows", str(args.rows), "--work", str(work),
+        subprocess.run([sys.executable, __file__, "one", "--rows", str(args.rows), "--work", str(work), *extra,
                         "--profile", args.profile], check=True, capture_output=True)
         print(f"profile: {args.profile}")
     return 0

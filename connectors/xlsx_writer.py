@@ -42,7 +42,7 @@ from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
 
 MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 25_000
 SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -208,12 +208,16 @@ def _special(joined: str, lengths: np.ndarray) -> np.ndarray:
     nonempty = lengths > 0
     ends = starts + lengths - 1
     edge = np.zeros(len(lengths), dtype=bool)
-    edge[nonempty] = np.isin(cp[starts[nonempty]], _SPACES) | np.isin(cp[ends[nonempty]], _SPACES)
+    if cp.dtype == np.uint8:  # ASCII: a lookup table
+        edge[nonempty] = _ASCII_SPACE[cp[starts[nonempty]]] | _ASCII_SPACE[cp[ends[nonempty]]]
+    else:
+        edge[nonempty] = np.isin(cp[starts[nonempty]], _SPACES) | np.isin(cp[ends[nonempty]], _SPACES)
     long = lengths > EXCEL_MAX_CELL_CHARS
     return np.union1d(hits, np.flatnonzero(edge | long))
 
 
-_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)  # str.isspace, all of it
+_ASCII_SPACE = np.array([chr(c).isspace() for c in range(256)])
 
 
 def _mostly_distinct(values: pd.Series, sample: int = 2000) -> bool:
@@ -325,9 +329,9 @@ def _column_table(series: pd.Series, fmt: ColumnFormat, style: str, stats: Write
     return codes, np.array([*table, ""], dtype=object)
 
 
-def _with_reference(letter: str, numbers: np.ndarray, cells: np.ndarray) -> list[str]:
+def _with_reference(letter: str, rows: np.ndarray, cells: np.ndarray) -> list[str]:
     """`<c r="B7" ...>` for cells that follow a gap: references and bodies paired with one join."""
-    refs = _wrap(numbers.tolist(), f'<c r="{letter}', '"')
+    refs = _wrap(list(map(str, rows.tolist())), f'<c r="{letter}', '"')
     parts = np.empty(3 * len(cells), dtype=object)
     parts[0::3] = refs
     parts[1::3] = [c[2:] for c in cells.tolist()]  # the cell without its "<c"
@@ -344,9 +348,8 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = frame.iloc[start : start + CHUNK_ROWS]
         n = len(chunk)
-        numbers = np.array(list(map(str, range(start + 2, start + 2 + n))), dtype=object)
         grid = np.empty((n, ncols + 2), dtype=object)
-        grid[:, 0] = _wrap(numbers.tolist(), '<row r="', '">')
+        grid[:, 0] = _wrap(list(map(str, range(start + 2, start + 2 + n))), '<row r="', '">')
         grid[:, -1] = "</row>"
         before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
         for j in range(ncols):
@@ -356,7 +359,7 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
             if before_missing is not None:
                 at = np.flatnonzero(before_missing & ~missing)
                 if len(at):  # after a gap a cell says where it is
-                    cells[at] = _with_reference(letters[j], numbers[at], cells[at])
+                    cells[at] = _with_reference(letters[j], at + (start + 2), cells[at])
             grid[:, j + 1] = cells
             before_missing = missing
         yield "".join(grid.ravel().tolist())
@@ -530,7 +533,56 @@ _CELL_STYLE = re.compile(rb'<c r="[A-Z]+2"(?: s="(\d+)")?')
 _DIMENSION = re.compile(rb'<dimension ref="[^"]*"/>')
 
 
-def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Planned, stats: WriteStats,
+class _Zipper:
+    """Every write into the final zip, in order, on one worker thread. zlib, crc32 and the file
+    write release the GIL, so deflating block k overlaps building block k + 1, across sheets too.
+    At most one block waits or deflates while the next is built (two blocks in memory)."""
+
+    def __init__(self, dst: zipfile.ZipFile):
+        self.dst = dst
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="xlsx-deflate")
+        self.pending: list[Future] = []
+        self.out: Any = None  # the entry being written
+
+    def __enter__(self) -> _Zipper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+        if self.out is not None:  # failed inside an entry: close it so the archive closes (and is discarded)
+            self.out.close()
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        for f in self.pending:
+            f.result()
+        self.pending.clear()
+
+    def writestr(self, info: zipfile.ZipInfo, data: bytes, **kw: Any) -> None:
+        self._submit(lambda: self.dst.writestr(info, data, **kw))
+
+    def begin(self, name: str, head: bytes) -> None:
+        def run() -> None:
+            # opened by name, so the entry gets the archive's fast level (a bare ZipInfo gets 6)
+            self.out = self.dst.open(name, "w", force_zip64=True)
+            self.out.write(head)
+        self._submit(run)
+
+    def block(self, text: str) -> None:
+        self.wait()
+        self._submit(lambda: self.out.write(text.encode("utf-8")))
+
+    def end(self, tail: bytes) -> None:
+        def run() -> None:
+            self.out.write(tail)
+            self.out.close()
+            self.out = None
+        self._submit(run)
+
+
+def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned, stats: WriteStats,
             sst: SharedStrings | None) -> None:
     xml = src.read(name)
     head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
@@ -543,34 +595,17 @@ def _splice(src: zipfile.ZipFile, dst: zipfile.ZipFile, name: str, planned: _Pla
     styles = (styles + ["0"] * ncols)[:ncols]
     last_row = max(len(frame), 1) + 1
     dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
-    head = _DIMENSION.sub(dim, head)
-    # opened by name, so the entry gets the archive's fast compression level (a bare ZipInfo gets 6)
-    with dst.open(name, "w", force_zip64=True) as out:
-        out.write(head + b"<sheetData>")
-        if header_row:
-            out.write(header_row.group(0))
-            if sst is not None:
-                sst.references += header_row.group(0).count(b't="s"')
-        wrote = False
-        # zlib, crc32 and the file write release the GIL: block k is deflated on a second thread
-        # while block k + 1 is built (at most two blocks in memory)
-        with ThreadPoolExecutor(1, thread_name_prefix="xlsx-deflate") as pool:
-            pending: Future | None = None
-            for block in _rows_xml(frame, planned.formats, styles, stats, sst):
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(_write_text, out, block)
-                wrote = True
-            if pending is not None:
-                pending.result()
-        if not wrote:
-            out.write(b'<row r="2"></row>')
-        out.write(b"</sheetData>" + tail)
-
-
-
-def _write_text(out: Any, text: str) -> None:
-    out.write(text.encode("utf-8"))
+    head = _DIMENSION.sub(dim, head) + b"<sheetData>"
+    if header_row:
+        head += header_row.group(0)
+        if sst is not None:
+            sst.references += header_row.group(0).count(b't="s"')
+    zipper.begin(name, head)
+    wrote = False
+    for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+        zipper.block(block)
+        wrote = True
+    zipper.end((b"" if wrote else b'<row r="2"></row>') + b"</sheetData>" + tail)
 
 
 def _full_ref(planned: _Planned) -> str:
@@ -627,21 +662,23 @@ def write_workbook(
         by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
         table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
         final_tmp = work / "final.xlsx"
-        with zipfile.ZipFile(layout_path) as src, zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+        with zipfile.ZipFile(layout_path) as src, \
+                zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst, _Zipper(dst) as zipper:
             names = set(src.namelist())
             sst = SharedStrings(src.read(SST_PART)) if SST_PART in names else None
             for item in src.infolist():
                 if item.filename in by_part:
-                    _splice(src, dst, item.filename, by_part[item.filename], stats, sst)
+                    _splice(src, zipper, item.filename, by_part[item.filename], stats, sst)
                 elif item.filename.startswith("xl/tables/"):
-                    dst.writestr(item, _resize_table(src.read(item.filename), table_refs))
+                    zipper.writestr(item, _resize_table(src.read(item.filename), table_refs))
                 elif item.filename != SST_PART:
                     part = src.read(item.filename)
                     if sst is not None and item.filename.startswith("xl/worksheets/sheet"):  # e.g. Summary
                         sst.references += part.count(b't="s"')
-                    dst.writestr(item, part)
+                    zipper.writestr(item, part)
             if sst is not None:  # written last: it now holds the strings the data sheets share
-                dst.writestr(src.getinfo(SST_PART), sst.xml(), compresslevel=1)
+                zipper.writestr(src.getinfo(SST_PART), sst.xml(), compresslevel=1)
+            zipper.wait()
         with open(final_tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(final_tmp, target)
