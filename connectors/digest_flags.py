@@ -55,7 +55,7 @@ chunks = sa.Table(
     sa.Column("flags", sa.Integer, nullable=False),
     sa.Column("hashes", sa.LargeBinary, nullable=False),  # int64 little-endian
     sa.Column("codes", sa.LargeBinary, nullable=False),  # zlib of int16 little-endian label indexes
-    sa.Column("idents", sa.LargeBinary, nullable=False),  # zlib of texts, see _pack
+    sa.Column("idents", sa.LargeBinary, nullable=False),  # zlib of texts, see pack_texts
     sa.Column("messages", sa.LargeBinary, nullable=False),
 )
 
@@ -73,12 +73,13 @@ legacy = sa.Table(
 
 
 class Chunk(NamedTuple):
-    """Consecutive flags of a run: identity hashes, label indexes, identities, messages."""
+    """Consecutive flags of a run: identity hashes, label indexes, identities and messages (texts,
+    or bytes from `pack_texts`)."""
 
     hashes: np.ndarray
     codes: np.ndarray
-    idents: Sequence[str]
-    messages: Sequence[str]
+    idents: Sequence[str] | bytes
+    messages: Sequence[str] | bytes
 
 
 def ident_hashes(idents: Sequence[str]) -> np.ndarray:
@@ -182,8 +183,10 @@ def _legacy_previous(conn: sa.Connection, report: str, as_of: date) -> StoredRun
 
 
 def save(engine: sa.Engine, report: str, as_of: date, labels: Sequence[Label], flags: Iterable[Chunk]) -> int:
-    """Store this run's flags chunk by chunk (replacing a stored run of the same report and as_of)
-    and prune the report's older runs (see the module docstring). Returns the number stored."""
+    """Store this run's flags (replacing a stored run of the same report and as_of) and prune the
+    report's older runs (see the module docstring). Returns the number stored.
+
+    One chunk at a time is packed and inserted (memory bounded by a chunk), in one transaction."""
     _create(engine)
     with engine.begin() as conn:
         _delete(conn, sa.and_(runs.c.report == report, runs.c.as_of == as_of))
@@ -198,7 +201,7 @@ def save(engine: sa.Engine, report: str, as_of: date, labels: Sequence[Label], f
                 "run_id": run_id, "start": start, "flags": n,
                 "hashes": np.ascontiguousarray(chunk.hashes, dtype="<i8").tobytes(),
                 "codes": zlib.compress(np.ascontiguousarray(chunk.codes, dtype="<i2").tobytes(), 1),
-                "idents": _pack(chunk.idents), "messages": _pack(chunk.messages)}])
+                "idents": _packed(chunk.idents), "messages": _packed(chunk.messages)}])
             start += n
         conn.execute(runs.update().where(runs.c.id == run_id).values(flags=start))
         _prune(conn, report, as_of)
@@ -224,8 +227,12 @@ def _delete(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
         conn.execute(sa.delete(runs).where(runs.c.id.in_(ids)))
 
 
-def _pack(texts: Sequence[str]) -> bytes:
-    """zlib(int32 lengths in code points, then the UTF-8 text of every string)."""
+def _packed(texts: Sequence[str] | bytes) -> bytes:
+    return texts if isinstance(texts, bytes) else pack_texts(texts)
+
+
+def pack_texts(texts: Sequence[str]) -> bytes:
+    """Texts as stored: zlib(int32 lengths in code points, then the UTF-8 text of every string)."""
     lengths = np.fromiter(map(len, texts), dtype="<i4", count=len(texts))
     z = zlib.compressobj(1)
     return z.compress(lengths.tobytes()) + z.compress("".join(texts).encode("utf-8", "surrogatepass")) + z.flush()

@@ -139,18 +139,24 @@ class CurrentFlags:
 
     A flag's identity is rule|check|scope|key, with #n for the n-th repeat of one identity in the
     run (e.g. M7 per metric): the same problem on the next run has the same identity. Identity
-    strings are built chunk by chunk when hashed or stored, and for the flags a digest shows.
+    strings are built once, chunk by chunk, hashed and kept packed as stored; they are built again
+    only for the flags a digest shows.
     """
 
-    def __init__(self, flags: pd.DataFrame | None) -> None:
+    def __init__(self, flags: pd.DataFrame | None, chunk_rows: int = CHUNK) -> None:
         n = 0 if flags is None else len(flags)
         self._cols = {c: (np.asarray(flags[c], dtype=object) if flags is not None and n else np.zeros(0, dtype=object))
                       for c in ("rule", "check", "scope", "key", "severity", "message")}
         self.codes, self.labels = digest_flags.label_codes(self._cols["severity"], self._cols["rule"])
+        self.chunk_rows = chunk_rows
         self._repeat = np.zeros(n, dtype=np.int64)  # n - 1 of "#n"
         self._explicit: list[str] | None = None
-        self.hashes = np.concatenate([np.zeros(0, dtype=np.int64)] + [
-            digest_flags.ident_hashes(self._idents(slice(s, s + CHUNK))) for s in range(0, n, CHUNK)])
+        hashes, self._packed = [np.zeros(0, dtype=np.int64)], []  # identities packed as stored, per chunk
+        for s in range(0, n, chunk_rows):
+            idents = self._idents(slice(s, s + chunk_rows))
+            hashes.append(digest_flags.ident_hashes(idents))
+            self._packed.append(digest_flags.pack_texts(idents))
+        self.hashes = np.concatenate(hashes)
         repeated = np.flatnonzero(pd.Series(self.hashes).duplicated(keep=False).to_numpy())
         if len(repeated):
             same = self.hashes[repeated]
@@ -160,6 +166,8 @@ class CurrentFlags:
             if pd.Series(self.hashes).duplicated().any():  # a key that looks like "x#2": number one by one
                 self._explicit = _numbered(self._idents(slice(0, n), numbered=False))
                 self.hashes = digest_flags.ident_hashes(self._explicit)
+            for k in (range(len(self._packed)) if self._explicit is not None else np.unique(later // chunk_rows).tolist()):
+                self._packed[k] = digest_flags.pack_texts(self._idents(slice(k * chunk_rows, (k + 1) * chunk_rows)))
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -184,11 +192,11 @@ class CurrentFlags:
             yield part, (self._idents(part) if column == "idents"
                          else [str(m) for m in self._cols["message"][part].tolist()])
 
-    def chunks(self, size: int = CHUNK) -> Iterator[digest_flags.Chunk]:
-        """The flags in order, `size` at a time, as stored."""
-        for s in range(0, len(self), size):
-            rows = slice(s, s + size)
-            yield digest_flags.Chunk(self.hashes[rows], self.codes[rows], self._idents(rows),
+    def chunks(self) -> Iterator[digest_flags.Chunk]:
+        """The flags in order, `chunk_rows` at a time, as stored."""
+        for k, s in enumerate(range(0, len(self), self.chunk_rows)):
+            rows = slice(s, s + self.chunk_rows)
+            yield digest_flags.Chunk(self.hashes[rows], self.codes[rows], self._packed[k],
                                      [str(m) for m in self._cols["message"][rows].tolist()])
 
 
@@ -464,10 +472,10 @@ def remember_flags(engine: sa.Engine, report: str, as_of: date, flags: pd.DataFr
                    top: int = TOP_FLAGS, chunk_rows: int = CHUNK) -> FlagSummary:
     """Diff this run's flags against the latest stored run of `report` before `as_of`, then store
     them (replacing a stored run of the same as_of) for the next run."""
-    current = CurrentFlags(flags)
+    current = CurrentFlags(flags, chunk_rows)
     previous = digest_flags.load_previous(engine, report, as_of)
     diff = flag_diff(current, previous, top) if previous is not None else FlagDiff(0, 0, [], [])
-    digest_flags.save(engine, report, as_of, current.labels, current.chunks(chunk_rows))
+    digest_flags.save(engine, report, as_of, current.labels, current.chunks())
     return FlagSummary(len(current), previous.as_of if previous is not None else None, diff)
 
 

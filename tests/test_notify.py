@@ -215,6 +215,22 @@ def test_flag_diff_orders_by_severity():
     assert (d.new_count, d.resolved_count) == (0, 2)
 
 
+def test_digest_counts_every_changed_flag_but_lists_the_top_ones():
+    from flows.notify import Digest, RunHealth, render_digest
+
+    new = [FlagLine(f"M4|aged|deal|s:{i}", "M4", "medium", f"s:{i} is old") for i in range(5)]
+    d = Digest("sales", date(2026, 11, 27), "2026-Q4", "EUR", [], date(2026, 11, 20), 100, new, new[:1], [], [],
+               RunHealth(1, 1, 0, 1.0), [], has_previous_flags=True, new_count=12, resolved_count=1)
+    _, body = render_digest(d)
+    assert "**Flags**: 100 open, 12 new, 1 resolved\n- new [medium] M4: s:0 is old\n" in body
+    assert "- new [medium] M4: s:4 is old\n- ... and 7 more new\n- resolved [medium] M4: s:0 is old\n" in body
+    assert "more resolved" not in body and d.flags_changed
+    assert "**Flags**: 100 (12 new, 1 resolved)" in kpi_markdown(d, [])
+    quiet = Digest("sales", date(2026, 11, 27), "2026-Q4", "EUR", [], None, 0, [], [], [], [], RunHealth(1, 1, 0, 1.0),
+                   [], has_previous_flags=True)
+    assert (quiet.new_count, quiet.resolved_count, quiet.flags_changed) == (0, 0, False)
+
+
 def test_pushed_and_slipped_are_ranked_by_amount():
     changes = pd.DataFrame({
         "change": ["pushed", "pushed", "pushed", "won"],
