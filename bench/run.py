@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 AS_OF = date(2026, 6, 30)
-CASES = ("canonicalize", "analytics", "render", "naive", "raw")
+CASES = ("canonicalize", "analytics", "render", "naive", "raw", "e2e", "e2e_unchanged")
 
 
 def _config_yaml(folder: Path) -> str:
@@ -131,6 +131,20 @@ def run_case(case: str, folder: Path) -> dict:
         t = time.perf_counter()
         rustpy_xlsxwriter.FastExcel(str(folder / "raw.xlsx")).sheet("Opportunities", frame).save()
         seconds = time.perf_counter() - t
+    elif case in ("e2e", "e2e_unchanged"):
+        # the whole run in one process (CSV source, validation, analytics, workbook, local file, state
+        # commit); e2e starts from an empty state, e2e_unchanged runs again on e2e's state (nothing changed)
+        import shutil
+
+        from flows.pipeline import run_pipeline
+
+        state = folder / ".state"
+        if case == "e2e":
+            shutil.rmtree(state, ignore_errors=True)
+        t = time.perf_counter()
+        result = run_pipeline(folder / "bench.yaml", AS_OF)
+        seconds = time.perf_counter() - t
+        assert result.sources[0].reused is (case == "e2e_unchanged"), result.sources[0]
     else:
         raise SystemExit(f"unknown case {case}")
     return {"case": case, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
@@ -206,7 +220,33 @@ def main() -> int:
     return 0
 
 
+def _table_rows(text: str) -> dict[int, dict[str, dict]]:
+    """The (N, case) rows of an earlier results table, so a partial run keeps the others."""
+    out: dict[int, dict[str, dict]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[0].replace(",", "").isdigit():
+            continue
+        try:
+            seconds, rss = float(cells[2]), float(cells[3].rstrip(" *"))
+        except ValueError:
+            continue
+        out.setdefault(int(cells[0].replace(",", "")), {})[cells[1]] = {"seconds": seconds, "peak_rss_mb": rss}
+    return out
+
+
 def write_results(path: Path, results: dict[int, dict[str, dict]]) -> None:
+    """Replace the generated table at the top of `path`; the sections after it (from the first
+    `## ` heading) are kept."""
+    kept = ""
+    if path.exists():
+        text = path.read_text()
+        cut = text.find("\n## ")
+        kept = text[cut:] if cut >= 0 else ""
+        merged = _table_rows(text[:cut] if cut >= 0 else text)
+        for n, cases in results.items():
+            merged.setdefault(n, {}).update(cases)
+        results = dict(sorted(merged.items()))
     lines = [
         "# Benchmark results",
         "",
@@ -224,7 +264,7 @@ def write_results(path: Path, results: dict[int, dict[str, dict]]) -> None:
             vs_naive = f"{naive / r['seconds']:.1f}" if naive and case == "render" else ""
             vs_raw = f"{r['seconds'] / raw:.2f}" if raw and case == "render" else ""
             lines.append(f"| {n:,} | {case} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {vs_naive} | {vs_raw} |")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + kept)
 
 
 if __name__ == "__main__":
