@@ -79,7 +79,7 @@ class Chunk(NamedTuple):
     hashes: np.ndarray
     codes: np.ndarray
     idents: Sequence[str] | bytes
-    messages: Sequence[str] | bytes
+    messages: Sequence[object] | bytes  # str(value) is stored
 
 
 def ident_hashes(idents: Sequence[str]) -> np.ndarray:
@@ -227,15 +227,21 @@ def _delete(conn: sa.Connection, which: sa.ColumnElement[bool]) -> None:
         conn.execute(sa.delete(runs).where(runs.c.id.in_(ids)))
 
 
-def _packed(texts: Sequence[str] | bytes) -> bytes:
+def _packed(texts: Sequence[object] | bytes) -> bytes:
     return texts if isinstance(texts, bytes) else pack_texts(texts)
 
 
-def pack_texts(texts: Sequence[str]) -> bytes:
-    """Texts as stored: zlib(int32 lengths in code points, then the UTF-8 text of every string)."""
-    lengths = np.fromiter(map(len, texts), dtype="<i4", count=len(texts))
+def pack_texts(texts: Sequence[object]) -> bytes:
+    """Texts as stored: zlib(int32 lengths in code points, then the UTF-8 text of every string).
+    Values that are not strings are stored as str(value)."""
+    try:
+        joined = "".join(texts)  # type: ignore[arg-type]
+    except TypeError:
+        texts = [str(t) for t in texts]
+        joined = "".join(texts)
+    lengths = np.fromiter(map(len, texts), dtype="<i4", count=len(texts))  # type: ignore[arg-type]
     z = zlib.compressobj(1)
-    return z.compress(lengths.tobytes()) + z.compress("".join(texts).encode("utf-8", "surrogatepass")) + z.flush()
+    return z.compress(lengths.tobytes()) + z.compress(joined.encode("utf-8", "surrogatepass")) + z.flush()
 
 
 def _unpack(blob: bytes, count: int) -> list[str]:

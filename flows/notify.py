@@ -197,7 +197,7 @@ class CurrentFlags:
         for k, s in enumerate(range(0, len(self), self.chunk_rows)):
             rows = slice(s, s + self.chunk_rows)
             yield digest_flags.Chunk(self.hashes[rows], self.codes[rows], self._packed[k],
-                                     [str(m) for m in self._cols["message"][rows].tolist()])
+                                     self._cols["message"][rows].tolist())
 
 
 def _numbered(bases: list[str]) -> list[str]:

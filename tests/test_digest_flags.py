@@ -232,3 +232,13 @@ def test_an_old_state_db_still_works_and_its_last_run_is_compared(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(digest_flags.legacy)).scalar_one() == 4
     assert not sa.inspect(make_engine(f"sqlite:///{tmp_path / 'new.db'}")).has_table("digest_flags")
+
+
+def test_messages_that_are_not_text_are_stored_as_their_str(engine):
+    side = CurrentFlags(frame(*(("M4", "aged", "deal", f"hs:{i}", "medium", m) for i, m in enumerate([None, 1.5, "x"]))))
+    digest_flags.save(engine, "r", D, side.labels, side.chunks())
+    stored = digest_flags.load_previous(engine, "r", D + timedelta(days=1))
+    assert stored is not None
+    everything = np.arange(3)
+    assert [m for _, part in stored.texts("messages", everything) for m in part] == ["None", "1.5", "x"]
+    assert [m for _, part in side.texts("messages", everything) for m in part] == ["None", "1.5", "x"]
