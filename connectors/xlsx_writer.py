@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -608,6 +608,15 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     zipper.end((b"" if wrote else b'<row r="2"></row>') + b"</sheetData>" + tail)
 
 
+def _finish_late(planned: _Planned, sheet: SheetData) -> None:
+    """The late sheet's final frame replaces the one it was laid out with."""
+    formats = [sheet.formats.get(str(c)) or infer_format(sheet.frame[c]) for c in sheet.frame.columns]
+    if [str(c) for c in sheet.frame.columns] != [str(c) for c in planned.sheet.frame.columns] or formats != planned.formats:
+        raise ValueError(f"write_workbook: the last sheet {sheet.name!r} changed its columns or formats after layout; "
+                         "`last` must return the same columns for any WriteStats")
+    planned.sheet = sheet
+
+
 def _full_ref(planned: _Planned) -> str:
     ncols = max(planned.sheet.frame.shape[1], 1)
     return f"A1:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1}"
@@ -632,15 +641,21 @@ def write_workbook(
     sheets: list[SheetData],
     summary: SummaryData | None = None,
     currency: str = "USD",
+    last: Callable[[WriteStats], SheetData] | None = None,
 ) -> WriteStats:
     """Write the workbook atomically to `path` (temp file in the same folder, then rename).
 
-    Sheet order: Summary first (when given), then `sheets` as given.
+    Sheet order: Summary first (when given), then `sheets` as given, then `last`: a sheet built
+    once every other sheet is written, from their WriteStats (so an About sheet can report the
+    cells cut while writing). It is laid out from `last(WriteStats())` and written from
+    `last(stats)`, which must have the same columns and formats (rows may differ).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     stats = WriteStats()
     sheets = split_sheets(sheets, stats)
+    if last is not None:
+        sheets.append(last(WriteStats()))
     work = Path(tempfile.mkdtemp(prefix=".pipeline-sync-", dir=target.parent))
     try:
         layout_path = work / "layout.xlsx"
@@ -661,6 +676,7 @@ def write_workbook(
         wb.close()
         by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
         table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
+        late = planned[-1] if last is not None else None
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, \
                 zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst, _Zipper(dst) as zipper:
@@ -668,6 +684,9 @@ def write_workbook(
             sst = SharedStrings(src.read(SST_PART)) if SST_PART in names else None
             for item in src.infolist():
                 if item.filename in by_part:
+                    if by_part[item.filename] is late:  # every other sheet is written (xlsxwriter's order)
+                        _finish_late(late, last(stats))
+                        table_refs[table_name(late.sheet.name)] = _full_ref(late)  # tables come after sheets
                     _splice(src, zipper, item.filename, by_part[item.filename], stats, sst)
                 elif item.filename.startswith("xl/tables/"):
                     zipper.writestr(item, _resize_table(src.read(item.filename), table_refs))

@@ -334,7 +334,7 @@ def _placeholder_summary(run: RunContext, reports: list[SourceReport]) -> Summar
 
 def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
     """Write the whole workbook once into `staging_dir`; every destination publishes this file."""
-    from connectors.xlsx_writer import write_workbook
+    from connectors.xlsx_writer import WriteStats, write_workbook
 
     staged = staging_dir / "pipeline.xlsx"
     about_extra: list[tuple[str, Any]] = []
@@ -342,14 +342,18 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
     if analytics is not None and getattr(analytics, "excluded_future", 0):
         about_extra.append(("deals created after as_of (not shown)", analytics.excluded_future))
     sheets = list(result.sheets)
-    cut, notes = excel_limits(sheets)
-    if cut:
-        about_extra.append(("cells cut at 32,767 characters", cut))
-    about_extra.extend(result.about)
-    about = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
-                        timezone=run.config.timezone, version=package_version(), config_sha256=run.loaded.sha256,
-                        sources=result.sources, extra=about_extra, notes=notes)
-    stats = write_workbook(staged, sheets=[*sheets, about], summary=result.summary, currency=run.config.inputs.currency)
+    _, notes = excel_limits(sheets, count_cut=False)  # the writer counts the cells it cuts
+    version = package_version()
+
+    def about(written: WriteStats) -> SheetData:  # built after the other sheets are written
+        extra = [*about_extra, *([("cells cut at 32,767 characters", written.cut_cells)] if written.cut_cells else []),
+                 *result.about]
+        return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
+                           timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
+                           sources=result.sources, extra=extra, notes=notes)
+
+    stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
+                           last=about)
     return staged, stats.rows, stats.notes
 
 

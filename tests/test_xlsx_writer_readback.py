@@ -175,3 +175,58 @@ def test_excel_limits_counts_long_text_of_every_kind():
     })
     sheets = [SheetData("S", frame), SheetData("T", frame.iloc[:2])]
     assert excel_limits(sheets) == (6 + 4, [])
+
+
+def _about(key_values: list[tuple[str, str]]) -> SheetData:
+    return SheetData("About", pd.DataFrame(key_values, columns=["key", "value"]), {"key": "text", "value": "text"})
+
+
+def test_last_sheet_is_built_from_what_the_writer_cut(tmp_path):
+    path = tmp_path / "late.xlsx"
+    data = pd.DataFrame({"name": ["x" * 40_000, "short", "y" * 33_000], "n": [1, 2, 3]})
+    seen: list[int] = []
+
+    def about(written: xlsx_writer.WriteStats) -> SheetData:
+        seen.append(written.cut_cells)
+        rows = [("run", "r1")] + ([("cells cut at 32,767 characters", str(written.cut_cells))] if written.cut_cells else [])
+        return _about(rows)
+
+    stats = write_workbook(path, sheets=[SheetData("Opportunities", data)], last=about)
+    assert seen == [0, 2] and stats.cut_cells == 2
+    assert stats.sheets == ["Opportunities", "About"] and stats.rows == {"Opportunities": 3, "About": 2}
+    ws = openpyxl.load_workbook(path)["About"]
+    assert [[c.value for c in row] for row in ws.iter_rows()] == [
+        ["key", "value"], ["run", "r1"], ["cells cut at 32,767 characters", "2"]]
+    assert dict(ws.tables.items()) == {"tblAbout": "A1:B3"}
+
+
+def test_last_sheet_must_keep_its_columns(tmp_path):
+    def about(written: xlsx_writer.WriteStats) -> SheetData:
+        return SheetData("About", pd.DataFrame({"key": ["a"], **({"more": [1]} if written.cut_cells else {})}))
+
+    with pytest.raises(ValueError, match="last sheet 'About' changed its columns"):
+        write_workbook(tmp_path / "out" / "bad.xlsx", sheets=[SheetData("S", pd.DataFrame({"x": ["x" * 40_000]}))],
+                       last=about)
+    assert list((tmp_path / "out").iterdir()) == []  # nothing written, no temp folder left
+
+
+def test_flow_about_sheet_counts_the_cut_cells(tmp_path):
+    """The flow's render: the About row comes from the writer's own count, one per cut cell."""
+    import yaml
+
+    from flows.pipeline import run_pipeline
+
+    long = "L" * 40_000
+    (tmp_path / "deals.csv").write_text(
+        "opportunity_id,name,owner,team,product,stage,amount,created_date,close_date\n"
+        f"1,{long},Ann,East,Platform,Proposal,1000,2026-01-05,2026-04-30\n"
+        "2,Beta,Bob,West,Services,Qualification,2500,2026-01-10,2026-05-15\n")
+    cfg = {"timezone": "Europe/Berlin", "sources": [{"name": "crm", "type": "csv", "path": "deals.csv"}],
+           "destinations": [{"type": "file", "path": "out/book.xlsx"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run_pipeline(tmp_path / "c.yaml", date(2026, 3, 31))
+    book = CalamineWorkbook.from_path(str(tmp_path / "out" / "book.xlsx"))
+    cut = sum(1 for name in book.sheet_names for row in book.get_sheet_by_name(name).to_python()
+              for v in row if isinstance(v, str) and v.endswith(CUT_MARKER))
+    about = {r[0]: r[1] for r in book.get_sheet_by_name("About").to_python()}
+    assert cut >= 1 and about["cells cut at 32,767 characters"] == str(cut)

@@ -75,12 +75,15 @@ def _over_long(col: pd.Series) -> int:
     return int((present.astype(str).str.len() > EXCEL_MAX_CELL_CHARS).sum())
 
 
-def excel_limits(sheets: Sequence[SheetData]) -> tuple[int, list[str]]:
-    """(text cells longer than Excel holds, notes on sheets that will be split) — known before writing."""
+def excel_limits(sheets: Sequence[SheetData], *, count_cut: bool = True) -> tuple[int, list[str]]:
+    """(text cells longer than Excel holds, notes on sheets that will be split) — known before writing.
+
+    `count_cut=False` leaves the count at 0 and skips its pass over every text cell (for a caller
+    that takes the count from the writer, which counts the cells it cuts)."""
     cut = 0
     notes: list[str] = []
     for sheet in sheets:
-        for c in sheet.frame.columns:
+        for c in sheet.frame.columns if count_cut else ():
             col = sheet.frame[c]
             if col.dtype == object or pd.api.types.is_string_dtype(col):
                 cut += _over_long(col)
