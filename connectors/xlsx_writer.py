@@ -220,19 +220,20 @@ _SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint
 _ASCII_SPACE = np.array([chr(c).isspace() for c in range(256)])
 
 
-def _mostly_distinct(values: pd.Series, sample: int = 2000) -> bool:
+def _mostly_distinct(values: np.ndarray, sample: int = 2000) -> bool:
     """Whether a text column's values are (nearly) all different, judged on its first rows: such
     a column is written inline value by value, without the cost of finding its repeats."""
-    head = values.iloc[:sample].dropna().tolist()
+    head = values[:sample]
+    head = head[~pd.isna(head)].tolist()
     return len(head) >= 100 and len(set(head)) >= 0.9 * len(head) and len(set(head)) * 2 > min(sample, len(values))
 
 
-def _text_table(values: pd.Series, s_attr: str, stats: WriteStats, sst: SharedStrings | None,
+def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedStrings | None,
                 distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Text cells: each distinct value escaped and wrapped once; values that repeat down the
     column go to the shared-string table. Empty text is a missing cell. `distinct`: treat every
     present value as its own (inline), skipping the search for repeats."""
-    arr = values.to_numpy(dtype=object)
+    arr = values
     if distinct:
         present = np.flatnonzero(~pd.isna(arr))
         texts = arr[present].tolist()
@@ -297,10 +298,10 @@ def _number_strings(uniques: np.ndarray) -> list[str]:
     return list(map(repr, uniques.tolist()))
 
 
-def _column_table(series: pd.Series, fmt: ColumnFormat, style: str, stats: WriteStats,
+def _column_table(series: pd.Series | np.ndarray, fmt: ColumnFormat, style: str, stats: WriteStats,
                   sst: SharedStrings | None = None, distinct: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, table) for one column: the cell of row i is table[codes[i]]; code -1 (and only
-    code -1) is a missing cell, table[-1] == ""."""
+    """(codes, table) for one column (text: an object array; else a Series): the cell of row i is
+    table[codes[i]]; code -1 (and only code -1) is a missing cell, table[-1] == ""."""
     s_attr = f' s="{style}"' if style and style != "0" else ""
     if fmt == "text":
         return _text_table(series, s_attr, stats, sst, distinct)
@@ -330,13 +331,9 @@ def _column_table(series: pd.Series, fmt: ColumnFormat, style: str, stats: Write
 
 
 def _with_reference(letter: str, rows: np.ndarray, cells: np.ndarray) -> list[str]:
-    """`<c r="B7" ...>` for cells that follow a gap: references and bodies paired with one join."""
+    """`<c r="B7" ...>` for cells that follow a gap (the cell's own `<c` replaced)."""
     refs = _wrap(list(map(str, rows.tolist())), f'<c r="{letter}', '"')
-    parts = np.empty(3 * len(cells), dtype=object)
-    parts[0::3] = refs
-    parts[1::3] = [c[2:] for c in cells.tolist()]  # the cell without its "<c"
-    parts[2::3] = "\x00"
-    return "".join(parts[:-1].tolist()).split("\x00")
+    return [ref + cell[2:] for ref, cell in zip(refs, cells.tolist(), strict=True)]
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
@@ -344,25 +341,30 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
     """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
     letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
     ncols = frame.shape[1]
-    distinct = [formats[j] == "text" and _mostly_distinct(frame.iloc[:, j]) for j in range(ncols)]
+    columns = [frame.iloc[:, j] for j in range(ncols)]
+    columns = [c.to_numpy(dtype=object) if f == "text" else c for c, f in zip(columns, formats, strict=True)]
+    distinct = [formats[j] == "text" and _mostly_distinct(columns[j]) for j in range(ncols)]
+    grid = np.empty((min(CHUNK_ROWS, len(frame)), ncols + 2), dtype=object)  # reused by every chunk
+    grid[:, -1] = "</row>"
     for start in range(0, len(frame), CHUNK_ROWS):
-        chunk = frame.iloc[start : start + CHUNK_ROWS]
-        n = len(chunk)
-        grid = np.empty((n, ncols + 2), dtype=object)
-        grid[:, 0] = _wrap(list(map(str, range(start + 2, start + 2 + n))), '<row r="', '">')
-        grid[:, -1] = "</row>"
+        stop = min(start + CHUNK_ROWS, len(frame))
+        n = stop - start
+        rows = grid[:n]
+        rows[:, 0] = _wrap(list(map(str, range(start + 2, stop + 2))), '<row r="', '">')
         before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
         for j in range(ncols):
-            codes, table = _column_table(chunk.iloc[:, j], formats[j], styles[j], stats, sst, distinct[j])
+            col = columns[j]
+            codes, table = _column_table(col[start:stop] if formats[j] == "text" else col.iloc[start:stop],
+                                         formats[j], styles[j], stats, sst, distinct[j])
             cells = table[codes]
             missing = codes < 0
             if before_missing is not None:
                 at = np.flatnonzero(before_missing & ~missing)
                 if len(at):  # after a gap a cell says where it is
                     cells[at] = _with_reference(letters[j], at + (start + 2), cells[at])
-            grid[:, j + 1] = cells
+            rows[:, j + 1] = cells
             before_missing = missing
-        yield "".join(grid.ravel().tolist())
+        yield "".join(rows.ravel().tolist())
 
 
 # ----------------------------------------------------------------------------- layout with xlsxwriter
