@@ -225,7 +225,11 @@ def _mostly_distinct(values: np.ndarray, sample: int = 2000) -> bool:
     a column is written inline value by value, without the cost of finding its repeats."""
     head = values[:sample]
     head = head[~pd.isna(head)].tolist()
-    return len(head) >= 100 and len(set(head)) >= 0.9 * len(head) and len(set(head)) * 2 > min(sample, len(values))
+    try:
+        distinct = len(set(head))
+    except TypeError:  # unhashable values (dicts, lists): see _text_table
+        return False
+    return len(head) >= 100 and distinct >= 0.9 * len(head) and distinct * 2 > min(sample, len(values))
 
 
 def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedStrings | None,
@@ -241,7 +245,12 @@ def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedS
         codes[present] = np.arange(len(present))
         sst = None
     else:
-        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+        try:
+            codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+        except TypeError:  # unhashable values (a raw record's dicts, lists): written as their text
+            arr = np.array([v if na or isinstance(v, str) else str(v) for v, na in zip(arr.tolist(), pd.isna(arr).tolist(),
+                                                                                      strict=True)], dtype=object)
+            codes, uniques = pd.factorize(arr, use_na_sentinel=True)
         texts = uniques.tolist()
     try:
         joined = "\n".join(texts)

@@ -230,3 +230,11 @@ def test_flow_about_sheet_counts_the_cut_cells(tmp_path):
               for v in row if isinstance(v, str) and v.endswith(CUT_MARKER))
     about = {r[0]: r[1] for r in book.get_sheet_by_name("About").to_python()}
     assert cut >= 1 and about["cells cut at 32,767 characters"] == str(cut)
+
+
+def test_unhashable_values_are_written_as_their_text(tmp_path):
+    path = tmp_path / "objects.xlsx"
+    frame = pd.DataFrame({"raw": pd.Series([{"k": 1}, None, [1, 2], "plain", {"k": 1}, pd.NA], dtype=object)})
+    write_workbook(path, sheets=[SheetData("Data", frame, {"raw": "text"})])
+    got = [row[0] for row in CalamineWorkbook.from_path(str(path)).get_sheet_by_name("Data").to_python()]
+    assert got == ["raw", "{'k': 1}", "", "[1, 2]", "plain", "{'k': 1}"]
