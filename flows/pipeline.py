@@ -239,8 +239,10 @@ def validation_digest(cfg: AppConfig, index: int) -> str:
 
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
-    """Validate every source's rows, then compute the analytics sheets."""
-    return analyze(run, validate(run, extracted, failures))
+    """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
+    validated = validate(run, extracted, failures)
+    release_rows(extracted)
+    return analyze(run, validated)
 
 
 def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
@@ -265,14 +267,30 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
             retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None))
-    opportunities = pd.concat(loaded_parts, ignore_index=True) if loaded_parts else empty_opportunities()
-    rejected = pd.concat(rejected_parts, ignore_index=True) if rejected_parts else pd.DataFrame(
+    opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
+    rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
-    history = pd.concat(history_parts, ignore_index=True) if history_parts else canonicalize_history(
+    history = _stacked(history_parts) if history_parts else canonicalize_history(
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
     raw = [(src.raw_sheet, by_source[src.name].raw) for src in cfg.sources
            if src.raw_sheet and src.name in by_source and by_source[src.name].raw is not None]
     return Validated(opportunities, rejected, history, reports, raw, by_source)
+
+
+def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The parts one below the other; a single part as it is (no copy of a million rows)."""
+    if len(parts) == 1 and isinstance(parts[0].index, pd.RangeIndex) and parts[0].index.start == 0:
+        return parts[0]
+    return pd.concat(parts, ignore_index=True)
+
+
+def release_rows(extracted: list[Extracted]) -> None:
+    """Drop the sources' unvalidated rows once validated: later steps use only each Extracted's
+    pending state, version and flags, and at a million rows these frames are most of the memory."""
+    for e in extracted:
+        e.records = e.records.iloc[:0]
+        e.history = None
+        e.raw = None
 
 
 def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:

@@ -40,6 +40,7 @@ from flows.pipeline import (
     commit_state,
     keep_validated,
     publish,
+    release_rows,
     render,
     validate,
 )
@@ -195,6 +196,7 @@ def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str,
     and the snapshots."""
     specs = report_specs(run.config, names)
     validated = wrap(validate, "validate")(run, extracted, failures)
+    release_rows(extracted)
     _ = run.engine  # tables exist before the reports open their own connections
     calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))
                          for s in specs]
