@@ -13,15 +13,18 @@ whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import pandas as pd
 import requests
 
@@ -380,19 +383,34 @@ def _payload(deal: dict) -> dict:
     return {"id": str(deal["id"]), "properties": dict(deal.get("properties") or {})}
 
 
-def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progress: _Progress) -> dict[str, dict]:
-    """Every active deal (GET list), with line item ids when products come from line items."""
-    out: dict[str, dict] = {}
-    for results in api.deals(props, cfg.page_size, line_items=cfg.product_from_line_items):
-        for d in results:
-            p = _payload(d)
-            if cfg.product_from_line_items:
-                assoc = d.get("associations") or {}
-                li = assoc.get("line items") or assoc.get("line_items") or {}
-                p["_line_item_ids"] = [str(r["id"]) for r in li.get("results") or []]
-            out[p["id"]] = p
-        progress.page(len(results))
-    return out
+def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progress: _Progress,
+             selected: set[str]) -> tuple[DealTable, int]:
+    """Every active deal of the `selected` pipelines (GET list) as a DealTable, and how many deals
+    were listed in all. Products come from line items: each kept deal's largest line item."""
+    table = DealTable()
+    line_items: dict[str, list[str]] = {}
+    listed = 0
+    with _gc_paused():  # page dicts are acyclic garbage; the table holds few containers
+        for results in api.deals(props, cfg.page_size, line_items=cfg.product_from_line_items):
+            listed += len(results)
+            page: list[tuple[str, dict]] = []
+            for d in results:
+                deal_id, p = str(d["id"]), d.get("properties") or {}
+                if (p.get("pipeline") or "") not in selected:
+                    table.remove(deal_id)  # a deal listed again after it moved out of the selection
+                    continue
+                page.append((deal_id, p))
+                if cfg.product_from_line_items:
+                    assoc = d.get("associations") or {}
+                    li = assoc.get("line items") or assoc.get("line_items") or {}
+                    line_items[deal_id] = [str(r["id"]) for r in li.get("results") or []]
+            table.add(page)
+            progress.page(len(results))
+    if cfg.product_from_line_items:
+        deals = {k: {"_line_item_ids": line_items[k]} for k in table.live_ids()}
+        add_line_item_products(api, deals)
+        table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in deals.items()})
+    return table, listed
 
 
 def _search_body(props: list[str], limit: int, filters: list[tuple[str, int]]) -> dict[str, Any]:
@@ -498,6 +516,157 @@ def load_owners(api: HubSpotApi, wanted: set[str]) -> dict[str, tuple[str, str |
     return out
 
 
+# ----------------------------------------------------------------------------- deal table
+
+INTERN_LIMIT = 1_000  # a property with at most this many distinct values shares one str per value
+
+
+class DealTable:
+    """Deals held as columns (one value list per property) instead of a dict per deal.
+
+    A full pull of a million deals as dicts held ~8 kB per deal; as columns it holds the values
+    and 8 bytes per cell. Each deal keeps its property names (one tuple shared by the deals with
+    the same names, in HubSpot's order), so `deal(i)` rebuilds the raw deal exactly. Values that
+    repeat across deals (stage, pipeline and owner ids, currency, deal type) share one string
+    object while their property has at most INTERN_LIMIT distinct values; `hs_object_id` shares
+    the id's. Adding an id again replaces that deal in place; `remove` drops one.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.names: list[tuple[str, ...]] = []  # per deal: its property names
+        self.columns: dict[str, list[Any]] = {}  # None where a deal lacks the property
+        self.line_item_product: dict[int, Any] = {}  # position -> the deal's LINE_ITEM_PRODUCT, when set
+        self.dropped: set[int] = set()
+        self._at: dict[str, int] = {}
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._interned: dict[str, dict[Any, Any] | None] = {}
+
+    @classmethod
+    def of(cls, deals: Iterable[dict]) -> DealTable:
+        """A table of raw deals ({id, properties[, LINE_ITEM_PRODUCT]}), e.g. stored ones."""
+        table = cls()
+        batch: list[dict] = []
+        for deal in deals:
+            batch.append(deal)
+            if len(batch) == 1_000:
+                table._add_deals(batch)
+                batch = []
+        table._add_deals(batch)
+        return table
+
+    def _add_deals(self, deals: list[dict]) -> None:
+        self.add([(str(d["id"]), d.get("properties") or {}) for d in deals])
+        self.set_line_item_products({str(d["id"]): d[LINE_ITEM_PRODUCT] for d in deals if LINE_ITEM_PRODUCT in d})
+
+    def add(self, deals: list[tuple[str, dict]]) -> None:
+        """Add (id, properties) pairs; a later pair of a stored id replaces it where it stands."""
+        page: dict[str, dict] = {}
+        for deal_id, props in deals:
+            page[deal_id] = props
+        new = [(k, p) for k, p in page.items() if k not in self._at]
+        if len(new) < len(page):
+            for k, p in page.items():
+                if k in self._at:
+                    self._replace(self._at[k], p)
+        if not new:
+            return
+        start, ids = len(self.ids), [k for k, _ in new]
+        props = [p for _, p in new]
+        shapes = [self._shape(p) for p in props]
+        for name, col in self.columns.items():
+            col.extend(self._intern(name, [p.get(name) for p in props], ids))
+        self.ids += ids
+        self.names += shapes
+        self._at.update(zip(ids, range(start, start + len(ids)), strict=True))
+
+    def _shape(self, props: dict) -> tuple[str, ...]:
+        key = tuple(props)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = key
+            for name in key:
+                if name not in self.columns:
+                    self.columns[name] = [None] * len(self.ids)
+                    self._interned[name] = {}
+        return shape
+
+    def _intern(self, name: str, values: list[Any], ids: list[str]) -> list[Any]:
+        if name == "hs_object_id":
+            return [k if v == k else v for v, k in zip(values, ids, strict=True)]
+        seen = self._interned.get(name)
+        if seen is None:
+            return values
+        try:
+            values = list(map(seen.setdefault, values, values))
+        except TypeError:  # an unhashable value (not a HubSpot string): stop sharing this property's
+            seen.clear()
+        if len(seen) > INTERN_LIMIT or not seen:
+            self._interned[name] = None
+        return values
+
+    def _replace(self, i: int, props: dict) -> None:
+        self.names[i] = self._shape(props)
+        for name, col in self.columns.items():
+            col[i] = self._intern(name, [props.get(name)], [self.ids[i]])[0]
+        self.line_item_product.pop(i, None)
+
+    def remove(self, deal_id: str) -> None:
+        i = self._at.pop(deal_id, None)
+        if i is not None:
+            self.dropped.add(i)
+
+    def set_line_item_products(self, products: dict[str, Any]) -> None:
+        for deal_id, product in products.items():
+            self.line_item_product[self._at[deal_id]] = product
+
+    def live(self) -> list[int]:
+        """Positions of the deals held (not removed), in the order they came."""
+        if not self.dropped:
+            return list(range(len(self.ids)))
+        return [i for i in range(len(self.ids)) if i not in self.dropped]
+
+    def live_ids(self) -> list[str]:
+        return [self.ids[i] for i in self.live()]
+
+    def position(self, deal_id: str) -> int | None:
+        return self._at.get(deal_id)
+
+    def values(self, name: str, order: list[int]) -> list[Any]:
+        """props.get(name) of the deals at `order`."""
+        col = self.columns.get(name)
+        return [col[i] for i in order] if col is not None else [None] * len(order)
+
+    def deal(self, i: int) -> dict:
+        """The raw deal at position i, as HubSpot gave it: {id, properties[, line_item_product]}."""
+        cols = self.columns
+        deal = {"id": self.ids[i], "properties": {n: cols[n][i] for n in self.names[i]}}
+        if i in self.line_item_product:
+            deal[LINE_ITEM_PRODUCT] = self.line_item_product[i]
+        return deal
+
+    def sorted_positions(self, positions: list[int]) -> list[int]:
+        """`positions` ordered by deal id as _sort_key orders them (numbers first, by value)."""
+        ids = self.ids
+        if all(ids[i].isdigit() and ids[i].isascii() and len(ids[i]) < 19 for i in positions):
+            keys = np.fromiter((int(ids[i]) for i in positions), dtype=np.int64, count=len(positions))
+            return [positions[j] for j in np.argsort(keys, kind="stable").tolist()]
+        return sorted(positions, key=lambda i: _sort_key(ids[i]))
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off meanwhile: building and dropping millions of acyclic objects would
+    otherwise trigger collections that scan every live container again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # ----------------------------------------------------------------------------- frames
 
 
@@ -546,6 +715,36 @@ class Resolver:
         hist = [[text, props[name]] for name, text in self.entered if props.get(name)]
         return row, hist
 
+    def columns(self, table: DealTable, order: list[int]) -> dict[str, list[Any]]:
+        """`row()`'s values for the deals at `order`, column by column (the same keys, same order)."""
+        cfg, stages = self.cfg, self.stages
+        n = len(order)
+        sids = [v or "" for v in table.values("dealstage", order)]
+        pids = [v or "" for v in table.values("pipeline", order)]
+        owner_ids = [v or "" for v in table.values("hubspot_owner_id", order)]
+        by_stage = {s: stages.get(s) for s in set(sids)}
+        owners = {o: self.owners.get(o, (o or None, None)) for o in set(owner_ids)}
+        self.unknown_owners |= {o for o in owners if o and o not in self.owners}
+        product: list[Any] = table.values(cfg.product_property, order) if cfg.product_property else [None] * n
+        if cfg.product_from_line_items:
+            lip = table.line_item_product
+            product = [v if v else lip.get(i) for v, i in zip(product, order, strict=True)]
+        entered = {s: table.columns.get(f"{cfg.stage_entered_prefix}{s}") for s in by_stage if s}
+        out: dict[str, list[Any]] = {f: table.values(p, order) for f, p in self.fields}
+        out.update({
+            "opportunity_id": [table.ids[i] for i in order],
+            "stage": [st.text if (st := by_stage[s]) else (s or None) for s in sids],
+            "status": [st.status if (st := by_stage[s]) else None for s in sids],
+            "owner": [owners[o][0] for o in owner_ids],
+            "team": [owners[o][1] for o in owner_ids],
+            "product": product,
+            "stage_entered_date": [col[i] if (col := entered.get(s)) is not None else None
+                                   for s, i in zip(sids, order, strict=True)],
+            PIPELINE_COLUMN: [st.pipeline_label if (st := by_stage[s]) else self.pipelines.get(p, p or None)
+                              for s, p in zip(sids, pids, strict=True)],
+        })
+        return out
+
     def notes(self) -> list[str]:
         if not self.unknown_owners:
             return []
@@ -571,11 +770,123 @@ def frames(cfg: HubSpotSourceConfig, payloads: list[dict]) -> tuple[pd.DataFrame
         raw.append({"id": deal["id"], **deal["properties"],
                     **({LINE_ITEM_PRODUCT: deal.get(LINE_ITEM_PRODUCT)} if cfg.product_from_line_items else {})})
     history = pd.DataFrame(hist, columns=list(HISTORY_FIELDS))
-    if not rows:  # keep the columns, so an empty source still has the shape of one
-        columns = ["opportunity_id", *field_properties(cfg), "stage", "status", "owner", "team", "product",
-                   "stage_entered_date", PIPELINE_COLUMN, ROW_COLUMN]
-        return pd.DataFrame(columns=columns), history, pd.DataFrame(columns=["id"])
+    if not rows:
+        return _empty_frames(cfg)
     return pd.DataFrame(rows), history, pd.DataFrame(raw)
+
+
+def _empty_frames(cfg: HubSpotSourceConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """No deals: frames that keep the columns, so an empty source still has the shape of one."""
+    columns = ["opportunity_id", *field_properties(cfg), "stage", "status", "owner", "team", "product",
+               "stage_entered_date", PIPELINE_COLUMN, ROW_COLUMN]
+    return (pd.DataFrame(columns=columns), pd.DataFrame([], columns=list(HISTORY_FIELDS)),
+            pd.DataFrame(columns=["id"]))
+
+
+def table_frames(cfg: HubSpotSourceConfig, table: DealTable, resolver: Resolver,
+                 positions: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(records with `_row` from 1, history, raw properties or None without `raw_sheet`) of the
+    deals at `positions`, ordered by deal id, built column by column: the same frames `frames()`
+    builds from the deals' payloads, without a dict per deal."""
+    if not positions:
+        records, history, raw = _empty_frames(cfg)
+        return records, history, raw if cfg.raw_sheet else None
+    order = table.sorted_positions(positions)
+    with _gc_paused():
+        columns = resolver.columns(table, order)
+        columns[ROW_COLUMN] = np.arange(1, len(order) + 1, dtype=np.int64)
+        records = pd.DataFrame(columns)
+        del columns
+        history = _history_frame(table, resolver, order)
+        raw = _raw_frame(cfg, table, order) if cfg.raw_sheet else None
+    return records, history, raw
+
+
+def _history_frame(table: DealTable, resolver: Resolver, order: list[int]) -> pd.DataFrame:
+    entered = [(table.columns[name], text) for name, text in resolver.entered if name in table.columns]
+    ids, stages, when = [], [], []
+    for i in order:
+        deal_id = table.ids[i]
+        for col, text in entered:
+            value = col[i]
+            if value:
+                ids.append(deal_id)
+                stages.append(text)
+                when.append(value)
+    if not ids:
+        return pd.DataFrame([], columns=list(HISTORY_FIELDS))
+    return pd.DataFrame(dict(zip(HISTORY_FIELDS, (ids, stages, when), strict=True)))
+
+
+def _raw_frame(cfg: HubSpotSourceConfig, table: DealTable, order: list[int]) -> pd.DataFrame:
+    """Per deal {"id", **properties[, LINE_ITEM_PRODUCT]}, columns in first-seen order, NaN where
+    a deal lacks a property (as pd.DataFrame of those dicts has it)."""
+    names: dict[str, None] = {"id": None}
+    shapes: dict[tuple[str, ...], None] = {}
+    for i in order:
+        shape = table.names[i]
+        if shape not in shapes:
+            shapes[shape] = None
+            names.update(dict.fromkeys(shape))
+    if cfg.product_from_line_items:
+        names.setdefault(LINE_ITEM_PRODUCT)
+    nan = float("nan")
+    out: dict[str, list[Any]] = {}
+    for name in names:
+        if cfg.product_from_line_items and name == LINE_ITEM_PRODUCT:
+            out[name] = [table.line_item_product.get(i) for i in order]
+            continue
+        has = {shape: name in shape for shape in shapes}
+        if all(has.values()):
+            out[name] = table.values(name, order)
+        elif name == "id" and not any(has.values()):
+            out[name] = [table.ids[i] for i in order]
+        else:
+            col = table.columns.get(name) or []
+            fallback = table.ids if name == "id" else None
+            out[name] = [col[i] if has[table.names[i]] else (fallback[i] if fallback else nan) for i in order]
+    return pd.DataFrame(out)
+
+
+class StoredPayloads(Sequence[tuple[str, dict]]):
+    """(deal id, state-store payload) of the deals at `positions` of a DealTable, each built when
+    read: the pending upserts of a run, without a payload dict per deal held until the commit."""
+
+    def __init__(self, table: DealTable, resolver: Resolver, positions: list[int]):
+        self.table, self.resolver, self.positions = table, resolver, positions
+
+    def payload(self, i: int) -> dict:
+        deal = self.table.deal(i)
+        return stored(deal, *self.resolver.row(deal))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @overload
+    def __getitem__(self, k: int) -> tuple[str, dict]: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[tuple[str, dict]]: ...
+
+    def __getitem__(self, k: int | slice) -> tuple[str, dict] | list[tuple[str, dict]]:
+        if isinstance(k, slice):
+            return [(self.table.ids[i], self.payload(i)) for i in self.positions[k]]
+        i = self.positions[k]
+        return self.table.ids[i], self.payload(i)
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        for i in self.positions:
+            yield self.table.ids[i], self.payload(i)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StoredPayloads({len(self)} deal(s))"
 
 
 def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:
@@ -662,9 +973,8 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     deletes: set[str] = set()
     stored_version = get_version(ctx.engine, cfg.name) if ctx.engine is not None else None
     if since is None:
-        changed = list_all(api, cfg, props, progress)
-        current = dict(changed)
-        notes.append(f"full refresh: {len(changed)} deal(s)")
+        table, listed = list_all(api, cfg, props, progress, selected)
+        notes.append(f"full refresh: {listed} deal(s)")
     else:
         lo = min(since, signpost) - timedelta(seconds=cfg.search_overlap_seconds)
         changed = search_changed(api, cfg, props, lo, signpost, progress)
@@ -682,26 +992,33 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         deletes |= gone & set(current)
         notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
                      f"{len(deletes)} archived deal(s)")
-    current.update(changed)
-    for deal_id in deletes:
-        current.pop(deal_id, None)
-    outside = {k for k, p in current.items() if (p["properties"].get("pipeline") or "") not in selected}
-    for deal_id in outside:
-        current.pop(deal_id)
-    deletes = (deletes | outside) & set(previous) if since is not None else set()
-    if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
-        add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
+        current.update(changed)
+        for deal_id in deletes:
+            current.pop(deal_id, None)
+        outside = {k for k, p in current.items() if (p["properties"].get("pipeline") or "") not in selected}
+        for deal_id in outside:
+            current.pop(deal_id)
+        deletes = (deletes | outside) & set(previous)
+        if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
+            add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
+        table = DealTable.of(current.values())
+        del current, changed
+    positions = table.live()
 
-    owner_ids = {p["properties"].get("hubspot_owner_id") for p in current.values()} - {None, ""}
+    owner_ids = set(table.values("hubspot_owner_id", positions)) - {None, ""}
     owners = load_owners(api, owner_ids) if owner_ids else {}
     resolver = Resolver(cfg, pipelines, stages, owners)
-    payloads = {k: stored(deal, *resolver.row(deal)) for k, deal in current.items()}
-    records, history, raw = frames(cfg, list(payloads.values()))
+    records, history, raw = table_frames(cfg, table, resolver, positions)
 
     pending = None
     if ctx.engine is not None:
         # changed deals, and any whose resolved row moved (a renamed owner, stage or pipeline)
-        upserts = [(k, p) for k, p in payloads.items() if since is None or previous.get(k) != p]
+        upserts = StoredPayloads(table, resolver, positions)
+        if since is not None:
+            with _gc_paused():
+                moved = [i for i in positions if previous.get(table.ids[i]) != upserts.payload(i)]
+            upserts = StoredPayloads(table, resolver, moved)
+        del previous
         resolution = resolution_digest(pipelines, stages, selected, owners)
         same = (since is not None and not upserts and not deletes and stored_version is not None
                 and stored_version.detail.get("resolution") == resolution)
@@ -716,7 +1033,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         source=cfg.name,
         records=records,
         history=history,
-        raw=raw if cfg.raw_sheet else None,
+        raw=raw,
         seconds=time.monotonic() - started,
         notes=notes + resolver.notes(),
         requests=obs.requests - before[0],

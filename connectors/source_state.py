@@ -9,10 +9,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -134,7 +135,7 @@ def save_state(
     conn: sa.Connection,
     source: str,
     cursor: str | None,
-    upserts: Iterable[tuple[str, dict]],
+    upserts: Iterable[tuple[str, dict | str]],
     deletes: Iterable[str] = (),
     replace_all: bool = False,
     version: SourceVersion | None = None,
@@ -143,18 +144,25 @@ def save_state(
 
     `replace_all` drops every stored record of the source first; then `deletes` are removed and
     `upserts` stored (an id in both is kept with its new payload; the last upsert of an id wins).
-    A `cursor` of None keeps the stored one; a `version` of None keeps the stored version.
+    A payload is a JSON-able dict, or a str that is already its JSON text (stored as given).
+    `upserts` is read once, in chunks: a lazy sequence or generator never has all its payloads
+    held at once. A `cursor` of None keeps the stored one; a `version` of None keeps the stored version.
     """
-    changes = dict(upserts)
+    if isinstance(upserts, Mapping):
+        upserts = upserts.items()
     if replace_all:
         conn.execute(sa.delete(records).where(records.c.source == source))
-    else:  # upserts are a delete and an insert: one statement per chunk of ids
-        _delete_ids(conn, source, list(dict.fromkeys([*deletes, *changes])))
-    ids = list(changes)
+    else:
+        _delete_ids(conn, source, list(dict.fromkeys(deletes)))
+    written: set[str] = set()
+    pairs = iter(upserts)
     with _gc_paused():  # the parameter dicts are acyclic garbage the GC would scan again and again
-        for i in range(0, len(ids), _INSERT_ROWS):
-            conn.execute(records.insert(), [{"source": source, "record_id": rid, "payload": _encode(changes[rid])}
-                                            for rid in ids[i:i + _INSERT_ROWS]])
+        while chunk := dict(islice(pairs, _INSERT_ROWS)):  # the last upsert of an id in a chunk wins
+            # an upsert is a delete and an insert; after replace_all only ids this call wrote are stored
+            _delete_ids(conn, source, [k for k in chunk if k in written] if replace_all else list(chunk))
+            conn.execute(records.insert(), [{"source": source, "record_id": rid, "payload": _text(payload)}
+                                            for rid, payload in chunk.items()])
+            written.update(chunk)
     if cursor is not None:
         conn.execute(sa.delete(cursors).where(cursors.c.source == source))
         conn.execute(cursors.insert().values(source=source, cursor=cursor, updated_at=datetime.now(UTC)))
@@ -162,6 +170,10 @@ def save_state(
         conn.execute(sa.delete(versions).where(versions.c.source == source))
         conn.execute(versions.insert().values(source=source, version=version.version,
                                               detail=json.dumps(version.detail, sort_keys=True)))
+
+
+def _text(payload: dict | str) -> str:
+    return payload if isinstance(payload, str) else _encode(payload)
 
 
 def _delete_ids(conn: sa.Connection, source: str, ids: list[str]) -> None:
