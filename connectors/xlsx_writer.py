@@ -405,8 +405,9 @@ def _col_width(series: pd.Series, header: str, fmt: ColumnFormat) -> float:
         return max(base, 14)
     if fmt == "bool":
         return max(base, 8)
-    sample = series.head(2000).dropna().astype(str)
-    longest = int(sample.str.len().quantile(0.95)) if len(sample) else 0
+    sample = series.iloc[:2000].to_numpy(dtype=object)
+    lengths = [len(v) if isinstance(v, str) else len(str(v)) for v in sample[~pd.isna(sample)].tolist()]
+    longest = int(np.quantile(lengths, 0.95)) if lengths else 0
     return float(min(60, max(base, longest + 2)))
 
 
@@ -675,6 +676,7 @@ def write_workbook(
             "strings_to_urls": False,
             "strings_to_numbers": False,
             "use_zip64": True,
+            "in_memory": True,  # the layout is small: no temp file per part
         })
         layout = _Layout(wb, currency)
         if summary is not None:
