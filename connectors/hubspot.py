@@ -410,7 +410,7 @@ def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progre
         deals = {k: {"_line_item_ids": line_items[k]} for k in table.live_ids()}
         add_line_item_products(api, deals)
         table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in deals.items()})
-    return table, listed
+    return table.finish(), listed
 
 
 def _search_body(props: list[str], limit: int, filters: list[tuple[str, int]]) -> dict[str, Any]:
@@ -529,22 +529,24 @@ class DealTable:
     the same names, in HubSpot's order), so `deal(i)` rebuilds the raw deal exactly. Values that
     repeat across deals (stage, pipeline and owner ids, currency, deal type) share one string
     object while their property has at most INTERN_LIMIT distinct values; `hs_object_id` shares
-    the id's. Adding an id again replaces that deal in place; `remove` drops one.
+    the id's. Filling: `add` (an id added again is replaced where it stands), `remove`,
+    `set_line_item_products`; then `finish` orders the deals by id (positions 0..n-1 from then on).
     """
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.names: list[tuple[str, ...]] = []  # per deal: its property names
-        self.columns: dict[str, list[Any]] = {}  # None where a deal lacks the property
+        self.columns: dict[str, Any] = {}  # name -> values by position (None where a deal lacks it)
         self.line_item_product: dict[int, Any] = {}  # position -> the deal's LINE_ITEM_PRODUCT, when set
-        self.dropped: set[int] = set()
+        self._nan_is_none: set[str] = set()  # columns shared with a str frame column: NaN reads as None
+        self._dropped: set[int] = set()
         self._at: dict[str, int] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._interned: dict[str, dict[Any, Any] | None] = {}
 
     @classmethod
     def of(cls, deals: Iterable[dict]) -> DealTable:
-        """A table of raw deals ({id, properties[, LINE_ITEM_PRODUCT]}), e.g. stored ones."""
+        """A finished table of raw deals ({id, properties[, LINE_ITEM_PRODUCT]}), e.g. stored ones."""
         table = cls()
         batch: list[dict] = []
         for deal in deals:
@@ -553,11 +555,14 @@ class DealTable:
                 table._add_deals(batch)
                 batch = []
         table._add_deals(batch)
-        return table
+        return table.finish()
 
     def _add_deals(self, deals: list[dict]) -> None:
         self.add([(str(d["id"]), d.get("properties") or {}) for d in deals])
         self.set_line_item_products({str(d["id"]): d[LINE_ITEM_PRODUCT] for d in deals if LINE_ITEM_PRODUCT in d})
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def add(self, deals: list[tuple[str, dict]]) -> None:
         """Add (id, properties) pairs; a later pair of a stored id replaces it where it stands."""
@@ -614,44 +619,71 @@ class DealTable:
     def remove(self, deal_id: str) -> None:
         i = self._at.pop(deal_id, None)
         if i is not None:
-            self.dropped.add(i)
+            self._dropped.add(i)
+
+    def live_ids(self) -> list[str]:
+        """Ids of the deals held (not removed), in the order they came."""
+        return list(self._at)
 
     def set_line_item_products(self, products: dict[str, Any]) -> None:
         for deal_id, product in products.items():
             self.line_item_product[self._at[deal_id]] = product
 
-    def live(self) -> list[int]:
-        """Positions of the deals held (not removed), in the order they came."""
-        if not self.dropped:
-            return list(range(len(self.ids)))
-        return [i for i in range(len(self.ids)) if i not in self.dropped]
+    def finish(self) -> DealTable:
+        """Order the deals by id (numbers first, by value; as `frames` orders payloads), drop the
+        removed ones and the filling indexes."""
+        ids = self.ids
+        keep = range(len(ids)) if not self._dropped else [i for i in range(len(ids)) if i not in self._dropped]
+        try:
+            keys = np.fromiter((int(k) if k.isdigit() and k.isascii() and len(k) < 19 else None
+                                for k in (ids[i] for i in keep)),
+                               dtype=np.int64, count=len(keep))
+            order = [keep[j] for j in np.argsort(keys, kind="stable").tolist()]
+        except (TypeError, ValueError):  # an id that is not a plain number
+            order = sorted(keep, key=lambda i: _sort_key(ids[i]))
+        if order != list(range(len(ids))):
+            self.ids = [ids[i] for i in order]
+            self.names = [self.names[i] for i in order]
+            for name, col in self.columns.items():
+                self.columns[name] = [col[i] for i in order]
+            at = {i: j for j, i in enumerate(order)}
+            self.line_item_product = {at[i]: v for i, v in self.line_item_product.items() if i in at}
+        self._dropped, self._at, self._shapes, self._interned = set(), {}, {}, {}
+        return self
 
-    def live_ids(self) -> list[str]:
-        return [self.ids[i] for i in self.live()]
-
-    def position(self, deal_id: str) -> int | None:
-        return self._at.get(deal_id)
-
-    def values(self, name: str, order: list[int]) -> list[Any]:
-        """props.get(name) of the deals at `order`."""
+    def values(self, name: str) -> Any:
+        """props.get(name) of every deal, by position (a list, or a shared frame column's values)."""
         col = self.columns.get(name)
-        return [col[i] for i in order] if col is not None else [None] * len(order)
+        if col is None:
+            return [None] * len(self.ids)
+        if name in self._nan_is_none:
+            return [None if v.__class__ is float else v for v in col[1]]
+        return col
+
+    def shared(self, name: str) -> pd.Series | None:
+        """The frame column that column `name` is read from (see `share`), if any."""
+        return self.columns[name][0] if name in self._nan_is_none else None
+
+    def share(self, name: str, series: pd.Series) -> None:
+        """Read column `name` from `series`, a str column built from it (NaN where the value was
+        None): its list is freed. The frame may change later; copy-on-write keeps `series` as built."""
+        self.columns[name] = (series, np.asarray(series))  # the Series keeps pandas' copy-on-write ref
+        self._nan_is_none.add(name)
 
     def deal(self, i: int) -> dict:
         """The raw deal at position i, as HubSpot gave it: {id, properties[, line_item_product]}."""
-        cols = self.columns
-        deal = {"id": self.ids[i], "properties": {n: cols[n][i] for n in self.names[i]}}
+        cols, shared = self.columns, self._nan_is_none
+        props: dict[str, Any] = {}
+        for n in self.names[i]:
+            if n in shared:
+                v = cols[n][1][i]
+                props[n] = None if v.__class__ is float else v
+            else:
+                props[n] = cols[n][i]
+        deal = {"id": self.ids[i], "properties": props}
         if i in self.line_item_product:
             deal[LINE_ITEM_PRODUCT] = self.line_item_product[i]
         return deal
-
-    def sorted_positions(self, positions: list[int]) -> list[int]:
-        """`positions` ordered by deal id as _sort_key orders them (numbers first, by value)."""
-        ids = self.ids
-        if all(ids[i].isdigit() and ids[i].isascii() and len(ids[i]) < 19 for i in positions):
-            keys = np.fromiter((int(ids[i]) for i in positions), dtype=np.int64, count=len(positions))
-            return [positions[j] for j in np.argsort(keys, kind="stable").tolist()]
-        return sorted(positions, key=lambda i: _sort_key(ids[i]))
 
 
 @contextmanager
@@ -715,31 +747,41 @@ class Resolver:
         hist = [[text, props[name]] for name, text in self.entered if props.get(name)]
         return row, hist
 
-    def columns(self, table: DealTable, order: list[int]) -> dict[str, list[Any]]:
-        """`row()`'s values for the deals at `order`, column by column (the same keys, same order)."""
-        cfg, stages = self.cfg, self.stages
-        n = len(order)
-        sids = [v or "" for v in table.values("dealstage", order)]
-        pids = [v or "" for v in table.values("pipeline", order)]
-        owner_ids = [v or "" for v in table.values("hubspot_owner_id", order)]
+    def columns(self, table: DealTable) -> dict[str, Any]:
+        """`row()`'s values for every deal of a finished table, column by column (same keys, same
+        order). A property column the table shares with a frame is that frame's column."""
+        cfg, stages, ids = self.cfg, self.stages, table.ids
+        sids = [v or "" for v in table.values("dealstage")]
+        pids = [v or "" for v in table.values("pipeline")]
+        owner_ids = [v or "" for v in table.values("hubspot_owner_id")]
         by_stage = {s: stages.get(s) for s in set(sids)}
         owners = {o: self.owners.get(o, (o or None, None)) for o in set(owner_ids)}
         self.unknown_owners |= {o for o in owners if o and o not in self.owners}
-        product: list[Any] = table.values(cfg.product_property, order) if cfg.product_property else [None] * n
+        product: Any = None
+        if cfg.product_property:
+            product = table.shared(cfg.product_property) if not cfg.product_from_line_items else None
+            if product is None:
+                product = table.values(cfg.product_property)
+        else:
+            product = [None] * len(ids)
         if cfg.product_from_line_items:
             lip = table.line_item_product
-            product = [v if v else lip.get(i) for v, i in zip(product, order, strict=True)]
-        entered = {s: table.columns.get(f"{cfg.stage_entered_prefix}{s}") for s in by_stage if s}
-        out: dict[str, list[Any]] = {f: table.values(p, order) for f, p in self.fields}
+            product = [v if v else lip.get(i) for i, v in enumerate(product)]
+        entered = {s: table.values(f"{cfg.stage_entered_prefix}{s}") for s in by_stage
+                   if s and f"{cfg.stage_entered_prefix}{s}" in table.columns}
+        out: dict[str, Any] = {}
+        for f, p in self.fields:
+            shared = table.shared(p)
+            out[f] = shared if shared is not None else table.values(p)
         out.update({
-            "opportunity_id": [table.ids[i] for i in order],
+            "opportunity_id": ids,
             "stage": [st.text if (st := by_stage[s]) else (s or None) for s in sids],
             "status": [st.status if (st := by_stage[s]) else None for s in sids],
             "owner": [owners[o][0] for o in owner_ids],
             "team": [owners[o][1] for o in owner_ids],
             "product": product,
             "stage_entered_date": [col[i] if (col := entered.get(s)) is not None else None
-                                   for s, i in zip(sids, order, strict=True)],
+                                   for i, s in enumerate(sids)],
             PIPELINE_COLUMN: [st.pipeline_label if (st := by_stage[s]) else self.pipelines.get(p, p or None)
                               for s, p in zip(sids, pids, strict=True)],
         })
@@ -783,33 +825,36 @@ def _empty_frames(cfg: HubSpotSourceConfig) -> tuple[pd.DataFrame, pd.DataFrame,
             pd.DataFrame(columns=["id"]))
 
 
-def table_frames(cfg: HubSpotSourceConfig, table: DealTable, resolver: Resolver,
-                 positions: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
-    """(records with `_row` from 1, history, raw properties or None without `raw_sheet`) of the
-    deals at `positions`, ordered by deal id, built column by column: the same frames `frames()`
-    builds from the deals' payloads, without a dict per deal."""
-    if not positions:
+def table_frames(cfg: HubSpotSourceConfig, table: DealTable,
+                 resolver: Resolver) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(records with `_row` from 1, history, raw properties or None without `raw_sheet`) of a
+    finished table, built column by column: the frames `frames()` builds from the deals' payloads,
+    without a dict per deal. With a raw sheet the raw frame's str columns also serve the table
+    and the records' property columns (one array per property, not three)."""
+    if not len(table):
         records, history, raw = _empty_frames(cfg)
         return records, history, raw if cfg.raw_sheet else None
-    order = table.sorted_positions(positions)
     with _gc_paused():
-        columns = resolver.columns(table, order)
-        columns[ROW_COLUMN] = np.arange(1, len(order) + 1, dtype=np.int64)
-        records = pd.DataFrame(columns)
+        raw = _raw_frame(cfg, table) if cfg.raw_sheet else None
+        columns: dict[str, Any] = resolver.columns(table)
+        columns[ROW_COLUMN] = np.arange(1, len(table) + 1, dtype=np.int64)
+        records = pd.DataFrame(columns, copy=False)
         del columns
-        history = _history_frame(table, resolver, order)
-        raw = _raw_frame(cfg, table, order) if cfg.raw_sheet else None
+        history = _history_frame(table, resolver)
     return records, history, raw
 
 
-def _history_frame(table: DealTable, resolver: Resolver, order: list[int]) -> pd.DataFrame:
-    entered = [(table.columns[name], text) for name, text in resolver.entered if name in table.columns]
+def _history_frame(table: DealTable, resolver: Resolver) -> pd.DataFrame:
+    entered = []
+    for name, text in resolver.entered:
+        if name in table.columns:
+            shared = table.shared(name) is not None
+            entered.append((table.columns[name][1] if shared else table.columns[name], text, shared))
     ids, stages, when = [], [], []
-    for i in order:
-        deal_id = table.ids[i]
-        for col, text in entered:
+    for i, deal_id in enumerate(table.ids):
+        for col, text, shared in entered:
             value = col[i]
-            if value:
+            if value and not (shared and value.__class__ is float):  # NaN: a shared column's None
                 ids.append(deal_id)
                 stages.append(text)
                 when.append(value)
@@ -818,41 +863,46 @@ def _history_frame(table: DealTable, resolver: Resolver, order: list[int]) -> pd
     return pd.DataFrame(dict(zip(HISTORY_FIELDS, (ids, stages, when), strict=True)))
 
 
-def _raw_frame(cfg: HubSpotSourceConfig, table: DealTable, order: list[int]) -> pd.DataFrame:
+def _raw_frame(cfg: HubSpotSourceConfig, table: DealTable) -> pd.DataFrame:
     """Per deal {"id", **properties[, LINE_ITEM_PRODUCT]}, columns in first-seen order, NaN where
-    a deal lacks a property (as pd.DataFrame of those dicts has it)."""
+    a deal lacks a property (as pd.DataFrame of those dicts has it). Its str columns then serve
+    as the table's columns (their lists are freed one by one while the frame is built)."""
     names: dict[str, None] = {"id": None}
     shapes: dict[tuple[str, ...], None] = {}
-    for i in order:
-        shape = table.names[i]
+    for shape in table.names:
         if shape not in shapes:
             shapes[shape] = None
             names.update(dict.fromkeys(shape))
-    if cfg.product_from_line_items:
+    li = cfg.product_from_line_items
+    if li:
         names.setdefault(LINE_ITEM_PRODUCT)
     nan = float("nan")
-    out: dict[str, list[Any]] = {}
+    out: dict[str, pd.Series] = {}
     for name in names:
-        if cfg.product_from_line_items and name == LINE_ITEM_PRODUCT:
-            out[name] = [table.line_item_product.get(i) for i in order]
-            continue
         has = {shape: name in shape for shape in shapes}
-        if all(has.values()):
-            out[name] = table.values(name, order)
+        if li and name == LINE_ITEM_PRODUCT:
+            values: list[Any] = [table.line_item_product.get(i) for i in range(len(table))]
+        elif all(has.values()):
+            values = table.values(name)
         elif name == "id" and not any(has.values()):
-            out[name] = [table.ids[i] for i in order]
+            values = table.ids
         else:
-            col = table.columns.get(name) or []
-            fallback = table.ids if name == "id" else None
-            out[name] = [col[i] if has[table.names[i]] else (fallback[i] if fallback else nan) for i in order]
-    return pd.DataFrame(out)
+            col, fallback = table.values(name), table.ids if name == "id" else None
+            values = [col[i] if has[shape] else (fallback[i] if fallback else nan)
+                      for i, shape in enumerate(table.names)]
+        out[name] = series = pd.Series(values, copy=False)
+        del values
+        if name in table.columns and name != "id" and not (li and name == LINE_ITEM_PRODUCT) \
+                and isinstance(series.dtype, pd.StringDtype):
+            table.share(name, series)
+    return pd.DataFrame(out, copy=False)
 
 
 class StoredPayloads(Sequence[tuple[str, dict]]):
-    """(deal id, state-store payload) of the deals at `positions` of a DealTable, each built when
-    read: the pending upserts of a run, without a payload dict per deal held until the commit."""
+    """(deal id, state-store payload) of the deals at `positions` of a finished DealTable, each
+    built when read: a run's pending upserts, without a payload dict per deal held until the commit."""
 
-    def __init__(self, table: DealTable, resolver: Resolver, positions: list[int]):
+    def __init__(self, table: DealTable, resolver: Resolver, positions: Sequence[int]):
         self.table, self.resolver, self.positions = table, resolver, positions
 
     def payload(self, i: int) -> dict:
@@ -1003,20 +1053,19 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
         table = DealTable.of(current.values())
         del current, changed
-    positions = table.live()
 
-    owner_ids = set(table.values("hubspot_owner_id", positions)) - {None, ""}
+    owner_ids = set(table.values("hubspot_owner_id")) - {None, ""}
     owners = load_owners(api, owner_ids) if owner_ids else {}
     resolver = Resolver(cfg, pipelines, stages, owners)
-    records, history, raw = table_frames(cfg, table, resolver, positions)
+    records, history, raw = table_frames(cfg, table, resolver)
 
     pending = None
     if ctx.engine is not None:
         # changed deals, and any whose resolved row moved (a renamed owner, stage or pipeline)
-        upserts = StoredPayloads(table, resolver, positions)
+        upserts = StoredPayloads(table, resolver, range(len(table)))
         if since is not None:
             with _gc_paused():
-                moved = [i for i in positions if previous.get(table.ids[i]) != upserts.payload(i)]
+                moved = [i for i, k in enumerate(table.ids) if previous.get(k) != upserts.payload(i)]
             upserts = StoredPayloads(table, resolver, moved)
         del previous
         resolution = resolution_digest(pipelines, stages, selected, owners)
