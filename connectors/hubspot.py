@@ -867,15 +867,13 @@ def _raw_frame(cfg: HubSpotSourceConfig, table: DealTable) -> pd.DataFrame:
     """Per deal {"id", **properties[, LINE_ITEM_PRODUCT]}, columns in first-seen order, NaN where
     a deal lacks a property (as pd.DataFrame of those dicts has it). Its str columns then serve
     as the table's columns (their lists are freed one by one while the frame is built)."""
+    li = cfg.product_from_line_items
     names: dict[str, None] = {"id": None}
     shapes: dict[tuple[str, ...], None] = {}
     for shape in table.names:
         if shape not in shapes:
             shapes[shape] = None
-            names.update(dict.fromkeys(shape))
-    li = cfg.product_from_line_items
-    if li:
-        names.setdefault(LINE_ITEM_PRODUCT)
+            names.update(dict.fromkeys((*shape, LINE_ITEM_PRODUCT) if li else shape))
     nan = float("nan")
     out: dict[str, pd.Series] = {}
     for name in names:
