@@ -27,6 +27,7 @@ from typing import Any, overload
 import numpy as np
 import pandas as pd
 import requests
+import sqlalchemy as sa
 
 from config.models import HUBSPOT_DEFAULT_FIELDS, HubSpotSourceConfig
 from config.schema import HISTORY_FIELDS
@@ -38,7 +39,7 @@ from connectors.source_state import (
     SourceVersion,
     get_cursor,
     get_version,
-    load_records,
+    iter_records,
     load_some,
     new_version,
     stored_ids,
@@ -552,12 +553,13 @@ class DealTable:
         for deal in deals:
             batch.append(deal)
             if len(batch) == 1_000:
-                table._add_deals(batch)
+                table.add_deals(batch)
                 batch = []
-        table._add_deals(batch)
+        table.add_deals(batch)
         return table.finish()
 
-    def _add_deals(self, deals: list[dict]) -> None:
+    def add_deals(self, deals: list[dict]) -> None:
+        """Add raw deals ({id, properties[, LINE_ITEM_PRODUCT]})."""
         self.add([(str(d["id"]), d.get("properties") or {}) for d in deals])
         self.set_line_item_products({str(d["id"]): d[LINE_ITEM_PRODUCT] for d in deals if LINE_ITEM_PRODUCT in d})
 
@@ -625,13 +627,27 @@ class DealTable:
         """Ids of the deals held (not removed), in the order they came."""
         return list(self._at)
 
+    def live_positions(self) -> Iterable[tuple[str, int]]:
+        """(id, position) of the deals held, while filling."""
+        return list(self._at.items())
+
+    def __contains__(self, deal_id: object) -> bool:
+        return deal_id in self._at
+
+    def position(self, deal_id: str) -> int | None:
+        """Where the deal is (after `finish(index=True)`: its position in id order)."""
+        return self._at.get(deal_id)
+
+    def drop_index(self) -> None:
+        self._at = {}
+
     def set_line_item_products(self, products: dict[str, Any]) -> None:
         for deal_id, product in products.items():
             self.line_item_product[self._at[deal_id]] = product
 
-    def finish(self) -> DealTable:
+    def finish(self, index: bool = False) -> DealTable:
         """Order the deals by id (numbers first, by value; as `frames` orders payloads), drop the
-        removed ones and the filling indexes."""
+        removed ones and the filling indexes; `index` keeps an id -> position index (`position`)."""
         ids = self.ids
         keep = range(len(ids)) if not self._dropped else [i for i in range(len(ids)) if i not in self._dropped]
         try:
@@ -649,6 +665,8 @@ class DealTable:
             at = {i: j for j, i in enumerate(order)}
             self.line_item_product = {at[i]: v for i, v in self.line_item_product.items() if i in at}
         self._dropped, self._at, self._shapes, self._interned = set(), {}, {}, {}
+        if index:
+            self._at = dict(zip(self.ids, range(len(self.ids)), strict=True))
         return self
 
     def values(self, name: str) -> Any:
@@ -978,6 +996,24 @@ def _unchanged(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, s
     return stored.detail.get("resolution") == resolution_digest(pipelines, stages, selected, owners)
 
 
+def _moved(engine: sa.Engine, source: str, table: DealTable, payloads: StoredPayloads) -> list[int]:
+    """Positions of the deals whose payload differs from the stored one (or that none is stored
+    for), the stored payloads read a chunk at a time. Drops the table's id index."""
+    seen = bytearray(len(table))
+    moved: list[int] = []
+    with _gc_paused():
+        for chunk in iter_records(engine, source):
+            for deal_id, stored_payload in chunk:
+                i = table.position(deal_id)
+                if i is None or RAW_KEY not in stored_payload:
+                    continue
+                seen[i] = 1
+                if stored_payload != payloads.payload(i):
+                    moved.append(i)
+    table.drop_index()
+    return sorted(moved + [i for i, done in enumerate(seen) if not done])
+
+
 # ----------------------------------------------------------------------------- extract
 
 
@@ -1017,7 +1053,6 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             notes.append("the deal properties read changed since the last run: full refresh")
             since = None
 
-    previous: dict[str, dict] = {}
     deletes: set[str] = set()
     stored_version = get_version(ctx.engine, cfg.name) if ctx.engine is not None else None
     if since is None:
@@ -1035,37 +1070,41 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
                 waited_seconds=obs.waited_seconds - before[2],
                 pending_state=PendingState(cursor=format_cursor(signpost, fp)),
                 version=stored_version.version, reused=True)
-        previous = {str(p["opportunity_id"]): p for p in load_records(ctx.engine, cfg.name) if RAW_KEY in p}
-        current = {k: p[RAW_KEY] for k, p in previous.items()}
-        deletes |= gone & set(current)
+        table = DealTable()  # the stored deals, read a chunk at a time
+        for chunk in iter_records(ctx.engine, cfg.name):
+            table.add_deals([p[RAW_KEY] for _, p in chunk if RAW_KEY in p])
+        deletes |= {k for k in gone if k in table}
         notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
                      f"{len(deletes)} archived deal(s)")
-        current.update(changed)
+        was_stored = {k for k in changed if k in table}
+        table.add([(k, d["properties"]) for k, d in changed.items()])
         for deal_id in deletes:
-            current.pop(deal_id, None)
-        outside = {k for k, p in current.items() if (p["properties"].get("pipeline") or "") not in selected}
+            table.remove(deal_id)
+        pipeline_of = table.columns.get("pipeline")
+        outside = {k for k, i in table.live_positions()
+                   if ((pipeline_of[i] if pipeline_of is not None else None) or "") not in selected}
         for deal_id in outside:
-            current.pop(deal_id)
-        deletes = (deletes | outside) & set(previous)
+            table.remove(deal_id)
+        deletes |= {k for k in outside if k not in changed or k in was_stored}
         if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
-            add_line_item_products(api, {k: d for k, d in changed.items() if k in current})
-        table = DealTable.of(current.values())
-        del current, changed
+            kept = {k: d for k, d in changed.items() if k in table}
+            add_line_item_products(api, kept)
+            table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in kept.items()})
+        table.finish(index=True)
+        del changed
 
     owner_ids = set(table.values("hubspot_owner_id")) - {None, ""}
     owners = load_owners(api, owner_ids) if owner_ids else {}
     resolver = Resolver(cfg, pipelines, stages, owners)
+    # every deal, or (incremental) the changed ones and any whose resolved row moved (a renamed
+    # owner, stage or pipeline); their payloads are built when the flow commits them
+    upserts = StoredPayloads(table, resolver, range(len(table)))
+    if since is not None:
+        upserts = StoredPayloads(table, resolver, _moved(ctx.engine, cfg.name, table, upserts))
     records, history, raw = table_frames(cfg, table, resolver)
 
     pending = None
     if ctx.engine is not None:
-        # changed deals, and any whose resolved row moved (a renamed owner, stage or pipeline)
-        upserts = StoredPayloads(table, resolver, range(len(table)))
-        if since is not None:
-            with _gc_paused():
-                moved = [i for i, k in enumerate(table.ids) if previous.get(k) != upserts.payload(i)]
-            upserts = StoredPayloads(table, resolver, moved)
-        del previous
         resolution = resolution_digest(pipelines, stages, selected, owners)
         same = (since is not None and not upserts and not deletes and stored_version is not None
                 and stored_version.detail.get("resolution") == resolution)

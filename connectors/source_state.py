@@ -120,6 +120,19 @@ def load_records(engine: sa.Engine, source: str) -> list[dict]:
         return json.loads("[" + ",".join(texts) + "]")
 
 
+def iter_records(engine: sa.Engine, source: str, chunk: int = _INSERT_ROWS) -> Iterator[list[tuple[str, dict]]]:
+    """The source's stored (record id, payload) pairs, ordered by record id (as text), `chunk` at a
+    time: what load_records returns, without every payload held at once."""
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True).execute(
+            sa.select(records.c.record_id, records.c.payload).where(records.c.source == source)
+            .order_by(records.c.record_id))
+        while rows := result.fetchmany(chunk):
+            with _gc_paused():
+                payloads = json.loads("[" + ",".join(r.payload for r in rows) + "]")
+            yield [(r.record_id, p) for r, p in zip(rows, payloads, strict=True)]
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     was_enabled = gc.isenabled()
