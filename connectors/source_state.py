@@ -120,9 +120,10 @@ def load_records(engine: sa.Engine, source: str) -> list[dict]:
         return json.loads("[" + ",".join(texts) + "]")
 
 
-def iter_records(engine: sa.Engine, source: str, chunk: int = _INSERT_ROWS) -> Iterator[list[tuple[str, dict]]]:
-    """The source's stored (record id, payload) pairs, ordered by record id (as text), `chunk` at a
-    time: what load_records returns, without every payload held at once."""
+def iter_records(engine: sa.Engine, source: str, chunk: int | None = None) -> Iterator[list[tuple[str, dict]]]:
+    """The source's stored (record id, payload) pairs, ordered by record id (as text), `chunk`
+    (default _INSERT_ROWS) at a time: what load_records returns, without every payload held at once."""
+    chunk = chunk or _INSERT_ROWS
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True).execute(
             sa.select(records.c.record_id, records.c.payload).where(records.c.source == source)

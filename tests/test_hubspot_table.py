@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,18 @@ from connectors.hubspot import (
     stored,
     table_frames,
 )
-from connectors.source_state import load_records, save_state
+from connectors.source_state import iter_records, load_records, save_state
 from connectors.state_db import make_engine
-from tests.fakes.hubspot import DEFAULT_PIPELINES, STAGE_MAP, TOKEN
+from tests.fakes.hubspot import (
+    DEFAULT_PIPELINES,
+    STAGE_MAP,
+    TOKEN,
+    FakeClock,
+    FakeHubSpot,
+    Harness,
+    seed_demo,
+)
+from tests.fakes.server import FakeServer
 
 OWNERS = {"69864216": ("Ann Lee", "West"), "69864217": ("Bo Chen", None)}
 PREFIX = "hs_date_entered_"
@@ -206,3 +216,54 @@ def test_save_state_streams_lazy_and_pre_encoded_upserts_last_one_wins(
     assert load_records(engine, "hub") == [want[k] for k in sorted(want)]
     if encoded:  # a pre-encoded payload is stored as given
         assert dict(stored_texts(engine))["2"] == json.dumps(later)
+
+
+def test_iter_records_reads_what_load_records_reads_a_chunk_at_a_time(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        save_state(conn, "hub", "c", PAYLOADS)
+    chunks = list(iter_records(engine, "hub", chunk=3))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert [p for c in chunks for _, p in c] == load_records(engine, "hub")
+    assert [k for c in chunks for k, _ in c] == ["1", "2", "3", "4", "5", "6", "7"]
+
+
+# ----------------------------------------------------------------------------- incremental, streamed
+
+
+RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+RUN2 = RUN1 + timedelta(hours=1)
+
+
+@pytest.fixture
+def h(tmp_path: Path):
+    clock = FakeClock()
+    hub = FakeHubSpot.from_samples(clock.now)
+    seed_demo(hub)
+    with FakeServer(hub, tmp_path) as srv:
+        yield Harness(hub, srv, clock, tmp_path)
+
+
+@pytest.mark.parametrize("rows", [2, 5_000], ids=["chunks of 2", "one chunk"])
+def test_incremental_run_streams_stored_deals_in_chunks(h: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                         rows: int) -> None:
+    monkeypatch.setattr(source_state, "_INSERT_ROWS", rows)
+    cfg = h.cfg(raw_sheet="HubSpot raw", pipelines=["Sales Pipeline"])  # 103 and 105 are renewals
+    h.hub.add_deal("108", RUN1 - timedelta(days=1), dealname="Owned", amount="5", hubspot_owner_id="69864216")
+    first = h.run(cfg, started=RUN1)
+    h.commit(first)
+    h.hub.owners[0]["lastName"] = "Lee-Park"  # owner of 101, 104, 108: 108's row moves, the deal did not
+    h.hub.update("102", RUN1 + timedelta(minutes=5), amount="9")
+    h.hub.add_deal("107", RUN1 + timedelta(minutes=6), dealname="New", amount="1", hubspot_owner_id="69864217")
+    h.hub.archive("101", RUN1 + timedelta(minutes=7))
+    h.hub.update("104", RUN1 + timedelta(minutes=8), pipeline="75e28846", dealstage="1001")  # leaves the selection
+    ex = h.run(cfg, started=RUN2)
+    ps = ex.pending_state
+    assert [k for k, _ in ps.upserts] == ["102", "107", "108"]  # in id order
+    assert ps.deletes == ["101", "104"] and not ps.replace_all
+    recs = ex.records.set_index("opportunity_id")
+    assert sorted(recs.index) == sorted(set(first.records["opportunity_id"]) - {"101", "104"} | {"107"})
+    assert recs.loc["102", "amount"] == "9" and recs.loc["108", "owner"] == "Ann Lee-Park"
+    assert list(ex.raw["id"]) == list(ex.records["opportunity_id"])
+    h.commit(ex)
+    stored = {p["opportunity_id"]: p for p in load_records(h.engine, "hubspot_main")}
+    assert stored.keys() == set(recs.index) and stored["107"]["_hubspot"]["properties"]["dealname"] == "New"
