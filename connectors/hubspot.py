@@ -42,6 +42,7 @@ from connectors.source_state import (
     iter_records,
     load_some,
     new_version,
+    payload_text,
     stored_ids,
 )
 
@@ -520,6 +521,7 @@ def load_owners(api: HubSpotApi, wanted: set[str]) -> dict[str, tuple[str, str |
 # ----------------------------------------------------------------------------- deal table
 
 INTERN_LIMIT = 1_000  # a property with at most this many distinct values shares one str per value
+_TEXT = {str, type(None)}
 
 
 class DealTable:
@@ -581,8 +583,9 @@ class DealTable:
         start, ids = len(self.ids), [k for k, _ in new]
         props = [p for _, p in new]
         shapes = [self._shape(p) for p in props]
-        for name, col in self.columns.items():
-            col.extend(self._intern(name, [p.get(name) for p in props], ids))
+        page_values: dict[Any, Any] = {}  # equal values within the page (e.g. createdate and the first
+        for name, col in self.columns.items():  # stage's entered date) share one object too
+            col.extend(self._intern(name, [p.get(name) for p in props], ids, page_values))
         self.ids += ids
         self.names += shapes
         self._at.update(zip(ids, range(start, start + len(ids)), strict=True))
@@ -598,24 +601,23 @@ class DealTable:
                     self._interned[name] = {}
         return shape
 
-    def _intern(self, name: str, values: list[Any], ids: list[str]) -> list[Any]:
+    def _intern(self, name: str, values: list[Any], ids: list[str], page_values: dict[Any, Any]) -> list[Any]:
         if name == "hs_object_id":
             return [k if v == k else v for v, k in zip(values, ids, strict=True)]
+        if not set(map(type, values)) <= _TEXT:  # only str (1 == True == 1.0 would merge other types)
+            return values
         seen = self._interned.get(name)
         if seen is None:
-            return values
-        try:
-            values = list(map(seen.setdefault, values, values))
-        except TypeError:  # an unhashable value (not a HubSpot string): stop sharing this property's
-            seen.clear()
-        if len(seen) > INTERN_LIMIT or not seen:
+            return list(map(page_values.setdefault, values, values))
+        values = list(map(seen.setdefault, values, values))
+        if len(seen) > INTERN_LIMIT:
             self._interned[name] = None
         return values
 
     def _replace(self, i: int, props: dict) -> None:
         self.names[i] = self._shape(props)
         for name, col in self.columns.items():
-            col[i] = self._intern(name, [props.get(name)], [self.ids[i]])[0]
+            col[i] = self._intern(name, [props.get(name)], [self.ids[i]], {})[0]
         self.line_item_product.pop(i, None)
 
     def remove(self, deal_id: str) -> None:
@@ -878,7 +880,11 @@ def _history_frame(table: DealTable, resolver: Resolver) -> pd.DataFrame:
                 when.append(value)
     if not ids:
         return pd.DataFrame([], columns=list(HISTORY_FIELDS))
-    return pd.DataFrame(dict(zip(HISTORY_FIELDS, (ids, stages, when), strict=True)))
+    columns: dict[str, pd.Series] = {}
+    for name, values in zip(HISTORY_FIELDS, (ids, stages, when), strict=True):
+        columns[name] = pd.Series(values, copy=False)
+        values.clear()  # one list's worth of pointers at a time
+    return pd.DataFrame(columns, copy=False)
 
 
 def _raw_frame(cfg: HubSpotSourceConfig, table: DealTable) -> pd.DataFrame:
@@ -998,18 +1004,25 @@ def _unchanged(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, s
 
 def _moved(engine: sa.Engine, source: str, table: DealTable, payloads: StoredPayloads) -> list[int]:
     """Positions of the deals whose payload differs from the stored one (or that none is stored
-    for), the stored payloads read a chunk at a time. Drops the table's id index."""
+    for), the stored payloads read a chunk at a time. A stored text equal to the new payload's is
+    the same payload; any other is decoded and compared. Drops the table's id index."""
     seen = bytearray(len(table))
     moved: list[int] = []
     with _gc_paused():
-        for chunk in iter_records(engine, source):
-            for deal_id, stored_payload in chunk:
+        for chunk in iter_records(engine, source, decode=False):
+            for deal_id, text in chunk:
                 i = table.position(deal_id)
-                if i is None or RAW_KEY not in stored_payload:
+                if i is None:
                     continue
-                seen[i] = 1
-                if stored_payload != payloads.payload(i):
-                    moved.append(i)
+                payload = payloads.payload(i)
+                if payload_text(payload) == text:
+                    seen[i] = 1
+                    continue
+                stored_payload = json.loads(text)
+                if RAW_KEY in stored_payload:
+                    seen[i] = 1
+                    if stored_payload != payload:
+                        moved.append(i)
     table.drop_index()
     return sorted(moved + [i for i, done in enumerate(seen) if not done])
 

@@ -120,15 +120,20 @@ def load_records(engine: sa.Engine, source: str) -> list[dict]:
         return json.loads("[" + ",".join(texts) + "]")
 
 
-def iter_records(engine: sa.Engine, source: str, chunk: int | None = None) -> Iterator[list[tuple[str, dict]]]:
+def iter_records(engine: sa.Engine, source: str, chunk: int | None = None,
+                 decode: bool = True) -> Iterator[list[tuple[str, Any]]]:
     """The source's stored (record id, payload) pairs, ordered by record id (as text), `chunk`
-    (default _INSERT_ROWS) at a time: what load_records returns, without every payload held at once."""
+    (default _INSERT_ROWS) at a time: what load_records returns, without every payload held at once.
+    `decode=False` gives each payload's stored JSON text (see `payload_text`) instead."""
     chunk = chunk or _INSERT_ROWS
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True).execute(
             sa.select(records.c.record_id, records.c.payload).where(records.c.source == source)
             .order_by(records.c.record_id))
         while rows := result.fetchmany(chunk):
+            if not decode:
+                yield [(r.record_id, r.payload) for r in rows]
+                continue
             with _gc_paused():
                 payloads = json.loads("[" + ",".join(r.payload for r in rows) + "]")
             yield [(r.record_id, p) for r, p in zip(rows, payloads, strict=True)]
@@ -174,7 +179,7 @@ def save_state(
         while chunk := dict(islice(pairs, _INSERT_ROWS)):  # the last upsert of an id in a chunk wins
             # an upsert is a delete and an insert; after replace_all only ids this call wrote are stored
             _delete_ids(conn, source, [k for k in chunk if k in written] if replace_all else list(chunk))
-            conn.execute(records.insert(), [{"source": source, "record_id": rid, "payload": _text(payload)}
+            conn.execute(records.insert(), [{"source": source, "record_id": rid, "payload": payload_text(payload)}
                                             for rid, payload in chunk.items()])
             written.update(chunk)
     if cursor is not None:
@@ -186,7 +191,8 @@ def save_state(
                                               detail=json.dumps(version.detail, sort_keys=True)))
 
 
-def _text(payload: dict | str) -> str:
+def payload_text(payload: dict | str) -> str:
+    """The JSON text save_state stores for a payload (a str is taken as that text already)."""
     return payload if isinstance(payload, str) else _encode(payload)
 
 
