@@ -267,3 +267,19 @@ def test_incremental_run_streams_stored_deals_in_chunks(h: Harness, monkeypatch:
     h.commit(ex)
     stored = {p["opportunity_id"]: p for p in load_records(h.engine, "hubspot_main")}
     assert stored.keys() == set(recs.index) and stored["107"]["_hubspot"]["properties"]["dealname"] == "New"
+
+
+def test_a_stored_payload_with_other_key_order_or_spacing_is_not_rewritten(h: Harness) -> None:
+    h.commit(h.run(started=RUN1))
+    table = source_state.records
+    with h.engine.begin() as conn:  # same content, other text: keys sorted, other separators
+        text = conn.execute(sa.select(table.c.payload).where(table.c.record_id == "102")).scalar_one()
+        conn.execute(sa.update(table).where(table.c.record_id == "102")
+                     .values(payload=json.dumps(json.loads(text), sort_keys=True, indent=1)))
+        text = conn.execute(sa.select(table.c.payload).where(table.c.record_id == "101")).scalar_one()
+        edited = json.loads(text) | {"owner": "Someone Else"}  # a stored row that no longer resolves so
+        conn.execute(sa.update(table).where(table.c.record_id == "101").values(payload=json.dumps(edited)))
+    ex = h.run(started=RUN2)
+    assert ex.notes[0].endswith(": 0 changed, 0 archived deal(s)")
+    assert [k for k, _ in ex.pending_state.upserts] == ["101"]
+    assert ex.pending_state.upserts[0][1]["owner"] == "Ann Lee"
