@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, overload
 
 import numpy as np
@@ -570,9 +571,7 @@ class DealTable:
 
     def add(self, deals: list[tuple[str, dict]]) -> None:
         """Add (id, properties) pairs; a later pair of a stored id replaces it where it stands."""
-        page: dict[str, dict] = {}
-        for deal_id, props in deals:
-            page[deal_id] = props
+        page = dict(deals)
         new = [(k, p) for k, p in page.items() if k not in self._at]
         if len(new) < len(page):
             for k, p in page.items():
@@ -582,10 +581,10 @@ class DealTable:
             return
         start, ids = len(self.ids), [k for k, _ in new]
         props = [p for _, p in new]
-        shapes = [self._shape(p) for p in props]
+        shapes = list(map(self._shape, props))
         page_values: dict[Any, Any] = {}  # equal values within the page (e.g. createdate and the first
         for name, col in self.columns.items():  # stage's entered date) share one object too
-            col.extend(self._intern(name, [p.get(name) for p in props], ids, page_values))
+            col.extend(self._intern(name, list(map(dict.get, props, repeat(name))), ids, page_values))
         self.ids += ids
         self.names += shapes
         self._at.update(zip(ids, range(start, start + len(ids)), strict=True))
