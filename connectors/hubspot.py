@@ -9,6 +9,11 @@ commits them only when the whole run succeeds.
 Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`
 has that key, the qualified "Pipeline label / Stage label" or the stage id (for pipelines
 whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
+
+Memory: deals are held as columns (DealTable), never as a dict per deal; the frames are built
+column by column (the raw sheet's str columns serve the table and the records too); the pending
+upserts (StoredPayloads) build each deal's payload only when the flow commits it; an incremental
+run reads the stored deals a chunk at a time. A full pull of 1M deals peaks at ~1.2 GB.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -547,6 +553,7 @@ class DealTable:
         self._at: dict[str, int] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._interned: dict[str, dict[Any, Any] | None] = {}
+        self.order: list[int] | None = None  # set by finish
 
     @classmethod
     def of(cls, deals: Iterable[dict]) -> DealTable:
@@ -636,19 +643,16 @@ class DealTable:
         return deal_id in self._at
 
     def position(self, deal_id: str) -> int | None:
-        """Where the deal is (after `finish(index=True)`: its position in id order)."""
+        """Where the deal is, while filling."""
         return self._at.get(deal_id)
-
-    def drop_index(self) -> None:
-        self._at = {}
 
     def set_line_item_products(self, products: dict[str, Any]) -> None:
         for deal_id, product in products.items():
             self.line_item_product[self._at[deal_id]] = product
 
-    def finish(self, index: bool = False) -> DealTable:
+    def finish(self) -> DealTable:
         """Order the deals by id (numbers first, by value; as `frames` orders payloads), drop the
-        removed ones and the filling indexes; `index` keeps an id -> position index (`position`)."""
+        removed ones and the filling indexes. `order` keeps where each deal was before."""
         ids = self.ids
         keep = range(len(ids)) if not self._dropped else [i for i in range(len(ids)) if i not in self._dropped]
         try:
@@ -658,6 +662,7 @@ class DealTable:
             order = [keep[j] for j in np.argsort(keys, kind="stable").tolist()]
         except (TypeError, ValueError):  # an id that is not a plain number
             order = sorted(keep, key=lambda i: _sort_key(ids[i]))
+        self.order = order  # new position -> position before; for callers that keep data by position
         if order != list(range(len(ids))):
             self.ids = [ids[i] for i in order]
             self.names = [self.names[i] for i in order]
@@ -666,8 +671,6 @@ class DealTable:
             at = {i: j for j, i in enumerate(order)}
             self.line_item_product = {at[i]: v for i, v in self.line_item_product.items() if i in at}
         self._dropped, self._at, self._shapes, self._interned = set(), {}, {}, {}
-        if index:
-            self._at = dict(zip(self.ids, range(len(self.ids)), strict=True))
         return self
 
     def values(self, name: str) -> Any:
@@ -1001,29 +1004,88 @@ def _unchanged(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, s
     return stored.detail.get("resolution") == resolution_digest(pipelines, stages, selected, owners)
 
 
-def _moved(engine: sa.Engine, source: str, table: DealTable, payloads: StoredPayloads) -> list[int]:
-    """Positions of the deals whose payload differs from the stored one (or that none is stored
-    for), the stored payloads read a chunk at a time. A stored text equal to the new payload's is
-    the same payload; any other is decoded and compared. Drops the table's id index."""
-    seen = bytearray(len(table))
+_RAW_CUT = ', "_hubspot": '  # in a stored payload's text: where its row part (canonical row, history) ends
+
+
+class _StoredRows:
+    """Per table position, what the stored payload's row part hashes to: the JSON text before the
+    raw deal (canonical row and stage history). A stored deal that this run did not re-read has
+    the stored raw deal, so its payload is unchanged when the row part's text is (without the
+    text, or when it differs, the whole payload is compared). NEW: nothing stored."""
+
+    NEW, DIGEST, COMPARE = 0, 1, 2
+
+    def __init__(self) -> None:
+        self.digests = array("q")
+        self.kind = bytearray()
+
+    def add(self, text: str) -> None:
+        cut = text.find(_RAW_CUT)
+        self.digests.append(hash(text[:cut]) if cut > 0 else 0)
+        self.kind.append(self.DIGEST if cut > 0 else self.COMPARE)
+
+    def recheck(self, positions: Iterable[int | None]) -> None:
+        for i in positions:
+            if i is not None:
+                self.kind[i] = self.COMPARE
+
+    def reorder(self, order: list[int] | None, n: int) -> None:
+        """Follow DealTable.finish's new positions; positions past the stored ones are NEW."""
+        m = len(self.kind)
+        order = order if order is not None else list(range(n))
+        self.digests = array("q", (self.digests[i] if i < m else 0 for i in order))
+        self.kind = bytearray(self.kind[i] if i < m else self.NEW for i in order)
+
+
+def _read_stored(engine: sa.Engine, source: str) -> tuple[DealTable, _StoredRows]:
+    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests."""
+    table, rows = DealTable(), _StoredRows()
+    with _gc_paused():  # a chunk of decoded payloads is many acyclic containers, freed by refcount
+        _read_chunks(engine, source, table, rows)
+    return table, rows
+
+
+def _read_chunks(engine: sa.Engine, source: str, table: DealTable, rows: _StoredRows) -> None:
+    for chunk in iter_records(engine, source, decode=False):
+        payloads = json.loads("[" + ",".join(text for _, text in chunk) + "]")
+        deals = []
+        for (_, text), payload in zip(chunk, payloads, strict=True):
+            if RAW_KEY in payload:
+                deals.append(payload[RAW_KEY])
+                rows.add(text)
+        table.add_deals(deals)
+        if len(table) != len(rows.kind):  # a raw deal id stored twice: compare every payload whole
+            rows.kind = bytearray([_StoredRows.COMPARE]) * len(table)
+            rows.digests = array("q", bytes(8 * len(table)))
+
+
+def _moved(engine: sa.Engine, source: str, table: DealTable, payloads: StoredPayloads,
+           stored: _StoredRows) -> list[int]:
+    """Positions of the deals whose payload differs from the stored one, or that none is stored for."""
     moved: list[int] = []
+    compare: list[int] = []
+    resolver = payloads.resolver
     with _gc_paused():
-        for chunk in iter_records(engine, source, decode=False):
-            for deal_id, text in chunk:
-                i = table.position(deal_id)
-                if i is None:
-                    continue
-                payload = payloads.payload(i)
-                if payload_text(payload) == text:
-                    seen[i] = 1
-                    continue
-                stored_payload = json.loads(text)
-                if RAW_KEY in stored_payload:
-                    seen[i] = 1
-                    if stored_payload != payload:
-                        moved.append(i)
-    table.drop_index()
-    return sorted(moved + [i for i, done in enumerate(seen) if not done])
+        for i, kind in enumerate(stored.kind):
+            if kind == _StoredRows.NEW:
+                moved.append(i)
+            elif kind == _StoredRows.DIGEST:
+                row, hist = resolver.row(table.deal(i))
+                if hash(payload_text({**row, HISTORY_KEY: hist})[:-1]) != stored.digests[i]:
+                    compare.append(i)
+            else:
+                compare.append(i)
+        for at in range(0, len(compare), _COMPARE_CHUNK):
+            some = compare[at:at + _COMPARE_CHUNK]
+            kept = load_some(engine, source, [table.ids[i] for i in some])
+            for i in some:
+                before = kept.get(table.ids[i])
+                if before is None or RAW_KEY not in before or before != payloads.payload(i):
+                    moved.append(i)
+    return sorted(moved)
+
+
+_COMPARE_CHUNK = 5_000
 
 
 # ----------------------------------------------------------------------------- extract
@@ -1082,13 +1144,12 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
                 waited_seconds=obs.waited_seconds - before[2],
                 pending_state=PendingState(cursor=format_cursor(signpost, fp)),
                 version=stored_version.version, reused=True)
-        table = DealTable()  # the stored deals, read a chunk at a time
-        for chunk in iter_records(ctx.engine, cfg.name):
-            table.add_deals([p[RAW_KEY] for _, p in chunk if RAW_KEY in p])
+        table, stored_rows = _read_stored(ctx.engine, cfg.name)
         deletes |= {k for k in gone if k in table}
         notes.append(f"incremental since {since.isoformat()}: {len(changed)} changed, "
                      f"{len(deletes)} archived deal(s)")
         was_stored = {k for k in changed if k in table}
+        stored_rows.recheck(table.position(k) for k in was_stored)  # their raw deal may differ
         table.add([(k, d["properties"]) for k, d in changed.items()])
         for deal_id in deletes:
             table.remove(deal_id)
@@ -1102,7 +1163,8 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             kept = {k: d for k, d in changed.items() if k in table}
             add_line_item_products(api, kept)
             table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in kept.items()})
-        table.finish(index=True)
+        table.finish()
+        stored_rows.reorder(table.order, len(table))
         del changed
 
     owner_ids = set(table.values("hubspot_owner_id")) - {None, ""}
@@ -1112,7 +1174,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     # owner, stage or pipeline); their payloads are built when the flow commits them
     upserts = StoredPayloads(table, resolver, range(len(table)))
     if since is not None:
-        upserts = StoredPayloads(table, resolver, _moved(ctx.engine, cfg.name, table, upserts))
+        upserts = StoredPayloads(table, resolver, _moved(ctx.engine, cfg.name, table, upserts, stored_rows))
     records, history, raw = table_frames(cfg, table, resolver)
 
     pending = None
