@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Any
@@ -49,7 +50,7 @@ class PendingState:
     """Cursor and record changes to commit only when the whole run succeeds."""
 
     cursor: str | None
-    upserts: list[tuple[str, dict]] = field(default_factory=list)
+    upserts: Sequence[tuple[str, dict | str]] = field(default_factory=list)  # str: JSON already encoded
     deletes: list[str] = field(default_factory=list)
     replace_all: bool = False
     version: SourceVersion | None = None  # the content version to store with these changes

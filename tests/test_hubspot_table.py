@@ -16,13 +16,13 @@ import sqlalchemy as sa
 
 from config.models import HubSpotSourceConfig
 from connectors import source_state
-from connectors.hubspot import (
+from connectors.hubspot import parse_pipelines
+from connectors.hubspot_rows import (
     LINE_ITEM_PRODUCT,
     DealTable,
     Resolver,
     StoredPayloads,
     frames,
-    parse_pipelines,
     stored,
     table_frames,
 )
