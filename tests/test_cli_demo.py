@@ -16,19 +16,25 @@ REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 30)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """demo-data + run (plain functions, no Prefect) into a temp folder."""
-    tmp = tmp_path_factory.mktemp("demo")
+def demo_config(tmp: Path, destination: str) -> Path:
+    """The bundled demo config reading the demo files from `tmp/demo` (written by `demo-data`)."""
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for src in cfg["sources"]:
         src["path"] = str(tmp / "demo" / Path(src["path"]).name)
         if "stage_history" in src:
             src["stage_history"]["path"] = str(tmp / "demo" / "stage_history.csv")
-    cfg["destinations"] = [{"type": "file", "path": "out/pipeline {as_of}.xlsx"}]
+    cfg["destinations"] = [{"type": "file", "path": destination}]
     cfg_path = tmp / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", AS_OF.isoformat()]) == 0
+    return cfg_path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """demo-data + run (plain functions, no Prefect) into a temp folder."""
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg_path = demo_config(tmp, "out/pipeline {as_of}.xlsx")
     code = main(["run", "--config", str(cfg_path), "--as-of", AS_OF.isoformat(), "--no-prefect"])
     return tmp, cfg_path, code
 

@@ -183,19 +183,10 @@ def test_salesforce_reuses_unchanged_rows_and_rebuilds_changed_ones(sf_flow, cha
 
 @pytest.fixture
 def demo(tmp_path: Path):
-    from flows.cli import main
     from tests.test_cli_demo import AS_OF as DEMO_AS_OF
-    from tests.test_cli_demo import REPO
+    from tests.test_cli_demo import demo_config
 
-    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    for src in cfg["sources"]:
-        src["path"] = str(tmp_path / "demo" / Path(src["path"]).name)
-        if "stage_history" in src:
-            src["stage_history"]["path"] = str(tmp_path / "demo" / "stage_history.csv")
-    cfg["destinations"] = [{"type": "file", "path": "out/pipeline.xlsx"}]
-    path = tmp_path / "demo.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["demo-data", "--out", str(tmp_path / "demo"), "--as-of", DEMO_AS_OF.isoformat()]) == 0
+    path = demo_config(tmp_path, "out/pipeline.xlsx")
     return path, DEMO_AS_OF, tmp_path / "demo"
 
 
