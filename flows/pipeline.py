@@ -194,7 +194,7 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     """
     src = run.config.sources[index]
     observer = Observer(on_event=run.observer.on_event)
-    cache = run.validated_cache if reuse else None
+    cache = run.validated_cache if reuse and not run.full_refresh else None
     digest = validation_digest(run.config, index)
     ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,

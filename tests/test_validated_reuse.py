@@ -206,8 +206,10 @@ def test_an_unchanged_file_is_not_parsed_or_validated_again(demo, change: str | 
     assert crm.reused is (change is None)
     assert crm.reconciles and crm.rows_read == first.sources[0].rows_read
     rebuilt = sheets(second.outputs[0])
+    full = run_pipeline(path, as_of, full_refresh=True)  # --full-refresh never reuses
+    assert not any(s.reused for s in full.sources)
     (path.parent / ".state" / "validated").rename(path.parent / "moved")  # no cache: built from the files
-    assert rebuilt == sheets(run_pipeline(path, as_of).outputs[0])
+    assert rebuilt == sheets(run_pipeline(path, as_of).outputs[0]) == sheets(full.outputs[0])
 
 
 @pytest.mark.parametrize(("url", "where"), [
