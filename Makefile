@@ -26,6 +26,7 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_extract.py --rows 10000 100000 1000000 --flow-rows 100000 --no-variants
 
 faults: install
 	$(BIN)/python -m tests.fault_matrix --out docs/reliability.md
