@@ -39,6 +39,9 @@ class Extracted:
     version: str | None = None  # names the content of these rows (source_state.SourceVersion); None: unversioned
     reused: bool = False  # unchanged since `ExtractContext.cached_version`: no rows built, the flow has them
     reused_rows: Any = None  # set by the flow: its validated copy of the rows at `version`
+    delta_base: str | None = None  # these rows differ from the rows at this version ...
+    delta_ids: frozenset[str] | None = None  # ... only in these opportunity ids (changed, new or gone)
+    base_rows: Any = None  # set by the flow: its validated copy of the rows at `delta_base`
 
     @property
     def rows_read(self) -> int:

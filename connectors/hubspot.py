@@ -739,4 +739,6 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
+        delta_base=stored_version.version if since is not None and stored_version is not None else None,
+        delta_ids=frozenset([*(table.ids[i] for i in upserts.positions), *deletes]) if since is not None else None,
     )

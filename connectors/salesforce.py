@@ -437,6 +437,8 @@ def extract(
         retries=obs.retries - before[1], waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
+        delta_base=stored_version.version if incremental and stored_version is not None else None,
+        delta_ids=frozenset([*changed, *deletes]) if incremental else None,
     )
 
 

@@ -6,6 +6,7 @@ task; tests call these functions directly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from config.loader import LoadedConfig, load_config
@@ -33,7 +35,7 @@ from connectors.http import Observer, RetryPolicy
 from connectors.registry import extractor_for
 from connectors.state_db import default_state_url, make_engine
 from connectors.validated_cache import SourceRows, ValidatedCache
-from transforms.canonical import canonicalize, canonicalize_history, empty_opportunities
+from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
 from transforms.workbook_layout import (
     about_sheet,
@@ -70,6 +72,7 @@ class SourceReport:
     retries: int = 0
     waited_seconds: float = 0.0
     reused: bool = False  # unchanged since the last run: its validated rows were reused
+    validated_rows: int = 0  # records validated this run (the others came validated from the last run)
 
     @property
     def reconciles(self) -> bool:
@@ -208,6 +211,8 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
             log.warning("source %s: the rows of the last run are not readable here; rebuilding them", src.name)
             return extract_source(run, index, reuse=False)
         extracted.reused_rows = rows
+    elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
+        extracted.base_rows = cache.load(src.name, digest, extracted.delta_base)  # None: validate them all
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
@@ -266,7 +271,10 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         reports.append(SourceReport(
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
-            retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None))
+            retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None,
+            validated_rows=0 if e.reused_rows is not None else (
+                int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum())
+                if _delta_applies(e) else len(e.records))))
     opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
     rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
@@ -284,6 +292,40 @@ def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _delta_applies(e: Extracted) -> bool:
+    return (e.base_rows is not None and e.delta_ids is not None and ROW_COLUMN in e.records
+            and "opportunity_id" in e.records)
+
+
+def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, changed: frozenset[str]) -> SourceRows:
+    """Validate only the records whose ids changed since `base` and merge them with the rest of
+    `base`: the same rows, in the same order, as validating every record (each record is
+    validated on its own; the ids of a CRM source are unique), at the cost of what changed."""
+    ids = e.records["opportunity_id"].astype(str)
+    is_changed = ids.isin(changed).to_numpy()
+    fresh = _validate_source(run, src, dataclasses.replace(
+        e, records=e.records[is_changed], base_rows=None,
+        history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
+    row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
+
+    def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+        kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
+        return _stacked([p for p in (kept, new) if len(p)]) if len(kept) or len(new) else new
+
+    loaded = merged(base.loaded, fresh.loaded)
+    loaded = loaded.iloc[np.argsort(loaded["opportunity_id"].astype(str).map(row_of).to_numpy(), kind="stable")]
+    rejected = merged(base.rejected, fresh.rejected)
+    if len(rejected):  # row numbers of kept rejects follow the records' current order
+        rejected = rejected.assign(row=rejected["opportunity_id"].astype(str).map(row_of).astype(int).to_numpy())
+        rejected = rejected.sort_values("row", kind="stable")
+    history = fresh.history
+    if base.history is not None and history is not None:
+        history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
+                      None if history is None else history.reset_index(drop=True), e.raw if src.raw_sheet else None,
+                      len(e.records))
+
+
 def release_rows(extracted: list[Extracted]) -> None:
     """Drop the sources' unvalidated rows once validated: later steps use only each Extracted's
     pending state, version and flags, and at a million rows these frames are most of the memory."""
@@ -291,9 +333,12 @@ def release_rows(extracted: list[Extracted]) -> None:
         e.records = e.records.iloc[:0]
         e.history = None
         e.raw = None
+        e.base_rows = None
 
 
 def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
+    if _delta_applies(e):
+        return _validate_delta(run, src, e, e.base_rows, e.delta_ids)
     cfg = run.config
     res = canonicalize(
         e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,

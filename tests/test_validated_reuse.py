@@ -3,6 +3,8 @@ workbook is the same as one built from scratch; any change in the source rebuild
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,8 +22,21 @@ from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - th
 SOURCE = "hubspot_main"
 
 
+_RUNS = itertools.count()
+
+
+def kept(result):
+    """The run's workbook copied aside (every run of a test writes the same path), so a later
+    run cannot change what an assertion about this one reads."""
+    src = Path(result.outputs[0])
+    dst = src.with_name(f"{src.stem}.run{next(_RUNS)}{src.suffix}")
+    shutil.copyfile(src, dst)
+    result.outputs[0] = str(dst)
+    return result
+
+
 def run_flow(path: Path, **kw):
-    return run_pipeline(path, AS_OF, loaded=load_config(path, env={"HUBSPOT_TOKEN": TOKEN}), **kw)
+    return kept(run_pipeline(path, AS_OF, loaded=load_config(path, env={"HUBSPOT_TOKEN": TOKEN}), **kw))
 
 
 def sheets(path: str) -> dict[str, list[tuple]]:
@@ -90,6 +105,10 @@ def test_any_change_in_the_source_rebuilds_the_rows(flow, tmp_path: Path, change
                      pipeline="default", createdate="2026-11-01T00:00:00Z")
     second = run_flow(path)
     assert not second.sources[0].reused
+    # only the changed deals are validated again; the others come validated from the last run
+    expected = {"deal": 1, "archive": 0, "new deal": 1}.get(change)
+    validated = second.sources[0].validated_rows
+    assert validated == expected if expected is not None else 0 < validated < second.sources[0].rows_read
     after = get_version(engine, SOURCE)
     assert after is not None and before is not None and after.version != before.version
     rebuilt = run_flow(path, full_refresh=True)
@@ -154,7 +173,7 @@ def sf_run(sf, path: Path, **kw):
     from tests.test_salesforce_flow import AS_OF as SF_AS_OF
 
     loaded = load_config(path, env={"SF_CLIENT_ID": sf.client_id, "SF_CLIENT_SECRET": sf.client_secret})
-    return run_pipeline(path, SF_AS_OF, loaded=loaded, **kw)
+    return kept(run_pipeline(path, SF_AS_OF, loaded=loaded, **kw))
 
 
 @pytest.mark.parametrize("change", [None, "update", "delete"])
@@ -170,6 +189,7 @@ def test_salesforce_reuses_unchanged_rows_and_rebuilds_changed_ones(sf_flow, cha
         sf.delete(oid(4), now)
     second = sf_run(sf, path)
     assert second.sources[0].reused is (change is None)
+    assert second.sources[0].validated_rows == {None: 0, "update": 1, "delete": 0}[change]
     rebuilt = sf_run(sf, path, full_refresh=True)
     assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
     assert second.sources[0].rows_loaded == (4 if change == "delete" else 5)
@@ -193,7 +213,7 @@ def demo(tmp_path: Path):
 @pytest.mark.parametrize("change", [None, "deals", "history"])
 def test_an_unchanged_file_is_not_parsed_or_validated_again(demo, change: str | None) -> None:
     path, as_of, folder = demo
-    first = run_pipeline(path, as_of)
+    first = kept(run_pipeline(path, as_of))
     assert not any(s.reused for s in first.sources)
     if change == "deals":
         deals = folder / "deals.csv"
@@ -201,12 +221,12 @@ def test_an_unchanged_file_is_not_parsed_or_validated_again(demo, change: str | 
     elif change == "history":
         hist = folder / "stage_history.csv"
         hist.write_text(hist.read_text() + "\n")
-    second = run_pipeline(path, as_of)
+    second = kept(run_pipeline(path, as_of))
     crm = next(s for s in second.sources if s.name == "crm_export")
     assert crm.reused is (change is None)
     assert crm.reconciles and crm.rows_read == first.sources[0].rows_read
     rebuilt = sheets(second.outputs[0])
-    full = run_pipeline(path, as_of, full_refresh=True)  # --full-refresh never reuses
+    full = kept(run_pipeline(path, as_of, full_refresh=True))  # --full-refresh never reuses
     assert not any(s.reused for s in full.sources)
     (path.parent / ".state" / "validated").rename(path.parent / "moved")  # no cache: built from the files
     assert rebuilt == sheets(run_pipeline(path, as_of).outputs[0]) == sheets(full.outputs[0])
@@ -224,3 +244,18 @@ def test_where_the_validated_rows_are_kept(tmp_path: Path, url: str, where: str 
                                     "state": {"url": url.format(tmp=tmp_path)}}))
     cache = prepare(path, AS_OF).validated_cache
     assert (cache.folder if cache else None) == (Path(where.format(tmp=tmp_path)) if where else None)
+
+
+def test_kept_rejects_are_renumbered_when_a_deal_before_them_goes(flow, tmp_path: Path) -> None:
+    hub, srv, path = flow
+    hub.update("104", later(), dealstage="mystery-stage")  # rejected: not a configured stage
+    first = run_flow(path)
+    before = sheets(first.outputs[0])["Rejected"]
+    assert [r[3] for r in before[1:]] == ["104"]
+    hub.archive("102", later())
+    second = run_flow(path)
+    assert second.sources[0].validated_rows == 0  # nothing to validate: 104's reject comes from the last run
+    after = sheets(second.outputs[0])
+    assert after["Rejected"][1][:4] == (before[1][0], before[1][1] - 1, *before[1][2:4])  # one row further up
+    rebuilt = run_flow(path, full_refresh=True)
+    assert after == sheets(rebuilt.outputs[0])
