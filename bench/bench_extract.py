@@ -353,6 +353,18 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
         out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
         out["cli"] = cli_runs(path, repeat)
+        # 1% of the deals change: the run validates only those and merges them into the kept rows
+        incremental = []
+        for _ in range(repeat):
+            changed_at = datetime.now(UTC) + timedelta(milliseconds=5)
+            changed = fake.call("change", 100, changed_at.isoformat(), 1000)
+            time.sleep(1.1)
+            t = time.perf_counter()
+            res = run_pipeline(path, loaded=loaded)
+            incremental.append({"seconds": round(time.perf_counter() - t, 2), "changed": changed,
+                                "validated_rows": res.sources[0].validated_rows,
+                                "rows_loaded": res.sources[0].rows_loaded})
+        out["incremental_1pct_run_pipeline"] = incremental
         if variants:  # once each: without the example's raw sheet; with the cyclic GC off (its share)
             no_raw = write_config(fake, folder, raw_sheet=False)
             out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))
