@@ -17,8 +17,11 @@ from config.loader import load_config
 from config.models import DEFAULT_STAGES, HubSpotSourceConfig
 from connectors.errors import FatalAPIError
 from connectors.hubspot import parse_pipelines, stage_text
-from tests.fakes.hubspot import DEFAULT_PIPELINES, TOKEN, FakeClock, FakeHubSpot, Harness, seed_demo
-from tests.fakes.server import FakeServer
+from tests.fakes.hubspot import (
+    DEFAULT_PIPELINES,
+    TOKEN,
+    demo_harness,
+)
 from transforms.canonical import canonicalize, canonicalize_history
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -27,11 +30,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot
 
 @pytest.fixture
 def h(tmp_path):
-    clock = FakeClock()
-    hub = FakeHubSpot.from_samples(clock.now)
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
-        yield Harness(hub, srv, clock, tmp_path)
+    with demo_harness(tmp_path) as harness:
+        yield harness
 
 
 def by_id(frame: pd.DataFrame) -> dict[str, dict]:

@@ -9,8 +9,7 @@ import pytest
 
 from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.source_state import get_cursor, load_records
-from tests.fakes.hubspot import FakeClock, FakeHubSpot, Harness, seed_demo
-from tests.fakes.server import FakeServer
+from tests.fakes.hubspot import Harness, demo_harness
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 RUN2 = RUN1 + timedelta(hours=1)
@@ -19,11 +18,8 @@ CHANGED_AT = RUN1 + timedelta(minutes=20)
 
 @pytest.fixture
 def h(tmp_path):
-    clock = FakeClock()
-    hub = FakeHubSpot.from_samples(clock.now, max_page=1)
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
-        yield Harness(hub, srv, clock, tmp_path)
+    with demo_harness(tmp_path, max_page=1) as harness:
+        yield harness
 
 
 def prepare(h: Harness, mode: str) -> datetime:

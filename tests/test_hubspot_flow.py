@@ -13,7 +13,7 @@ from config.loader import load_config
 from connectors.source_state import get_cursor
 from connectors.state_db import make_engine
 from flows.pipeline import run_pipeline
-from tests.fakes.hubspot import TOKEN, FakeHubSpot, seed_demo
+from tests.fakes.hubspot import TOKEN, demo_server
 from tests.fakes.server import FakeServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot.yaml"
@@ -22,9 +22,7 @@ AS_OF = date(2026, 11, 27)
 
 @pytest.fixture
 def fake(tmp_path: Path):
-    hub = FakeHubSpot.from_samples(clock=lambda: 0.0)  # the fake's rate window never rolls: 190 calls
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
+    with demo_server(tmp_path) as (hub, srv):
         yield hub, srv
 
 

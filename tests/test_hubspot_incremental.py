@@ -11,8 +11,7 @@ import pytest
 from config.models import DEFAULT_STAGES
 from connectors.hubspot import from_state
 from connectors.source_state import get_cursor, load_records
-from tests.fakes.hubspot import FakeClock, FakeHubSpot, Harness, iso, seed_demo, to_ms
-from tests.fakes.server import FakeServer
+from tests.fakes.hubspot import Harness, demo_harness, iso, to_ms
 from transforms.canonical import canonicalize
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -25,11 +24,8 @@ SEVEN = ["101", "102", "103", "104", "105", "6744192456", "6744457152"]
 
 @pytest.fixture
 def h(tmp_path):
-    clock = FakeClock()
-    hub = FakeHubSpot.from_samples(clock.now)
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
-        yield Harness(hub, srv, clock, tmp_path)
+    with demo_harness(tmp_path) as harness:
+        yield harness
 
 
 def ids(ex) -> list[str]:

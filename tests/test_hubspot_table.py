@@ -32,12 +32,9 @@ from tests.fakes.hubspot import (
     DEFAULT_PIPELINES,
     STAGE_MAP,
     TOKEN,
-    FakeClock,
-    FakeHubSpot,
     Harness,
-    seed_demo,
+    demo_harness,
 )
-from tests.fakes.server import FakeServer
 
 OWNERS = {"69864216": ("Ann Lee", "West"), "69864217": ("Bo Chen", None)}
 PREFIX = "hs_date_entered_"
@@ -235,12 +232,9 @@ RUN2 = RUN1 + timedelta(hours=1)
 
 
 @pytest.fixture
-def h(tmp_path: Path):
-    clock = FakeClock()
-    hub = FakeHubSpot.from_samples(clock.now)
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
-        yield Harness(hub, srv, clock, tmp_path)
+def h(tmp_path):
+    with demo_harness(tmp_path) as harness:
+        yield harness
 
 
 @pytest.mark.parametrize("rows", [2, 5_000], ids=["chunks of 2", "one chunk"])

@@ -29,7 +29,7 @@ from flows.notify import (
     url_secrets,
 )
 from flows.sync import sync_report
-from tests.fakes.hubspot import TOKEN, FakeHubSpot, seed_demo
+from tests.fakes.hubspot import TOKEN, demo_server
 from tests.fakes.server import FakeServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot.yaml"
@@ -83,9 +83,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def hubspot(tmp_path: Path):
-    hub = FakeHubSpot.from_samples(clock=lambda: 0.0)
-    seed_demo(hub)
-    with FakeServer(hub, tmp_path) as srv:
+    with demo_server(tmp_path) as (hub, srv):
         yield hub, srv
 
 

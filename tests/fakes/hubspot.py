@@ -22,7 +22,8 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -491,3 +492,22 @@ class Harness:
 
     def requests(self, method: str, path: str) -> list[Request]:
         return [r for r in self.server.requests if r.method == method and r.path.rstrip("/") == path]
+
+
+@contextmanager
+def demo_harness(tmp_path: Path, **fake_options: Any) -> Iterator[Harness]:
+    """The recorded deals plus `seed_demo` on HTTPS, with a fake clock, as a Harness."""
+    clock = FakeClock()
+    hub = FakeHubSpot.from_samples(clock.now, **fake_options)
+    seed_demo(hub)
+    with FakeServer(hub, tmp_path) as srv:
+        yield Harness(hub, srv, clock, tmp_path)
+
+
+@contextmanager
+def demo_server(tmp_path: Path) -> Iterator[tuple[FakeHubSpot, FakeServer]]:
+    """The same seeded fake for whole-flow tests; its rate window never rolls (190 calls)."""
+    hub = FakeHubSpot.from_samples(clock=lambda: 0.0)
+    seed_demo(hub)
+    with FakeServer(hub, tmp_path) as srv:
+        yield hub, srv
