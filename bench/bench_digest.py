@@ -6,7 +6,7 @@ A synthetic Flags frame (7 deal checks over rows / 2.4 deals with keys like `hub
 ~60-character messages, plus team rows with repeated identities, sorted like transforms.flags) is
 stored as the previous run (untimed); then the next run's frame (2% of the deals re-drawn, every
 message's day count moved) goes through the digest's flag work (timed) against a fresh SQLite
-state DB. "before" runs flows/notify.py and connectors/digest_flags.py as they were at
+state DB. "before" runs flows/notify.py and connectors/state/digest_flags.py as they were at
 `--before-rev` (from git). One process per measurement; peak RSS growth is VmHWM (reset before
 the timed part) minus VmRSS before it; the previous run is stored by a process of its own. Prints a markdown table; never run by the test suite.
 """
@@ -86,7 +86,7 @@ def _proc_kb(field: str) -> float:
 
 
 def _old_sources(rev: str, folder: Path) -> Path:
-    for rel in ("flows/notify.py", "connectors/digest_flags.py", "connectors/state_db.py"):
+    for rel in ("flows/notify.py", "connectors/state/digest_flags.py", "connectors/state/db.py"):
         out = folder / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, check=True, capture_output=True,

@@ -4,7 +4,7 @@
 
 Per N, with the fake (tests/fakes/hubspot.py on tests/fakes/server.py, HTTPS on 127.0.0.1) in a
 child process so it does not share the connector's GIL:
-1. a FULL extraction (connectors.hubspot.extract, state DB on): wall time, requests counted by
+1. a FULL extraction (connectors.sources.hubspot.extract.extract, state DB on): wall time, requests counted by
    the fake, checked against the pages needed (+ pipelines + owners); the state commit timed;
 2. 1% of the deals changed on the fake, then an INCREMENTAL extraction: its requests.
 Then at `--flow-rows` deals, the scheduled run through flows.pipeline (plain functions, HubSpot
@@ -206,10 +206,10 @@ def load(path: Path):
 
 def extract_case(n: int, work: Path) -> dict:
     from connectors.extracted import ExtractContext
-    from connectors.http import Observer
-    from connectors.hubspot import OWNER_PAGE, extract
-    from connectors.source_state import save_state
-    from connectors.state_db import make_engine
+    from connectors.http.session import Observer
+    from connectors.sources.hubspot.extract import OWNER_PAGE, extract
+    from connectors.state.db import make_engine
+    from connectors.state.source_state import save_state
 
     folder = work / f"extract-{n}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -274,7 +274,7 @@ def timed_steps(path: Path, loaded: Any) -> dict[str, float]:
     """flows.pipeline.run_pipeline's steps called one by one (same order, same functions), timed."""
     import shutil
 
-    from connectors.source_state import load_records
+    from connectors.state.source_state import load_records
     from flows import pipeline as pl
 
     times: dict[str, float] = {}

@@ -82,7 +82,7 @@ def one(pkl: Path, profile: Path | None, chunk_rows: int | None = None) -> dict:
     """One render in this process: seconds, peak RSS above the loaded frames, file size."""
     import gc
 
-    from connectors import xlsx_writer
+    from connectors.workbook import xlsx_writer
     from flows.pipeline import render
 
     if chunk_rows:

@@ -64,7 +64,7 @@ def prepare(rows: int, work: Path) -> Path:
 
 def _canonical(folder: Path, save: bool = False):
     from config.loader import load_config
-    from connectors.files import extract_csv
+    from connectors.sources.files import extract_csv
     from transforms.canonical import canonicalize, canonicalize_history
 
     cfg = load_config(folder / "bench.yaml").config
@@ -100,7 +100,7 @@ def run_case(case: str, folder: Path) -> dict:
         build_analytics(loaded, hist, cfg, AS_OF)
         seconds = time.perf_counter() - t
     elif case == "render":
-        from connectors.xlsx_writer import write_workbook
+        from connectors.workbook.xlsx_writer import write_workbook
         from transforms.analytics import build_analytics
         from transforms.workbook_layout import opportunities_sheet, rejected_sheet
 

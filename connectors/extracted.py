@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from connectors.http import Observer, RetryPolicy
-from connectors.source_state import SourceVersion
+from connectors.http.session import Observer, RetryPolicy
+from connectors.state.source_state import SourceVersion
 
 
 @dataclass

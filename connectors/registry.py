@@ -8,11 +8,11 @@ from typing import Any
 
 # type -> "module:function"; each function is `extract(cfg, ctx: ExtractContext) -> Extracted`
 SOURCE_EXTRACTORS: dict[str, str] = {
-    "csv": "connectors.files:extract_csv",
-    "excel": "connectors.files:extract_excel",
-    "hubspot": "connectors.hubspot:extract",
-    "salesforce": "connectors.salesforce:extract",
-    "tableau": "connectors.tableau:extract",
+    "csv": "connectors.sources.files:extract_csv",
+    "excel": "connectors.sources.files:extract_excel",
+    "hubspot": "connectors.sources.hubspot.extract:extract",
+    "salesforce": "connectors.sources.salesforce:extract",
+    "tableau": "connectors.sources.tableau:extract",
 }
 
 

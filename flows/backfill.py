@@ -34,11 +34,11 @@ from typing import Any, Literal
 
 from config.loader import ConfigError, LoadedConfig, load_config
 from config.models import AppConfig
-from connectors import backfill_state
 from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
-from connectors.snapshots import save_snapshot
-from connectors.source_state import load_records
+from connectors.state import backfill as backfill_state
+from connectors.state.snapshots import save_snapshot
+from connectors.state.source_state import load_records
 from flows.pipeline import (
     RunContext,
     SourceReport,
@@ -60,7 +60,7 @@ from transforms.report_filter import describe, is_filtered
 Every = Literal["day", "week", "month", "quarter"]
 EVERY: tuple[str, ...] = ("day", "week", "month", "quarter")
 Status = Literal["done", "skipped", "failed", "not run"]
-STATE_SOURCES = {"hubspot": "connectors.hubspot", "salesforce": "connectors.salesforce"}
+STATE_SOURCES = {"hubspot": "connectors.sources.hubspot.extract", "salesforce": "connectors.sources.salesforce"}
 
 
 @dataclass
@@ -292,7 +292,6 @@ def backfill(config_path: str | Path, start: date, end: date, every: str, *, for
     if refetch:
         commit_state(run, extracted, None, snapshots=[])  # what was pulled, as a run commits it
         keep_validated(run, extracted, validated)
-    backfill_state.ensure_table(run.engine)
     progress = _Progress(len(dates) * len(specs), echo)
     outcomes: list[DateOutcome] = []
     for spec in specs:

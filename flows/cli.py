@@ -214,7 +214,7 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from connectors.extracted import ExtractContext
-    from connectors.http import Observer
+    from connectors.http.session import Observer
     from connectors.registry import extractor_for
     from transforms.canonical import canonicalize
 
@@ -255,7 +255,7 @@ def cmd_check_source(args: argparse.Namespace) -> int:
 
 def cmd_login(args: argparse.Namespace) -> int:
     from config.models import OneDriveDestinationConfig
-    from connectors.msal_auth import device_code_login
+    from connectors.http.msal_auth import device_code_login
 
     loaded = _load(args.config)
     dests = [d for d in loaded.config.destinations if isinstance(d, OneDriveDestinationConfig) and d.auth == "delegated"]

@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from config.models import NotifyConfig
-from connectors import digest_flags
+from connectors.state import digest_flags
 
 log = logging.getLogger("pipeline_sync.notify")
 
@@ -502,7 +502,7 @@ def digest_for_run(run: Any, result: Any, transformed: Any = None, run_url: str 
         units = _units(getattr(analytics, "summary", None))
         previous: dict[str, float | None] = {}
         try:
-            from connectors.snapshots import load_history
+            from connectors.state.snapshots import load_history
 
             history = load_history(run.engine, cfg.report, result.as_of)
             previous, previous_as_of = history.previous_metrics(), history.previous_as_of
@@ -543,7 +543,7 @@ def digests_for_run(run: Any, result: Any, transformed: Any = None, run_url: str
     entries = list(getattr(result, "reports", None) or [])
     if not entries:
         return [digest_for_run(run, result, transformed, run_url)]
-    from connectors.snapshots import load_history
+    from connectors.state.snapshots import load_history
     from transforms.metrics import TEAM_METRICS, UNITS
 
     base = digest_for_run(run, result, None, run_url)

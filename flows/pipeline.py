@@ -28,13 +28,13 @@ import pandas as pd
 from config.loader import LoadedConfig, load_config
 from config.models import AppConfig, FileDestinationConfig
 from config.workbook import SheetData, SummaryData
-from connectors import local_file
+from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import Observer, RetryPolicy
+from connectors.http.session import Observer, RetryPolicy
 from connectors.registry import extractor_for
-from connectors.state_db import default_state_url, make_engine
-from connectors.validated_cache import SourceRows, ValidatedCache
+from connectors.state.db import default_state_url, make_engine
+from connectors.state.validated_cache import SourceRows, ValidatedCache
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
 from transforms.workbook_layout import (
@@ -379,7 +379,7 @@ def _analytics(run: RunContext, opportunities: pd.DataFrame, history: pd.DataFra
         return None
     snapshots = None
     try:
-        from connectors.snapshots import load_history
+        from connectors.state.snapshots import load_history
 
         snapshots = load_history(run.engine, run.config.report, run.as_of)
     except ImportError:
@@ -397,7 +397,7 @@ def _placeholder_summary(run: RunContext, reports: list[SourceReport]) -> Summar
 
 def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
     """Write the whole workbook once into `staging_dir`; every destination publishes this file."""
-    from connectors.xlsx_writer import WriteStats, write_workbook
+    from connectors.workbook.xlsx_writer import WriteStats, write_workbook
 
     staged = staging_dir / "pipeline.xlsx"
     about_extra: list[tuple[str, Any]] = []
@@ -427,7 +427,7 @@ def publish(run: RunContext, index: int, staged: Path) -> str:
         target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
         local_file.publish(staged, target)
         return str(target)
-    from connectors import onedrive
+    from connectors.destinations.onedrive import upload as onedrive
 
     remote = local_file.fill_placeholders(dest.path, as_of=run.as_of, period=run.period.label)
     kwargs = {"sleep": run.retry_policy.sleep} if run.retry_policy is not None else {}
@@ -443,7 +443,7 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
                  *, snapshots: list[tuple[str, Any]] | None = None) -> None:
     """One transaction: every source's cursor/records and this run's snapshot (or, with
     `snapshots`, those (report, SnapshotRecord) pairs instead)."""
-    from connectors.source_state import save_state
+    from connectors.state.source_state import save_state
 
     pending = [e for e in extracted if e.pending_state is not None]
     if snapshots is None:
@@ -457,7 +457,7 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
         if snapshots:
-            from connectors.snapshots import save_snapshot
+            from connectors.state.snapshots import save_snapshot
 
             for report, record in snapshots:
                 save_snapshot(conn, report, record)
@@ -556,7 +556,7 @@ def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
     from importlib import import_module
 
     from connectors.registry import SOURCE_EXTRACTORS
-    from connectors.source_state import load_records
+    from connectors.state.source_state import load_records
 
     src = run.config.sources[index]
     module = import_module(SOURCE_EXTRACTORS[src.type].split(":")[0])

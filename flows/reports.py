@@ -30,7 +30,7 @@ from typing import Any
 from config.models import AppConfig, ReportConfig, ReportFilterConfig
 from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
-from connectors.http import Observer
+from connectors.http.session import Observer
 from flows.pipeline import (
     RunContext,
     RunResult,

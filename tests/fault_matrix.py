@@ -35,9 +35,9 @@ import openpyxl
 import yaml
 
 from config.loader import load_config
-from connectors.http import RetryPolicy
-from connectors.source_state import get_cursor
-from connectors.state_db import make_engine
+from connectors.http.session import RetryPolicy
+from connectors.state.db import make_engine
+from connectors.state.source_state import get_cursor
 from flows.pipeline import RunResult, run_pipeline
 from tests.fakes import hubspot as hubspot_fake
 from tests.fakes.entra import FakeEntra
@@ -520,7 +520,7 @@ def _edit_mid_upload(w: World) -> None:
     user saves the file while piece 2 of the upload arrives."""
     import sqlalchemy as sa
 
-    from connectors.onedrive import published
+    from connectors.destinations.onedrive.upload import published
 
     item = w.fakes.graph.file(DRIVE, REMOTE)
     engine = make_engine("sqlite:///" + str(w.folder / ".state" / "pipeline-sync.db"))

@@ -7,8 +7,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from connectors import snapshots as store
-from connectors.state_db import make_engine
+from connectors.state import snapshots as store
+from connectors.state.db import make_engine
 from tests.analytics_support import make_cfg, make_history, make_opps
 from transforms.analytics import build_analytics
 

@@ -9,8 +9,8 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import snapshots as store
-from connectors.state_db import make_engine
+from connectors.state import snapshots as store
+from connectors.state.db import make_engine
 from tests.analytics_support import make_cfg, make_history, make_opps
 from transforms.analytics import build_analytics
 

@@ -14,9 +14,9 @@ import yaml
 from python_calamine import CalamineWorkbook
 
 from config.loader import ConfigError, load_config
-from connectors.backfill_state import backfill_dates as backfill_table
-from connectors.snapshots import snapshot_deals, snapshot_metrics, snapshots, stored_dates
-from connectors.state_db import make_engine
+from connectors.state.backfill import backfill_dates as backfill_table
+from connectors.state.db import make_engine
+from connectors.state.snapshots import snapshot_deals, snapshot_metrics, snapshots, stored_dates
 from flows.backfill import backfill, backfill_dates
 from flows.cli import main
 from flows.pipeline import run_pipeline

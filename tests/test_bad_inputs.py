@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from config.models import DEFAULT_STAGES
 from config.schema import FIELD_NAMES
 from connectors.errors import SourceDataError
-from connectors.files import ERROR_COLUMN, ROW_COLUMN, map_columns, read_csv_text
+from connectors.sources.files import ERROR_COLUMN, ROW_COLUMN, map_columns, read_csv_text
 from flows.cli import main
 from transforms.canonical import canonicalize
 

@@ -140,13 +140,13 @@ CHILD = """
 import os, signal, sys
 from pathlib import Path
 from config.loader import load_config
-from connectors.http import RetryPolicy
+from connectors.http.session import RetryPolicy
 from flows.pipeline import run_pipeline
 from tests.fault_matrix import AS_OF
 
 folder, kill_at = Path(sys.argv[1]), sys.argv[2]
 if kill_at == "inside-commit":  # after the cursors are written, inside the same transaction
-    import connectors.snapshots as snapshots
+    import connectors.state.snapshots as snapshots
     original = snapshots.save_snapshot
     def save_then_die(conn, report, record):
         original(conn, report, record)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from connectors import digest_flags
-from connectors.state_db import make_engine
+from connectors.state import digest_flags
+from connectors.state.db import make_engine
 from flows.notify import CurrentFlags, FlagLine, flag_diff, remember_flags
 
 COLUMNS = ["rule", "check", "scope", "key", "severity", "message"]

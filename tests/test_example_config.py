@@ -17,7 +17,7 @@ ENV = {name: "placeholder-value" for name in (
     "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")} | {"SLACK_WEBHOOK_URL": "json://127.0.0.1:9/hook"}
 
 MODELS = [cls for _, cls in inspect.getmembers(models, inspect.isclass)
-          if issubclass(cls, BaseModel) and cls.__module__ == "config.models" and not cls.__name__.startswith("_")
+          if issubclass(cls, BaseModel) and cls.__module__.startswith("config.models") and not cls.__name__.startswith("_")
           and cls is not models.StrictModel]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from config.models import DEFAULT_STAGES, CsvSourceConfig, ExcelSourceConfig
 from connectors.errors import SourceDataError
-from connectors.files import extract_csv, extract_excel
+from connectors.sources.files import extract_csv, extract_excel
 from transforms.canonical import canonicalize
 
 HEADER = "opportunity_id,name,stage,created_date"

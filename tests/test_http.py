@@ -14,7 +14,13 @@ import requests
 import urllib3
 
 from connectors.errors import FatalAPIError, RetriableAPIError
-from connectors.http import HttpClient, Observer, RetryPolicy, build_session, retry_after_seconds
+from connectors.http.session import (
+    HttpClient,
+    Observer,
+    RetryPolicy,
+    build_session,
+    retry_after_seconds,
+)
 from tests.fakes.server import FakeServer, Request, Response
 
 OK = Response(200, {"value": [1, 2, 3]})

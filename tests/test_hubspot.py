@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from config.loader import load_config
 from config.models import DEFAULT_STAGES, HubSpotSourceConfig
 from connectors.errors import FatalAPIError
-from connectors.hubspot import parse_pipelines, stage_text
+from connectors.sources.hubspot.extract import parse_pipelines, stage_text
 from tests.fakes.hubspot import (
     DEFAULT_PIPELINES,
     TOKEN,

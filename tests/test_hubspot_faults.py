@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connectors.errors import FatalAPIError, RetriableAPIError
-from connectors.source_state import get_cursor, load_records
+from connectors.state.source_state import get_cursor, load_records
 from tests.fakes.hubspot import Harness, demo_harness
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)

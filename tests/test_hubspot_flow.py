@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from config.loader import load_config
-from connectors.source_state import get_cursor
-from connectors.state_db import make_engine
+from connectors.state.db import make_engine
+from connectors.state.source_state import get_cursor
 from flows.pipeline import run_pipeline
 from tests.fakes.hubspot import TOKEN, demo_server
 from tests.fakes.server import FakeServer

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from config.models import DEFAULT_STAGES
-from connectors.hubspot import from_state
-from connectors.source_state import get_cursor, load_records
+from connectors.sources.hubspot.extract import from_state
+from connectors.state.source_state import get_cursor, load_records
 from tests.fakes.hubspot import Harness, demo_harness, iso, to_ms
 from transforms.canonical import canonicalize
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.http import Observer, RetryPolicy
-from connectors.hubspot import _Progress, make_api, search_changed
+from connectors.http.session import Observer, RetryPolicy
+from connectors.sources.hubspot.extract import _Progress, make_api, search_changed
 from tests.fakes.hubspot import FakeClock, FakeHubSpot, Harness
 from tests.fakes.server import FakeServer
 

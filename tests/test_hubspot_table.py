@@ -15,9 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from config.models import HubSpotSourceConfig
-from connectors import source_state
-from connectors.hubspot import parse_pipelines
-from connectors.hubspot_rows import (
+from connectors.sources.hubspot.extract import parse_pipelines
+from connectors.sources.hubspot.rows import (
     LINE_ITEM_PRODUCT,
     DealTable,
     Resolver,
@@ -26,8 +25,9 @@ from connectors.hubspot_rows import (
     stored,
     table_frames,
 )
-from connectors.source_state import iter_records, load_records, save_state
-from connectors.state_db import make_engine
+from connectors.state import source_state
+from connectors.state.db import make_engine
+from connectors.state.source_state import iter_records, load_records, save_state
 from tests.fakes.hubspot import (
     DEFAULT_PIPELINES,
     STAGE_MAP,

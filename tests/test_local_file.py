@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from connectors.destinations.local_file import expand_path, fill_placeholders, publish
 from connectors.errors import DestinationError
-from connectors.local_file import expand_path, fill_placeholders, publish
 
 OLD = b"PK\x03\x04 previous workbook " * 100
 NEW = b"PK\x03\x04 new workbook " * 5000
@@ -136,7 +136,7 @@ def test_new_workbook_gets_normal_permissions_and_a_replaced_one_keeps_its_own(t
     import os
     import stat
 
-    from connectors.local_file import publish as publish_file
+    from connectors.destinations.local_file import publish as publish_file
 
     staged = tmp_path / "staged.xlsx"
     staged.write_bytes(b"book")

@@ -1,4 +1,4 @@
-"""connectors.msal_auth: real msal against the fake Entra authority over HTTPS (nothing patched)."""
+"""connectors.http.msal_auth: real msal against the fake Entra authority over HTTPS (nothing patched)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from config.models import OneDriveDestinationConfig
-from connectors import msal_auth
 from connectors.errors import FatalAPIError, RetriableAPIError
+from connectors.http import msal_auth
 from tests.fakes.entra import FakeEntra
 from tests.fakes.server import FakeServer, Request, Response
 

@@ -1,4 +1,4 @@
-"""connectors.onedrive against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
+"""connectors.destinations.onedrive.upload against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import requests
 
 from config.models import OneDriveDestinationConfig
-from connectors import msal_auth, onedrive
+from connectors.destinations.onedrive import upload as onedrive
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
-from connectors.state_db import make_engine
+from connectors.http import msal_auth
+from connectors.state.db import make_engine
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph import FIXTURES, FakeGraph
 from tests.fakes.server import FakeServer, Request, Response

@@ -1,4 +1,4 @@
-"""mode update_sheets: connectors.onedrive_workbook against the fake Graph workbook API over HTTPS."""
+"""mode update_sheets: connectors.destinations.onedrive.workbook_api against the fake Graph workbook API over HTTPS."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from openpyxl.worksheet.table import Table
 
 from config.models import OneDriveDestinationConfig
-from connectors import msal_auth, onedrive, onedrive_workbook
+from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations.onedrive import workbook_api as onedrive_workbook
 from connectors.errors import FatalAPIError
+from connectors.http import msal_auth
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph_workbook import FakeGraphWorkbook, Sheet
 from tests.fakes.server import FakeServer, Request, Response

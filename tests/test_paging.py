@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connectors.errors import FatalAPIError
-from connectors.paging import Cursor, paginate
+from connectors.http.paging import Cursor, paginate
 
 
 def pages_from(table: dict[Cursor, tuple[list[int], Cursor]]):

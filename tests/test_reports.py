@@ -14,8 +14,8 @@ import sqlalchemy as sa
 import yaml
 
 from config.loader import ConfigError, load_config
-from connectors.snapshots import snapshots as snapshots_table
-from connectors.state_db import make_engine
+from connectors.state.db import make_engine
+from connectors.state.snapshots import snapshots as snapshots_table
 from flows.pipeline import run_pipeline
 from flows.reports import report_specs
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config.models import DEFAULT_STAGES
 from connectors.errors import FatalAPIError, RetriableAPIError
-from connectors.http import HttpClient, build_session
-from connectors.salesforce import SalesforceAPI, jwt_audience
+from connectors.http.session import HttpClient, build_session
+from connectors.sources.salesforce import SalesforceAPI, jwt_audience
 from tests.fakes.salesforce import (
     FAST,
     STAGE_MAP,

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from config.loader import load_config
-from connectors.salesforce import extract, from_state
-from connectors.source_state import load_records
+from connectors.sources.salesforce import extract, from_state
+from connectors.state.source_state import load_records
 from flows.pipeline import run_pipeline
 from tests.fakes.salesforce import FAST, make_cfg, make_ctx, oid, running_fake
 
@@ -64,8 +64,8 @@ def test_example_config_runs_and_the_second_run_is_incremental(fake, tmp_path: P
 
 
 def test_from_state_rebuilds_the_frames_of_a_successful_run(fake, tmp_path: Path) -> None:
-    from connectors.source_state import save_state
-    from connectors.state_db import make_engine
+    from connectors.state.db import make_engine
+    from connectors.state.source_state import save_state
 
     engine = make_engine("sqlite:///" + str(tmp_path / "s.db"))
     cfg = make_cfg(fake)

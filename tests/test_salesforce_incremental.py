@@ -11,8 +11,8 @@ import pytest
 from config.models import DEFAULT_STAGES
 from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.extracted import Extracted
-from connectors.source_state import get_cursor, load_records, save_state
-from connectors.state_db import make_engine
+from connectors.state.db import make_engine
+from connectors.state.source_state import get_cursor, load_records, save_state
 from tests.fakes.salesforce import STAGE_MAP, SalesforceFake, make_ctx, oid, run, running_fake
 from transforms.canonical import canonicalize
 

@@ -13,9 +13,9 @@ import yaml
 
 from config.loader import ConfigError, load_config
 from config.models import onedrive_path_problems
-from connectors import local_file
+from connectors.destinations import local_file
 from connectors.errors import DestinationError
-from connectors.http import build_session
+from connectors.http.session import build_session
 from flows.artifacts import flag_rows, kpi_markdown
 from flows.cli import main
 from flows.notify import digest_for_run, notify_failure, notify_success, render_digest
@@ -158,8 +158,8 @@ def test_new_state_db_token_cache_and_report_lock_are_0600_whatever_the_umask(tm
 
     import msal
 
-    from connectors.msal_auth import save_cache
-    from connectors.state_db import make_engine
+    from connectors.http.msal_auth import save_cache
+    from connectors.state.db import make_engine
     from flows.schedules import report_lock
 
     old = os.umask(umask)
@@ -196,7 +196,7 @@ def test_turning_tls_verification_off_warns_visibly(world: World) -> None:
     with pytest.warns(InsecureRequestWarning):  # urllib3 warns on every unverified request too
         out = world.run(folder, capture=True)
     assert out.error is None  # the untrusted fake certificate was accepted ...
-    assert "WARNING connectors.http: TLS certificate verification is OFF" in out.log_text  # ... and said so
+    assert "WARNING connectors.http.session: TLS certificate verification is OFF" in out.log_text  # ... and said so
 
 
 def test_the_warning_reaches_stderr_at_the_default_level(caplog) -> None:

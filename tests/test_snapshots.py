@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from config.snapshot_types import SnapshotRecord, empty_snapshot_deals
-from connectors import snapshots as store
-from connectors.state_db import make_engine
+from connectors.state import snapshots as store
+from connectors.state.db import make_engine
 
 
 def record(as_of: str, open_deals: float, ids: list[str], win_rate: float | None = 0.5) -> SnapshotRecord:

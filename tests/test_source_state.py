@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from connectors.source_state import get_cursor, load_records, save_state
-from connectors.state_db import make_engine
+from connectors.state.db import make_engine
+from connectors.state.source_state import get_cursor, load_records, save_state
 
 
 @pytest.fixture()

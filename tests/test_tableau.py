@@ -16,8 +16,8 @@ import trustme
 from config.models import DEFAULT_STAGES, TableauSourceConfig
 from connectors.errors import FatalAPIError, RetriableAPIError, SourceDataError
 from connectors.extracted import ExtractContext
-from connectors.http import Observer, RetryPolicy
-from connectors.tableau import extract
+from connectors.http.session import Observer, RetryPolicy
+from connectors.sources.tableau import extract
 from tests.fakes.server import FakeServer
 from tests.fakes.tableau import (
     OVERVIEW_VIEW,
@@ -193,7 +193,7 @@ def test_ambiguous_view_lists_ids(srv, fake, policy):
 
 
 def test_dashboard_warns(srv, fake, policy, caplog):
-    with caplog.at_level(logging.WARNING, logger="connectors.tableau"):
+    with caplog.at_level(logging.WARNING, logger="connectors.sources.tableau"):
         out = extract(make_cfg(srv, view="Sales Pipeline/Pipeline Dashboard"), make_ctx(), policy=policy)
     assert len(out.records) == 5
     assert "is a dashboard: Tableau returns only the data of its first sheet" in out.notes[0]
@@ -390,7 +390,7 @@ def test_two_runs_with_one_token_never_overlap(srv, fake, policy):
     """Run A pauses inside its data download; run B with the same token waits instead of signing in."""
     import threading
 
-    from connectors.http import build_session
+    from connectors.http.session import build_session
 
     in_download, release, b_waiting = threading.Event(), threading.Event(), threading.Event()
 
@@ -411,7 +411,7 @@ def test_two_runs_with_one_token_never_overlap(srv, fake, policy):
                 b_waiting.set()
 
     handler = Waiting()
-    logger = logging.getLogger("connectors.tableau")
+    logger = logging.getLogger("connectors.sources.tableau")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

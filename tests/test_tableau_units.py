@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from config.loader import load_config
 from config.models import TableauSourceConfig
-from connectors.tableau import (
+from connectors.sources.tableau import (
     csv_request_options,
     filter_value,
     parse_formatted,

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from config.loader import load_config
-from connectors.source_state import get_version
-from connectors.state_db import make_engine
+from connectors.state.db import make_engine
+from connectors.state.source_state import get_version
 from flows.pipeline import prepare, run_pipeline
 from tests.fakes.hubspot import TOKEN
 from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture

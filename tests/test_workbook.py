@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from config.workbook import ChartSpec, SheetData, SummaryData
-from connectors.xlsx_writer import CUT_MARKER, WriteStats, split_sheets, write_workbook
+from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, split_sheets, write_workbook
 
 INJECTIONS = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+SUM(1,2)", "-2+3", "@cmd", "\t=1+1", "\r=1+1",
               "=cmd|' /C calc'!A0", "DDE(\"cmd\";\"/C calc\";\"x\")"]

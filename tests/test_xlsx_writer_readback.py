@@ -14,8 +14,8 @@ import pytest
 from python_calamine import CalamineWorkbook
 
 from config.workbook import SheetData
-from connectors import xlsx_writer
-from connectors.xlsx_writer import CUT_MARKER, write_workbook
+from connectors.workbook import xlsx_writer
+from connectors.workbook.xlsx_writer import CUT_MARKER, write_workbook
 from transforms.workbook_layout import excel_limits
 
 OWNERS = ["Ann", "  Bob ", "C&D <x>", "=1+1", "_x0041_", "tab\tend", "cr\rlf", "ctrl\x01x", "é ü 中文 😀", "-2+3",

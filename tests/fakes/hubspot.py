@@ -31,10 +31,10 @@ from typing import Any
 
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import Observer, RetryPolicy
-from connectors.hubspot import extract
-from connectors.source_state import save_state
-from connectors.state_db import make_engine
+from connectors.http.session import Observer, RetryPolicy
+from connectors.sources.hubspot.extract import extract
+from connectors.state.db import make_engine
+from connectors.state.source_state import save_state
 from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 

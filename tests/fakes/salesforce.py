@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config.models import SalesforceSourceConfig
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import Observer, RetryPolicy
-from connectors.salesforce import extract
+from connectors.http.session import Observer, RetryPolicy
+from connectors.sources.salesforce import extract
 from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 

@@ -1,4 +1,4 @@
-"""The local state database (SQLAlchemy Core): one engine, one MetaData, shared by the stores.
+"""The local state database (SQLAlchemy Core): one engine over the tables of `connectors.state.tables`.
 
 SQLite under `.state/` next to the config by default; any SQLAlchemy URL (e.g. Postgres) works.
 """
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
+from connectors.state.tables import metadata
+
+__all__ = ["default_state_url", "make_engine", "metadata"]
 
 
 def default_state_url(config_dir: Path) -> str:
@@ -32,12 +34,5 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={} if "timeout=" in query else {"timeout": 30})
     else:
         engine = sa.create_engine(url)
-    # import the table definitions so create_all sees every table
-    import connectors.backfill_state  # noqa: F401
-    import connectors.digest_flags  # noqa: F401
-    import connectors.onedrive  # noqa: F401
-    import connectors.snapshots  # noqa: F401
-    import connectors.source_state  # noqa: F401
-
     metadata.create_all(engine)
     return engine

@@ -5,7 +5,7 @@ the device-code flow (`pipeline-sync login --config PATH`) and keeps msal's toke
 created owner-only (0600), so scheduled runs reuse the refresh token silently.
 
 msal fetches the authority's OpenID configuration when an application object is built, so apps are
-built only when a token is needed. Its HTTP goes through `connectors.http.build_session` (a
+built only when a token is needed. Its HTTP goes through `connectors.http.session.build_session` (a
 TlsSession), so a configured `ca_bundle` wins over REQUESTS_CA_BUNDLE. No token or secret is ever
 logged or put into an exception message.
 """
@@ -26,7 +26,7 @@ from msal.exceptions import MsalServiceError
 
 from config.models import OneDriveDestinationConfig
 from connectors.errors import FatalAPIError, RetriableAPIError
-from connectors.http import build_session
+from connectors.http.session import build_session
 
 log = logging.getLogger(__name__)
 

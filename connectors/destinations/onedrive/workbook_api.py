@@ -28,10 +28,10 @@ from openpyxl.utils import get_column_letter
 
 from config.models import OneDriveDestinationConfig, onedrive_path_problems
 from config.workbook import table_name
-from connectors import onedrive
+from connectors.destinations.onedrive import upload as onedrive
 from connectors.errors import DestinationError, FatalAPIError
-from connectors.http import RetryPolicy, build_session, default_error_message
-from connectors.msal_auth import GraphAuth
+from connectors.http.msal_auth import GraphAuth
+from connectors.http.session import RetryPolicy, build_session, default_error_message
 
 log = logging.getLogger(__name__)
 

@@ -19,31 +19,9 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from connectors.state_db import metadata
-
-cursors = sa.Table(
-    "source_cursors",
-    metadata,
-    sa.Column("source", sa.String(200), primary_key=True),
-    sa.Column("cursor", sa.String(200), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-records = sa.Table(
-    "source_records",
-    metadata,
-    sa.Column("source", sa.String(200), primary_key=True),
-    sa.Column("record_id", sa.String(200), primary_key=True),
-    sa.Column("payload", sa.Text, nullable=False),  # JSON object of raw values
-)
-
-versions = sa.Table(
-    "source_versions",
-    metadata,
-    sa.Column("source", sa.String(200), primary_key=True),
-    sa.Column("version", sa.String(64), nullable=False),  # changes whenever the source's rows would
-    sa.Column("detail", sa.Text, nullable=False),  # JSON: what the connector needs to tell "unchanged"
-)
+from connectors.state.tables import source_cursors as cursors
+from connectors.state.tables import source_records as records
+from connectors.state.tables import source_versions_table as versions
 
 
 @dataclass(frozen=True)

@@ -31,33 +31,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from connectors.state_db import metadata
+from connectors.state.tables import digest_flag_chunks as chunks
+from connectors.state.tables import digest_flag_runs as runs
 
 Label = tuple[str, str]  # severity, rule
 HASH_KEY = "0123456789123456"  # SipHash key of the identity hashes: changing it makes every flag "new" once
-
-runs = sa.Table(
-    "digest_flag_runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("report", sa.String(200), nullable=False),
-    sa.Column("as_of", sa.Date, nullable=False),
-    sa.Column("flags", sa.Integer, nullable=False),
-    sa.Column("labels", sa.Text, nullable=False),  # JSON [[severity, rule], ...]: the label of each index
-    sa.UniqueConstraint("report", "as_of", name="uq_digest_flag_runs_report_as_of"),
-)
-
-chunks = sa.Table(
-    "digest_flag_chunks",
-    metadata,
-    sa.Column("run_id", sa.Integer, primary_key=True),
-    sa.Column("start", sa.Integer, primary_key=True),  # position of the chunk's first flag in the run
-    sa.Column("flags", sa.Integer, nullable=False),
-    sa.Column("hashes", sa.LargeBinary, nullable=False),  # int64 little-endian
-    sa.Column("codes", sa.LargeBinary, nullable=False),  # zlib of int16 little-endian label indexes
-    sa.Column("idents", sa.LargeBinary, nullable=False),  # zlib of texts, see pack_texts
-    sa.Column("messages", sa.LargeBinary, nullable=False),
-)
 
 # the previous version's table, read only (not in `metadata`: never created)
 legacy = sa.Table(
@@ -134,13 +112,8 @@ class StoredRun:
             yield part, [everything[i] for i in (part - self.starts[k]).tolist()]
 
 
-def _create(engine: sa.Engine) -> None:
-    metadata.create_all(engine, tables=[runs, chunks])
-
-
 def load_previous(engine: sa.Engine, report: str, as_of: date) -> StoredRun | None:
     """The flags of `report`'s latest stored run with an as_of before `as_of` (None: no such run)."""
-    _create(engine)
     with engine.connect() as conn:
         run = conn.execute(sa.select(runs.c.id, runs.c.as_of, runs.c.labels)
                            .where(runs.c.report == report, runs.c.as_of < as_of)
@@ -187,7 +160,6 @@ def save(engine: sa.Engine, report: str, as_of: date, labels: Sequence[Label], f
     report's older runs (see the module docstring). Returns the number stored.
 
     One chunk at a time is packed and inserted (memory bounded by a chunk), in one transaction."""
-    _create(engine)
     with engine.begin() as conn:
         _delete(conn, sa.and_(runs.c.report == report, runs.c.as_of == as_of))
         run_id = conn.execute(runs.insert().values(

@@ -11,19 +11,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
-from connectors.state_db import metadata
-
-backfill_dates = sa.Table(
-    "backfill_dates",
-    metadata,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("open_deals", sa.Integer, nullable=True),
-    sa.Column("flags", sa.Integer, nullable=True),
-    sa.Column("wrote_workbook", sa.Boolean, nullable=False),
-    sa.Column("output", sa.Text, nullable=True),  # where the workbook went (", " between destinations)
-)
+from connectors.state.tables import backfill_dates
 
 
 @dataclass(frozen=True)
@@ -33,10 +21,6 @@ class CompletedDate:
     flags: int | None
     wrote_workbook: bool
     output: str | None
-
-
-def ensure_table(engine: sa.Engine) -> None:
-    metadata.create_all(engine, tables=[backfill_dates])
 
 
 def mark_done(conn: sa.Connection, report: str, as_of: date, *, open_deals: int | None, flags: int | None,

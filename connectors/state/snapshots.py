@@ -19,45 +19,7 @@ from config.snapshot_types import (
     SnapshotRecord,
     empty_snapshot_deals,
 )
-from connectors.state_db import metadata
-
-snapshots = sa.Table(
-    "snapshots",
-    metadata,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("saved_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-snapshot_metrics = sa.Table(
-    "snapshot_metrics",
-    metadata,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("metric", sa.String(100), primary_key=True),
-    sa.Column("value", sa.Float, nullable=True),  # NULL = empty metric
-)
-
-snapshot_deals = sa.Table(
-    "snapshot_deals",
-    metadata,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("deal_id", sa.String(500), primary_key=True),
-    sa.Column("owner", sa.String(500), nullable=True),
-    sa.Column("product", sa.String(500), nullable=True),
-    sa.Column("stage", sa.String(200), nullable=True),
-    sa.Column("amount", sa.Float, nullable=True),
-    sa.Column("close_date", sa.Date, nullable=True),
-)
-
-snapshot_digests = sa.Table(  # a separate table, so state databases of earlier versions keep working
-    "snapshot_digests",
-    metadata,
-    sa.Column("report", sa.String(200), primary_key=True),
-    sa.Column("as_of", sa.Date, primary_key=True),
-    sa.Column("deals_sha256", sa.String(64), nullable=False),
-)
+from connectors.state.tables import snapshot_deals, snapshot_digests, snapshot_metrics, snapshots
 
 _BATCH = 20_000
 

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 
 from config.models import OneDriveDestinationConfig, onedrive_path_problems
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
-from connectors.http import (
+from connectors.http.msal_auth import GraphAuth
+from connectors.http.session import (
     RETRY_STATUSES,
     TRANSIENT_EXCEPTIONS,
     HttpClient,
@@ -37,8 +38,7 @@ from connectors.http import (
     default_error_message,
     retry_after_seconds,
 )
-from connectors.msal_auth import GraphAuth
-from connectors.state_db import metadata
+from connectors.state.tables import onedrive_published as published
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,6 @@ SIMPLE_UPLOAD_MAX = 4 * 1024 * 1024
 LOCK_BACKOFF_START = 30.0  # seconds; doubled per 423, capped at LOCK_BACKOFF_MAX
 LOCK_BACKOFF_MAX = 300.0
 SESSION_RESTARTS = 2  # upload sessions started over after the service lost one (404)
-
-published = sa.Table(
-    "onedrive_published",
-    metadata,
-    sa.Column("drive_id", sa.String(200), primary_key=True),
-    sa.Column("path", sa.String(450), primary_key=True),  # lower-case: drive paths ignore case
-    sa.Column("item_id", sa.String(200), nullable=False),
-    sa.Column("etag", sa.String(200), nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
-)
-
 
 @dataclass
 class PublishResult:
@@ -373,13 +361,13 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
     """Upload `workbook` to `remote_path` (cfg.path with placeholders filled) on the configured drive.
 
     With `mode: update_sheets` the managed sheets are refreshed in place instead
-    (connectors.onedrive_workbook.update_sheets). Raises DestinationError for the documented
+    (connectors.destinations.onedrive.workbook_api.update_sheets). Raises DestinationError for the documented
     outcomes (path refused, changed by someone else, locked, name conflict), RetriableAPIError /
     FatalAPIError for transport and auth failures. In every failure the file already on the
     drive is left as it was.
     """
     if cfg.mode == "update_sheets":
-        from connectors.onedrive_workbook import update_sheets
+        from connectors.destinations.onedrive.workbook_api import update_sheets
 
         return update_sheets(cfg, workbook, remote_path=remote_path, session=session, sleep=sleep, auth=auth,
                              config_dir=config_dir)

@@ -34,10 +34,10 @@ from tableauserverclient.server.endpoint.exceptions import (
 
 from config.models import TableauSourceConfig
 from config.schema import FIELD_NAMES, FIELDS_BY_NAME
-from connectors import files
 from connectors.errors import FatalAPIError, RetriableAPIError, SourceDataError
 from connectors.extracted import ExtractContext, Extracted
-from connectors.http import (
+from connectors.http.paging import paginate
+from connectors.http.session import (
     TRANSIENT_EXCEPTIONS,
     HttpClient,
     Observer,
@@ -46,7 +46,7 @@ from connectors.http import (
     pause_before_retry,
     retry_after_seconds,
 )
-from connectors.paging import paginate
+from connectors.sources import files
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def read_view_csv(body: bytes, where: str) -> pd.DataFrame:
 
 
 def map_columns(frame: pd.DataFrame, columns: dict[str, str], where: str) -> pd.DataFrame:
-    """Rename source headers to canonical fields the way the csv source does (connectors.files).
+    """Rename source headers to canonical fields the way the csv source does (connectors.sources.files).
 
     A `columns` key the data lacks, or no column for a required field, is an error naming both.
     """

@@ -31,11 +31,11 @@ import requests
 
 from config.models import SalesforceSourceConfig
 from config.soql import soql_literal, where_clause
-from connectors import source_state
 from connectors.errors import FatalAPIError
 from connectors.extracted import ExtractContext, Extracted, PendingState
-from connectors.http import HttpClient, RetryPolicy, build_session
-from connectors.paging import paginate
+from connectors.http.paging import paginate
+from connectors.http.session import HttpClient, RetryPolicy, build_session
+from connectors.state import source_state
 
 log = logging.getLogger(__name__)
 

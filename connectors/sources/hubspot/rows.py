@@ -18,7 +18,7 @@ import pandas as pd
 
 from config.models import HUBSPOT_DEFAULT_FIELDS, HubSpotSourceConfig
 from config.schema import HISTORY_FIELDS
-from connectors.source_state import gc_paused
+from connectors.state.source_state import gc_paused
 
 ROW_COLUMN = "_row"
 PIPELINE_COLUMN = "_pipeline"  # the deal's pipeline label; canonicalize names it in stage rejects

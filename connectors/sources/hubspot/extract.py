@@ -10,7 +10,7 @@ Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `
 has that key, the qualified "Pipeline label / Stage label" or the stage id (for pipelines
 whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
 
-Memory: deals are held as columns (connectors/hubspot_rows.py: the deal table, the resolver,
+Memory: deals are held as columns (connectors/sources/hubspot/rows.py: the deal table, the resolver,
 the frames and the lazily built stored payloads); an incremental run reads the stored deals a
 chunk at a time. A full pull of 1M deals peaks at ~1.2 GB.
 """
@@ -34,8 +34,15 @@ import sqlalchemy as sa
 from config.models import HubSpotSourceConfig
 from connectors.errors import FatalAPIError
 from connectors.extracted import ExtractContext, Extracted, PendingState
-from connectors.http import HttpClient, Observer, RetryPolicy, build_session, default_error_message
-from connectors.hubspot_rows import (
+from connectors.http.paging import paginate
+from connectors.http.session import (
+    HttpClient,
+    Observer,
+    RetryPolicy,
+    build_session,
+    default_error_message,
+)
+from connectors.sources.hubspot.rows import (
     HISTORY_KEY,
     LINE_ITEM_PRODUCT,
     RAW_KEY,
@@ -47,8 +54,7 @@ from connectors.hubspot_rows import (
     frames,
     table_frames,
 )
-from connectors.paging import paginate
-from connectors.source_state import (
+from connectors.state.source_state import (
     SourceVersion,
     gc_paused,
     get_cursor,

@@ -1,6 +1,6 @@
 """A source's validated rows kept on local disk between runs, keyed by the source's content version.
 
-When a connector reports its source unchanged since a version (connectors.source_state), the
+When a connector reports its source unchanged since a version (connectors.state.source_state), the
 flow takes the rows validated at that version from here instead of rebuilding and validating
 them again. One entry per source: `<key>.json` (version and validation digest, read first and
 cheaply) and `<key>.pkl` (the frames). Both are written atomically (temp file, rename), owner-only.
