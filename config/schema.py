@@ -37,6 +37,7 @@ CANONICAL_FIELDS: tuple[CanonicalField, ...] = (
     CanonicalField("next_step_date", "date"),
     CanonicalField("deal_type", "deal_type"),
     CanonicalField("lead_source", "text"),
+    CanonicalField("record_url", "text"),  # the record's page in the source, for the Actions links
     CanonicalField("budget", "bool"),
     CanonicalField("authority", "bool"),
     CanonicalField("need", "bool"),

@@ -1,20 +1,28 @@
 """The workbook contract: which sheets exist, in which order, and how a sheet is described.
 
-Transforms build `SheetData` (a frame plus column formats); the xlsx writer renders them.
-This is the one module that owns the sheet list.
+Transforms build `SheetData` (a frame plus column formats) and `SummaryData`; the xlsx writer
+renders them. This is the one module that owns the sheet list: the writer puts the sheets in
+`SHEET_ORDER` (`order_sheets`) whatever order they are handed over in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
 
-ColumnFormat = Literal["text", "int", "number", "currency", "ratio", "pct", "date", "datetime", "bool", "days"]
+ColumnFormat = Literal["text", "int", "number", "currency", "currency_whole", "ratio", "pct", "points", "date",
+                       "datetime", "bool", "days", "url"]
+"""`currency` keeps cents, `currency_whole` shows whole units; `points` is a difference of two
+ratios in percentage points (the value is x100); `url` is a link to its own text (http/https
+only; anything else stays plain text)."""
 
+RAW_SHEETS = "<raw export sheets>"  # where the raw export sheets (`raw_sheet:` on a source) go, in source order
 SHEET_ORDER: tuple[str, ...] = (
     "Summary",
+    "Actions",
     "Flags",
     "Metrics",
     "Funnel",
@@ -24,9 +32,29 @@ SHEET_ORDER: tuple[str, ...] = (
     "Changes",
     "Opportunities",
     "Rejected",
-    # raw export sheets (`raw_sheet:` on a source) come here, in source order
+    RAW_SHEETS,
+    "Definitions",
+    # the data behind the Summary's charts
+    "Won by month",
+    "Flags by mistake",
     "About",
 )
+
+
+def sheet_rank(name: str) -> int:
+    """Position of a sheet in SHEET_ORDER; a name not listed is a raw export sheet. A split
+    sheet's parts (`Opportunities (2)`) share their sheet's position."""
+    base = name
+    if name.endswith(")") and " (" in name and name.rsplit(" (", 1)[1][:-1].isdigit():
+        base = name.rsplit(" (", 1)[0]
+    if base in SHEET_ORDER:
+        return SHEET_ORDER.index(base)
+    return SHEET_ORDER.index(RAW_SHEETS)
+
+
+def order_sheets(sheets: Sequence[SheetData]) -> list[SheetData]:
+    """`sheets` in SHEET_ORDER (stable: raw sheets keep their order among themselves)."""
+    return sorted(sheets, key=lambda s: sheet_rank(s.name))
 
 
 @dataclass
@@ -34,8 +62,11 @@ class SheetData:
     """One data sheet: written as an Excel table named `tbl<Name>` with a frozen, filtered header.
 
     `formats` maps a column to its number format; unlisted columns get one from their dtype.
+    `row_formats` maps a column to one format per row (e.g. Metrics' value by its unit), which
+    wins over `formats` where it is not None. `widths` sets column widths (characters).
     `notes` are lines shown above nothing: they go into the About sheet, keyed by sheet.
-    `highlight` names a column whose values colour the row (e.g. Flags' severity).
+    `highlight` names a column whose values colour the row (e.g. Flags' severity). Text in a
+    `wrap` column wraps (top-aligned), so a row grows to show it.
     """
 
     name: str
@@ -43,11 +74,21 @@ class SheetData:
     formats: dict[str, ColumnFormat] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     highlight: str | None = None
+    row_formats: dict[str, pd.Series] = field(default_factory=dict)
+    widths: dict[str, float] = field(default_factory=dict)
+    wrap: set[str] = field(default_factory=set)
 
 
 @dataclass
 class ChartSpec:
-    """A native Excel chart on the Summary sheet, drawn from a range of another sheet."""
+    """A native Excel chart on the Summary sheet, drawn from a range of another sheet.
+
+    `values` are bars (or the chart's kind); `lines` are drawn as lines over them, on a second
+    axis when also in `secondary`. Axis titles and number formats (`y_format` for the values,
+    `y2_format` for the second axis) are Excel number format codes. `stacked` stacks the bars;
+    `colours` maps a series to its colour; `muted_last` draws the last category lighter (a period
+    still running).
+    """
 
     title: str
     kind: Literal["column", "bar", "line", "pie"]
@@ -56,17 +97,70 @@ class ChartSpec:
     values: list[str]  # column names for series
     rows: int | None = None  # first N data rows only (None = all)
     secondary: list[str] = field(default_factory=list)  # series names drawn on a second axis
+    lines: list[str] = field(default_factory=list)
+    x_title: str | None = None
+    y_title: str | None = None
+    y_format: str | None = None
+    y2_title: str | None = None
+    y2_format: str | None = None
+    stacked: bool = False
+    colours: dict[str, str] = field(default_factory=dict)
+    muted_last: bool = False
+    names: dict[str, str] = field(default_factory=dict)  # series -> legend name (default: the column header)
+    x_format: str | None = None  # categories that are dates: a date axis in this format
+    x_unit_days: int | None = None  # ... with a label every this many days
+
+
+@dataclass
+class SummaryTable:
+    """A titled block of rows on the Summary sheet.
+
+    `formats`: per column; `row_formats`: per column, one format per row (None: the column's).
+    `better`: per column, one direction per row: +1 when a higher value is better (green above
+    0, red below), -1 when lower is better, 0 no colour: written as conditional formats, so an
+    edited value recolours. `signed`: columns shown with an explicit + or -. `links`: column ->
+    column of URLs its cells link to. `highlight`: a column of severities that colours its cells.
+    Columns whose name starts with `_` are not shown.
+    """
+
+    title: str
+    frame: pd.DataFrame
+    formats: dict[str, ColumnFormat] = field(default_factory=dict)
+    row_formats: dict[str, list[ColumnFormat | None]] = field(default_factory=dict)
+    better: dict[str, list[int]] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    note: str | None = None  # one line under the title
+    signed: set[str] = field(default_factory=set)
+    highlight: str | None = None
+    page_break: bool = False  # printed from a new page
 
 
 @dataclass
 class SummaryData:
-    """The Summary sheet: a KPI block, flag counts and charts."""
+    """The Summary sheet: title, status lines, tables and charts.
+
+    `kpis` (metric, value, previous, change, unit, ...) and `flag_counts` (rule, check,
+    severity, count) are the machine-readable facts (notifications read `kpis`); `tables` is
+    what the sheet shows. Without `tables` the sheet shows `kpis` and `flag_counts` as they are.
+    """
 
     title: str
     kpis: pd.DataFrame  # metric, value, previous, change, unit
     flag_counts: pd.DataFrame  # rule, check, severity, count
     charts: list[ChartSpec] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # short status lines under the title
+    tables: list[SummaryTable] = field(default_factory=list)
+    widths: list[float] = field(default_factory=list)  # the sheet's column widths (characters); empty: from the tables
+
+    def shown_tables(self) -> list[SummaryTable]:
+        if self.tables:
+            return self.tables
+        units = self.kpis["unit"].tolist() if "unit" in self.kpis.columns else []
+        unit_format: dict[str, ColumnFormat] = {"currency": "currency", "currency_per_day": "currency",
+                                                 "ratio": "ratio", "pct": "pct", "count": "int", "days": "days"}
+        per_row: list[ColumnFormat | None] = [unit_format.get(str(u), "number") for u in units]
+        kpi_rows = {c: per_row for c in ("value", "previous", "change") if c in self.kpis.columns and units}
+        return [SummaryTable("", self.kpis, row_formats=kpi_rows), SummaryTable("", self.flag_counts)]
 
 
 def table_name(sheet: str) -> str:

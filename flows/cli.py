@@ -271,17 +271,20 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     import openpyxl
 
-    from transforms.demo_data import generate_demo
+    from transforms.demo_data import generate_demo, generate_partner_deals
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     deals, history = generate_demo(args.as_of or date.today())
     deals.to_csv(out / "deals.csv", index=False)
     history.to_csv(out / "stage_history.csv", index=False)
-    wb = openpyxl.Workbook()  # the partner team's weekly export: this week it came in empty
+    partner = generate_partner_deals(args.as_of or date.today())
+    wb = openpyxl.Workbook()  # the partner team's weekly export
     ws = wb.active
     ws.title = "Deals"
-    ws.append(list(deals.columns))
+    ws.append(list(partner.columns))
+    for row in partner.itertuples(index=False):
+        ws.append(list(row))
     wb.save(out / "partner-deals.xlsx")
     print(f"demo data: {len(deals):,} deals, {len(history):,} stage history rows -> {out}/")
     return EXIT_OK

@@ -8,7 +8,7 @@ from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS
 from config.workbook import SHEET_ORDER
 from tests.analytics_support import make_cfg, make_history, run
 from transforms.analytics import (
-    FLAGS_BY_RULE_SHEET,
+    FLAGS_BY_MISTAKE_SHEET,
     OPPORTUNITY_COLUMNS,
     WON_BY_MONTH_SHEET,
     build_analytics,
@@ -30,7 +30,7 @@ def test_sheet_list_order_and_formats() -> None:
     a = run(ROWS, "2026-06-15", make_cfg(targets={"product_mix": {"P": 0.5, "Q": 0.5}}))
     names = [s.name for s in a.sheets]
     assert names == ["Flags", "Metrics", "Funnel", "Owners", "Products", "Trends", "Changes",
-                     WON_BY_MONTH_SHEET, FLAGS_BY_RULE_SHEET]
+                     WON_BY_MONTH_SHEET, FLAGS_BY_MISTAKE_SHEET]
     assert [n for n in names if n in SHEET_ORDER] == [n for n in SHEET_ORDER if n in names]
     by = {s.name: s for s in a.sheets}
     for s in a.sheets:
@@ -66,7 +66,7 @@ def test_summary_kpis_previous_period_and_charts() -> None:
     counts = a.summary.flag_counts
     assert list(counts.columns) == ["rule", "check", "severity", "count"]
     assert counts["count"].sum() == len(a.flags)
-    by_rule = sheets[FLAGS_BY_RULE_SHEET].set_index("rule")
+    by_rule = sheets[FLAGS_BY_MISTAKE_SHEET].set_index("rule")
     assert by_rule["total"].sum() == len(a.flags)
     assert by_rule.loc["M4", "high"] == 1  # a is past due
 

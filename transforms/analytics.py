@@ -11,8 +11,10 @@ docs/metrics.md. Choices where the spec leaves room (each documented where it is
 - `avg_deal_size` averages the won deals that have an amount (the missing-amount rule);
 - owner / product rows group deals without one under "(no owner)" / "(no product)";
 - point-in-time metrics (open_*, clv, stage metrics) have an empty `period_start`;
-- the Summary's "previous" is the team metric of the whole previous period, as of its last day;
-- two small extra data sheets feed Summary charts: "Won by month" and "Flags by rule".
+- the Summary's "previous" is like for like: the previous period to the same day
+  (`periods.like_for_like`); "previous_full" is the whole previous period, as of its last day;
+- two small extra data sheets feed Summary charts: "Won by month" and "Flags by mistake";
+- a source's `record_url_template` fills `record_url` where the source gave none.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import pandas as pd
 from config.models import AppConfig
 from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
-from config.workbook import ChartSpec, ColumnFormat, SheetData, SummaryData
+from config.workbook import ColumnFormat, SheetData, SummaryData
+from transforms.actions import actions_frame, actions_sheet, fill_record_urls
 from transforms.changes import classify_changes
+from transforms.definitions import definitions_sheet
 from transforms.flags import (
     ADVICE,
     DEAL_CHECKS,
@@ -38,6 +42,8 @@ from transforms.flags import (
     compute_flags,
 )
 from transforms.history import deals_as_of, prepare_history, to_days
+from transforms.labels import MISTAKES, check_format, metric_label
+from transforms.labels import THRESHOLD_FORMATS as _THRESHOLD_FORMATS
 from transforms.metrics import (
     METRIC_COLUMNS,
     NO_OWNER,
@@ -47,25 +53,31 @@ from transforms.metrics import (
     compute_metrics,
     team_values,
 )
-from transforms.periods import Period, last_months, month_label, previous_period, reporting_period
+from transforms.periods import (
+    Period,
+    last_months,
+    like_for_like,
+    month_end,
+    month_label,
+    previous_period,
+    reporting_period,
+)
+from transforms.summary import SummaryInputs, build_summary
 
 DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
 OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
-# Extra data sheets for the Summary charts (after Changes; not in config.workbook.SHEET_ORDER).
+# Extra data sheets for the Summary charts (near the end of config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
-FLAGS_BY_RULE_SHEET = "Flags by rule"
-RULE_TITLES = {
-    "M1": "Not prospecting", "M2": "Unqualified leads kept", "M3": "Pipeline out of balance",
-    "M4": "Clinging to dead deals", "M5": "Not tracking data", "M6": "Ignoring existing customers",
-    "M7": "Wrong metrics", "M8": "Product mix out of balance",
-}
+FLAGS_BY_MISTAKE_SHEET = "Flags by mistake"
+RULE_TITLES = MISTAKES
 # the input columns compute_metrics reads
 _METRIC_INPUTS = ["owner", "product", "account_id", "stage", "status", "amount", "created_date", "close_date",
                   "stage_entered_date", "deal_type"]
-_UNIT_FORMAT: dict[str, ColumnFormat] = {
-    "count": "int", "currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
+UNIT_FORMAT: dict[str, ColumnFormat] = {
+    "count": "int", "currency": "currency_whole", "currency_per_day": "currency", "ratio": "ratio",
     "pct": "pct", "days": "days",
 }
+_UNIT_FORMAT = UNIT_FORMAT
 
 
 @dataclass
@@ -79,6 +91,24 @@ class Analytics:
     sheets: list[SheetData]
     summary: SummaryData
     snapshot: SnapshotRecord
+    actions: pd.DataFrame | None = None
+
+
+def _by_magnitude(formats: pd.Series, values: pd.Series) -> pd.Series:
+    """`currency` (cents) becomes `currency_whole` where the value is 1,000 or more."""
+    fmt = formats.astype(object).to_numpy(copy=True)
+    big = (fmt == "currency") & (np.abs(np.nan_to_num(values.to_numpy(dtype=float))) >= 1000)
+    fmt[big] = "currency_whole"
+    return pd.Series(fmt, index=formats.index, dtype=object)
+
+
+def value_formats(units: pd.Series, values: pd.Series) -> pd.Series:
+    """The format of each value by its unit: counts whole, currency without cents from 1,000 up,
+    ratios as %, days with one decimal."""
+    fmt = units.map(UNIT_FORMAT).astype(object)
+    small = (units == "currency").to_numpy() & (np.abs(values.to_numpy(dtype=float)) < 1000)
+    fmt[small] = "currency"
+    return fmt.where(fmt.notna(), "number")
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
@@ -89,16 +119,25 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     hist = prepare_history(opps, history, stages)
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
+    urls = fill_record_urls(deals, cfg)
+    if urls is not None:
+        deals["record_url"] = urls
     full = compute_metrics(deals, cfg, as_of, period)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
                        previous_as_of=snapshots.previous_as_of)
     deals["flags"] = fr.deal_flags.to_numpy()
-
-    prev_period = previous_period(period, cfg.fiscal_year_start_month)
-    prev_deals = deals_as_of(opps, hist, stages, prev_period.end, columns=_METRIC_INPUTS)
-    prev_team = team_values(compute_metrics(prev_deals, cfg, prev_period.end, prev_period, scopes=("team",)))
     team = team_values(full)
+
+    prev_full_period = previous_period(period, cfg.fiscal_year_start_month)
+    prev_like = like_for_like(period, cfg.fiscal_year_start_month)
+
+    def team_at(p: Period) -> dict[str, float | None]:
+        d = deals_as_of(opps, hist, stages, p.end, columns=_METRIC_INPUTS)
+        return team_values(compute_metrics(d, cfg, p.end, p, scopes=("team",)))
+
+    prev_team = team_at(prev_like)
+    prev_full = prev_team if prev_like.end == prev_full_period.end else team_at(prev_full_period)
 
     opportunities = deals[OPPORTUNITY_COLUMNS].copy()
     metrics = full[METRIC_COLUMNS].copy()
@@ -107,33 +146,52 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     snap_deals = snap_deals.rename(columns={"row_id": "deal_id"})[list(SNAPSHOT_DEAL_COLUMNS)].reset_index(drop=True)
     snapshot = SnapshotRecord(as_of=as_of, metrics=team, deals=snap_deals)
 
+    actions = actions_frame(deals, fr.deal_bits, cfg, as_of, team.get("avg_sales_cycle_days"))
     funnel, funnel_note = _funnel(deals, full, cfg)
     changes = classify_changes(deals, snapshots.previous_deals, snapshots.previous_as_of if previous else None, stages)
+    metrics_sheet = full[[*METRIC_COLUMNS, "note"]].copy()
+    metrics_sheet["label"] = metrics_sheet["metric"].map(lambda m: metric_label(m, cfg)).astype(object)
+    flag_value_fmt = _by_magnitude(fr.flags["check"].map(check_format), fr.flags["value"])
+    flag_thr_fmt = _by_magnitude(fr.flags["check"].map(lambda c: _THRESHOLD_FORMATS.get(c, check_format(c))),
+                                 fr.flags["threshold"])
+    trends = _trends(snapshots, as_of, team)
     sheets = [
-        SheetData("Flags", fr.flags, {"value": "number", "threshold": "number"}, highlight="severity"),
-        SheetData("Metrics", full[[*METRIC_COLUMNS, "note"]].copy(),
+        actions_sheet(actions),
+        SheetData("Flags", fr.flags, {"amount": "currency_whole", "value": "number", "threshold": "number"},
+                  highlight="severity", row_formats={"value": flag_value_fmt, "threshold": flag_thr_fmt},
+                  widths={"message": 70, "advice": 50}),
+        SheetData("Metrics", metrics_sheet,
                   {"value": "number", "period_start": "date", "period_end": "date"},
-                  notes=["value is in the row's unit: count, currency, ratio (0-1), pct (already x100), days, "
-                         "currency_per_day. An empty value has its reason in note."]),
-        SheetData("Funnel", funnel, {"order": "int", "open_deals": "int", "open_value": "currency",
-                                     "weighted_value": "currency", "reached": "int", "advanced": "int",
+                  row_formats={"value": value_formats(metrics_sheet["unit"], metrics_sheet["value"])},
+                  notes=["value is in the row's unit and formatted by it: count, currency, ratio (shown as %), pct "
+                         "(already x100), days, currency_per_day. An empty value has its reason in note."]),
+        SheetData("Funnel", funnel, {"order": "int", "open_deals": "int", "open_value": "currency_whole",
+                                     "weighted_value": "currency_whole", "reached": "int", "advanced": "int",
                                      "conversion_rate": "ratio", "avg_days_in_stage": "days"}, notes=[funnel_note]),
         SheetData("Owners", *_owners(full, fr, deals)),
         SheetData("Products", *_products(deals, full, cfg, period)),
-        SheetData("Trends", *_trends(snapshots, as_of, team)),
-        SheetData("Changes", changes, {"old_amount": "currency", "new_amount": "currency",
+        SheetData("Trends", *trends),
+        SheetData("Changes", changes, {"old_amount": "currency_whole", "new_amount": "currency_whole",
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
+        definitions_sheet(cfg, period, prev_like),
         SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
-                  {"month_start": "date", "won_deals": "int", "won_value": "currency"}),
-        SheetData(FLAGS_BY_RULE_SHEET, _flags_by_rule(fr.counts),
+                  {"month_start": "date", "won_deals": "int", "won_value": "currency_whole"}),
+        SheetData(FLAGS_BY_MISTAKE_SHEET, _flags_by_rule(fr.counts),
                   {"high": "int", "medium": "int", "low": "int", "total": "int"}),
     ]
-    summary = _summary(cfg, as_of, period, prev_period, team, prev_team, fr.counts, deals, len(opps) - len(deals),
-                       stale_sources, funnel_note)
+    status = deals["status"].to_numpy(dtype=object)
+    summary = build_summary(SummaryInputs(
+        cfg=cfg, as_of=as_of, period=period, prev_like=prev_like, prev_full=prev_full_period, team=team,
+        prev_team=prev_team, prev_full_team=prev_full, metrics=full, flags=fr.flags, counts=fr.counts,
+        actions=actions, open_deals=int((status == "open").sum()), won=int((status == "won").sum()),
+        lost=int((status == "lost").sum()), excluded=len(opps) - len(deals), stale=list(stale_sources),
+        estimated=int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum()),
+        funnel_note=funnel_note, trend_points=len(trends[0]), deal_bits=fr.deal_bits,
+        won_by_month_sheet=WON_BY_MONTH_SHEET, flags_by_mistake_sheet=FLAGS_BY_MISTAKE_SHEET))
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot)
+                     summary, snapshot, actions)
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:
@@ -208,8 +266,9 @@ def _products(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, period
     frame = frame[["product", "target_share", "open_deals", "open_share", "open_diff", "open_value",
                    "won_deals", "won_share", "won_diff", "won_value"]]
     formats: dict[str, ColumnFormat] = {
-        "target_share": "ratio", "open_deals": "int", "open_share": "ratio", "open_diff": "ratio", "open_value": "currency",
-        "won_deals": "int", "won_share": "ratio", "won_diff": "ratio", "won_value": "currency"}
+        "target_share": "ratio", "open_deals": "int", "open_share": "ratio", "open_diff": "ratio",
+        "open_value": "currency_whole", "won_deals": "int", "won_share": "ratio", "won_diff": "ratio",
+        "won_value": "currency_whole"}
     notes = [f"Shares by count: open deals at as_of, and deals won in {period.label}; deals without a product "
              f"are '{NO_PRODUCT}'. M8 fires when |share - target| > {cfg.targets.product_mix_tolerance}."
              if mix else "No targets.product_mix configured: shares shown without targets."]
@@ -239,7 +298,9 @@ def _won_by_month(deals: pd.DataFrame, as_of: date) -> pd.DataFrame:
         m = won & (close >= np.datetime64(a, "D")) & (close <= np.datetime64(b, "D"))
         counts.append(int(m.sum()))
         values.append(float(np.nansum(amount[m])))
+    labels = [f"{a:%b %Y}" + (" (to date)" if b < month_end(a) else "") for a, b in months]
     return pd.DataFrame({"month": pd.Series([month_label(a) for a, _ in months], dtype=object),
+                         "label": pd.Series(labels, dtype=object),
                          "month_start": pd.to_datetime([a for a, _ in months]).astype("datetime64[ns]"),
                          "won_deals": counts, "won_value": values})
 
@@ -253,38 +314,6 @@ def _flags_by_rule(counts: pd.DataFrame) -> pd.DataFrame:
         frame[s] = per_rule.reindex(rules, fill_value=0).to_numpy().astype(np.int64)
     frame["total"] = frame[list(SEVERITY_ORDER)].sum(axis=1).astype(np.int64)
     return frame
-
-
-def _summary(cfg: AppConfig, as_of: date, period: Period, prev_period: Period, team: dict, prev_team: dict,
-             counts: pd.DataFrame, deals: pd.DataFrame, excluded: int, stale: Sequence[str], funnel_note: str) -> SummaryData:
-    val = [np.nan if team[m] is None else team[m] for m in TEAM_METRICS]
-    prev = [np.nan if prev_team.get(m) is None else prev_team[m] for m in TEAM_METRICS]
-    kpis = pd.DataFrame({"metric": pd.Series(TEAM_METRICS, dtype=object), "value": val, "previous": prev,
-                         "change": np.array(val, dtype=float) - np.array(prev, dtype=float),
-                         "unit": pd.Series([UNITS[m] for m in TEAM_METRICS], dtype=object)})
-    fc = counts.copy()
-    status = deals["status"].to_numpy(dtype=object)
-    lines = [
-        f"As of {as_of.isoformat()}; period {period.label} ({period.start.isoformat()} to {period.end.isoformat()}); "
-        f"'previous' = {prev_period.label} as of its last day ({prev_period.end.isoformat()}).",
-        f"{len(deals)} deals existed at as_of: {int((status == 'open').sum())} open, {int((status == 'won').sum())} won, "
-        f"{int((status == 'lost').sum())} lost; {excluded} created after as_of are not shown.",
-        f"{int(counts['count'].sum())} flags: "
-        + ", ".join(f"{int(counts.loc[counts['severity'] == s, 'count'].sum())} {s}" for s in SEVERITY_ORDER) + ".",
-    ]
-    est = int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum())
-    if est:
-        lines.append(f"{est} open deals have an estimated stage (entry date): no stage_entered_date or stage history.")
-    if stale:
-        lines.append("Stale sources (data from an earlier run): " + ", ".join(stale) + ".")
-    lines.append(funnel_note)
-    charts = [
-        ChartSpec("Open pipeline by stage", "column", "Funnel", "stage", ["open_deals", "open_value"],
-                  secondary=["open_value"]),
-        ChartSpec("Won revenue by month (last 12 months)", "column", WON_BY_MONTH_SHEET, "month", ["won_value"]),
-        ChartSpec("Flags by rule", "column", FLAGS_BY_RULE_SHEET, "rule", list(SEVERITY_ORDER)),
-    ]
-    return SummaryData(f"Pipeline report '{cfg.report}' as of {as_of.isoformat()}", kpis, fc, charts, lines)
 
 
 __all__ = ["Analytics", "build_analytics", "DEAL_CHECKS", "FLAG_COLUMNS", "OPPORTUNITY_COLUMNS"]

@@ -1,9 +1,11 @@
 """The eight pipeline mistakes of shared docs/metrics.md as checks ("Flags" sheet).
 
-`compute_flags` returns the Flags table (rule, check, severity, scope, key, opportunity_id,
-value, threshold, message, advice; sorted by severity, then rule) and, per deal, the
+`compute_flags` returns the Flags table (rule, mistake, check, severity, scope, key,
+opportunity_id, name, owner, stage, amount, value, threshold, message, advice; sorted by
+severity, then rule, a check's deal rows by amount, largest first) and, per deal, the
 comma-separated names of the deal checks that fired. Strict inequalities are strict.
-Deal-scope rows use the row id (`source:opportunity_id`) as `key`.
+Deal-scope rows use the row id (`source:opportunity_id`) as `key` and carry the deal's name,
+owner, stage and amount; other rows leave those empty.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import pandas as pd
 
 from config.models import AppConfig
 from transforms.history import to_days
+from transforms.labels import MISTAKES
 from transforms.metrics import NO_OWNER
 from transforms.periods import Period
 
-FLAG_COLUMNS = ["rule", "check", "severity", "scope", "key", "opportunity_id", "value", "threshold", "message", "advice"]
+FLAG_COLUMNS = ["rule", "mistake", "check", "severity", "scope", "key", "opportunity_id", "name", "owner", "stage",
+                "amount", "value", "threshold", "message", "advice"]
+_DEAL_ONLY = ("opportunity_id", "name", "owner", "stage", "amount")
 SEVERITY_ORDER = ("high", "medium", "low")
 
 ADVICE: dict[str, str] = {
@@ -63,10 +68,17 @@ def _num(x: float) -> str:
     return f"{x:,.2f}".rstrip("0").rstrip(".") if x == x else "empty"
 
 
+def _money(x: float, cfg: AppConfig) -> str:
+    from transforms.labels import currency_symbol
+
+    sym = currency_symbol(cfg.inputs.currency)
+    return f"{sym}{x:,.0f}" if abs(x) >= 1000 else f"{sym}{_num(x)}"
+
+
 def _team_row(rule: str, check: str, severity: str, scope: str, key: str, value: float | None,
               threshold: float | None, message: str) -> dict:
-    return {"rule": rule, "check": check, "severity": severity, "scope": scope, "key": key,
-            "opportunity_id": None, "value": value, "threshold": threshold, "message": message,
+    return {"rule": rule, "mistake": MISTAKES[rule], "check": check, "severity": severity, "scope": scope, "key": key,
+            **dict.fromkeys(_DEAL_ONLY), "value": value, "threshold": threshold, "message": message,
             "advice": ADVICE[rule]}
 
 
@@ -99,7 +111,8 @@ def _iso(days: int) -> str:
 
 def deal_check_masks(deals: pd.DataFrame, cfg: AppConfig, as_of: date, avg_cycle: float | None,
                      ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
-    """check -> (mask, value, threshold, messages(mask)) of the deal checks, over all deals."""
+    """check -> (mask, value, threshold, messages(rows)) of the deal checks, over all deals; `rows`
+    is a mask or an array of row positions."""
     t = cfg.targets
     stages = cfg.pipeline.stages
     names = [s.name for s in stages] + [""]
@@ -190,8 +203,8 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     lg = tv.get("lead_gen_per_day")
     if lg is not None and _r(lg) < t.new_pipeline_per_day:
         rows.append(_team_row("M1", "low_lead_gen", "high", "team", "all", lg, t.new_pipeline_per_day,
-                              f"New pipeline averaged {_num(lg)} per day over the last {t.prospecting_window_days} days, "
-                              f"below the target of {_num(t.new_pipeline_per_day)} per day."))
+                              f"New pipeline averaged {_money(lg, cfg)} a day over the last {t.prospecting_window_days} "
+                              f"days, below the target of {_money(t.new_pipeline_per_day, cfg)} a day."))
     if t.new_pipeline_per_day_per_owner is not None:
         rows += _owner_lead_gen(deals, metrics, cfg, period)
 
@@ -211,16 +224,18 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     bits = np.zeros(len(deals), dtype=np.int64)
     deal_parts: list[tuple[str, str, dict[str, object]]] = []
     row_ids = deals["row_id"].to_numpy(dtype=object)
-    opp_ids = deals["opportunity_id"].to_numpy(dtype=object)
+    deal_cols = {c: deals[c].to_numpy(dtype=float if c == "amount" else object) for c in _DEAL_ONLY}
+    by_amount = np.argsort(-np.nan_to_num(deal_cols["amount"], nan=-1.0), kind="stable")  # largest first, missing last
     for i, (check, rule, sev) in enumerate(DEAL_CHECKS):
         m, value, thr, messages = masks[check]
         bits |= m.astype(np.int64) << i
         if not m.any():
             continue
+        at = by_amount[m[by_amount]]  # the deals that fired, largest amount first
         deal_parts.append((sev, rule, {
-            "rule": rule, "check": check, "severity": sev, "scope": "deal", "key": row_ids[m],
-            "opportunity_id": opp_ids[m], "value": value[m].astype(float), "threshold": thr[m].astype(float),
-            "message": messages(m), "advice": ADVICE[rule],
+            "rule": rule, "mistake": MISTAKES[rule], "check": check, "severity": sev, "scope": "deal", "key": row_ids[at],
+            **{c: v[at] for c, v in deal_cols.items()}, "value": value[at].astype(float),
+            "threshold": thr[at].astype(float), "message": messages(at), "advice": ADVICE[rule],
         }))
 
     # M5 team: missing share, stale sources
@@ -244,7 +259,8 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
         share = existing / total
         if _r(share) < t.min_existing_share:
             rows.append(_team_row("M6", "low_existing_share", "medium", "team", "all", share, t.min_existing_share,
-                                  f"Existing customers hold {_num(existing)} of {_num(total)} open value ({share:.0%}), "
+                                  f"Existing customers hold {_money(existing, cfg)} of {_money(total, cfg)} open value "
+                                  f"({share:.0%}), "
                                   f"below the {t.min_existing_share:.0%} target."))
 
     # M7 metrics empty for a missing input; volume over value
@@ -274,7 +290,7 @@ def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object
     for i, (sev, rule, part) in enumerate(deal_parts):
         pieces.append(((rank[sev], rule, i), part, len(part["key"])))  # type: ignore[arg-type]
     pieces.sort(key=lambda p: p[0])
-    numeric = {"value", "threshold"}
+    numeric = {"value", "threshold", "amount"}
     sizes = np.array([n for _, _, n in pieces], dtype=np.int64)
     which = np.repeat(np.arange(len(pieces)), sizes)  # piece of each output row
     flags = pd.DataFrame(index=pd.RangeIndex(int(sizes.sum())))
@@ -320,8 +336,9 @@ def _owner_lead_gen(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, 
     for owner, value in zip(own["key"], own["value"], strict=True):
         if owner in owners and owner != NO_OWNER and not pd.isna(value) and _r(value) < target:
             rows.append(_team_row("M1", "low_lead_gen", "medium", "owner", owner, float(value), target,
-                                  f"{owner} added {_num(value)} of new pipeline per day over the last "
-                                  f"{cfg.targets.prospecting_window_days} days, below their target of {_num(target)} per day."))
+                                  f"{owner} added {_money(value, cfg)} of new pipeline a day over the last "
+                                  f"{cfg.targets.prospecting_window_days} days, below their target of "
+                                  f"{_money(target, cfg)} a day."))
     return rows
 
 

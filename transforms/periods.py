@@ -110,3 +110,11 @@ def last_months(as_of: date, n: int = 12) -> list[tuple[date, date]]:
         first = date(y, m, 1)
         out.append((first, min(month_end(first), as_of)))
     return out
+
+
+def like_for_like(period: Period, fiscal_year_start_month: int = 1) -> Period:
+    """The previous period to the same day (shared docs/metrics.md, "Comparisons"): its first day
+    plus as many days as `period` has run, clamped to its last day (Q4 to 2026-12-06 -> Q3 to 2026-09-05)."""
+    prev = previous_period(period, fiscal_year_start_month)
+    day = min(prev.start + (period.end - period.start), prev.full_end)
+    return Period(prev.kind, prev.start, day, prev.full_end, prev.label)

@@ -5,16 +5,37 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from config.models.base import Delimiter, RelPath, StrictModel
 from config.schema import FIELD_NAMES
+
+
+def _check_record_url_template(value: str | None) -> str | None:
+    """An http(s) URL whose `{placeholders}` are canonical fields, e.g. https://crm.example.com/deals/{opportunity_id}."""
+    if value is None:
+        return value
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"'{value}' is not a template ({exc}); write fields as {{opportunity_id}}") from None
+    bad = sorted({n for n in names if n not in FIELD_NAMES})
+    if bad:
+        raise ValueError(f"'{value}': {', '.join('{' + b + '}' for b in bad)} is not a canonical field; use e.g. "
+                         "{opportunity_id} or {account_id}")
+    if not value.lower().startswith(("https://", "http://")):
+        raise ValueError(f"'{value}' must start with https:// (or http://)")
+    return value
 
 
 class _SourceBase(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     stage_map: dict[str, str] = Field(default_factory=dict)
     raw_sheet: str | None = Field(default=None, max_length=31)
+    # the record's page in the source, for the Actions links, where the source gives no record_url
+    record_url_template: Annotated[str | None, AfterValidator(_check_record_url_template)] = None
 
 
 class StageHistoryFileConfig(StrictModel):

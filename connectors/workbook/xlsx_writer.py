@@ -12,7 +12,12 @@ optional in ECMA-376). Text that repeats down a column goes to the shared-string
 stays at the frames plus two chunks of XML.
 
 Text is always a string cell (inline or shared), never a formula: a value starting with `=`,
-`+`, `-` or `@` stays text.
+`+`, `-` or `@` stays text. The one formula the writer makes is HYPERLINK() for a `url` column
+past Excel's 65,530 hyperlinks a sheet (its URL escaped, its value cached).
+
+Sheets come in `config.workbook.SHEET_ORDER`; every sheet prints landscape, one page wide, with
+its header row repeated. A column may take its format per row (`SheetData.row_formats`): each
+format's style is fixed by a scratch cell of the layout, below the sample row.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,8 @@ import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
 from config.schema import EXCEL_MAX_CELL_CHARS, EXCEL_MAX_ROWS
-from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
+from config.workbook import ColumnFormat, SheetData, SummaryData, order_sheets, table_name
+from connectors.workbook.summary_sheet import is_link, write_summary
 
 MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
@@ -57,13 +63,20 @@ NUMBER_FORMATS: dict[str, str] = {
     "date": "yyyy-mm-dd",
     "datetime": "yyyy-mm-dd hh:mm",
     "days": "#,##0.0",
+    "points": '0.0" pts"',
 }
+MAX_LINKS = 65_530  # Excel's limit of hyperlinks on one sheet
+MAX_LINK_CHARS = 2_079  # Excel's limit of a hyperlink's address
+MAX_FORMULA_TEXT = 255  # a string literal in a formula
+HYPERLINK_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/hyperlink"
+_SAMPLE_URL = "https://example.invalid/"
 
 
-def currency_format(code: str) -> str:
+def currency_format(code: str, decimals: int = 2) -> str:
     symbols = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "KRW": "₩"}
     sym = symbols.get(code.upper())
-    return f'"{sym}"#,##0.00' if sym else f'#,##0.00" {code.upper()}"'
+    digits = "#,##0" + ("." + "0" * decimals if decimals else "")
+    return f'"{sym}"{digits}' if sym else f'{digits}" {code.upper()}"'
 
 
 @dataclass
@@ -143,8 +156,9 @@ def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX
         parts = math.ceil(n / max_rows)
         for k in range(parts):
             name = sheet.name if k == 0 else safe_sheet_name(f"{sheet.name[:26]} ({k + 1})")
-            part = sheet.frame.iloc[k * max_rows : (k + 1) * max_rows]
-            out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight))
+            rows = slice(k * max_rows, (k + 1) * max_rows)
+            out.append(SheetData(name, sheet.frame.iloc[rows], sheet.formats, sheet.notes, sheet.highlight,
+                                 {c: f.iloc[rows] for c, f in sheet.row_formats.items()}, sheet.widths, sheet.wrap))
         stats.notes.append(
             f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
             f"({', '.join([sheet.name] + [f'{sheet.name} ({k + 1})' for k in range(1, parts)])})"
@@ -345,14 +359,62 @@ def _with_reference(letter: str, rows: np.ndarray, cells: np.ndarray) -> list[st
     return [ref + cell[2:] for ref, cell in zip(refs, cells.tolist(), strict=True)]
 
 
+def _grouped_table(values: pd.Series | np.ndarray, fmts: np.ndarray, base: ColumnFormat, base_style: str,
+                   alt_styles: dict[str, str], stats: WriteStats, sst: SharedStrings | None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, table) of a column whose format is chosen per row: one table per format, joined."""
+    fm = np.where(pd.isna(fmts), base, fmts).astype(object)
+    codes = np.full(len(fm), -1, dtype=np.intp)
+    parts: list[np.ndarray] = []
+    offset = 0
+    for f in pd.unique(fm).tolist():
+        at = np.flatnonzero(fm == f)
+        part = values[at] if isinstance(values, np.ndarray) else values.iloc[at]
+        c, t = _column_table(part, f, alt_styles.get(f, base_style), stats, sst)
+        codes[at] = np.where(c >= 0, c + offset, -1)
+        parts.append(t[:-1])
+        offset += len(t) - 1
+    return codes, np.concatenate([*parts, np.array([""], dtype=object)])
+
+
+def link_plan(values: pd.Series) -> np.ndarray:
+    """Per row of a `url` column: 0 plain text, 1 a hyperlink, 2 a HYPERLINK() formula (past
+    MAX_LINKS hyperlinks on the sheet; a URL too long for a formula stays text)."""
+    arr = values.to_numpy(dtype=object)
+    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+    ok = np.array([is_link(u) for u in uniques.tolist()] + [False], dtype=bool)
+    fits = np.array([isinstance(u, str) and len(u) <= MAX_FORMULA_TEXT for u in uniques.tolist()] + [False], dtype=bool)
+    valid = ok[codes]
+    native = valid & (np.cumsum(valid) <= MAX_LINKS)
+    plan = np.zeros(len(arr), dtype=np.int8)
+    plan[native] = 1
+    plan[valid & ~native & fits[codes]] = 2
+    return plan
+
+
+def _formula_cells(urls: np.ndarray, style: str) -> list[str]:
+    s_attr = f' s="{style}"' if style and style != "0" else ""
+    out = []
+    for u in urls.tolist():
+        text = u.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        out.append(f'<c{s_attr} t="str"><f>HYPERLINK("{text.replace(chr(34), chr(34) * 2)}")</f><v>{text}</v></c>')
+    return out
+
+
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
-              sst: SharedStrings | None = None) -> Iterator[str]:
-    """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
+              sst: SharedStrings | None = None, row_formats: list[np.ndarray | None] | None = None,
+              alt_styles: list[dict[str, str]] | None = None,
+              links: list[np.ndarray | None] | None = None, heights: np.ndarray | None = None) -> Iterator[str]:
+    """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk. `row_formats`
+    (per column: a format per row, or None), `alt_styles` (their styles) and `links` (per `url`
+    column: `link_plan`) and `heights` (points per row, 0: the default) are optional."""
     letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
     ncols = frame.shape[1]
+    row_formats = row_formats or [None] * ncols
+    alt_styles = alt_styles or [{} for _ in range(ncols)]
+    links = links or [None] * ncols
     columns = [frame.iloc[:, j] for j in range(ncols)]
-    columns = [c.to_numpy(dtype=object) if f == "text" else c for c, f in zip(columns, formats, strict=True)]
-    distinct = [formats[j] == "text" and _mostly_distinct(columns[j]) for j in range(ncols)]
+    columns = [c.to_numpy(dtype=object) if f in ("text", "url") else c for c, f in zip(columns, formats, strict=True)]
+    distinct = [formats[j] in ("text", "url") and _mostly_distinct(columns[j]) for j in range(ncols)]
     grid = np.empty((min(CHUNK_ROWS, len(frame)), ncols + 2), dtype=object)  # reused by every chunk
     grid[:, -1] = "</row>"
     for start in range(0, len(frame), CHUNK_ROWS):
@@ -360,12 +422,25 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
         n = stop - start
         rows = grid[:n]
         rows[:, 0] = _wrap(list(map(str, range(start + 2, stop + 2))), '<row r="', '">')
+        if heights is not None:
+            tall = np.flatnonzero(heights[start:stop] > 0)
+            rows[tall, 0] = [f'<row r="{start + 2 + i}" ht="{h:g}" customHeight="1">'
+                             for i, h in zip(tall.tolist(), heights[start:stop][tall].tolist(), strict=True)]
         before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
         for j in range(ncols):
             col = columns[j]
-            codes, table = _column_table(col[start:stop] if formats[j] == "text" else col.iloc[start:stop],
-                                         formats[j], styles[j], stats, sst, distinct[j])
+            part = col[start:stop] if formats[j] in ("text", "url") else col.iloc[start:stop]
+            if row_formats[j] is not None:
+                codes, table = _grouped_table(part, row_formats[j][start:stop], formats[j], styles[j], alt_styles[j],
+                                              stats, sst)
+            else:
+                codes, table = _column_table(part, "text" if formats[j] == "url" else formats[j], styles[j], stats, sst,
+                                             distinct[j])
             cells = table[codes]
+            if links[j] is not None:
+                as_formula = np.flatnonzero(links[j][start:stop] == 2)
+                if len(as_formula):
+                    cells[as_formula] = _formula_cells(part[as_formula], styles[j])
             missing = codes < 0
             if before_missing is not None:
                 at = np.flatnonzero(before_missing & ~missing)
@@ -384,6 +459,15 @@ class _Planned:
     sheet: SheetData
     index: int  # 1-based worksheet number in the package (xl/worksheets/sheet{index}.xml)
     formats: list[ColumnFormat]
+    alts: dict[int, list[str]] = field(default_factory=dict)  # column -> formats of its scratch cells (rows 3, 4, ...)
+
+    def row_formats(self) -> list[np.ndarray | None]:
+        by_name = self.sheet.row_formats
+        return [by_name[str(c)].to_numpy(dtype=object) if str(c) in by_name else None for c in self.sheet.frame.columns]
+
+    def links(self) -> list[np.ndarray | None]:
+        frame = self.sheet.frame
+        return [link_plan(frame.iloc[:, j]) if f == "url" else None for j, f in enumerate(self.formats)]
 
 
 def _sample_value(fmt: ColumnFormat) -> Any:
@@ -417,9 +501,25 @@ class _Layout:
         self.header = workbook.add_format({"bold": True, "text_wrap": False})
         self.formats: dict[str, Any] = {k: workbook.add_format({"num_format": v}) for k, v in NUMBER_FORMATS.items()}
         self.formats["currency"] = workbook.add_format({"num_format": currency_format(currency)})
+        self.formats["currency_whole"] = workbook.add_format({"num_format": currency_format(currency, 0)})
         self.formats["text"] = None  # the default style: no `s` attribute on millions of text cells
         self.formats["bool"] = None
+        self.formats["url"] = None  # the sample is a hyperlink: xlsxwriter's hyperlink style
+        self._top: dict[tuple[str, bool], Any] = {}
+        self.currency = currency
         self.count = 0
+
+    def top(self, fmt: ColumnFormat, wrap: bool = False) -> Any:
+        """`fmt` aligned to the top of its cell (a sheet with wrapped columns), wrapped when asked."""
+        key = (fmt, wrap and fmt == "text")
+        if key not in self._top:
+            spec: dict[str, Any] = {"valign": "top", "text_wrap": key[1]}
+            if fmt == "url":
+                spec.update({"font_color": "blue", "underline": 1})
+            elif self.number_format(fmt):
+                spec["num_format"] = self.number_format(fmt)
+            self._top[key] = self.wb.add_format(spec)
+        return self._top[key]
 
     def data_sheet(self, sheet: SheetData) -> _Planned:
         ws = self.wb.add_worksheet(safe_sheet_name(sheet.name))
@@ -429,12 +529,19 @@ class _Layout:
         headers = [str(c) for c in frame.columns]
         n = len(frame)
         ncols = max(1, len(headers))
+        alts: dict[int, list[str]] = {}
         for j, (h, fmt) in enumerate(zip(headers, formats, strict=True)):
             ws.write_string(0, j, h, self.header)
-            ws.set_column(j, j, _col_width(frame.iloc[:, j], h, fmt))
+            ws.set_column(j, j, sheet.widths.get(h) or _col_width(frame.iloc[:, j], h, fmt))
+            if h in sheet.row_formats:  # a scratch cell per other format fixes its style (dropped when rows are spliced)
+                alts[j] = sorted({str(f) for f in pd.unique(sheet.row_formats[h].dropna())} - {fmt})
+                for k, alt in enumerate(alts[j]):
+                    ws.write_number(2 + k, j, 0, self.top(alt) if sheet.wrap else self.formats[alt])
             sample = _sample_value(fmt)
-            cell_fmt = self.formats[fmt]
-            if isinstance(sample, str):
+            cell_fmt = self.top(fmt, wrap=h in sheet.wrap) if sheet.wrap else self.formats[fmt]
+            if fmt == "url":
+                ws.write_url(1, j, _SAMPLE_URL, cell_fmt, string="x")
+            elif isinstance(sample, str):
                 ws.write_string(1, j, sample, cell_fmt)
             elif isinstance(sample, bool):
                 ws.write_boolean(1, j, sample, cell_fmt)
@@ -451,6 +558,9 @@ class _Layout:
                 "style": "Table Style Medium 2",
             })
         ws.freeze_panes(1, 0)
+        ws.set_landscape()
+        ws.fit_to_pages(1, 0)
+        ws.repeat_rows(0)
         if sheet.highlight and sheet.highlight in headers and n:
             col = headers.index(sheet.highlight)
             letter = xl_col_to_name(col)
@@ -461,80 +571,18 @@ class _Layout:
                     "criteria": f'=${letter}2="{value}"',
                     "format": self.wb.add_format({"bg_color": colour}),
                 })
-        return _Planned(sheet, self.count, formats)
+        return _Planned(sheet, self.count, formats, alts)
 
     def summary(self, data: SummaryData, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
-        ws = self.wb.add_worksheet("Summary")
         self.count += 1
-        title = self.wb.add_format({"bold": True, "font_size": 16})
-        bold = self.wb.add_format({"bold": True, "bottom": 1})
-        ws.write_string(0, 0, data.title, title)
-        row = 1
-        for line in data.lines:
-            ws.write_string(row, 0, line)
-            row += 1
-        row += 1
-        ws.set_column(0, 0, 30)
-        ws.set_column(1, 4, 16)
-        kpi_cols = list(data.kpis.columns)
-        for j, c in enumerate(kpi_cols):
-            ws.write_string(row, j, str(c), bold)
-        row += 1
-        for rec in data.kpis.itertuples(index=False):
-            unit = getattr(rec, "unit", "") or ""
-            fmt = self.formats.get({"currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
-                                    "pct": "pct", "count": "int", "days": "days"}.get(str(unit), "number"))
-            for j, v in enumerate(rec):
-                _write_any(ws, row, j, v, fmt if kpi_cols[j] in ("value", "previous", "change") else None)
-            row += 1
-        row += 1
-        flag_cols = list(data.flag_counts.columns)
-        for j, c in enumerate(flag_cols):
-            ws.write_string(row, j, str(c), bold)
-        row += 1
-        for rec in data.flag_counts.itertuples(index=False):
-            for j, v in enumerate(rec):
-                _write_any(ws, row, j, v, None)
-            row += 1
-        chart_row = 1
-        for spec in data.charts:
-            rows = sheet_rows.get(spec.sheet, 0)
-            cols = sheet_columns.get(spec.sheet, [])
-            if rows == 0 or spec.category not in cols or any(v not in cols for v in spec.values):
-                continue
-            last = rows if spec.rows is None else min(rows, spec.rows)
-            chart = self.wb.add_chart({"type": spec.kind})
-            cat = cols.index(spec.category)
-            for v in spec.values:
-                c = cols.index(v)
-                series = {
-                    "name": [spec.sheet, 0, c],
-                    "categories": [spec.sheet, 1, cat, last, cat],
-                    "values": [spec.sheet, 1, c, last, c],
-                }
-                if v in spec.secondary:
-                    series["y2_axis"] = True
-                chart.add_series(series)
-            chart.set_title({"name": spec.title})
-            chart.set_size({"width": 560, "height": 300})
-            chart.set_legend({"position": "bottom"})
-            ws.insert_chart(chart_row, 7, chart)
-            chart_row += 16
-        ws.set_landscape()
-        ws.fit_to_pages(1, 0)
+        write_summary(self.wb, data, self.number_format, sheet_rows, sheet_columns)
 
-
-def _write_any(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
-        return
-    if isinstance(value, bool | np.bool_):
-        ws.write_boolean(row, col, bool(value))
-    elif isinstance(value, int | float | np.integer | np.floating):
-        ws.write_number(row, col, float(value), fmt)
-    elif isinstance(value, datetime | date | pd.Timestamp):
-        ws.write_datetime(row, col, pd.Timestamp(value).to_pydatetime().replace(tzinfo=None), fmt)
-    else:
-        ws.write_string(row, col, str(value)[:EXCEL_MAX_CELL_CHARS])
+    def number_format(self, fmt: ColumnFormat) -> str | None:
+        if fmt == "currency":
+            return currency_format(self.currency)
+        if fmt == "currency_whole":
+            return currency_format(self.currency, 0)
+        return NUMBER_FORMATS.get(fmt)
 
 
 # ----------------------------------------------------------------------------- splice rows in
@@ -605,6 +653,10 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     frame = planned.sheet.frame
     ncols = frame.shape[1]
     styles = (styles + ["0"] * ncols)[:ncols]
+    scratch = {(m.group(1).decode(), int(m.group(2))): (m.group(3) or b"0").decode() for m in _ANY_CELL.finditer(data)}
+    alt_styles = [{f: scratch.get((xl_col_to_name(j), 3 + k), styles[j]) for k, f in enumerate(planned.alts.get(j, []))}
+                  for j in range(ncols)]
+    links = planned.links()
     last_row = max(len(frame), 1) + 1
     dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
     head = _DIMENSION.sub(dim, head) + b"<sheetData>"
@@ -614,10 +666,62 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
             sst.references += header_row.group(0).count(b't="s"')
     zipper.begin(name, head)
     wrote = False
-    for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+    for block in _rows_xml(frame, planned.formats, styles, stats, sst, planned.row_formats(), alt_styles, links,
+                           _row_heights(planned)):
         zipper.block(block)
         wrote = True
+    refs, _ = _hyperlinks(links)
+    tail = _HYPERLINKS.sub(refs.encode(), tail, count=1)
     zipper.end((b"" if wrote else b'<row r="2"></row>') + b"</sheetData>" + tail)
+
+
+def _row_heights(planned: _Planned) -> np.ndarray | None:
+    """Points per row where a `wrap` column's text needs more than one line (at most 4), else 0."""
+    sheet = planned.sheet
+    wrap = [c for c in sheet.frame.columns if str(c) in sheet.wrap]
+    if not wrap or sheet.frame.empty:
+        return None
+    lines = np.ones(len(sheet.frame), dtype=np.int64)
+    for c in wrap:
+        width = sheet.widths.get(str(c)) or 60.0
+        chars = sheet.frame[c].astype(object).map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy(dtype=np.int64)
+        lines = np.maximum(lines, -(-chars // max(int(width * 1.1), 1)))
+    return np.where(lines > 1, 15.0 * np.minimum(lines, 4), 0.0)
+
+
+_ANY_CELL = re.compile(rb'<c r="([A-Z]+)(\d+)"(?: s="(\d+)")?')
+_HYPERLINKS = re.compile(rb"<hyperlinks>.*?</hyperlinks>", re.S)
+_SAMPLE_REL = re.compile(rb'<Relationship [^>]*Target="' + re.escape(_SAMPLE_URL.encode()) + rb'"[^>]*/>')
+
+
+def _hyperlinks(links: list[np.ndarray | None], frame: pd.DataFrame | None = None) -> tuple[str, str]:
+    """(`<hyperlinks>` of the sheet, its relationships) for the rows `link_plan` made hyperlinks;
+    ("", "") without any. With `frame`, the relationships carry the URLs."""
+    refs: list[str] = []
+    rels: list[str] = []
+    k = 0
+    for j, plan in enumerate(links):
+        if plan is None:
+            continue
+        rows = np.flatnonzero(plan == 1)
+        letter = xl_col_to_name(j)
+        urls = frame.iloc[rows, j].tolist() if frame is not None else [None] * len(rows)
+        for r, url in zip(rows.tolist(), urls, strict=True):
+            k += 1
+            refs.append(f'<hyperlink ref="{letter}{r + 2}" r:id="rIdL{k}"/>')
+            if url is not None:
+                target = url.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+                rels.append(f'<Relationship Id="rIdL{k}" Type="{HYPERLINK_REL}" Target="{target}" TargetMode="External"/>')
+    if not refs:
+        return "", ""
+    return "<hyperlinks>" + "".join(refs) + "</hyperlinks>", "".join(rels)
+
+
+def _sheet_rels(xml: bytes, planned: _Planned) -> bytes:
+    """The sheet's relationships with the layout's sample hyperlink replaced by the real ones."""
+    _, rels = _hyperlinks(planned.links(), planned.sheet.frame)
+    xml = _SAMPLE_REL.sub(b"", xml)
+    return xml.replace(b"</Relationships>", rels.encode() + b"</Relationships>")
 
 
 def _finish_late(planned: _Planned, sheet: SheetData) -> None:
@@ -657,15 +761,15 @@ def write_workbook(
 ) -> WriteStats:
     """Write the workbook atomically to `path` (temp file in the same folder, then rename).
 
-    Sheet order: Summary first (when given), then `sheets` as given, then `last`: a sheet built
-    once every other sheet is written, from their WriteStats (so an About sheet can report the
+    Sheet order: Summary first (when given), then `sheets` in `config.workbook.SHEET_ORDER`, then
+    `last`: a sheet built once every other sheet is written, from their WriteStats (so an About sheet can report the
     cells cut while writing). It is laid out from `last(WriteStats())` and written from
     `last(stats)`, which must have the same columns and formats (rows may differ).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     stats = WriteStats()
-    sheets = split_sheets(sheets, stats)
+    sheets = split_sheets(order_sheets(sheets), stats)
     if last is not None:
         sheets.append(last(WriteStats()))
     work = Path(tempfile.mkdtemp(prefix=".pipeline-sync-", dir=target.parent))
@@ -688,6 +792,7 @@ def write_workbook(
         planned = [layout.data_sheet(s) for s in sheets]
         wb.close()
         by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
+        by_rels = {f"xl/worksheets/_rels/sheet{p.index}.xml.rels": p for p in planned if "url" in p.formats}
         table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
         late = planned[-1] if last is not None else None
         final_tmp = work / "final.xlsx"
@@ -701,6 +806,8 @@ def write_workbook(
                         _finish_late(late, last(stats))
                         table_refs[table_name(late.sheet.name)] = _full_ref(late)  # tables come after sheets
                     _splice(src, zipper, item.filename, by_part[item.filename], stats, sst)
+                elif item.filename in by_rels:
+                    zipper.writestr(item, _sheet_rels(src.read(item.filename), by_rels[item.filename]))
                 elif item.filename.startswith("xl/tables/"):
                     zipper.writestr(item, _resize_table(src.read(item.filename), table_refs))
                 elif item.filename != SST_PART:

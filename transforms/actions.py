@@ -1,0 +1,208 @@
+"""The Actions sheet ("Deals to act on", shared docs/metrics.md): one row per open deal with a
+deal-scope flag, its flags in words, one next step made specific by the evidence, and a link.
+
+Rows are sorted by the deal's highest severity, then amount (largest first; a missing amount
+last), then close date and row id. The evidence comes from `flags.deal_check_masks` over the
+flagged deals only, so the words always agree with the Flags sheet.
+
+The next step is the one that unblocks the deal first: a deal nobody owns needs an owner; then a
+close date already passed; then a promised follow-up not kept; then a deal stalled in its stage;
+then one that is not qualified; then one much older than the sales cycle; then missing amount or
+close date; then no recent activity.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import date
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from config.models import AppConfig
+from config.schema import BANT_FIELDS, FIELD_NAMES, SOURCE_COLUMN
+from config.workbook import ColumnFormat, SheetData
+from transforms.flags import DEAL_CHECKS, SEVERITY_ORDER, _messages, deal_check_masks
+
+ACTIONS_SHEET = "Actions"
+ACTION_COLUMNS = ["severity", "opportunity_id", "name", "owner", "stage", "amount", "close_date", "days_in_stage",
+                  "flags", "next_step", "record_url"]
+ACTION_FORMATS: dict[str, ColumnFormat] = {"amount": "currency_whole", "close_date": "date", "days_in_stage": "int",
+                                           "record_url": "url"}
+# the order the flags are listed in, and the order that picks the next step
+FLAG_ORDER = ("past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "missing_fields", "no_activity")
+STEP_ORDER = ("no_owner", "past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "missing_fields",
+              "no_activity")
+_MISSING = ("amount", "close date", "owner")
+_SAFE_URL_VALUE = re.compile(r"^[A-Za-z0-9._~-]*$")
+
+
+def _days(k: int) -> str:
+    return "1 day" if k == 1 else f"{k:,} days"
+
+
+def _iso(day: int) -> str:
+    return str(np.datetime64(day, "D"))
+
+
+def _listed(bits: int, names: tuple[str, ...]) -> str:
+    return ", ".join(n for i, n in enumerate(names) if bits >> i & 1)
+
+
+def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as_of: date,
+                  avg_cycle: float | None) -> pd.DataFrame:
+    """ACTION_COLUMNS for every deal with a deal-scope flag (`deal_bits` from compute_flags)."""
+    rows = np.flatnonzero(deal_bits != 0)
+    sub = deals.iloc[rows].reset_index(drop=True)
+    bits = deal_bits[rows]
+    n = len(sub)
+    fired = {check: (bits >> i & 1).astype(bool) for i, (check, _, _) in enumerate(DEAL_CHECKS)}
+    masks = deal_check_masks(sub, cfg, as_of, avg_cycle)
+    stages = cfg.pipeline.stages
+    stage_names = [s.name for s in stages] + [""]
+    code = sub["_stage_code"].to_numpy()
+    amount = sub["amount"].to_numpy(dtype=float)
+    missing = (np.isnan(amount).astype(np.int64) + 2 * sub["close_date"].isna().to_numpy().astype(np.int64)
+               + 4 * sub["owner"].isna().to_numpy().astype(np.int64))
+    score = masks["unqualified"][1].astype(np.int64)
+    bant_missing = sum((~sub[f].fillna(False).to_numpy(dtype=bool)).astype(np.int64) << i
+                       for i, f in enumerate(BANT_FIELDS))
+    blank = np.full(n, "", dtype=object)
+
+    def ints(check: str, which: int = 1) -> np.ndarray:
+        return np.nan_to_num(masks[check][which]).astype(np.int64)
+
+    close_day = np.where(sub["close_date"].isna(), 0, sub["close_date"].to_numpy(dtype="datetime64[D]").astype(np.int64))
+    next_day = np.where(sub["next_step_date"].isna(), 0,
+                        sub["next_step_date"].to_numpy(dtype="datetime64[D]").astype(np.int64))
+    limit = np.nan_to_num(masks["aged"][2])
+    t = cfg.targets
+    min_score = cfg.pipeline.qualification.min_score
+    words = {  # check -> (words in the flags column, the next step)
+        "past_due": (lambda k: f"past its close date by {_days(k)}", (ints("past_due"),),
+                     lambda d, k: f"Close date {_iso(d)} passed {_days(k)} ago: set a new date or close it lost.",
+                     (close_day, ints("past_due"))),
+        "overdue_follow_up": (lambda k: f"follow-up {_days(k)} overdue", (ints("overdue_follow_up"),),
+                              lambda d, k: f"Follow-up promised for {_iso(d)} is {_days(k)} late: do it now or agree "
+                                           "a new date with the buyer.", (next_day, ints("overdue_follow_up"))),
+        "stalled": (lambda k, c: f"{_days(k)} in {stage_names[c]} (limit {stages[c].max_days})",
+                    (ints("stalled"), code),
+                    lambda k, c: f"{_days(k)} in {stage_names[c]} (limit {stages[c].max_days}): agree the step that "
+                                 "moves it forward, or close it lost.", (ints("stalled"), code)),
+        "unqualified": (lambda s: f"BANT {s} of 4 (minimum {min_score})", (score,),
+                        lambda s, b, c: f"Only {s} of 4 BANT criteria met in {stage_names[c]} (missing: "
+                                        f"{_listed(b, BANT_FIELDS)}): requalify with the buyer or remove the deal.",
+                        (score, bant_missing, code)),
+        "aged": (lambda k, lim: f"{_days(k)} old (limit {lim:,})", (ints("aged"), limit.astype(np.int64)),
+                 lambda k: f"Open {_days(k)}, over {t.max_age_factor:g} x the {avg_cycle or 0:.0f}-day sales cycle: "
+                           "decide whether it will buy; if not, close it lost.", (ints("aged"),)),
+        "missing_fields": (lambda b: f"no {_listed(b, _MISSING)}", (missing,),
+                           lambda b: f"Fill in the {_listed(b, _MISSING)} in the CRM so the forecast can count it.",
+                           (missing,)),
+        "no_activity": (lambda k: f"no activity for {_days(k)}", (ints("no_activity"),),
+                        lambda k: f"No activity for {_days(k)}: contact the buyer this week.", (ints("no_activity"),)),
+    }
+
+    flag_text = blank.copy()
+    for check in FLAG_ORDER:
+        m = fired[check]
+        if not m.any():
+            continue
+        fmt, cols = words[check][0], words[check][1]
+        piece = _messages(blank[m], fmt, *(c[m] for c in cols))
+        flag_text[m] = np.where(flag_text[m] == "", piece, flag_text[m] + "; " + piece)
+    flag_text = np.array([s[:1].upper() + s[1:] for s in flag_text.tolist()], dtype=object) if n else flag_text
+
+    step = np.full(n, None, dtype=object)
+    no_owner = fired["missing_fields"] & (missing >> 2 & 1).astype(bool)
+    others = missing & 3
+    step[no_owner] = _messages(blank[no_owner], lambda b: "Assign an owner: nobody is responsible for this deal"
+                               + (f" (also fill in the {_listed(b, _MISSING)})." if b else "."), others[no_owner])
+    for check in STEP_ORDER[1:]:
+        m = fired[check] & pd.isna(step)
+        if m.any():
+            fmt, cols = words[check][2], words[check][3]
+            step[m] = _messages(blank[m], fmt, *(c[m] for c in cols))
+
+    rank = np.full(n, len(SEVERITY_ORDER), dtype=np.int64)
+    for check, _, sev in DEAL_CHECKS:
+        rank = np.where(fired[check], np.minimum(rank, SEVERITY_ORDER.index(sev)), rank)
+    order = np.lexsort((sub["row_id"].to_numpy(dtype=object).astype(str),
+                        np.where(sub["close_date"].isna().to_numpy(), np.iinfo(np.int64).max, close_day),
+                        -np.nan_to_num(amount, nan=-1.0), rank))
+    out = pd.DataFrame({
+        "severity": pd.Series(np.array(SEVERITY_ORDER + ("",), dtype=object)[rank], dtype=object),
+        **{c: sub[c].astype(object).where(sub[c].notna(), None) for c in ("opportunity_id", "name", "owner", "stage")},
+        "amount": amount,
+        "close_date": pd.to_datetime(sub["close_date"]).astype("datetime64[ns]"),
+        "days_in_stage": sub["days_in_stage"].to_numpy(dtype=float),
+        "flags": pd.Series(flag_text, dtype=object),
+        "next_step": pd.Series(step, dtype=object),
+        "record_url": (sub["record_url"].astype(object).where(sub["record_url"].notna(), None)
+                       if "record_url" in sub.columns else pd.Series([None] * n, dtype=object)),
+    })
+    return out.iloc[order].reset_index(drop=True)
+
+
+def actions_sheet(frame: pd.DataFrame) -> SheetData:
+    return SheetData(ACTIONS_SHEET, frame, dict(ACTION_FORMATS), highlight="severity",
+                     widths={"name": 30, "owner": 13, "stage": 15, "flags": 44, "next_step": 56, "record_url": 40},
+                     wrap={"flags", "next_step"},
+                     notes=["One row per open deal with a deal-scope flag, most severe first, then the largest "
+                            "amount. Team, owner, stage and product flags are on Flags."])
+
+
+# ----------------------------------------------------------------------------- record links
+
+
+def record_url_template(src: object) -> str | None:
+    """A source's `record_url_template`; for Salesforce with a My Domain URL, the Lightning record page."""
+    template = getattr(src, "record_url_template", None)
+    if template:
+        return template
+    domain = getattr(src, "domain", None)
+    if getattr(src, "type", None) == "salesforce" and domain:
+        return domain.rstrip("/") + "/lightning/r/Opportunity/{opportunity_id}/view"
+    return None
+
+
+def template_fields(template: str) -> list[str]:
+    """The `{field}` names of a template (a ValueError for a malformed one)."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
+def _quoted(values: pd.Series) -> np.ndarray:
+    """Each value as URL path text (percent-encoded where needed); missing -> None."""
+    text = values.astype(object).where(values.notna(), None)
+    codes, uniques = pd.factorize(text, use_na_sentinel=True)
+    out = np.array([u if _SAFE_URL_VALUE.match(str(u)) else quote(str(u), safe="") for u in uniques.tolist()] + [None],
+                   dtype=object)
+    return out[codes]
+
+
+def fill_record_urls(deals: pd.DataFrame, cfg: AppConfig) -> pd.Series | None:
+    """`record_url` where the source gave one, else from its source's template (None: nothing to
+    fill, the column stays as it is). A field of the template that is empty leaves the URL empty."""
+    templates = {s.name: t for s in cfg.sources if (t := record_url_template(s))}
+    if not templates or deals.empty:
+        return None
+    given = (deals["record_url"].astype(object) if "record_url" in deals.columns
+             else pd.Series([None] * len(deals), index=deals.index, dtype=object))
+    out = given.where(given.notna(), None).to_numpy(dtype=object).copy()
+    source = deals[SOURCE_COLUMN].to_numpy(dtype=object)
+    for name, template in templates.items():
+        rows = np.flatnonzero((source == name) & pd.isna(out))
+        if not len(rows):
+            continue
+        url = np.full(len(rows), "", dtype=object)
+        ok = np.ones(len(rows), dtype=bool)
+        for literal, fld, _, _ in string.Formatter().parse(template):
+            url = url + literal
+            if fld is not None and fld in FIELD_NAMES and fld in deals.columns:
+                vals = _quoted(deals[fld].iloc[rows])
+                ok &= ~pd.isna(vals)
+                url = url + np.where(pd.isna(vals), "", vals)
+        out[rows[ok]] = url[ok]
+    return pd.Series(out, index=deals.index, dtype=object)
