@@ -29,8 +29,8 @@ ROWS = [
 def test_sheet_list_order_and_formats() -> None:
     a = run(ROWS, "2026-06-15", make_cfg(targets={"product_mix": {"P": 0.5, "Q": 0.5}}))
     names = [s.name for s in a.sheets]
-    assert names == ["Flags", "Metrics", "Funnel", "Owners", "Products", "Trends", "Changes",
-                     WON_BY_MONTH_SHEET, FLAGS_BY_MISTAKE_SHEET]
+    assert names == ["Actions", "Flags", "Metrics", "Funnel", "Owners", "Products", "Trends", "Changes",
+                     "Definitions", WON_BY_MONTH_SHEET, FLAGS_BY_MISTAKE_SHEET]
     assert [n for n in names if n in SHEET_ORDER] == [n for n in SHEET_ORDER if n in names]
     by = {s.name: s for s in a.sheets}
     for s in a.sheets:
@@ -39,7 +39,7 @@ def test_sheet_list_order_and_formats() -> None:
     assert by["Flags"].highlight == "severity"
     assert by["Funnel"].formats["conversion_rate"] == "ratio"
     assert by["Trends"].formats["revenue_growth_pct"] == "pct"
-    assert by["Trends"].formats["open_value"] == "currency" and by["Trends"].formats["as_of"] == "date"
+    assert by["Trends"].formats["open_value"] == "currency_whole" and by["Trends"].formats["as_of"] == "date"
     assert by["Changes"].formats["old_close_date"] == "date"
     assert list(a.opportunities.columns) == OPPORTUNITY_COLUMNS
     products = by["Products"].frame.set_index("product")
@@ -48,16 +48,20 @@ def test_sheet_list_order_and_formats() -> None:
     won = by[WON_BY_MONTH_SHEET].frame
     assert won["month"].tolist()[-4:] == ["2026-03", "2026-04", "2026-05", "2026-06"]
     assert won["won_value"].tolist()[-4:] == [500.0, 0.0, 700.0, 0.0]
+    assert won["label"].tolist()[-2:] == ["May 2026", "Jun 2026 (to date)"]  # the current month is partial
 
 
 def test_summary_kpis_previous_period_and_charts() -> None:
     a = run(ROWS, "2026-06-15")
     kpis = a.summary.kpis.set_index("metric")
     assert list(kpis.index) == list(TEAM_METRICS)
-    assert list(a.summary.kpis.columns) == ["metric", "value", "previous", "change", "unit"]
-    # previous = 2026-Q1 as of 2026-03-31: w won 500 then; v and a did not exist or were open
-    assert kpis.loc["won_value", ["value", "previous", "change"]].tolist() == [700.0, 500.0, 200.0]
-    assert kpis.loc["open_deals", ["value", "previous"]].tolist() == [1.0, 0.0]  # a, v did not exist on 03-31
+    assert list(a.summary.kpis.columns) == ["metric", "label", "value", "previous", "change", "previous_full", "unit",
+                                            "better"]
+    # previous = 2026-Q1 to the same day (day 76: 2026-03-17): w won 500 on 03-15; previous_full the whole Q1
+    assert kpis.loc["won_value", ["value", "previous", "change", "previous_full"]].tolist() == [700.0, 500.0, 200.0, 500.0]
+    assert kpis.loc["open_deals", ["value", "previous"]].tolist() == [1.0, 0.0]  # a, v did not exist on 03-17
+    assert kpis.loc["lost_value", "better"] == -1 and kpis.loc["won_value", "better"] == 1
+    assert kpis.loc["sales_velocity_per_day", "label"] == "Sales velocity ($/day)"
     sheets = {s.name: s.frame for s in a.sheets}
     for chart in a.summary.charts:
         frame = sheets[chart.sheet]
@@ -109,4 +113,5 @@ def test_inputs_are_not_modified_and_empty_values_have_notes() -> None:
     lg = metrics_sheet[(metrics_sheet["metric"] == "lead_gen_per_day") & (metrics_sheet["scope"] == "team")].iloc[0]
     assert (lg["period_start"], lg["period_end"]) == (pd.Timestamp("2026-05-17"), pd.Timestamp("2026-06-15"))
     # a: open, no stage_entered_date, its history lacks its current stage -> estimated (w, v are closed)
-    assert any(line.startswith("1 open deals have an estimated stage") for line in a.summary.lines)
+    assert "1 open deal without a stage entry date: days in stage count from creation (marked estimated on " \
+           "Opportunities)." in a.summary.lines

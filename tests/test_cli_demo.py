@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 30)
 
 
-def demo_config(tmp: Path, destination: str) -> Path:
-    """The bundled demo config reading the demo files from `tmp/demo` (written by `demo-data`)."""
+def demo_config(tmp: Path, destination: str, as_of: date = AS_OF) -> Path:
+    """The bundled demo config reading the demo files from `tmp/demo` (written by `demo-data` for `as_of`)."""
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for src in cfg["sources"]:
         src["path"] = str(tmp / "demo" / Path(src["path"]).name)
@@ -26,7 +26,7 @@ def demo_config(tmp: Path, destination: str) -> Path:
     cfg["destinations"] = [{"type": "file", "path": destination}]
     cfg_path = tmp / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", AS_OF.isoformat()]) == 0
+    assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", as_of.isoformat()]) == 0
     return cfg_path
 
 

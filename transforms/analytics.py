@@ -103,12 +103,14 @@ def _by_magnitude(formats: pd.Series, values: pd.Series) -> pd.Series:
 
 
 def value_formats(units: pd.Series, values: pd.Series) -> pd.Series:
-    """The format of each value by its unit: counts whole, currency without cents from 1,000 up,
-    ratios as %, days with one decimal."""
-    fmt = units.map(UNIT_FORMAT).astype(object)
-    small = (units == "currency").to_numpy() & (np.abs(values.to_numpy(dtype=float)) < 1000)
-    fmt[small] = "currency"
-    return fmt.where(fmt.notna(), "number")
+    """The format of each value by its unit: counts whole, currency (and currency per day) without
+    cents from 1,000 up, ratios as %, pct with a % sign, days with one decimal."""
+    fmt = units.map(UNIT_FORMAT).astype(object).to_numpy(copy=True)
+    money = units.isin(["currency", "currency_per_day"]).to_numpy()
+    big = np.abs(np.nan_to_num(values.to_numpy(dtype=float))) >= 1000
+    fmt[money & big] = "currency_whole"
+    fmt[money & ~big] = "currency"
+    return pd.Series(fmt, index=units.index, dtype=object).where(pd.notna(fmt), "number")
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,

@@ -59,6 +59,11 @@ class SummaryInputs:
     deal_bits: np.ndarray | None = None
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 open deal`, `2 open deals`."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def day_words(d: date, year: bool = True, short: bool = False) -> str:
     """`20 May 2026` (or `20 May`, or `19 Feb`)."""
     return f"{d.day} {d:%b}" if short else f"{d.day} {d:%B}" + (f" {d.year}" if year else "")
@@ -234,15 +239,16 @@ def _lines(s: SummaryInputs) -> list[str]:
         lines.append(f"Compared with {q.label} to the same day: {day_words(q.start)} to {day_words(q.end)} "
                      f"(the last column is all of {q.label}, to {day_words(f.full_end)}).")
     open_value = s.team.get("open_value")
-    lines.append(f"{s.open_deals:,} open deals worth {money(open_value, s.cfg.inputs.currency)}; "
-                 f"{len(s.actions):,} need action (Actions sheet). {s.won:,} won and {s.lost:,} lost deals in the data.")
+    lines.append(f"{counted(s.open_deals, 'open deal')} worth {money(open_value, s.cfg.inputs.currency)}; "
+                 f"{len(s.actions):,} to act on (Actions sheet). {s.won:,} won and {s.lost:,} lost deals in the data.")
     if s.stale:
         lines.append("Not refreshed this run (its deals are from an earlier run): " + ", ".join(s.stale) + ".")
     if s.estimated:
-        lines.append(f"{s.estimated:,} open deals have no stage entry date: their days in stage count from creation "
-                     "(marked estimated on Opportunities).")
+        lines.append(f"{counted(s.estimated, 'open deal')} without a stage entry date: days in stage count from "
+                     "creation (marked estimated on Opportunities).")
     if s.excluded:
-        lines.append(f"{s.excluded:,} deals created after {day_words(s.as_of)} are left out (the report is as of that day).")
+        lines.append(f"{counted(s.excluded, 'deal')} created after {day_words(s.as_of)} left out (the report is as of "
+                     "that day).")
     return lines
 
 
