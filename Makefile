@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench faults clean
+.PHONY: install run test lint bench faults screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: install
 
 faults: install
 	$(BIN)/python -m tests.fault_matrix --out docs/reliability.md
+
+# The demo's Summary and Actions as PNG in docs/img/ (LibreOffice headless + pdftoppm; skipped with a
+# message where they are not installed: apt-get install libreoffice-calc poppler-utils)
+screenshots: install
+	$(BIN)/python docs/screenshots.py --out docs/img
 
 clean:
 	rm -rf $(VENV) out .state .pytest_cache

@@ -4,8 +4,8 @@
 
 Builds the demo in a temp folder exactly as `make run` does (demo-data, then the run), after a
 weekly backfill of the 13 weeks before as_of so Trends and Changes have history, then prints the
-workbook to PDF with LibreOffice (headless) and turns the first Summary page and the first
-Actions page into PNG with pdftoppm. Exits 0 with a message, writing nothing, where LibreOffice
+workbook to PDF with LibreOffice (headless) and turns the Summary's pages (numbers and top deals;
+mistakes and charts) and the first Actions page into PNG with pdftoppm. Exits 0 with a message, writing nothing, where LibreOffice
 (Debian: libreoffice-calc) or pdftoppm (poppler-utils) is not installed.
 """
 
@@ -79,6 +79,8 @@ def render(book: Path, out: Path, soffice: str, pdftoppm: str, dpi: int) -> list
     texts = _page_texts(pdf) if shutil.which("pdftotext") else []
     actions_page = next((i + 1 for i, t in enumerate(texts) if "next_step" in t and "record_url" in t), 2)
     pages = {"summary": 1, "actions": actions_page}
+    if actions_page > 2:  # the Summary's second page: the mistakes and the charts
+        pages["summary-charts"] = 2
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, page in pages.items():

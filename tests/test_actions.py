@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from config.loader import ConfigError, load_config
-from connectors.workbook.xlsx_writer import MAX_LINKS, link_plan, write_workbook
 from config.workbook import SheetData
+from connectors.workbook.xlsx_writer import MAX_LINKS, link_plan, write_workbook
 from tests.analytics_support import make_cfg, run
 from transforms.actions import ACTION_COLUMNS, fill_record_urls, record_url_template
 
@@ -180,7 +180,7 @@ def test_past_excel_hyperlink_limit_links_are_formulas_with_cached_values(tmp_pa
     values = [r[0] for r in openpyxl.load_workbook(path, read_only=True)["Actions"].iter_rows(
         min_row=MAX_LINKS + 2, values_only=True)]
     assert values[0] == f'=HYPERLINK("{urls[MAX_LINKS]}")'
-    assert values[-2:] == [urls[n - 2], '=HYPERLINK("https://crm.example.com/deals/%d?a=1&b=2")' % (n - 1)]
+    assert values[-2:] == [urls[n - 2], f'=HYPERLINK("https://crm.example.com/deals/{n - 1}?a=1&b=2")']
     cached = [r[0] for r in openpyxl.load_workbook(path, data_only=True, read_only=True)["Actions"].iter_rows(
         min_row=n + 1, values_only=True)]
     assert cached == [urls[n - 1]]  # viewers that do not recalculate show the URL

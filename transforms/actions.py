@@ -6,7 +6,7 @@ last), then close date and row id. The evidence comes from `flags.deal_check_mas
 flagged deals only, so the words always agree with the Flags sheet.
 
 The next step is the one that unblocks the deal first: a deal nobody owns needs an owner; then a
-close date already passed; then a promised follow-up not kept; then a deal stalled in its stage;
+close date already passed (long past and quiet: close it lost); then a promised follow-up not kept; then a deal stalled in its stage;
 then one that is not qualified; then one much older than the sales cycle; then missing amount or
 close date; then no recent activity.
 """
@@ -36,6 +36,7 @@ FLAG_ORDER = ("past_due", "overdue_follow_up", "stalled", "unqualified", "aged",
 STEP_ORDER = ("no_owner", "past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "missing_fields",
               "no_activity")
 _MISSING = ("amount", "close date", "owner")
+DEAD_PAST_DUE_DAYS = 90  # past due this long and idle past the activity limit: the step is to close it
 _SAFE_URL_VALUE = re.compile(r"^[A-Za-z0-9._~-]*$")
 
 
@@ -120,6 +121,12 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
     others = missing & 3
     step[no_owner] = _messages(blank[no_owner], lambda b: "Assign an owner: nobody is responsible for this deal"
                                + (f" (also fill in the {_listed(b, _MISSING)})." if b else "."), others[no_owner])
+    # long past its date and long quiet: most likely dead
+    dead = fired["past_due"] & fired["no_activity"] & pd.isna(step) & (ints("past_due") > DEAD_PAST_DUE_DAYS)
+    if dead.any():
+        step[dead] = _messages(blank[dead], lambda k, q: f"No activity for {_days(q)} and the close date passed "
+                               f"{_days(k)} ago: close it lost, or set a new date if the buyer is still there.",
+                               ints("past_due")[dead], ints("no_activity")[dead])
     for check in STEP_ORDER[1:]:
         m = fired[check] & pd.isna(step)
         if m.any():

@@ -152,10 +152,12 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     funnel, funnel_note = _funnel(deals, full, cfg)
     changes = classify_changes(deals, snapshots.previous_deals, snapshots.previous_as_of if previous else None, stages)
     metrics_sheet = full[[*METRIC_COLUMNS, "note"]].copy()
-    metrics_sheet["label"] = metrics_sheet["metric"].map(lambda m: metric_label(m, cfg)).astype(object)
-    flag_value_fmt = _by_magnitude(fr.flags["check"].map(check_format), fr.flags["value"])
-    flag_thr_fmt = _by_magnitude(fr.flags["check"].map(lambda c: _THRESHOLD_FORMATS.get(c, check_format(c))),
-                                 fr.flags["threshold"])
+    metrics_sheet["label"] = metrics_sheet["metric"].map({m: metric_label(m, cfg) for m in UNITS}).astype(object)
+    checks = pd.Categorical(fr.flags["check"])  # a handful of checks over millions of rows: map each once
+    value_fmt = [check_format(c) for c in checks.categories]
+    thr_fmt = [_THRESHOLD_FORMATS.get(c, check_format(c)) for c in checks.categories]
+    flag_value_fmt = _by_magnitude(pd.Series(np.array(value_fmt + [None], dtype=object)[checks.codes]), fr.flags["value"])
+    flag_thr_fmt = _by_magnitude(pd.Series(np.array(thr_fmt + [None], dtype=object)[checks.codes]), fr.flags["threshold"])
     trends = _trends(snapshots, as_of, team)
     sheets = [
         actions_sheet(actions),

@@ -27,7 +27,7 @@ OPEN_STAGES = ("Lead generation", "Qualification", "Contact", "Proposal", "Closi
 STAGE_LIMITS = (14, 21, 21, 30, 21)  # config/demo.yaml keeps the default max_days
 LOSS_AFTER = (0.22, 0.15, 0.12, 0.15)  # chance a deal is lost when it leaves each of the first four open stages
 WIN_AT_CLOSE = 0.62  # chance a deal that reaches Closing is won
-FORGOTTEN = 0.005  # deals that stop moving and are never closed (the M4 "dead deals")
+FORGOTTEN = 0.006  # deals that stop moving and are never closed (the M4 "dead deals")
 SOURCES = ("Inbound", "Outbound", "Referral", "Event", "Partner")
 INJECTIONS = ('=HYPERLINK("http://evil.example/","click me")', "+SUM(1,2)", "-2+3", "@cmd|' /C calc'!A0")
 PARTNERS = ("Northwind Partners", "Contoso Resellers")
@@ -90,7 +90,7 @@ def generate_demo(as_of: date, n_deals: int = 2400, seed: int = 20260101) -> tup
     # Activity: working deals were touched in the last days; forgotten ones went quiet long ago.
     quiet = np.where(forgotten, rng.integers(35, 220, n), np.round(rng.exponential(4.0, n)).astype(np.int64))
     last_activity = np.maximum(asof - quiet.astype("timedelta64[D]"), created)
-    missed = rng.random(n) < 0.04
+    missed = rng.random(n) < 0.05
     next_offset = np.where(missed | forgotten, -rng.integers(2, 25, n), rng.integers(0, 21, n))
     next_step = asof + next_offset.astype("timedelta64[D]")
     # BANT: deals past Qualification are mostly qualified; a few were pushed on without it.

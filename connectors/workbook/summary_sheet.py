@@ -11,6 +11,7 @@ period still running. Printed landscape, one page wide, the title row repeated.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
@@ -30,11 +31,13 @@ LINE_HEIGHT = 15.0
 CHARS_PER_WIDTH = 1.15  # characters of 11-point text that fit in one unit of column width
 
 
+_LINK = re.compile(r'(?i)https?://[^\s"<>\x00-\x1f\x7f]+')
+
+
 def is_link(url: object) -> bool:
-    """Only plain http(s) URLs become links (never javascript:, file: or text with spaces)."""
-    if not isinstance(url, str) or len(url) > 2079 or not url.lower().startswith(("http://", "https://")):
-        return False
-    return not any(ch.isspace() or ord(ch) < 32 or ch in '"<>' for ch in url)
+    """Only plain http(s) URLs become links (never javascript:, file: or text with spaces,
+    quotes, angle brackets or control characters), at most 2,079 characters (Excel's limit)."""
+    return isinstance(url, str) and len(url) <= 2079 and _LINK.fullmatch(url) is not None
 
 
 class SummaryWriter:
@@ -200,6 +203,7 @@ class SummaryWriter:
         cat = cols.index(spec.category)
         for v in spec.values:
             chart.add_series(self._series(spec, v, cols, cat, last, bars=spec.kind in ("column", "bar")))
+        line = None
         if spec.lines:
             line = self.wb.add_chart({"type": "line"})
             for v in spec.lines:
@@ -224,13 +228,13 @@ class SummaryWriter:
         else:
             chart.set_x_axis(cat_axis)
             chart.set_y_axis(value_axis)
-        if spec.lines:
+        if line is not None:  # a combined chart's second axis belongs to the secondary chart
             y2: dict[str, Any] = {}
             if spec.y2_title:
                 y2["name"] = spec.y2_title
             if spec.y2_format:
                 y2["num_format"] = spec.y2_format
-            chart.set_y2_axis(y2)
+            line.set_y2_axis(y2)
         return chart
 
     def _series(self, spec: ChartSpec, column: str, cols: list[str], cat: int, last: int, *, bars: bool) -> dict:

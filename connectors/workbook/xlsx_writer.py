@@ -460,14 +460,18 @@ class _Planned:
     index: int  # 1-based worksheet number in the package (xl/worksheets/sheet{index}.xml)
     formats: list[ColumnFormat]
     alts: dict[int, list[str]] = field(default_factory=dict)  # column -> formats of its scratch cells (rows 3, 4, ...)
+    _links: tuple[pd.DataFrame, list[np.ndarray | None]] | None = None
 
     def row_formats(self) -> list[np.ndarray | None]:
         by_name = self.sheet.row_formats
         return [by_name[str(c)].to_numpy(dtype=object) if str(c) in by_name else None for c in self.sheet.frame.columns]
 
     def links(self) -> list[np.ndarray | None]:
-        frame = self.sheet.frame
-        return [link_plan(frame.iloc[:, j]) if f == "url" else None for j, f in enumerate(self.formats)]
+        """`link_plan` of each `url` column (None for the others), worked out once."""
+        if self._links is None or self._links[0] is not self.sheet.frame:
+            frame = self.sheet.frame
+            self._links = (frame, [link_plan(frame.iloc[:, j]) if f == "url" else None for j, f in enumerate(self.formats)])
+        return self._links[1]
 
 
 def _sample_value(fmt: ColumnFormat) -> Any:
@@ -684,8 +688,8 @@ def _row_heights(planned: _Planned) -> np.ndarray | None:
     lines = np.ones(len(sheet.frame), dtype=np.int64)
     for c in wrap:
         width = sheet.widths.get(str(c)) or 60.0
-        chars = sheet.frame[c].astype(object).map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy(dtype=np.int64)
-        lines = np.maximum(lines, -(-chars // max(int(width * 1.1), 1)))
+        chars = sheet.frame[c].astype(object).str.len().fillna(0).to_numpy(dtype=np.int64)
+        lines = np.maximum(lines, -(-chars // max(int(width * 1.2), 1)))
     return np.where(lines > 1, 15.0 * np.minimum(lines, 4), 0.0)
 
 
