@@ -147,10 +147,18 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
         "days_in_stage": sub["days_in_stage"].to_numpy(dtype=float),
         "flags": pd.Series(flag_text, dtype=object),
         "next_step": pd.Series(step, dtype=object),
-        "record_url": (sub["record_url"].astype(object).where(sub["record_url"].notna(), None)
-                       if "record_url" in sub.columns else pd.Series([None] * n, dtype=object)),
+        "record_url": _links(sub, cfg),
     })
     return out.iloc[order].reset_index(drop=True)
+
+
+def _links(sub: pd.DataFrame, cfg: AppConfig) -> pd.Series:
+    filled = fill_record_urls(sub, cfg)
+    if filled is not None:
+        return filled.reset_index(drop=True)
+    if "record_url" in sub.columns:
+        return sub["record_url"].astype(object).where(sub["record_url"].notna(), None).reset_index(drop=True)
+    return pd.Series([None] * len(sub), dtype=object)
 
 
 def actions_sheet(frame: pd.DataFrame) -> SheetData:

@@ -14,7 +14,8 @@ docs/metrics.md. Choices where the spec leaves room (each documented where it is
 - the Summary's "previous" is like for like: the previous period to the same day
   (`periods.like_for_like`); "previous_full" is the whole previous period, as of its last day;
 - two small extra data sheets feed Summary charts: "Won by month" and "Flags by mistake";
-- a source's `record_url_template` fills `record_url` where the source gave none.
+- on Actions, a source's `record_url_template` fills `record_url` where the source gave none
+  (Opportunities keeps what the source gave).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from config.models import AppConfig
 from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
 from config.workbook import ColumnFormat, SheetData, SummaryData
-from transforms.actions import actions_frame, actions_sheet, fill_record_urls
+from transforms.actions import actions_frame, actions_sheet
 from transforms.changes import classify_changes
 from transforms.definitions import definitions_sheet
 from transforms.flags import (
@@ -121,9 +122,6 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     hist = prepare_history(opps, history, stages)
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
-    urls = fill_record_urls(deals, cfg)
-    if urls is not None:
-        deals["record_url"] = urls
     full = compute_metrics(deals, cfg, as_of, period)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
