@@ -137,6 +137,8 @@ class SummaryWriter:
                     lines = max(lines, math.ceil(len(value) / (width * CHARS_PER_WIDTH)))
                 if isinstance(value, datetime | date | pd.Timestamp):
                     props["align"] = "center"
+                elif isinstance(value, str) and j > 0:
+                    props.update({"align": "left", "indent": 1})  # clear of the number to its left
                 if j == spread and isinstance(value, str):
                     ws.merge_range(row, j, row, len(widths) - 1, value[:EXCEL_MAX_CELL_CHARS], self.fmt(**props))
                     continue

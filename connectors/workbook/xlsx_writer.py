@@ -519,7 +519,9 @@ class _Layout:
         if key not in self._top:
             spec: dict[str, Any] = {"valign": "top", "text_wrap": key[1]}
             if fmt == "url":
-                spec.update({"font_color": "blue", "underline": 1})
+                spec.update({"font_color": "blue", "underline": 1, "align": "left", "indent": 1})
+            elif fmt == "text":
+                spec.update({"align": "left", "indent": 1})  # clear of a number to its left
             elif self.number_format(fmt):
                 spec["num_format"] = self.number_format(fmt)
             self._top[key] = self.wb.add_format(spec)
