@@ -186,7 +186,7 @@ class Meter:
 
     observer: Observer
     started: float = field(default_factory=time.monotonic)
-    before: tuple[int, int, float] = (0, 0, 0.0)
+    before: tuple[int, int, float] = field(init=False)
 
     def __post_init__(self) -> None:
         obs = self.observer
