@@ -26,7 +26,7 @@ from itertools import chain
 import requests
 
 from config.models import HubSpotSourceConfig
-from connectors.extracted import ExtractContext, Extracted
+from connectors.extracted import ExtractContext, Extracted, PendingState
 from connectors.http.session import RetryPolicy
 from connectors.sources.hubspot.client import OWNER_PAGE, HubSpotApi, make_api
 from connectors.sources.hubspot.deals import (
@@ -147,20 +147,25 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
         upserts = StoredPayloads(table, resolver, delta.moved(ctx.engine, cfg.name, upserts))
         deletes = delta.deletes
     records, history, raw = table_frames(cfg, table, resolver)
-    pending = None
-    if window.keeps_state:
-        resolution = resolution_digest(scope, owners)
-        stored = window.stored
-        same = not upserts and not deletes and stored is not None and stored.detail.get("resolution") == resolution
-        version = window.version(same, cfg.name, resolution, len(upserts), len(deletes),
-                                 detail={"resolution": resolution, "owners": sorted(owner_ids)})
-        pending = window.pending(upserts, sorted(deletes), version)
+    pending = _pending(cfg, window, scope, owners, owner_ids, upserts, deletes) if window.keeps_state else None
     return Extracted(
         source=cfg.name, records=records, history=history, raw=raw, notes=notes + resolver.notes(),
         **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
     )
+
+
+def _pending(cfg: HubSpotSourceConfig, window: Window, scope: Scope, owners: dict[str, tuple[str, str | None]],
+             owner_ids: set[str], upserts: StoredPayloads, deletes: set[str]) -> PendingState | None:
+    """The changes to commit, with the rows' version: kept when nothing changed, neither a deal
+    nor how pipelines, stages and the deals' owners (`owner_ids`) resolve."""
+    resolution = resolution_digest(scope, owners)
+    stored = window.stored
+    same = not upserts and not deletes and stored is not None and stored.detail.get("resolution") == resolution
+    version = window.version(same, cfg.name, resolution, len(upserts), len(deletes),
+                             detail={"resolution": resolution, "owners": sorted(owner_ids)})
+    return window.pending(upserts, sorted(deletes), version)
 
 
 def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:

@@ -174,21 +174,27 @@ def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, w
     was_stored = {k for k in changed if k in table}
     stored_rows.recheck(table.position(k) for k in was_stored)  # their raw deal may differ
     merge(table, {k: d["properties"] for k, d in changed.items()}, deletes)
-    outside = _outside(table, scope.selected)
-    for deal_id in outside:
-        table.remove(deal_id)
-    deletes |= {k for k in outside if k not in changed or k in was_stored}
+    deletes |= _drop_outside(table, scope.selected, changed, was_stored)
     if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
-        kept = {k: d for k, d in changed.items() if k in table}
-        add_line_item_products(api, kept)
-        table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in kept.items()})
+        _add_products(api, table, changed)
     table.finish()
     stored_rows.reorder(table.order, len(table))
     return Delta(table, stored_rows, deletes, len(changed))
 
 
-def _outside(table: DealTable, selected: set[str]) -> set[str]:
-    """Ids of the deals held whose pipeline is not selected (e.g. moved to another pipeline)."""
+def _drop_outside(table: DealTable, selected: set[str], changed: dict[str, dict], was_stored: set[str]) -> set[str]:
+    """Remove the deals whose pipeline is not selected (e.g. moved to another pipeline); the
+    stored ones among them leave the state."""
     pipeline_of = table.columns.get("pipeline")
-    return {k for k, i in table.live_positions()
-            if ((pipeline_of[i] if pipeline_of is not None else None) or "") not in selected}
+    outside = {k for k, i in table.live_positions()
+               if ((pipeline_of[i] if pipeline_of is not None else None) or "") not in selected}
+    for deal_id in outside:
+        table.remove(deal_id)
+    return {k for k in outside if k not in changed or k in was_stored}
+
+
+def _add_products(api: HubSpotApi, table: DealTable, changed: dict[str, dict]) -> None:
+    """The line-item products of the changed deals still held."""
+    kept = {k: d for k, d in changed.items() if k in table}
+    add_line_item_products(api, kept)
+    table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in kept.items()})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 import requests
+import sqlalchemy as sa
 
 from config.models import SalesforceSourceConfig
 from config.soql import where_clause
@@ -71,10 +72,8 @@ def extract(
     same = False
     merged: dict[str, dict] = changed
     if win.incremental:
-        assert win.start is not None and ctx.engine is not None
-        deletes = deleted_ids(gone_ids(api, win.start, win.signpost, user_where), changed, win.stored_ids)
-        kept = source_state.load_some(ctx.engine, cfg.name, changed)
-        same = not deletes and all(kept.get(k) == v for k, v in changed.items())  # e.g. re-read in the overlap
+        assert ctx.engine is not None
+        deletes, same = _compare(api, ctx.engine, cfg.name, win, changed, user_where)
         if same and win.holds(ctx.cached_version):
             return win.reused(cfg.name, "nothing changed since the last run", meter)
         stored = Records((p["Id"], p) for p in source_state.load_records(ctx.engine, cfg.name))
@@ -96,6 +95,16 @@ def read_changed(api: SalesforceAPI, cfg: SalesforceSourceConfig, observer: Obse
         observer.event("page", source=cfg.name, records=len(changed), pages=pages)
     _enrich(api, cfg, changed)
     return changed
+
+
+def _compare(api: SalesforceAPI, engine: sa.Engine, source: str, win: Window, changed: dict[str, dict],
+             user_where: str | None) -> tuple[list[str], bool]:
+    """(the stored ids that leave the state, whether the stored records are still the org's: none
+    deleted and every record read is stored as it is now, e.g. re-read in the overlap)."""
+    assert win.start is not None
+    deletes = deleted_ids(gone_ids(api, win.start, win.signpost, user_where), changed, win.stored_ids)
+    kept = source_state.load_some(engine, source, changed)
+    return deletes, not deletes and all(kept.get(k) == v for k, v in changed.items())
 
 
 def _result(cfg: SalesforceSourceConfig, win: Window, fields: list[str], changed: dict[str, dict],
