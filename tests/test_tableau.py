@@ -35,6 +35,12 @@ COLUMNS = {"Opportunity ID": "opportunity_id", "Opportunity Name": "name", "Stag
            "Amount": "amount", "Created Date": "created_date", "Close Date": "close_date", "Region": "team"}
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path, monkeypatch):
+    """Token locks go to a per-test folder (ExtractContext without state_dir: $XDG_STATE_HOME)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+
+
 @pytest.fixture
 def fake() -> FakeTableau:
     f = FakeTableau()
@@ -358,7 +364,7 @@ def test_datasource_explicit_fields_with_alias(srv, fake, ds_rows, policy):
 @pytest.mark.parametrize(("setup", "message"), [
     (lambda f: setattr(f, "vds_enabled", False), r"has no VizQL Data Service \(HTTP 404"),
     (lambda f: setattr(f.datasources[DS], "api_access", False), r"HTTP 403.*'API Access' capability"),
-    (lambda f: f.datasources.pop(DS), r"does not know data source .*HTTP 404: 404934.*check datasource_luid"),
+    (lambda f: f.datasources.pop(DS), r"does not know data source .*HTTP 404: 404000.*check datasource_luid"),
 ])
 def test_datasource_refusals_are_explained(srv, fake, ds_rows, policy, setup, message):
     setup(fake)
@@ -368,7 +374,7 @@ def test_datasource_refusals_are_explained(srv, fake, ds_rows, policy, setup, me
 
 
 def test_datasource_unknown_field_gives_the_server_message(srv, fake, ds_rows, policy):
-    with pytest.raises(FatalAPIError, match=r"HTTP 400: 400803: Unknown field\(s\): Owner"):
+    with pytest.raises(FatalAPIError, match=r"has no such field \(HTTP 404: 404934: Unknown Field: Owner\.\)"):
         extract(ds_cfg(srv, columns={"Opportunity Id": "opportunity_id", "Stage Name": "stage",
                                      "Created": "created_date", "Owner": "owner"}), make_ctx(), policy=policy)
 
