@@ -26,6 +26,7 @@ Rules, each from Tableau's own pages (cited where they are applied):
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -56,7 +57,7 @@ def recorded(name: str) -> bytes:
 
 def _attr(xml: str, name: str) -> str | None:
     m = re.search(rf'\s{name}="([^"]*)"', xml.split(">", 1)[0])
-    return m.group(1) if m else None
+    return html.unescape(m.group(1)) if m else None
 
 
 @dataclass
@@ -78,7 +79,7 @@ class FakeView:
 
 
 def view_xml(view_id: str, name: str, workbook_id: str, content_url: str, sheet_type: str = "worksheet") -> str:
-    return (f'<view id="{view_id}" name="{name}" contentUrl="{content_url}" sheetType="{sheet_type}" '
+    return (f'<view id="{view_id}" name="{_esc(name)}" contentUrl="{_esc(content_url)}" sheetType="{sheet_type}" '
             f'createdAt="2025-01-02T09:00:00Z" updatedAt="2025-06-05T08:00:59Z">'
             f'<workbook id="{workbook_id}" /><owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /></view>')
 
@@ -439,14 +440,14 @@ class FakeTableau:
 
 def _workbook_xml(wid: str, name: str) -> str:
     """A <workbook> element in the shape of the recorded workbook_get_page_*.xml."""
-    return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{name.replace(" ", "")}" showTabs="false" '
+    return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{_esc(name.replace(" ", ""))}" showTabs="false" '
             f'size="1" createdAt="2016-08-03T20:34:04Z" updatedAt="2016-08-04T17:56:41Z">'
             f'<project id="ee8c6e70-43b6-11e6-af4f-f7b0d8e20760" name="default" />'
             f'<owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /><tags /></workbook>')
 
 
 def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def _vds_error(code: str, message: str) -> dict[str, Any]:
