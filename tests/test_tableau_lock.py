@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from connectors.errors import RetriableAPIError
+from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.sources.tableau.token_lock import TokenInUseError, lock_path, token_session_lock
 from tests.fakes.server import FakeServer
 from tests.fakes.tableau import FakeTableau, opportunities_csv
@@ -227,3 +227,18 @@ def test_lock_keys_server_and_token_not_site(tmp_path):
     assert lock_path(tmp_path, "https://b.example.com", "etl-bot") != base
     assert lock_path(tmp_path, "https://a.example.com", "other-bot") != base
     assert base.parent == tmp_path / "locks" and base.name.startswith("tableau-pat-")
+
+
+@pytest.mark.parametrize("make", ["file-in-the-way", "symlink"])
+def test_an_unusable_lock_path_is_one_clear_error(tmp_path, make):
+    state = tmp_path / ".state"
+    target = lock_path(state, "https://t.example.com", "etl-bot")
+    if make == "file-in-the-way":
+        state.write_text("not a folder")
+    else:
+        target.parent.mkdir(parents=True)
+        target.symlink_to(tmp_path / "elsewhere")
+    with (pytest.raises(FatalAPIError, match=r"cannot open the Tableau token lock .* must be a writable folder"),
+          token_session_lock(state, "https://t.example.com", "etl-bot", wait=0)):
+        pass
+    assert not (tmp_path / "elsewhere").exists()

@@ -67,9 +67,13 @@ def extract(
     obs = ctx.observer
     before = (obs.requests, obs.retries, obs.waited_seconds)
     policy = policy or ctx.retry_policy or RetryPolicy()
+    opts: TSC.CSVRequestOptions | None = None
+    query: dict[str, Any] = {}
     try:  # a filter that cannot be sent fails before anyone signs in
-        opts = csv_request_options(cfg.filters, cfg.max_age) if cfg.mode == "view" else None
-        query = vds_query(cfg) if cfg.mode == "datasource" else None
+        if cfg.mode == "view":
+            opts = csv_request_options(cfg.filters, cfg.max_age)
+        else:
+            query = vds_query(cfg)
     except FilterConfigError as exc:
         raise FatalAPIError(f"tableau source '{cfg.name}': {exc}") from None
     state_dir = ctx.state_dir or default_state_dir()
@@ -81,7 +85,7 @@ def extract(
             if opts is not None:
                 got = _extract_view(cfg, tab, opts, ctx.cached_version)
             else:
-                got = extract_datasource(cfg, tab, obs, policy, query or {}, ctx.cached_version)
+                got = extract_datasource(cfg, tab, obs, policy, query, ctx.cached_version)
         finally:
             tab.close()
     for note in got.notes:

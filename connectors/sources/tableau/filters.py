@@ -90,7 +90,7 @@ def vds_filter(caption: str, spec: Any) -> dict[str, Any]:
             f"field, so a list of dates cannot be sent; give one date or a range: {range_form}")
     day = values[0]
     if isinstance(day, datetime):
-        if day.timetz().replace(tzinfo=None) != time() or day.tzinfo is not None:
+        if day.time() != time() or day.tzinfo is not None:
             raise FilterConfigError(f"filters.{caption}: VizQL Data Service date filters take whole days "
                                     f"(got {day.isoformat()}); use {range_form}")
         day = day.date()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from connectors.errors import RetriableAPIError
+from connectors.errors import FatalAPIError, RetriableAPIError
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,12 @@ def token_session_lock(state_dir: Path, server_url: str, token_name: str, *, sit
                        sleep: Callable[[float], None] = time.sleep) -> Iterator[Path]:
     """Hold the token's lock for the body; wait up to `wait` seconds, then TokenInUseError naming the holder."""
     path = lock_path(state_dir, server_url, token_name)
-    _private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        _private_dir(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # a symlink here is refused
+    except OSError as exc:
+        raise FatalAPIError(f"cannot open the Tableau token lock {path} ({exc.strerror or type(exc).__name__}); "
+                            f"the state folder {state_dir} must be a writable folder of this user") from None
     try:
         os.fchmod(fd, 0o600)
         started = clock()
