@@ -201,7 +201,7 @@ def _tables(z: zipfile.ZipFile, sheet_part: str, out: list[Violation]) -> list[_
         except etree.XMLSyntaxError:  # reported by the well-formedness pass
             continue
         cols_el = root.find(_q("tableColumns"))
-        columns = [c.get("name", "") for c in cols_el.iterchildren(_q("tableColumn"))] if cols_el is not None else []
+        columns = [decode_xstring(c.get("name", "")) for c in cols_el.iterchildren(_q("tableColumn"))] if cols_el is not None else []
         count = cols_el.get("count") if cols_el is not None else None
         ref_text = root.get("ref", "")
         tables.append(_Table(
@@ -251,35 +251,40 @@ def _cell_text(c: etree._Element, sst: list[str]) -> str | None:
 
 def _scan_sheet(z: zipfile.ZipFile, part: str, sst: list[str], header_rows: set[int],
                 out: list[Violation]) -> dict[tuple[int, int], str | None]:
-    """One pass over a worksheet: bounds and text-length rules; returns the header rows' cells."""
+    """One pass over a worksheet: bounds and text-length rules; returns the header rows' cells.
+
+    A `<row>` or `<c>` without `r` is the one after its predecessor (ECMA-376 18.3.1.73/18.3.1.4)."""
     headers: dict[tuple[int, int], str | None] = {}
-    far_cells = 0
-    first_far = ""
+    far_cells, first_far = 0, ""
+    row = col = 0
     try:
         with z.open(part) as fh:
-            for _, el in etree.iterparse(fh, events=("end",)):
+            for event, el in etree.iterparse(fh, events=("start", "end")):
                 tag = el.tag
+                if event == "start":
+                    if tag == _q("row"):
+                        r = el.get("r")
+                        row, col = (int(r) if r and r.isdigit() else row + 1), 0
+                        if row > MAX_ROWS:
+                            out.append(Violation(part, "bounds", f"row {row:,} is past row {MAX_ROWS:,}"))
+                    continue
                 if tag == _q("c"):
                     ref = el.get("r", "")
                     m = CELL_REF.fullmatch(ref)
-                    if m:
-                        col, row = column_index(m.group(1)), int(m.group(2))
-                        if col > MAX_COLS or row > MAX_ROWS:
-                            far_cells += 1
-                            first_far = first_far or ref
-                        if row in header_rows:
-                            headers[(row, col)] = _cell_text(el, sst)
+                    col = column_index(m.group(1)) if m else col + 1
+                    if col > MAX_COLS or row > MAX_ROWS:
+                        far_cells += 1
+                        first_far = first_far or f"row {row}, column {col}"
+                    if row in header_rows:
+                        headers[(row, col)] = _cell_text(el, sst)
                     if el.get("t") in ("inlineStr", "str"):
                         text = _cell_text(el, sst) or ""
                         if utf16_len(text) > MAX_TEXT:
                             out.append(Violation(part, "text-length",
-                                                 f"cell {ref} holds {utf16_len(text):,} UTF-16 units "
-                                                 f"(Excel's limit is {MAX_TEXT:,})"))
+                                                 f"cell at row {row}, column {col} holds {utf16_len(text):,} "
+                                                 f"UTF-16 units (Excel's limit is {MAX_TEXT:,})"))
                     el.clear()
                 elif tag == _q("row"):
-                    r = el.get("r")
-                    if r and r.isdigit() and int(r) > MAX_ROWS:
-                        out.append(Violation(part, "bounds", f"row {r} is past row {MAX_ROWS:,}"))
                     el.clear()
                 elif tag == _q("col"):
                     if int(el.get("max", "0")) > MAX_COLS:
@@ -292,7 +297,7 @@ def _scan_sheet(z: zipfile.ZipFile, part: str, sst: list[str], header_rows: set[
     except etree.XMLSyntaxError as exc:
         out.append(Violation(part, "xml", f"not well-formed: {exc}"))
     if far_cells:
-        out.append(Violation(part, "bounds", f"{far_cells:,} cells past XFD1048576 (first {first_far})"))
+        out.append(Violation(part, "bounds", f"{far_cells:,} cells past XFD1048576 (first at {first_far})"))
     return headers
 
 
@@ -470,4 +475,16 @@ def xsd_violations(path: str | os.PathLike[str], folder: Path | None = None,
             if not schema.validate(root):
                 out += [Violation(part, "xsd", f"line {e.line}: {e.message}")
                         for e in list(schema.error_log)[:limit]]
+    return out
+
+
+def tables_by_sheet(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """{sheet name: [its tables' names]} in workbook order (to see a table that went missing)."""
+    with zipfile.ZipFile(path) as z:
+        wb = etree.fromstring(z.read("xl/workbook.xml"))
+        wb_rels = _rels_of(z, "xl/workbook.xml")
+        out: dict[str, list[str]] = {}
+        for s in wb.iter(_q("sheet")):
+            part = wb_rels.get(s.get(f"{{{REL}}}id"), ("", ""))[1]
+            out[s.get("name", "")] = [t.name for t in _tables(z, part, [])] if part in z.namelist() else []
     return out
