@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import zipfile
@@ -24,6 +25,7 @@ import pytest
 import yaml
 
 from flows.cli import main
+from tests.golden_workbooks import BUILDERS
 from tests.test_cli_demo import AS_OF, demo_config
 
 
@@ -31,7 +33,7 @@ def _unavailable(reason: str) -> None:
     """Skip with a one-line reason; in CI (env CI set) a missing validator is a failure."""
     if os.environ.get("CI"):
         pytest.fail(f"conformance checks cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 try:
@@ -43,7 +45,7 @@ try:
         xsd_dir,
         xsd_violations,
     )
-    from tests.ooxml.validator import SdkUnavailable, load_validator
+    from tests.ooxml.validator import FRAMEWORK, SdkUnavailable, ensure_layout, load_validator
 except ImportError as exc:  # lxml missing: the conformance extra is not installed
     _unavailable(f"{exc.name} is not installed (pip install -e '.[conformance]')")
 
@@ -78,6 +80,30 @@ def test_utf16_length_counts_code_units():
     assert utf16_len("a" * 32_767) == 32_767
     assert utf16_len("\U0001F600") == 2
     assert utf16_len("\U0001F600" * 16) == 32
+
+
+def test_runtime_is_laid_out_as_a_shared_framework(sdk, tmp_path):
+    layout = ensure_layout(tmp_path / "cache")
+    fw = layout.root / "shared" / FRAMEWORK / layout.runtime_version
+    deps = json.loads((fw / f"{FRAMEWORK}.deps.json").read_text())
+    [assets] = deps["targets"][deps["runtimeTarget"]["name"]].values()
+    assert {"System.Private.CoreLib.dll", "System.Runtime.dll"} <= set(assets["runtime"])
+    assert {"libcoreclr.so", "libhostpolicy.so"} <= set(assets["native"])
+    assert all((fw / name).is_file() for name in [*assets["runtime"], *assets["native"]])
+    assert (layout.root / "host" / "fxr" / layout.runtime_version / "libhostfxr.so").is_file()
+    config = json.loads(layout.runtime_config.read_text())["runtimeOptions"]
+    assert config["framework"] == {"name": FRAMEWORK, "version": layout.runtime_version}
+    assert [p.name for p in layout.sdk_assemblies] == ["DocumentFormat.OpenXml.dll", "System.IO.Packaging.dll"]
+    assert ensure_layout(tmp_path / "cache") == layout  # laid out once, then reused
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cache_others_can_write_is_refused(sdk, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(SdkUnavailable, match="others can write"):
+        ensure_layout(shared)
 
 
 # ----------------------------------------------------------------------------- broken on purpose
@@ -254,6 +280,15 @@ def test_demo_passes_the_schemas(demo_workbook):
 @pytest.mark.xfail(strict=True, reason="issue 20 item 7: every sheet is written with force_zip64=True")
 def test_demo_has_no_unneeded_zip64(demo_workbook):
     assert [v for v in excel_rule_violations(demo_workbook) if v.rule == "zip64"] == []
+
+
+@pytest.mark.parametrize("example", [name for name in BUILDERS if name != "demo"])
+def test_example_config_workbooks_are_clean(example, sdk, tmp_path):
+    """Every config/examples/*.yaml run against its fake (tests/golden_workbooks.py builds them)."""
+    books = BUILDERS[example](tmp_path)
+    assert books
+    for key, path in books.items():
+        assert (key, sdk.validate(path), _rules(path)) == (key, [], [])
 
 
 # ----------------------------------------------------------------------------- hostile sources

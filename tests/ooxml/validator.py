@@ -147,7 +147,13 @@ def _build(archive: Path, dest: Path) -> None:
     """Unpack the app into `dest` and rearrange it into a dotnet root (see module docstring)."""
     raw = dest / "raw"
     with tarfile.open(archive) as tar:
-        tar.extractall(raw, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(raw, filter="data")
+        else:  # the same refusal by hand: plain files and folders inside `raw` only
+            for m in tar.getmembers():
+                if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
+                    raise SdkUnavailable(f"{archive.name}: unexpected member {m.name!r}")
+            tar.extractall(raw)
     deps = json.loads((raw / APP_DEPS).read_text())
     target, libs = _runtime_target(deps)
     pack = next((k for k in libs if k.startswith(f"runtimepack.{FRAMEWORK}.Runtime.")), None)
@@ -208,7 +214,7 @@ def ensure_layout(base: Path | None = None) -> Layout:
 
 
 class Validator:
-    """OpenXmlValidator for the newest file-format version this SDK knows (2.8.1: Office2016)."""
+    """OpenXmlValidator for the newest file-format version this SDK knows (2.8.1: Office2013)."""
 
     def __init__(self, layout: Layout):
         import clr_loader
@@ -227,7 +233,7 @@ class Validator:
             except Exception as exc:  # clr_loader/hostfxr report failures as plain exceptions
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SdkUnavailable(f"hostfxr cannot start .NET {layout.runtime_version}: {reason}") from exc
-        import clr  # noqa: F401  (needs the runtime loaded above)
+        import clr  # only after pythonnet.load(): importing it loads the runtime
 
         for asm in layout.sdk_assemblies:
             clr.AddReference(str(asm))
