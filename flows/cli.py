@@ -167,11 +167,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         summary = sync_pipeline(str(Path(args.config).resolve()), args.as_of, args.full_refresh)
-    print_summary(summary)
+    print_summary(summary, stages=args.verbose > 0)
     return EXIT_OK
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any], *, stages: bool = False) -> None:
+    """The run's outcome; with `stages` (-v) also each step's time and peak memory."""
     print(f"pipeline-sync run {summary['run_id']}: as of {summary['as_of']} (period {summary['period']})")
     for s in summary["sources"]:
         stale = "  [STALE: failed or empty this run; M5 source_stale]" if s["stale"] else (
@@ -181,6 +182,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  flags: {summary['flags']:,}")
     for out in summary["outputs"]:
         print(f"  wrote {out}")
+    if stages and summary.get("stages"):
+        print("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.2f} s ({s['peak_mib']:,.0f} MiB peak)"
+                                       for s in summary["stages"]))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

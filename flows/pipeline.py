@@ -35,6 +35,7 @@ from connectors.http.session import Observer, RetryPolicy
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from flows.stage_meter import StageTime, measured
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
@@ -91,6 +92,7 @@ class RunContext:
     state_url: str = ""
     observer: Observer = field(default_factory=Observer)
     retry_policy: RetryPolicy | None = None  # every HTTP call of the run (None: the default policy)
+    stages: list[StageTime] = field(default_factory=list)  # time and peak memory of each step, in order
     _engine: Any = None
 
     @property
@@ -153,6 +155,7 @@ class RunResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
+    stages: list[StageTime] = field(default_factory=list)
 
 
 def result_summary(result: RunResult) -> dict[str, Any]:
@@ -168,6 +171,8 @@ def result_summary(result: RunResult) -> dict[str, Any]:
              "unchanged": s.reused}
             for s in result.sources
         ],
+        "stages": [{"name": s.name, "seconds": round(s.seconds, 3), "peak_mib": round(s.peak_mib, 1)}
+                   for s in result.stages],
     }
 
 
@@ -247,9 +252,11 @@ def validation_digest(cfg: AppConfig, index: int) -> str:
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
-    validated = validate(run, extracted, failures)
+    with measured(run.stages, "validate"):
+        validated = validate(run, extracted, failures)
     release_rows(extracted)
-    return analyze(run, validated)
+    with measured(run.stages, "analyze"):
+        return analyze(run, validated)
 
 
 def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
@@ -473,7 +480,8 @@ def run_pipeline(
         from flows.reports import report_specs
 
         report_specs(run.config, reports)  # an unknown report name fails before any extraction
-    extracted, failures = extract_all(run, wrap)
+    with measured(run.stages, "extract"):
+        extracted, failures = extract_all(run, wrap)
     if run.config.reports:
         from flows.reports import run_reports
 
@@ -483,14 +491,18 @@ def run_pipeline(
     result = wrap(transform, "transform")(run, extracted, failures)
     staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
     try:
-        staged, rows, notes = wrap(render, "render")(run, result, staging)
-        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
+        with measured(run.stages, "render"):
+            staged, rows, notes = wrap(render, "render")(run, result, staging)
+        with measured(run.stages, "publish"):
+            outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged)
+                       for i, d in enumerate(run.config.destinations)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    wrap(commit_state, "commit-state")(run, extracted, result)
-    keep_validated(run, extracted, result.validated)
+    with measured(run.stages, "commit"):
+        wrap(commit_state, "commit-state")(run, extracted, result)
+        keep_validated(run, extracted, result.validated)
     return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
-                     time.perf_counter() - t0, notes)
+                     time.perf_counter() - t0, notes, stages=list(run.stages))
 
 
 def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:
