@@ -150,6 +150,7 @@ def _progress(kind: str, data: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
+    _preflight(loaded)
     if args.no_prefect:
         from flows.pipeline import result_summary, run_pipeline
         from flows.schedules import lock_path, report_lock
@@ -161,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
                                                   on_event=_progress, loaded=loaded))
     else:
+        _use_recorded_server(loaded)
         from flows.sync import sync_pipeline
 
         if not args.verbose:  # failures end in one line from us, not Prefect's tracebacks
@@ -183,29 +185,34 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  wrote {out}")
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from connectors.errors import SourceDataError
+def _preflight(loaded: Any) -> None:
+    """Refuse, as a config error, a run whose source files cannot be read (before Prefect starts)."""
+    from config.loader import ConfigError
+    from flows.preflight import source_file_problems
 
+    if problems := source_file_problems(loaded.config):
+        raise ConfigError(loaded.path, problems)
+
+
+def _use_recorded_server(loaded: Any) -> None:
+    """Point Prefect at the server `serve` left running for this config, if any (else: a temporary one)."""
+    from flows.server_record import find_server
+
+    if not os.environ.get("PREFECT_API_URL") and (url := find_server(loaded.base_dir / ".state")):
+        os.environ["PREFECT_API_URL"] = url
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     cfg = loaded.config
-    problems = []
-    for i, src in enumerate(cfg.sources):
-        paths = [getattr(src, "path", None)]
-        hist = getattr(src, "stage_history", None)
-        if hist is not None:
-            paths.append(hist.path)
-        for p in filter(None, paths):
-            if not Path(p).is_file():
-                problems.append(f"sources[{i}] ({src.name}): file not found: {p}")
-            elif not os.access(p, os.R_OK):
-                problems.append(f"sources[{i}] ({src.name}): file not readable: {p}")
-    if problems:
-        for p in problems:
-            print(p, file=sys.stderr)
-        raise SourceDataError(f"{len(problems)} source file problem(s)")
+    _preflight(loaded)
     print(f"{loaded.path}: valid ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations)")
+    from flows.preflight import source_files
+
+    empty = {name for _, name, path in source_files(cfg) if Path(path).stat().st_size == 0}
     for src in cfg.sources:
-        kind = "file readable" if src.type in ("csv", "excel") else "not contacted (use check-source)"
+        kind = ("file empty (0 bytes): the run will treat it as returning nothing" if src.name in empty
+                else "file readable" if src.type in ("csv", "excel") else "not contacted (use check-source)")
         print(f"  source {src.name} ({src.type}): {kind}")
     return EXIT_OK
 
