@@ -51,6 +51,18 @@ def install_redactor(secrets: tuple[str, ...]) -> None:
             h.addFilter(redactor)
 
 
+OWN_LOGGERS = ("pipeline_sync", "flows", "connectors", "transforms", "config")
+
+
+def configure_logging(verbosity: int) -> None:
+    """0: warnings only; 1 (-v): our own steps at INFO, other libraries at WARNING; 2 (-vv): everything at INFO."""
+    logging.basicConfig(level=logging.INFO if verbosity >= 2 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity == 1:
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _as_of(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -66,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OneDrive/SharePoint.",
         epilog="Exit codes: 0 ok, 1 run failure, 2 config error.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: our own steps at INFO level; -vv: every library's log too (HTTP lines included)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the sync now, locally (Prefect's temporary local mode)",
@@ -345,9 +358,8 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_prefect(args.verbose)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_prefect(args.verbose >= 2)
+    configure_logging(args.verbose)
     from sqlalchemy.exc import SQLAlchemyError
 
     from config.loader import ConfigError
