@@ -220,12 +220,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = loaded.config
     _preflight(loaded)
     print(f"{loaded.path}: valid ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations)")
+    from connectors import registry
     from flows.preflight import source_files
 
     empty = {name for _, name, path in source_files(cfg) if Path(path).stat().st_size == 0}
     for src in cfg.sources:
         kind = ("file empty (0 bytes): the run will treat it as returning nothing" if src.name in empty
-                else "file readable" if src.type in ("csv", "excel") else "not contacted (use check-source)")
+                else "file readable" if registry.source_type(src.type).local else "not contacted (use check-source)")
         print(f"  source {src.name} ({src.type}): {kind}")
     return EXIT_OK
 
