@@ -87,9 +87,9 @@ def test_remove_only_removes_its_own_record(tmp_path: Path, api_url: str) -> Non
 @pytest.mark.parametrize(("verbosity", "ours", "theirs"), [(0, "WARNING", "WARNING"), (1, "INFO", "WARNING"),
                                                           (2, "INFO", "INFO")])
 def test_verbosity_shows_our_steps_before_every_library(verbosity: int, ours: str, theirs: str) -> None:
-    code = ("import logging; from flows.cli import configure_logging; configure_logging(%d); "
+    code = (f"import logging; from flows.cli import configure_logging; configure_logging({verbosity}); "
             "print(logging.getLevelName(logging.getLogger('connectors.sources.files').getEffectiveLevel()), "
-            "logging.getLevelName(logging.getLogger('urllib3.connectionpool').getEffectiveLevel()))" % verbosity)
+            "logging.getLevelName(logging.getLogger('urllib3.connectionpool').getEffectiveLevel()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()
     assert out == [ours, theirs]
