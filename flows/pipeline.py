@@ -427,16 +427,10 @@ def publish(run: RunContext, index: int, staged: Path) -> str:
         target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
         local_file.publish(staged, target)
         return str(target)
-    from connectors.destinations.onedrive import upload as onedrive
+    from connectors.destinations import PublishContext, onedrive
 
-    remote = local_file.fill_placeholders(dest.path, as_of=run.as_of, period=run.period.label)
-    kwargs = {"sleep": run.retry_policy.sleep} if run.retry_policy is not None else {}
-    result = onedrive.publish(dest, staged, remote_path=remote, engine=run.engine, **kwargs)
-    where = result.web_url or result.path
-    if result.note:  # e.g. written next to a locked file, or a managed sheet recreated: the user must hear it
-        log.warning("destination %s: %s", where, result.note)
-        return f"{where} ({result.note})"
-    return where
+    sleep = run.retry_policy.sleep if run.retry_policy is not None else time.sleep
+    return onedrive.publish(dest, staged, PublishContext(run.as_of, run.period.label, run.engine, sleep))
 
 
 def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed | None,
