@@ -10,6 +10,8 @@ distributions (pandas, prefect, ...) are not edges; they are collected to check 
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from functools import cache
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def import_graph() -> dict[str, frozenset[str]]:
             for name, path in mods.items()}
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def cycles(graph: Mapping[str, AbstractSet[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -110,12 +112,15 @@ def test_cycle_finder(graph, expected):
     assert cycles(graph) == expected
 
 
-def test_imports_inside_functions_and_from_package_are_edges(tmp_path):
+def test_imports_inside_functions_relative_and_from_package_are_edges(tmp_path):
     src = ("import os\nfrom flows import pipeline\nfrom connectors.errors import DestinationError\n"
+           "from . import sibling\nfrom ..state.tables import metadata\n"
            "def f():\n    from flows.reports import report_specs\n    import_module('connectors.registry')\n")
     (tmp_path / "m.py").write_text(src)
-    names = imported_names(tmp_path / "m.py", "m", {"flows.pipeline", "flows.reports", "connectors.errors"})
-    assert names == {"os", "flows.pipeline", "connectors.errors", "flows.reports", "connectors.registry"}
+    known = {"flows.pipeline", "flows.reports", "connectors.errors", "connectors.http.sibling"}
+    names = imported_names(tmp_path / "m.py", "connectors.http.m", known)
+    assert names == {"os", "flows.pipeline", "connectors.errors", "connectors.http.sibling",
+                     "connectors.state.tables", "flows.reports", "connectors.registry"}
 
 
 def test_the_graph_sees_every_package():
