@@ -184,6 +184,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from connectors import registry
     from connectors.errors import SourceDataError
 
     loaded = _load(args.config)
@@ -205,7 +206,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise SourceDataError(f"{len(problems)} source file problem(s)")
     print(f"{loaded.path}: valid ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations)")
     for src in cfg.sources:
-        kind = "file readable" if src.type in ("csv", "excel") else "not contacted (use check-source)"
+        kind = "file readable" if registry.source_type(src.type).local else "not contacted (use check-source)"
         print(f"  source {src.name} ({src.type}): {kind}")
     return EXIT_OK
 

@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 
 from config.loader import LoadedConfig, load_config
-from config.models import AppConfig, FileDestinationConfig, ReportFilterConfig
+from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
-from connectors.destinations import local_file
+from connectors import registry
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
-from connectors.registry import extractor_for
 from connectors.state.db import default_state_url, make_engine
+from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
 from flows.reports import (
     Call,
@@ -44,6 +44,7 @@ from flows.reports import (
     report_specs,
     thread_fan_out,
 )
+from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
 from transforms.report_filter import describe, is_filtered
@@ -209,12 +210,12 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     observer = Observer(on_event=run.observer.on_event)
     cache = run.validated_cache if reuse and not run.full_refresh else None
     digest = validation_digest(run.config, index)
-    ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
+    ctx = ExtractContext(engine=run.engine if registry.source_type(src.type).keeps_state else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
                          full_refresh=run.full_refresh, retry_policy=run.retry_policy,
                          cached_version=cache.version(src.name, digest) if cache is not None else None)
     started = time.perf_counter()
-    extracted = extractor_for(src.type)(src, ctx)
+    extracted = registry.extractor_for(src.type)(src, ctx)
     if extracted.reused:
         rows = cache.load(src.name, digest, extracted.version) if cache is not None and extracted.version else None
         if rows is None:
@@ -232,18 +233,18 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     return extracted
 
 
-_CODE_FILES = ("transforms/canonical.py", "config/schema.py")
+_CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
 
 
 def validation_digest(cfg: AppConfig, index: int) -> str:
     """Names how a source's rows are validated: its config, the pipeline's stages, the timezone,
-    currency and rates, and the code that validates them. Cached rows must match it."""
+    currency and rates, and the code that shapes and validates them (every module the registry
+    names for its type). Cached rows must match it."""
     src = cfg.sources[index]
     root = Path(__file__).resolve().parent.parent
-    module = root / "connectors" / f"{src.type}.py"
     code = hashlib.sha256()
-    for path in (*(root / f for f in _CODE_FILES), module):
-        code.update(path.read_bytes() if path.exists() else b"")
+    for path in (*(root / f for f in _CODE_FILES), *registry.row_code_files(src.type)):
+        code.update(path.read_bytes())
     key = json.dumps({
         "source": src.model_dump(mode="json"), "stages": cfg.pipeline.model_dump(mode="json"),
         "timezone": cfg.timezone, "currency": cfg.inputs.currency,
@@ -366,43 +367,13 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     opportunities, rejected, history, reports = (validated.opportunities, validated.rejected, validated.history,
                                                  validated.sources)
     stale = [r.name for r in reports if r.stale]
-    analytics = _analytics(run, opportunities, history, stale)
-    if analytics is not None:
-        shown = analytics.opportunities
-        sheets = list(analytics.sheets)
-        summary = analytics.summary
-        flags_count = len(analytics.flags)
-    else:
-        shown, sheets, summary, flags_count = opportunities, [], _placeholder_summary(run, reports), None
-    sheets.append(opportunities_sheet(shown))
-    sheets.append(rejected_sheet(rejected))
-    sheets.extend(raw_sheets(validated.raw))
-    return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics,
-                       validated=validated)
-
-
-def _analytics(run: RunContext, opportunities: pd.DataFrame, history: pd.DataFrame, stale: list[str]) -> Any:
-    """Metrics, flags and their sheets, when the analytics package is installed in this build."""
-    try:
-        from transforms.analytics import build_analytics
-    except ImportError:
-        return None
-    snapshots = None
-    try:
-        from connectors.state.snapshots import load_history
-
-        snapshots = load_history(run.engine, run.config.report, run.as_of)
-    except ImportError:
-        snapshots = None
-    return build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale, snapshots=snapshots)
-
-
-def _placeholder_summary(run: RunContext, reports: list[SourceReport]) -> SummaryData:
-    kpis = pd.DataFrame({"metric": ["rows loaded", "rows rejected"],
-                         "value": [float(sum(r.rows_loaded for r in reports)), float(sum(r.rows_rejected for r in reports))],
-                         "unit": ["count", "count"]})
-    return SummaryData(title=f"Pipeline {run.period.label} (as of {run.as_of.isoformat()})", kpis=kpis,
-                       flag_counts=pd.DataFrame({"rule": pd.Series(dtype=object), "count": pd.Series(dtype=int)}))
+    snapshots = load_history(run.engine, run.config.report, run.as_of)
+    analytics = build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale,
+                                snapshots=snapshots)
+    sheets = [*analytics.sheets, opportunities_sheet(analytics.opportunities), rejected_sheet(rejected),
+              *raw_sheets(validated.raw)]
+    return Transformed(analytics.opportunities, rejected, history, reports, sheets, analytics.summary,
+                       len(analytics.flags), analytics, validated=validated)
 
 
 def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
@@ -431,16 +402,12 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
 
 
 def publish(run: RunContext, index: int, staged: Path) -> str:
-    """Deliver the staged workbook to one destination; returns where it went (and any note)."""
+    """Deliver the staged workbook to one destination, by the publisher its type registered;
+    returns where it went (and any note)."""
     dest = run.config.destinations[index]
-    if isinstance(dest, FileDestinationConfig):
-        target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
-        local_file.publish(staged, target)
-        return str(target)
-    from connectors.destinations import PublishContext, onedrive
-
-    sleep = run.retry_policy.sleep if run.retry_policy is not None else time.sleep
-    return onedrive.publish(dest, staged, PublishContext(run.as_of, run.period.label, run.engine, sleep))
+    sleep = run.retry_policy.sleep if run.retry_policy is not None else None
+    ctx = registry.PublishContext(as_of=run.as_of, period=run.period.label, open_state=lambda: run.engine, sleep=sleep)
+    return registry.publisher_for(dest.type)(dest, staged, ctx)
 
 
 def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed | None,
@@ -601,18 +568,14 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
 
 
 def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
-    """The stored current records of a CRM source, rebuilt by its connector and marked stale.
+    """The stored current records of a source, rebuilt by its type's `rebuilds_history` and marked stale.
 
-    None when the source keeps no state or nothing is stored yet.
+    None when the source's type rebuilds nothing or nothing is stored yet.
     """
-    from importlib import import_module
-
-    from connectors.registry import SOURCE_EXTRACTORS
     from connectors.state.source_state import load_records
 
     src = run.config.sources[index]
-    module = import_module(SOURCE_EXTRACTORS[src.type].split(":")[0])
-    from_state = getattr(module, "from_state", None)
+    from_state = registry.history_rebuilder(src.type)
     if from_state is None:
         return None
     payloads = load_records(run.engine, src.name)

@@ -13,10 +13,11 @@ import requests
 import sqlalchemy as sa
 
 from config.models import OneDriveDestinationConfig
-from connectors.destinations import PublishContext, onedrive
+from connectors.destinations import onedrive
 from connectors.destinations.onedrive import upload
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http import msal_auth
+from connectors.registry import PublishContext
 from connectors.state.db import make_engine
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph import FIXTURES, FakeGraph
@@ -391,7 +392,7 @@ def test_the_destination_fills_the_path_and_names_where_the_workbook_went(env: E
     staged.write_bytes(SMALL)
     engine = make_engine(f"sqlite:///{env.tmp / 'state.sqlite'}")
     where = onedrive.publish(env.cfg(on_locked="sibling"), staged,  # path "/Sales/Reports/Pipeline {period}.xlsx"
-                             PublishContext(date(2026, 9, 30), "Q3", engine, env.sleeps.append))
+                             PublishContext(date(2026, 9, 30), "Q3", lambda: engine, env.sleeps.append))
     with engine.connect() as conn:
         kept = conn.execute(sa.select(upload.published.c.path, upload.published.c.etag)).all()
     web_root = env.graph.drives[DRIVE].web_root

@@ -1,17 +1,20 @@
-"""Source configs: one model per source `type` (CSV, Excel, HubSpot, Salesforce, Tableau)."""
+"""Source configs: one model per built-in source `type` (CSV, Excel, HubSpot, Salesforce, Tableau)."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from config.models.base import Delimiter, RelPath, StrictModel
 from config.schema import FIELD_NAMES
+from connectors.registry import typed_config
 
 
-class _SourceBase(StrictModel):
+class SourceBase(StrictModel):
+    """What every source type's model has: the flow reads `name`, `stage_map` and `raw_sheet`."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     stage_map: dict[str, str] = Field(default_factory=dict)
     raw_sheet: str | None = Field(default=None, max_length=31)
@@ -26,7 +29,7 @@ class StageHistoryFileConfig(StrictModel):
     sheet: str | int | None = None
 
 
-class CsvSourceConfig(_SourceBase):
+class CsvSourceConfig(SourceBase):
     type: Literal["csv"]
     path: RelPath
     columns: dict[str, str] = Field(default_factory=dict)  # source header -> canonical field
@@ -36,7 +39,7 @@ class CsvSourceConfig(_SourceBase):
     stage_history: StageHistoryFileConfig | None = None
 
 
-class ExcelSourceConfig(_SourceBase):
+class ExcelSourceConfig(SourceBase):
     type: Literal["excel"]
     path: RelPath
     sheet: str | int | None = None
@@ -62,7 +65,7 @@ HUBSPOT_FIXED_FIELDS: frozenset[str] = frozenset(
 )
 
 
-class HubSpotSourceConfig(_SourceBase):
+class HubSpotSourceConfig(SourceBase):
     type: Literal["hubspot"]
     token: str = Field(min_length=1, repr=False)  # private-app token, normally ${HUBSPOT_TOKEN}
     base_url: str = "https://api.hubapi.com"
@@ -95,7 +98,7 @@ class HubSpotSourceConfig(_SourceBase):
         return self
 
 
-class SalesforceSourceConfig(_SourceBase):
+class SalesforceSourceConfig(SourceBase):
     """`type: salesforce` (issue 5). Key names are a user-facing contract."""
 
     type: Literal["salesforce"]
@@ -167,7 +170,7 @@ class SalesforceSourceConfig(_SourceBase):
 _LUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-class TableauSourceConfig(_SourceBase):
+class TableauSourceConfig(SourceBase):
     type: Literal["tableau"]
     server_url: str
     site: str = ""
@@ -208,11 +211,5 @@ class TableauSourceConfig(_SourceBase):
         return self
 
 
-SourceConfig = Annotated[
-    CsvSourceConfig
-    | ExcelSourceConfig
-    | HubSpotSourceConfig
-    | SalesforceSourceConfig
-    | TableauSourceConfig,
-    Field(discriminator="type"),
-]
+# One `sources:` item: validated by the model that connectors.registry names for its `type`.
+SourceConfig = typed_config("source")

@@ -1,9 +1,11 @@
-"""The OneDrive / SharePoint destination: picks the mode and reports where the workbook went.
+"""The OneDrive / SharePoint destination: picks the mode; `publish` is its publisher in connectors.registry.
 
 `mode: replace` uploads the whole file (upload.py); `mode: update_sheets` refreshes the managed
 sheets in place (workbook_api.py) and, when the file does not exist yet, uploads it whole. What
 survives a failure differs: an upload leaves the file on the drive as it was; a refresh that fails
-part way leaves the managed sheets written before it refreshed (no rollback).
+part way leaves the managed sheets written before it refreshed (no rollback). upload.py and
+workbook_api.py share graph.py (the Graph client, drive and folder addressing) and never import
+each other.
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
-from config.models import OneDriveDestinationConfig
-from connectors.destinations import PublishContext
+from config.models.destinations import OneDriveDestinationConfig
 from connectors.destinations.local_file import fill_placeholders
 from connectors.destinations.onedrive import upload, workbook_api
 from connectors.destinations.onedrive.graph import PublishResult
 from connectors.http.msal_auth import GraphAuth
 from connectors.http.session import build_session
+from connectors.registry import PublishContext
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline_sync")
 
 FIRST_UPLOAD_NOTE = "the workbook did not exist yet, so the whole rendered workbook was uploaded"
 
 
 def publish(dest: OneDriveDestinationConfig, staged: Path, ctx: PublishContext) -> str:
-    """Deliver `staged` to `dest.path` (placeholders filled); where it went, with any note the user must hear."""
-    remote = fill_placeholders(dest.path, as_of=ctx.as_of, period=ctx.period_label)
-    result = deliver(dest, staged, remote_path=remote, engine=ctx.engine, sleep=ctx.sleep)
+    """Deliver `staged` to `dest.path` (placeholders filled); its URL, with any note the user must hear."""
+    remote = fill_placeholders(dest.path, as_of=ctx.as_of, period=ctx.period)
+    result = deliver(dest, staged, remote_path=remote, engine=ctx.engine, sleep=ctx.sleep or time.sleep)
     where = result.web_url or result.path
     if result.note:  # e.g. written next to a locked file, or a managed sheet recreated
         log.warning("destination %s: %s", where, result.note)
