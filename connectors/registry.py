@@ -71,10 +71,11 @@ _SOURCES: dict[str, SourceType] = {t.name: t for t in (
                local=True, label="Excel"),
     SourceType("hubspot", "config.models.sources:HubSpotSourceConfig", "connectors.sources.hubspot.extract:extract",
                keeps_state=True, rebuilds_history="connectors.sources.hubspot.extract:from_state",
-               shapes_rows=("connectors.sources.hubspot.rows",), label="HubSpot"),
+               shapes_rows=("connectors.sources.hubspot", "connectors.sources.incremental"), label="HubSpot"),
     SourceType("salesforce", "config.models.sources:SalesforceSourceConfig", "connectors.sources.salesforce:extract",
                keeps_state=True, rebuilds_history="connectors.sources.salesforce:from_state",
-               shapes_rows=("config.soql",), label="Salesforce"),
+               shapes_rows=("connectors.sources.salesforce", "connectors.sources.incremental", "config.soql"),
+               label="Salesforce"),
     SourceType("tableau", "config.models.sources:TableauSourceConfig", "connectors.sources.tableau:extract",
                label="Tableau"),
 )}
@@ -161,7 +162,8 @@ def history_rebuilder(name: str) -> Callable[..., Any] | None:
 
 def row_code_files(name: str) -> list[Path]:
     """The source files of every module that shapes a source type's rows: its extractor's module
-    and `shapes_rows`, found without importing them (the validated-rows cache hashes them)."""
+    and `shapes_rows` (a package stands for all its modules), found without importing them (the
+    validated-rows cache hashes them)."""
     entry = source_type(name)
     modules = [m for m in (_module_of(entry.extractor), *entry.shapes_rows) if m]
     files = []
@@ -169,8 +171,11 @@ def row_code_files(name: str) -> list[Path]:
         spec = find_spec(module)
         if spec is None or spec.origin is None:
             raise ValueError(f"source type {name!r} names module {module!r}, which is not importable")
-        files.append(Path(spec.origin))
-    return files
+        if spec.submodule_search_locations:  # a package: every module in it
+            files += sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.py"))
+        else:
+            files.append(Path(spec.origin))
+    return list(dict.fromkeys(files))
 
 
 def _module_of(ref: Ref) -> str | None:

@@ -219,8 +219,12 @@ def test_registering_a_taken_name_needs_replace():
     [
         ("csv", ["connectors/sources/files.py"]),
         ("excel", ["connectors/sources/files.py"]),
-        ("hubspot", ["connectors/sources/hubspot/extract.py", "connectors/sources/hubspot/rows.py"]),
-        ("salesforce", ["connectors/sources/salesforce.py", "config/soql.py"]),
+        ("hubspot", [*(f"connectors/sources/hubspot/{m}.py" for m in (
+            "extract", "__init__", "client", "deals", "incremental", "resolve", "rows", "table")),
+            "connectors/sources/incremental.py"]),
+        ("salesforce", [*(f"connectors/sources/salesforce/{m}.py" for m in (
+            "__init__", "client", "extractor", "query", "rows")),
+            "connectors/sources/incremental.py", "config/soql.py"]),
         ("tableau", ["connectors/sources/tableau.py"]),
     ],
 )
