@@ -77,7 +77,7 @@ _SOURCES: dict[str, SourceType] = {t.name: t for t in (
                shapes_rows=("connectors.sources.salesforce", "connectors.sources.incremental", "config.soql"),
                label="Salesforce"),
     SourceType("tableau", "config.models.sources:TableauSourceConfig", "connectors.sources.tableau:extract",
-               label="Tableau"),
+               shapes_rows=("connectors.sources.tableau",), label="Tableau"),
 )}
 _DESTINATIONS: dict[str, DestinationType] = {t.name: t for t in (
     DestinationType("file", "config.models.destinations:FileDestinationConfig",

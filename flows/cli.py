@@ -229,7 +229,7 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     src = matches[0]
     now = datetime.now(UTC)
     ctx = ExtractContext(engine=None, observer=Observer(on_event=_progress), as_of=now.astimezone(cfg.tz).date(),
-                         run_started=now, tz=cfg.tz, full_refresh=True)
+                         run_started=now, tz=cfg.tz, full_refresh=True, state_dir=loaded.base_dir / ".state")
     extracted = extractor_for(src.type)(src, ctx)
     res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
                        tz=cfg.tz, date_format=getattr(src, "date_format", None),

@@ -213,7 +213,8 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     ctx = ExtractContext(engine=run.engine if registry.source_type(src.type).keeps_state else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
                          full_refresh=run.full_refresh, retry_policy=run.retry_policy,
-                         cached_version=cache.version(src.name, digest) if cache is not None else None)
+                         cached_version=cache.version(src.name, digest) if cache is not None else None,
+                         state_dir=run.loaded.base_dir / ".state")
     started = time.perf_counter()
     extracted = registry.extractor_for(src.type)(src, ctx)
     if extracted.reused:

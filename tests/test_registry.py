@@ -225,7 +225,8 @@ def test_registering_a_taken_name_needs_replace():
         ("salesforce", [*(f"connectors/sources/salesforce/{m}.py" for m in (
             "__init__", "client", "extractor", "query", "rows")),
             "connectors/sources/incremental.py", "config/soql.py"]),
-        ("tableau", ["connectors/sources/tableau.py"]),
+        ("tableau", [f"connectors/sources/tableau/{m}.py" for m in (
+            "__init__", "connector", "filters", "pulled", "session", "token_lock", "values", "vds")]),
     ],
 )
 def test_the_digest_reads_every_module_that_shapes_a_types_rows(source_type, files):
