@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from config.loader import LoadedConfig, load_config
-from config.models import AppConfig
+from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
 from connectors import registry
 from connectors.errors import PipelineSyncError
@@ -35,10 +35,20 @@ from connectors.http.session import Observer, RetryPolicy
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from flows.reports import (
+    Call,
+    FanOut,
+    ReportOutcome,
+    for_report,
+    report_rows,
+    report_specs,
+    thread_fan_out,
+)
 from flows.stage_meter import StageTime, measured
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
+from transforms.report_filter import describe, is_filtered
 from transforms.workbook_layout import (
     about_sheet,
     excel_limits,
@@ -466,26 +476,24 @@ def run_pipeline(
     loaded: LoadedConfig | None = None,
     retry_policy: RetryPolicy | None = None,
     reports: list[str] | None = None,
+    fan_out: FanOut = thread_fan_out,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
 
     A source that fails raises unless it has stored state to fall back on (then its data is
     marked stale, M5). State is committed only after every destination succeeded.
-    With `reports:` in the config, flows.reports produces every report (or those named in `reports`).
+    With `reports:` in the config, `run_reports` produces every report (or those named in
+    `reports`), fanned out by `fan_out` (threads unless the caller passes another, e.g. Prefect's).
     """
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
     run.observer.on_event = on_event
     if run.config.reports and reports:
-        from flows.reports import report_specs
-
         report_specs(run.config, reports)  # an unknown report name fails before any extraction
     with measured(run.stages, "extract"):
         extracted, failures = extract_all(run, wrap)
     if run.config.reports:
-        from flows.reports import run_reports
-
-        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports)
+        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports, fan_out=fan_out)
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
@@ -503,6 +511,57 @@ def run_pipeline(
         keep_validated(run, extracted, result.validated)
     return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
                      time.perf_counter() - t0, notes, stages=list(run.stages))
+
+
+def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
+                wrap: StepWrapper, started: float, names: Sequence[str] | None = None,
+                fan_out: FanOut = thread_fan_out) -> RunResult:
+    """Validate once, produce every report (or those in `names`) through `fan_out`, then commit
+    state and the snapshots of the reports that succeeded; a failed report fails the run after
+    the others are published."""
+    specs = report_specs(run.config, names)
+    validated = wrap(validate, "validate")(run, extracted, failures)
+    release_rows(extracted)
+    _ = run.engine  # tables exist before the reports open their own connections
+    calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))
+                         for s in specs]
+    results = fan_out(run.config, calls)
+    done = [r for r in results if isinstance(r, ReportOutcome)]
+    wrap(commit_state, "commit-state")(run, extracted, None,
+                                       snapshots=[(o.report, o.snapshot) for o in done if o.snapshot is not None])
+    keep_validated(run, extracted, validated)
+    failed = [(s.name, r) for s, r in zip(specs, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        if len(failed) == 1 and len(specs) == 1:
+            raise failed[0][1]
+        detail = "; ".join(f"{name}: {exc}" for name, exc in failed)
+        raise PipelineSyncError(f"{len(failed)} of {len(specs)} reports failed ({detail}); "
+                                f"the others were published") from failed[0][1]
+    flags = [o.flags_count for o in done if o.flags_count is not None]
+    return RunResult(run.run_id, run.as_of, run.period, validated.sources, [p for o in done for p in o.outputs],
+                     sum(flags) if flags else None, {}, time.perf_counter() - started,
+                     [n for o in done for n in o.notes],
+                     reports=[{"report": o.report, "outputs": o.outputs, "flags": o.flags_count,
+                               "open_deals": o.open_deals, "rows": o.rows} for o in done],
+                     stages=list(run.stages))
+
+
+def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfig) -> ReportOutcome:
+    """One report of `run_reports`: filter, analyse, render once and publish
+    to each of the report's destinations."""
+    rows = report_rows(validated, flt)
+    result = analyze(run, rows)
+    if is_filtered(flt):
+        result.about += [("report filter", describe(flt)), ("opportunities in this report", len(rows.opportunities))]
+    staging = Path(tempfile.mkdtemp(prefix=f"pipeline-sync-{run.config.report}-"))
+    try:
+        staged, counts, notes = render(run, result, staging)
+        outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    snapshot = getattr(result.analytics, "snapshot", None)
+    return ReportOutcome(run.config.report, outputs, result.flags_count,
+                         None if snapshot is None else len(snapshot.deals), counts, notes, snapshot)
 
 
 def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:

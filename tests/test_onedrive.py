@@ -1,19 +1,23 @@
-"""connectors.destinations.onedrive.upload against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
+"""connectors.destinations.onedrive.upload (mode replace) against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from config.models import OneDriveDestinationConfig
-from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations import onedrive
+from connectors.destinations.onedrive import upload
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http import msal_auth
+from connectors.registry import PublishContext
 from connectors.state.db import make_engine
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph import FIXTURES, FakeGraph
@@ -58,12 +62,12 @@ class Env:
         base.update(over)
         return OneDriveDestinationConfig(**base)
 
-    def publish(self, cfg: OneDriveDestinationConfig, data: bytes, remote: str = REMOTE, **kw) -> onedrive.PublishResult:
+    def publish(self, cfg: OneDriveDestinationConfig, data: bytes, remote: str = REMOTE, **kw) -> upload.PublishResult:
         wb = self.tmp / "book.xlsx"
         wb.write_bytes(data)
         kw.setdefault("sleep", self.sleeps.append)
         kw.setdefault("now", lambda: datetime(2026, 11, 27, 8, 15, 3, tzinfo=UTC))
-        return onedrive.publish(cfg, wb, remote_path=remote, **kw)
+        return upload.upload_workbook(cfg, wb, remote_path=remote, **kw)
 
     def stored(self, path: str = REMOTE) -> bytes | None:
         item = self.graph.file(DRIVE, path)
@@ -164,7 +168,7 @@ def test_giving_up_cancels_the_session_and_keeps_the_old_file(env: Env) -> None:
     env.graph.put_file(DRIVE, REMOTE, SMALL)
     for n in range(2, 12):
         env.graph.drop_chunk(n, keep=0)
-    with pytest.raises(RetriableAPIError, match="gave up after 6 failed pieces"):
+    with pytest.raises(RetriableAPIError, match=r"Microsoft Graph upload: gave up after 6 attempts; last: .*bytes"):
         env.publish(env.cfg(), LARGE)
     assert env.stored() == SMALL
     assert env.graph.deleted_sessions == 1 and not env.graph.sessions
@@ -203,7 +207,7 @@ def test_409_at_commit_with_replace_is_recovered_with_an_explicit_commit(env: En
 def test_next_expected_ranges_of_the_recorded_samples(sample: str, expected: tuple) -> None:
     resp = requests.Response()
     resp.status_code, resp._content = 202, (FIXTURES / sample).read_bytes()
-    assert onedrive._next_range(resp) == expected
+    assert upload._next_range(resp) == expected
 
 
 # ----------------------------------------------------------------------------- conflicts
@@ -374,7 +378,28 @@ def test_example_config_loads_with_both_auth_styles() -> None:
 
 def test_state_table_is_created_by_make_engine(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    import sqlalchemy as sa
-
     assert "onedrive_published" in sa.inspect(engine).get_table_names()
     assert os.stat(tmp_path / "db.sqlite").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["replaced", "sibling"])
+def test_the_destination_fills_the_path_and_names_where_the_workbook_went(env: Env, locked: bool) -> None:
+    """connectors.destinations.onedrive.publish(dest, staged, ctx): what the flow calls."""
+    if locked:
+        env.graph.put_file(DRIVE, REMOTE, SMALL[::-1])
+        env.graph.lock(REMOTE)
+    staged = env.tmp / "staged.xlsx"
+    staged.write_bytes(SMALL)
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.sqlite'}")
+    where = onedrive.publish(env.cfg(on_locked="sibling"), staged,  # path "/Sales/Reports/Pipeline {period}.xlsx"
+                             PublishContext(date(2026, 9, 30), "Q3", lambda: engine, env.sleeps.append))
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(upload.published.c.path, upload.published.c.etag)).all()
+    web_root = env.graph.drives[DRIVE].web_root
+    if locked:  # the sibling got the workbook, the note says why; no eTag is kept for a file it did not replace
+        sib = "/Sales/Reports/Pipeline Q3 (refreshed "
+        assert where.startswith(web_root + quote(sib)) and "was locked" in where and where.endswith(".xlsx)")
+        assert env.stored() == SMALL[::-1] and kept == []
+    else:
+        assert where == web_root + quote(REMOTE) and env.stored() == SMALL
+        assert kept == [(REMOTE.lower(), env.graph.file(DRIVE, REMOTE).etag)]

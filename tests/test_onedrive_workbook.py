@@ -11,10 +11,11 @@ import pytest
 from openpyxl.worksheet.table import Table
 
 from config.models import OneDriveDestinationConfig
-from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations import onedrive
 from connectors.destinations.onedrive import workbook_api as onedrive_workbook
 from connectors.errors import FatalAPIError
 from connectors.http import msal_auth
+from connectors.http.session import build_session
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph_workbook import FakeGraphWorkbook, Sheet
 from tests.fakes.server import FakeServer, Request, Response
@@ -61,7 +62,7 @@ class Env:
         kw.setdefault("sleep", self.sleeps.append)
         if {"max_request_bytes", "max_block_rows"} & kw.keys():
             return onedrive_workbook.update_sheets(self.cfg, path, remote_path=REMOTE, **kw)
-        return onedrive.publish(self.cfg, path, remote_path=REMOTE, **kw)  # dispatches on mode
+        return onedrive.deliver(self.cfg, path, remote_path=REMOTE, **kw)  # picks the mode
 
     @property
     def book(self):
@@ -186,7 +187,7 @@ def test_async_session_504s_and_an_expired_session_are_survived(env: Env) -> Non
     env.graph.session_504 = 2
     env.graph.async_polls = 2
     env.graph.rows_504 = 1
-    session = onedrive.build_session(env.server.ca_path)
+    session = build_session(env.server.ca_path)
     calls = {"n": 0}
 
     def expire_once(resp, *args, **kwargs):
@@ -224,3 +225,24 @@ def test_refused_call_names_the_call(env: Env) -> None:
     with pytest.raises(FatalAPIError, match="HTTP 413: requestSizeExceeded"):
         env.run(opportunities(6, 2))
     assert env.graph.workbook_calls[-1] == "POST closeSession"
+
+
+def test_a_failure_part_way_leaves_the_sheets_written_before_it_refreshed(env: Env) -> None:
+    """No rollback (what the docstrings promise, and no more): Summary was refreshed, the table was not."""
+    env.run(opportunities(5, 1))
+    before = env.book.table_rows("tblOpportunities")
+    assert len(before) == 6
+    env.graph.max_body = 300
+    with pytest.raises(FatalAPIError):
+        env.run(opportunities(6, 2))
+    assert env.book.values("Summary", "A1:B2") == [["Pipeline report", None], ["Open deals", 6]]
+    assert env.book.table_rows("tblOpportunities") == before
+
+
+def test_update_sheets_on_a_missing_file_writes_no_file_and_returns_none(env: Env) -> None:
+    path = env.tmp / "staged.xlsx"
+    staged_workbook(path, opportunities(3, 1), HEADER)
+    assert onedrive_workbook.update_sheets(env.cfg, path, remote_path=REMOTE, sleep=env.sleeps.append) is None
+    assert env.graph.file(DRIVE, REMOTE) is None
+    assert not [r for r in env.server.requests if r.method == "PUT" or "createUploadSession" in r.path]
+    assert not env.graph.workbook_calls

@@ -1,9 +1,29 @@
-"""The one HTTP boundary: session factory, TLS options and the retry policy every connector uses.
+"""The HTTP boundary: session factory, TLS options and the retry policy for failed requests.
 
 Retry policy (after dlt's requests/retry.py): 429, 5xx, connection errors, timeouts and bodies
 cut short are retried with capped exponential backoff that honours Retry-After; when attempts
 run out a RetriableAPIError is raised. Any other 4xx raises FatalAPIError at once, carrying the
-API's own message.
+API's own message. `HttpClient.request` applies it to every request it sends (HubSpot,
+Salesforce, Tableau's VizQL Data Service, Microsoft Graph); the two loops that cannot send
+through it retry with the same `RetryPolicy` and `pause_before_retry`: Tableau's TSC calls
+(connectors/sources/tableau/session.py) and the OneDrive upload pieces, which resume from the
+session's nextExpectedRanges (connectors/destinations/onedrive/upload.py).
+
+Waits and repeats that are not this policy, each bounded where it is written:
+  - OneDrive locks (423): `on_locked: wait` waits 30 s doubling to 300 s, at most `lock_wait_max`
+    in all (upload._LockPolicy); a lost upload session (404) is started over twice at most.
+  - The Graph workbook API: createSession answered 202 is polled (workbook_api.SESSION_POLLS);
+    a dropped workbook session is opened again once.
+  - Expired sign-ins are renewed once and the request sent again: Graph tokens on 401
+    (onedrive/graph.py), Salesforce INVALID_SESSION_ID, Tableau 401002 and the VizQL 401.
+  - HubSpot's rate limiter waits before requests when the window runs low (pacing, not retry);
+    a Tableau source waits for another run's hold on the same access token (tableau/token_lock.py).
+  - msal's token requests go through a session from `build_session` but not through this policy:
+    one attempt each (msal leaves retrying to the http_client it is given); an exception is a
+    RetriableAPIError, an error answer msal hands back a FatalAPIError (connectors/http/msal_auth.py;
+    docs/api-contracts.md section 4). `pipeline-sync login` waits in msal's device-code polling.
+  - On top of all of these, the Prefect flow retries a failed extract-/publish- step or report
+    task twice (after 30 s and 120 s) when it failed with a RetriableAPIError (flows/sync.py).
 """
 
 from __future__ import annotations

@@ -4,8 +4,14 @@ The tool never replaces the file. In one persistChanges workbook session it rewr
 sheets the rendered workbook has (creating missing ones), resizes their tables `tbl<Sheet>` in
 place (rows deleted with a shift up, rows appended with rows/add) so users' structured references
 keep working, and leaves every other sheet (users' pivots, formulas, charts) untouched. Values go in
-row blocks that fit the request limit, one request at a time. The first run, when the file does not
-exist yet, uploads the whole rendered workbook instead.
+row blocks that fit the request limit, one request at a time, and each request is saved as it
+goes: there is no rollback, so a failure part way leaves the sheets written before it refreshed
+and the rest as they were. When the file does not exist yet, `update_sheets` returns None and
+the caller (the package's `deliver`) uploads the whole rendered workbook instead.
+
+Besides the shared retry policy (every request), two waits of its own: createSession answered
+202 is polled every `poll_interval` seconds, at most SESSION_POLLS times; a session the service
+dropped (invalidSession) is opened again once.
 """
 
 from __future__ import annotations
@@ -26,12 +32,20 @@ import openpyxl
 import requests
 from openpyxl.utils import get_column_letter
 
-from config.models import OneDriveDestinationConfig, onedrive_path_problems
+from config.models import OneDriveDestinationConfig
 from config.workbook import table_name
-from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations.onedrive.graph import (
+    GraphApi,
+    PublishResult,
+    check_path,
+    connect,
+    ensure_folder,
+    item_path,
+    resolve_drive,
+)
 from connectors.errors import DestinationError, FatalAPIError
 from connectors.http.msal_auth import GraphAuth
-from connectors.http.session import RetryPolicy, build_session, default_error_message
+from connectors.http.session import default_error_message
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +163,7 @@ def _sheet(name: str) -> str:
 class _WorkbookSession:
     """Workbook calls inside one persistChanges session; a session the service dropped is re-created once."""
 
-    def __init__(self, g: onedrive.GraphApi, base: str, sleep: Callable[[float], None], poll: float):
+    def __init__(self, g: GraphApi, base: str, sleep: Callable[[float], None], poll: float):
         self.g, self.base, self.sleep, self.poll = g, base, sleep, poll
         self.id: str | None = None
 
@@ -302,28 +316,24 @@ def update_sheets(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path
                   session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
                   auth: GraphAuth | None = None, config_dir: Path | None = None,
                   max_request_bytes: int = MAX_REQUEST_BYTES, max_block_rows: int = MAX_BLOCK_ROWS,
-                  poll_interval: float = 2.0) -> onedrive.PublishResult:
-    """Refresh the managed sheets of `remote_path` in place; other sheets stay as users left them."""
-    problems = onedrive_path_problems(remote_path)
-    if problems:
-        raise DestinationError("onedrive destination path: " + "; ".join(problems))
+                  poll_interval: float = 2.0) -> PublishResult | None:
+    """Refresh the managed sheets of `remote_path` in place; other sheets stay as users left them.
+
+    None when `remote_path` does not exist yet (nothing was written). A failure part way leaves
+    the managed sheets partly refreshed (no rollback); the users' sheets are never touched.
+    """
+    check_path(remote_path)
     if cfg.auth != "delegated":
         raise DestinationError("mode update_sheets needs auth: delegated (the Graph Excel API does not take "
                                "app-only tokens); sign in once with `pipeline-sync login --config PATH`")
     staged = read_staged(Path(workbook))
-    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
-    g = onedrive.GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir),
-                          RetryPolicy(sleep=sleep))
-    drive_id = onedrive.resolve_drive(g, cfg)
+    g = connect(cfg, session=session, sleep=sleep, auth=auth, config_dir=config_dir)
+    drive_id = resolve_drive(g, cfg)
     *folders, name = remote_path.strip("/").split("/")
-    parent_id = onedrive.ensure_folder(g, drive_id, folders)
-    path = onedrive.item_path(drive_id, parent_id, name)
-    found = g.call("GET", path, allow=frozenset({404}))
+    parent_id = ensure_folder(g, drive_id, folders)
+    found = g.call("GET", item_path(drive_id, parent_id, name), allow=frozenset({404}))
     if found.status_code == 404:
-        res = onedrive.publish(cfg.model_copy(update={"mode": "replace"}), workbook, remote_path=remote_path,
-                               session=session, sleep=sleep, auth=g.auth)
-        res.note = "the workbook did not exist yet, so the whole rendered workbook was uploaded"
-        return res
+        return None
     item_id = found.json()["id"]
     wb = _WorkbookSession(g, f"/drives/{drive_id}/items/{item_id}/workbook", sleep, poll_interval)
     wb.open()
@@ -336,7 +346,7 @@ def update_sheets(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path
         wb.close()
     item = g.call("GET", f"/drives/{drive_id}/items/{item_id}").json()
     note = "; ".join(refresher.notes) or None
-    result = onedrive.PublishResult(web_url=item.get("webUrl", ""), item_id=item_id, etag=item.get("eTag", ""),
-                                    size=int(item.get("size", 0)), path=remote_path, note=note)
+    result = PublishResult(web_url=item.get("webUrl", ""), item_id=item_id, etag=item.get("eTag", ""),
+                           size=int(item.get("size", 0)), path=remote_path, note=note)
     log.info("onedrive: refreshed %d sheets of %s in place%s", len(staged), remote_path, f" ({note})" if note else "")
     return result
