@@ -233,13 +233,35 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
     `reports` limits a config with `reports:` to those named reports (default: all).
     """
     env_from_secret_blocks(secret_blocks)
-    summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports,
-                          fan_out=prefect_fan_out)
+    announce = _served_run_announcer()
+    announce("started")
+    try:
+        summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports,
+                              fan_out=prefect_fan_out)
+    except Exception as exc:
+        announce(f"failed: {type(exc).__name__}")
+        raise
+    announce(f"skipped: {summary['skipped']}" if "skipped" in summary else
+             f"finished: {summary.get('flags') or 0:,} flags, wrote {', '.join(summary.get('outputs') or []) or 'nothing'}")
     if "skipped" in summary:  # shown as "Skipped" with its reason in the UI
         from prefect.states import Completed
 
         return Completed(name="Skipped", message=summary["skipped"], data=summary)
     return summary
+
+
+def _served_run_announcer() -> Any:
+    """A one-line printer for runs a deployment started (`serve` shows them in its terminal); silent otherwise."""
+    from prefect.runtime import deployment, flow_run
+
+    if not deployment.id:
+        return lambda what: None
+    name = f"{deployment.name or 'deployment'} run {flow_run.name or flow_run.id}"
+
+    def announce(what: str) -> None:
+        print(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {name}: {what}", flush=True)
+
+    return announce
 
 
 def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool = False,
