@@ -121,6 +121,8 @@ class SalesforceSourceConfig(SourceBase):
     overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor (late commits)
     page_size: int = Field(default=2000, ge=200, le=2000)  # Sforce-Query-Options batchSize (a hint)
     timeout: float = 30.0
+    daily_api_reserve: int = Field(default=1000, ge=0)  # stop cleanly (cursor kept) when this few daily API calls remain
+    reconcile_days: float = Field(default=7.0, ge=0)  # compare the stored ids with the org's this often (0: every run)
 
     @model_validator(mode="after")
     def _check_auth(self) -> SalesforceSourceConfig:

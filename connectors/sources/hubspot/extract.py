@@ -8,7 +8,10 @@ flow commits them only when the whole run succeeds.
 
 Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`
 has that key, the qualified "Pipeline label / Stage label" or the stage id (for pipelines
-whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
+whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons. A stage's entry
+time is read from the property the portal has for it (`hs_date_entered_<id>`, or on some portals
+`hs_v2_date_entered_<id>`; GET /crm/v3/properties/deals says which). The full listing keeps every
+GET URL under client.MAX_URL: the properties that do not fit are read per page by batch read.
 
 Modules: client (HTTP calls, rate limits), deals (reading pipelines, deals, owners), incremental
 (the delta), table (deals held as columns), resolve (deal -> row), rows (the frames). Memory: an
@@ -18,6 +21,7 @@ incremental run reads the stored deals a chunk at a time; a full pull of 1M deal
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,16 +66,21 @@ def base_properties(cfg: HubSpotSourceConfig) -> list[str]:
 
 
 def read_properties(cfg: HubSpotSourceConfig, scope: Scope) -> list[str]:
-    """The deal properties a run reads: the base ones and the selected pipelines' stage timing
-    (only theirs: keeps the list URL short)."""
-    props = base_properties(cfg) + [f"{cfg.stage_entered_prefix}{s.id}" for s in scope.stages.values()
-                                    if s.pipeline_id in scope.selected]
+    """The deal properties a run reads: the base ones and the selected pipelines' stage timing,
+    under the names the portal has (only those stages': fewer properties to send)."""
+    props = base_properties(cfg) + [scope.entered.get(s.id, f"{cfg.stage_entered_prefix}{s.id}")
+                                    for s in scope.stages.values() if s.pipeline_id in scope.selected]
     return list(dict.fromkeys(props))
 
 
-def fingerprint(cfg: HubSpotSourceConfig) -> str:
-    """Changes when the stored deals would lack something this config reads."""
+def fingerprint(cfg: HubSpotSourceConfig, scope: Scope | None = None) -> str:
+    """Changes when the stored deals would lack something this config reads: also when the portal
+    names a stage's entry time otherwise than `stage_entered_prefix` (e.g. hs_v2_date_entered_)."""
     key = "|".join(base_properties(cfg)) + f"|li={cfg.product_from_line_items}|{cfg.stage_entered_prefix}|{STATE_FORMAT}"
+    other = sorted((sid, name) for sid, name in (scope.entered if scope else {}).items()
+                   if name != f"{cfg.stage_entered_prefix}{sid}")
+    if other:
+        key += "|entered=" + json.dumps(other)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -111,14 +120,16 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     meter = Meter(ctx.observer)
     scope = read_scope(api, cfg)
     props = read_properties(cfg, scope)
-    window = open_window(ctx, cfg.name, fingerprint(cfg), CURSOR, cfg.search_overlap_seconds,
+    window = open_window(ctx, cfg.name, fingerprint(cfg, scope), CURSOR, cfg.search_overlap_seconds,
                          incremental=cfg.incremental, refresh_note=REFRESH_NOTE)
     progress = Progress(ctx.observer, cfg.name)
     delta: Delta | None = None
     if window.incremental:
         delta = read_delta(api, cfg, ctx, window, props, progress, scope)
         if delta is None:
-            return window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
+            reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
+            reused.notes += scope.notes
+            return reused
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
@@ -139,7 +150,7 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
     or pipeline). Payloads are built when the flow commits them."""
     owner_ids = set(table.values("hubspot_owner_id")) - {None, ""}
     owners = load_owners(api, owner_ids) if owner_ids else {}
-    resolver = Resolver(cfg, scope.pipelines, scope.stages, owners)
+    resolver = Resolver(cfg, scope.pipelines, scope.stages, owners, entered_names=scope.entered)
     upserts = StoredPayloads(table, resolver, range(len(table)))
     deletes: set[str] = set()
     if delta is not None:
@@ -149,7 +160,7 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
     records, history, raw = table_frames(cfg, table, resolver)
     pending = _pending(cfg, window, scope, owners, owner_ids, upserts, deletes) if window.keeps_state else None
     return Extracted(
-        source=cfg.name, records=records, history=history, raw=raw, notes=notes + resolver.notes(),
+        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
         **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
