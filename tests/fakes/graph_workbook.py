@@ -146,15 +146,16 @@ class FakeGraphWorkbook(FakeGraph):
         return self._book(item)
 
     def _book(self, item: Item) -> Workbook:
-        version, wb = self.books.get(item.id, (-1, None))
-        if wb is None or version != item.version:
+        version, wb = self.books.get(item.id, (-1, None))  # keyed on the content (cTag)
+        if wb is None or version != item.content_version:
             wb = Workbook.from_xlsx(item.content)
-            self.books[item.id] = (item.version, wb)
+            self.books[item.id] = (item.content_version, wb)
         return wb
 
     def _touch(self, item: Item, wb: Workbook) -> None:
-        item.version += 1  # autosave: a new eTag
-        self.books[item.id] = (item.version, wb)
+        item.version += 1  # autosave: new content, a new eTag and cTag
+        item.content_version += 1
+        self.books[item.id] = (item.content_version, wb)
 
     def expire_sessions(self) -> None:
         for k in self.sessions_wb:
