@@ -360,6 +360,15 @@ def test_a_500_is_not_resent_and_an_undo_that_fails_too_names_the_sheets(env: En
     assert env.book.table_rows("tblOpportunities") == [HEADER] + as_stored(opportunities(11, 2))
 
 
+def test_a_sheet_too_large_to_save_is_refused_before_any_write(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.run(opportunities(5, 1))
+    before, writes = env.book.state(), env.graph.writes
+    monkeypatch.setattr(onedrive_workbook, "MAX_SAVED_CELLS", 20)  # Opportunities: 6 rows x 4 columns
+    with pytest.raises(DestinationError, match=r"'Opportunities' uses A1:D7 \(28 cells.*nothing was changed"):
+        env.run(opportunities(6, 2))
+    assert env.graph.writes == writes and env.book.state() == before
+
+
 def test_update_sheets_on_a_missing_file_writes_no_file_and_returns_none(env: Env) -> None:
     path = env.tmp / "staged.xlsx"
     staged_workbook(path, opportunities(3, 1), HEADER)

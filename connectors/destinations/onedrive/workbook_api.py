@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 2_000_000  # Graph requests are capped near 4 MB; stay well below
 MAX_BLOCK_ROWS = 5_000
 SESSION_WAIT_MAX = 600.0  # seconds a long-running createSession may take
+MAX_SAVED_CELLS = 5_000_000  # a managed sheet larger than this is not refreshed (it could not be undone)
 WORKBOOK_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _EXCEL_EPOCH = datetime(1899, 12, 30)
 Area = tuple[int, int, int, int]
@@ -225,6 +226,12 @@ class _Refresh:
         at = (table.area[0], table.area[1]) if table else (1, 1)
         new_area = (at[0], at[1], at[0] + len(s.rows) - 1, at[1] + s.width - 1)
         box = _bbox(self.wb.used(name, values_only=False), table.area if table else None, new_area)
+        cells = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+        if cells > MAX_SAVED_CELLS:
+            raise DestinationError(f"the managed sheet '{name}' uses {ref(*box)} ({cells:,} cells, values or "
+                                   f"formats): more than the {MAX_SAVED_CELLS:,} this tool saves to be able to undo "
+                                   "a failed refresh; nothing was changed. Clear the formats below or right of its "
+                                   "data, or use mode: replace")
         values, formats = self.wb.read(name, *box)
         return _Saved(name, True, table, {t.id for t in tables}, box, values, formats)
 
