@@ -27,9 +27,9 @@ Waits and repeats that are not this policy, each bounded where it is written:
   - HubSpot's rate limiter waits before requests when the window runs low (pacing, not retry);
     a Tableau source waits for another run's hold on the same access token (tableau/token_lock.py).
   - msal's token requests go through a session from `build_session` but not through this policy:
-    one attempt each (msal leaves retrying to the http_client it is given); an exception is a
-    RetriableAPIError, an error answer msal hands back a FatalAPIError (connectors/http/msal_auth.py;
-    docs/api-contracts.md section 4). `pipeline-sync login` waits in msal's device-code polling.
+    one attempt each (msal leaves retrying to the http_client it is given); a 429, a 5xx, AADSTS50196
+    or an exception is a RetriableAPIError, any other error answer a FatalAPIError
+    (connectors/http/msal_auth.py; docs/api-contracts.md section 4). `pipeline-sync login` waits in msal's device-code polling.
   - On top of all of these, the Prefect flow retries a failed extract-/publish- step or report
     task twice (after 30 s and 120 s) when it failed with a RetriableAPIError (flows/sync.py).
 """
