@@ -1,10 +1,12 @@
 """The OneDrive / SharePoint destination: picks the mode; `publish` is its publisher in connectors.registry.
 
 `mode: replace` uploads the whole file (upload.py); `mode: update_sheets` refreshes the managed
-sheets in place (workbook_api.py) and, when the file does not exist yet, uploads it whole. What
-survives a failure differs: an upload leaves the file on the drive as it was; a refresh that fails
-part way leaves the managed sheets written before it refreshed (no rollback). upload.py and
-workbook_api.py share graph.py (the Graph client, drive and folder addressing) and never import
+sheets in place (workbook_api.py, on the calls of workbook_session.py) and, when the file does not
+exist yet, uploads it whole. What survives a failure: an upload leaves the file on the drive as it
+was (Graph swaps it only when an upload commits); a refresh that fails at any step is undone, so
+every managed sheet is as it was and users' sheets were never written (only when the undo fails
+too can managed sheets be left part-refreshed, and the error names them). upload.py and the
+workbook modules share graph.py (the Graph client, drive and folder addressing) and never import
 each other.
 """
 

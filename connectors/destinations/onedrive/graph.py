@@ -47,14 +47,18 @@ class GraphApi:
                                service="Microsoft Graph")
         self._token: str | None = None
 
-    def call(self, method: str, path: str, *, allow: frozenset[int] = frozenset(), **kwargs: Any) -> requests.Response:
-        """Send with auth; statuses in `allow` come back to the caller instead of raising."""
+    def call(self, method: str, path: str, *, allow: frozenset[int] = frozenset(), repeat_safe: bool = True,
+             **kwargs: Any) -> requests.Response:
+        """Send with auth; statuses in `allow` come back to the caller instead of raising.
+
+        `repeat_safe=False`: never resent after a failure that may have applied it (OutcomeUnknown).
+        """
         headers = kwargs.pop("headers", {})
         for attempt in (1, 2):
             if self._token is None or attempt == 2:
                 self._token = self.auth.token(refresh=attempt == 2)
             resp = self.http.request(
-                method, path, headers={**headers, "Authorization": f"Bearer {self._token}"},
+                method, path, headers={**headers, "Authorization": f"Bearer {self._token}"}, repeat_safe=repeat_safe,
                 ok=lambda r: r.status_code < 400 or r.status_code in allow or r.status_code == 401, **kwargs)
             if resp.status_code != 401:
                 return resp
@@ -68,11 +72,14 @@ class GraphApi:
 
 def connect(cfg: OneDriveDestinationConfig, *, session: requests.Session | None = None,
             sleep: Callable[[float], None] = time.sleep, auth: GraphAuth | None = None,
-            config_dir: Path | None = None) -> GraphApi:
-    """A Graph client for `cfg`: the given session and auth, or new ones (msal signs in on the first call)."""
+            config_dir: Path | None = None, retry_statuses: frozenset[int] | None = None) -> GraphApi:
+    """A Graph client for `cfg`: the given session and auth, or new ones (msal signs in on the first call).
+
+    `retry_statuses` narrows the statuses the retry policy resends (default: 429 and 5xx).
+    """
     session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
-    return GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir),
-                    RetryPolicy(sleep=sleep))
+    policy = RetryPolicy(sleep=sleep) if retry_statuses is None else RetryPolicy(sleep=sleep, statuses=retry_statuses)
+    return GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir), policy)
 
 
 def check_path(remote_path: str) -> None:

@@ -6,13 +6,20 @@ that resumes from `nextExpectedRanges` after a failed piece (waits and attempts 
 RetryPolicy, through `pause_before_retry`) and is cancelled (DELETE) when giving up. Graph swaps
 the file only when the upload commits, so readers never see a partial workbook.
 
-Conflicts: `conflict: replace` overwrites (keeping the item id and version history);
-`fail_if_changed` sends If-Match with the eTag this tool last wrote (the state database's
-`onedrive_published` table) and stops on 412. Locks (423): `on_locked: wait | sibling | fail`; the
-waits are this module's own (`_LockPolicy`: 30 s doubling to 300 s, at most `lock_wait_max` in all),
-not the retry policy's. A 409 nameAlreadyExists at the commit of a replacing session is recovered
-by committing the finished session explicitly with `@microsoft.graph.sourceUrl` and
-conflictBehavior replace. 429/503 wait for Retry-After (the retry policy).
+Conflicts: `conflict: replace` overwrites (keeping the item id and version history).
+`fail_if_changed` compares the file's content tag (cTag) with the one this tool wrote (the state
+database's `onedrive_published` table): the eTag is not compared, because OneDrive changes it by
+itself after an upload (metadata only). When the cTag is unchanged the upload carries `If-Match`
+with the eTag just read, so a save by someone in between is answered 412 and nothing is
+overwritten. Rows written before the cTag was kept fall back to comparing the eTag.
+
+A 409 at the commit of a session is told apart by its code: `nameAlreadyExists` (a file with the
+name appeared) or `resourceModified` (the file changed since it was read: a person's concurrent
+edit). With `conflict: replace` either is recovered by committing the finished session explicitly
+(`@microsoft.graph.sourceUrl`, conflictBehavior replace); with `fail_if_changed` neither is ever
+committed over, and no commit is ever sent without If-Match. Locks (423): `on_locked: wait |
+sibling | fail`; the waits are this module's own (`_LockPolicy`: 30 s doubling to 300 s, at most
+`lock_wait_max` in all), not the retry policy's. 429/503 wait for Retry-After (the retry policy).
 """
 
 from __future__ import annotations
@@ -92,13 +99,17 @@ class _Uploader:
         self.g, self.drive_id, self.parent_id, self.data, self.locks = g, drive_id, parent_id, data, locks
         self.chunk_size = g.cfg.chunk_size
 
-    def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None) -> requests.Response:
-        """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller)."""
+    def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None,
+               recover_conflicts: bool = False) -> requests.Response:
+        """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller).
+
+        `recover_conflicts` (conflict: replace only) commits a session over a 409 at its commit.
+        """
         if len(self.data) <= min(SIMPLE_UPLOAD_MAX, self.chunk_size):
             return self._simple(name, behaviour, if_match, item_id)
         for _ in range(SESSION_RESTARTS + 1):
             try:
-                return self._session(name, behaviour, if_match)
+                return self._session(name, behaviour, if_match, recover_conflicts and if_match is None)
             except _SessionGone:
                 log.warning("onedrive: the upload session expired or was lost; starting the upload again")
         raise RetriableAPIError(f"Microsoft Graph lost the upload session {SESSION_RESTARTS + 1} times; try again later")
@@ -117,7 +128,7 @@ class _Uploader:
                 return resp
             self.locks.on_locked()
 
-    def _session(self, name: str, behaviour: str, if_match: str | None) -> requests.Response:
+    def _session(self, name: str, behaviour: str, if_match: str | None, recover: bool) -> requests.Response:
         create = item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
         body = {"item": {"@microsoft.graph.conflictBehavior": behaviour, "name": name}, "deferCommit": False}
         headers = {"If-Match": if_match} if if_match else {}
@@ -131,8 +142,8 @@ class _Uploader:
         url = resp.json()["uploadUrl"]
         try:
             done = self._send(url)
-            if done.status_code == 409 and behaviour == "replace":
-                done = self._commit_explicitly(url, name)
+            if done.status_code == 409 and recover and behaviour == "replace":
+                done = self._commit_explicitly(url, name, error_code(done))
         except BaseException:
             self._cancel(url)
             raise
@@ -188,9 +199,9 @@ class _Uploader:
         log.info("onedrive: upload session expects bytes from %d", rng[0])
         return rng
 
-    def _commit_explicitly(self, url: str, name: str) -> requests.Response:
-        """Commit a finished session over the existing file (the documented 409 recovery)."""
-        log.info("onedrive: the commit met nameAlreadyExists; committing the session with replace")
+    def _commit_explicitly(self, url: str, name: str, code: str) -> requests.Response:
+        """Commit a finished session over the existing file (the documented 409 recovery; conflict: replace only)."""
+        log.info("onedrive: the commit met %s; committing the session with replace", code or "HTTP 409")
         return self.g.call("PUT", item_path(self.drive_id, self.parent_id, name)[:-1], allow=frozenset({409, 412}),
                            json={"name": name, "@microsoft.graph.conflictBehavior": "replace",
                                  "@microsoft.graph.sourceUrl": url})
@@ -201,6 +212,14 @@ class _Uploader:
             log.info("onedrive: cancelled the upload session")
         except Exception as exc:  # best effort: the session expires by itself
             log.warning("onedrive: could not cancel the upload session (%s); it will expire", type(exc).__name__)
+
+
+def error_code(resp: requests.Response) -> str:
+    """The Graph error envelope's top-level `code` ("" when there is none)."""
+    try:
+        return str(resp.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _next_range(resp: requests.Response) -> tuple[int, int | None] | None:
@@ -215,26 +234,51 @@ def _next_range(resp: requests.Response) -> tuple[int, int | None] | None:
     return int(start), int(stop) if stop.strip() else None
 
 
-# ----------------------------------------------------------------------------- eTags
+# ----------------------------------------------------------------------------- what this tool wrote
 
 
-def _last_write(engine: sa.Engine | None, drive_id: str, path: str) -> str | None:
+@dataclass
+class _Written:
+    etag: str
+    ctag: str | None  # None in rows written before the cTag was kept
+
+
+def _ensure_ctag_column(engine: sa.Engine) -> None:
+    """State databases made before `onedrive_published.ctag` existed get the (nullable) column."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(published.name)}
+    if "ctag" not in columns:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {published.name} ADD COLUMN ctag VARCHAR(200)"))
+        log.info("onedrive: added the ctag column to the state table %s", published.name)
+
+
+def _last_write(engine: sa.Engine | None, drive_id: str, path: str) -> _Written | None:
     if engine is None:
         return None
+    _ensure_ctag_column(engine)
     with engine.connect() as conn:
-        return conn.execute(sa.select(published.c.etag).where(
-            published.c.drive_id == drive_id, published.c.path == path.lower())).scalar_one_or_none()
+        row = conn.execute(sa.select(published.c.etag, published.c.ctag).where(
+            published.c.drive_id == drive_id, published.c.path == path.lower())).first()
+    return None if row is None else _Written(row.etag, row.ctag)
 
 
 def _record_write(engine: sa.Engine | None, drive_id: str, path: str, item: dict[str, Any]) -> None:
     if engine is None:
         return
+    _ensure_ctag_column(engine)
     key = (published.c.drive_id == drive_id) & (published.c.path == path.lower())
     with engine.begin() as conn:
         conn.execute(sa.delete(published).where(key))
         conn.execute(sa.insert(published).values(
             drive_id=drive_id, path=path.lower(), item_id=item["id"], etag=item.get("eTag", ""),
-            size=int(item.get("size", 0)), written_at=datetime.now(UTC)))
+            ctag=item.get("cTag") or None, size=int(item.get("size", 0)), written_at=datetime.now(UTC)))
+
+
+def _changed_since(known: _Written, current: dict[str, Any]) -> bool:
+    """Whether the file's content differs from what this tool wrote (the cTag; old rows: the eTag)."""
+    if known.ctag is not None:
+        return current.get("cTag") != known.ctag
+    return current.get("eTag") != known.etag
 
 
 # ----------------------------------------------------------------------------- publish
@@ -256,8 +300,8 @@ def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_pa
     Raises DestinationError for the documented outcomes (path refused, changed by someone else,
     locked, name conflict), RetriableAPIError / FatalAPIError for transport and auth failures. In
     every failure the file already on the drive is left as it was (Graph swaps it only when an
-    upload commits). `engine` keeps the eTag this tool wrote (for conflict: fail_if_changed); None
-    keeps nothing.
+    upload commits). `engine` keeps the eTag and cTag this tool wrote (for conflict:
+    fail_if_changed); None keeps nothing.
     """
     check_path(remote_path)
     data = Path(workbook).read_bytes()
@@ -275,14 +319,15 @@ def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_pa
             raise DestinationError(f"{remote_path} exists but this tool has no record of writing it, so "
                                    "conflict: fail_if_changed cannot tell whether someone changed it; "
                                    "move it away, or publish once with conflict: replace")
-        if current is not None and current.get("eTag") != known:
+        if current is not None and _changed_since(known, current):
             raise _changed(remote_path)
-        behaviour, if_match = ("replace", known) if current is not None else ("fail", None)
+        behaviour, if_match = ("replace", current["eTag"]) if current is not None else ("fail", None)
 
     uploader = _Uploader(g, drive_id, parent_id, data, _LockPolicy(cfg.on_locked, cfg.lock_wait_max, sleep))
     note, written = None, remote_path
     try:
-        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None)
+        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None,
+                               recover_conflicts=cfg.conflict == "replace")
     except _Locked:
         if cfg.on_locked != "sibling":
             raise DestinationError(_locked_message(remote_path, cfg)) from None
@@ -296,7 +341,7 @@ def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_pa
             raise DestinationError(f"{remote_path} is locked and so is the sibling {written}; nothing was written") from None
         note = (f"{remote_path} was locked (open in Excel or checked out), so the refreshed workbook was "
                 f"written next to it as {written}")
-    if resp.status_code == 412:
+    if resp.status_code == 412 or (resp.status_code == 409 and error_code(resp) == "resourceModified"):
         raise _changed(remote_path)
     if resp.status_code == 409:
         raise DestinationError(f"{written}: a file with this name appeared while uploading "
@@ -312,9 +357,10 @@ def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_pa
 
 
 def _changed(path: str) -> DestinationError:
-    return DestinationError(f"{path} was changed by someone else since this tool last wrote it (eTag differs: "
-                            "HTTP 412 / resourceModified); the new workbook was NOT uploaded and their version "
-                            "is intact. Merge or move their file, or set conflict: replace to overwrite")
+    return DestinationError(f"{path} was changed by someone else since this tool last wrote it (its content tag "
+                            "differs, or Graph answered 412 / resourceModified); the new workbook was NOT uploaded "
+                            "and their version is intact. Merge or move their file, or set conflict: replace to "
+                            "overwrite")
 
 
 def _locked_message(path: str, cfg: OneDriveDestinationConfig) -> str:
