@@ -121,8 +121,8 @@ def test_registered_source_and_destination_run_the_flow(memory_types, tmp_path):
     assert "Nowhere" in rejected["reason"]
     about = {r["key"]: r["value"] for r in sheet_rows(workbook, "About")}
     assert (about["as_of"], about["source mem: type"], about["source mem: rows loaded"]) == ("2026-06-30", "memory", "3")
-    assert openpyxl.load_workbook(io.BytesIO(workbook), read_only=True).sheetnames[-3:] == [
-        "Opportunities", "Rejected", "About"]
+    assert openpyxl.load_workbook(io.BytesIO(workbook), read_only=True).sheetnames[-6:] == [
+        "Opportunities", "Rejected", "Definitions", "Won by month", "Flags by mistake", "About"]  # SHEET_ORDER
 
 
 def test_the_cli_runs_a_registered_type(memory_types, tmp_path, capsys):
