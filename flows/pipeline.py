@@ -12,7 +12,6 @@ import json
 import logging
 import pickle
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
+from connectors.redact import redact
 from connectors.registry import extractor_for
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.validated_cache import SourceRows, ValidatedCache
@@ -519,7 +519,7 @@ def run_pipeline(
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
-    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
+    staging = local_file.staging_dir()
     try:
         staged, rows, notes = wrap(render, "render")(run, result, staging)
         outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
@@ -543,7 +543,7 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
             if fallback is None:
                 raise
             log.warning("source %s failed (%s); using its data from the previous run", src.name, exc)
-            failures[src.name] = str(exc)
+            failures[src.name] = redact(str(exc))
             extracted.append(fallback)
     return extracted, failures
 

@@ -19,15 +19,14 @@ import dataclasses
 import inspect
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from config.models import AppConfig, ReportConfig, ReportFilterConfig
+from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
 from connectors.http.session import Observer
@@ -121,7 +120,7 @@ def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfi
     result = analyze(run, rows)
     if is_filtered(flt):
         result.about += [("report filter", describe(flt)), ("opportunities in this report", len(rows.opportunities))]
-    staging = Path(tempfile.mkdtemp(prefix=f"pipeline-sync-{run.config.report}-"))
+    staging = local_file.staging_dir(f"pipeline-sync-{run.config.report}-")
     try:
         staged, counts, notes = render(run, result, staging)
         outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]
