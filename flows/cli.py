@@ -242,7 +242,8 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     extracted = extractor_for(src.type)(src, ctx)
     res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
                        tz=cfg.tz, date_format=getattr(src, "date_format", None),
-                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates)
+                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates,
+                       decimal=getattr(src, "decimal", None))
     print(f"source {src.name} ({src.type}): {res.rows_read:,} read, {len(res.loaded):,} would load, "
           f"{len(res.rejected):,} would be rejected")
     if extracted.history is not None:

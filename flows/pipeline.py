@@ -343,7 +343,7 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
     res = canonicalize(
         e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
         date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
-        rates=cfg.inputs.rates,
+        rates=cfg.inputs.rates, decimal=getattr(src, "decimal", None),
     )
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
