@@ -52,8 +52,11 @@ def _dest_matcher(template: str) -> tuple[str, re.Pattern[str]]:
     except ValueError:  # a malformed placeholder: the publish step names it
         parts = [(template, None, None, None)]
     head = parts[0][0] if parts[0][1] is not None else "".join(p[0] for p in parts)
-    folder, _, stem = head.rpartition("/") if "/" in head else (".", "", head)
-    real_head = os.path.join(_real(folder or "/"), stem)
+    if parts[0][1] is None:  # no placeholder: the file itself, symlinks followed
+        real_head = _real(head)
+    else:
+        folder, _, stem = head.rpartition("/") if "/" in head else (".", "", head)
+        real_head = os.path.join(_real(folder or "/"), stem)
     rx = re.escape(real_head)
     if parts[0][1] is not None:
         rx += _VALUE + "".join(re.escape(lit) + (_VALUE if name is not None else "") for lit, name, _, _ in parts[1:])
@@ -77,7 +80,8 @@ def path_clash_problems(cfg: AppConfig, config_path: Path) -> list[str]:
             if not (pattern.match(target) or (folder and (head + "/").startswith(target + os.sep))):
                 continue
             where = "is inside" if folder else "is the same file as"
-            problems.append(f"{key}.path: '{dest.path}' {where} {what}: the workbook would replace it; "
+            shown = "" if what.startswith("the ") else f" ({target})"
+            problems.append(f"{key}.path: '{dest.path}' {where} {what}{shown}: the workbook would replace it; "
                             "write the workbook to another path")
             break
     return problems + raw_sheet_problems(cfg)

@@ -206,7 +206,7 @@ def stray_quote(folder: Path) -> tuple[Outcome, list[str]]:
     rows[4] = deal(5, name="Big win", stage="Won", amount="15000")
     rows[9] = deal(10, name="Gamma, Inc renewal")  # a quoted field further down closes the stray quote
     text = csv_text(rows).splitlines()
-    text[4] = text[4].replace("Deal 4", '"Deal 4 (the 12" screen)', 1)  # line 5: an unbalanced quote
+    text[4] = text[4].replace("Deal 4", '"Deal 4 (12 inch screen)', 1)  # line 5: a quote opens, never closes
     (folder / "deals.csv").write_text("\n".join(text) + "\n")
     write_config(folder, csv_config())
     o = run(folder)
@@ -215,7 +215,7 @@ def stray_quote(folder: Path) -> tuple[Outcome, list[str]]:
     if book is not None:
         rejected = sheet_rows(book, "Rejected")
         loaded = {r["opportunity_id"]: r for r in sheet_rows(book, "Opportunities")}
-        if not (len(rejected) == 1 and "line 5" in str(rejected[0]["reason"]) and "Deal 4 (the 12" in str(
+        if not (len(rejected) == 1 and "line 5" in str(rejected[0]["reason"]) and "Deal 4 (12 inch" in str(
                 rejected[0]["reason"])):
             problems.append(f"the broken record is not rejected with its line and text: {rejected[:2]}")
         if loaded.get("D-0005", {}).get("amount") != 15000:
@@ -745,9 +745,13 @@ def file_over_limit(folder: Path) -> tuple[Outcome, list[str]]:
 KILL_AT_RENAME = """
 import os, signal, sys
 from connectors.destinations import local_file
+publish = local_file.publish
 def killed(*args, **kw):
     os.kill(os.getpid(), signal.SIGKILL)
-local_file.os.replace = killed  # the process dies between writing the temp file and renaming it
+def dying_publish(staged, target):  # the process dies between writing the temp file and renaming it
+    os.replace = killed
+    return publish(staged, target)
+local_file.publish = dying_publish
 from flows.cli import main
 sys.exit(main(["run", "--config", "pipeline.yaml", "--no-prefect", "--as-of", "AS_OF"]))
 """.replace("AS_OF", AS_OF)
@@ -827,10 +831,25 @@ def excel_values(folder: Path) -> tuple[Outcome, list[str]]:
         big = [r for r in rejected if r.get("row") == 3]
         if not big or "more than 15 digits" not in str(big[0]["reason"]):
             problems.append(f"the 20-digit id is not rejected: {big or rejected}")
-        names = {r["opportunity_id"]: r["name"] for r in sheet_rows(book, "Opportunities")}
-        if names.get("X-4") != "_x0041_ and _x005F_x0041_":
-            problems.append(f"escaped text read as {names.get('X-4')!r}")
+        written = _texts_as_spec_decodes(folder / "out/pipeline.xlsx", "x0041")
+        if written != ["_x0041_ and _x005F_x0041_"]:  # openpyxl and calamine decode escapes their own way
+            problems.append(f"escaped text read and written as {written!r}")
     return o, problems
+
+
+def _texts_as_spec_decodes(path: Path, fragment: str) -> list[str]:
+    """Every distinct text of a workbook containing `fragment`, decoded as ECMA-376 says (_xHHHH_ once)."""
+    import re
+
+    from connectors.sources.xlsx_guard import decode_text
+
+    out: set[str] = set()
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith(".xml"):
+                out |= {decode_text(t) for t in re.findall(rb"<t\b[^>]*>(.*?)</t>", z.read(name), re.S)
+                        if fragment.encode() in t}
+    return sorted(out)
 
 
 CASES: list[Case] = [
@@ -924,11 +943,13 @@ CASES: list[Case] = [
          values_case([deal(1, created_date="2026"), deal(2, created_date="2026-06"), deal(3)],
                      {"D-0001": "created_date '2026' is not a date", "D-0002": "created_date '2026-06' is not a date",
                       "D-0003": 1000.0})),
-    Case("value-precision", "values", "amounts with 30 significant digits",
-         "rejected: more digits than a number keeps", "rounded without a note",
-         values_case([deal(1, amount="1000.00000000000000000000000001"), deal(2, amount="1234.5600000000001"),
-                      deal(3, amount="0.1")],
-                     {"D-0001": "significant digits", "D-0002": 1234.5600000000001, "D-0003": 0.1})),
+    Case("value-precision", "values", "amounts with 30 and 17 significant digits",
+         "rejected unless the number keeps every digit (0.30000000000000004 does, 1234.5600000000001 does not)",
+         "rounded without a note",
+         values_case([deal(1, amount="1000.00000000000000000000000001"), deal(2, amount="0.30000000000000004"),
+                      deal(3, amount="1234.5600000000001"), deal(4, amount="0.1")],
+                     {"D-0001": "significant digits", "D-0002": 0.30000000000000004, "D-0003": "significant digits",
+                      "D-0004": 0.1})),
     Case("value-excel-cells", "values", "Excel: a 20-digit numeric id, a formula with no saved value, "
          "_x005F_x0041_ text", "id rejected (more than 15 digits), formula row rejected naming F4, text exact",
          "invented digits; empty amount, no reason", excel_values),

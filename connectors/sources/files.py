@@ -267,7 +267,9 @@ def read_bytes(path: str, what: str, *, missing: str | None = None, limits: Read
                 raise SourceDataError(f"{what}: {path} is not a regular file ({kind}); a source must be a file")
             if st.st_size > cap:
                 raise SourceDataError(_too_big(what, path, st.st_size, limits))
-            data = fh.read(cap + 1)
+            data = fh.read(st.st_size + 1)  # one byte more tells whether it grew meanwhile
+            while len(data) > st.st_size and len(data) <= cap and (more := fh.read(1 << 20)):
+                data += more
         except OSError as exc:
             raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     if len(data) > cap:  # it grew while being read

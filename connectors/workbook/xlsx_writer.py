@@ -46,7 +46,7 @@ CHUNK_ROWS = 25_000
 SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_LITERAL_ESCAPE = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
+_LITERAL_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")  # every "_" that starts one, overlapping ones too
 _SHEET_NAME_BAD = re.compile(r"[\[\]:*?/\\]")
 
 NUMBER_FORMATS: dict[str, str] = {
@@ -166,7 +166,7 @@ def _escape_one(t: str, stats: WriteStats) -> str:
         stats.cut_cells += 1
         t = t[: EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)] + CUT_MARKER
     if "_x" in t:
-        t = _LITERAL_ESCAPE.sub(r"_x005F_\1", t)
+        t = _LITERAL_ESCAPE.sub("_x005F_", t)
     if _ILLEGAL_XML.search(t):
         t = _ILLEGAL_XML.sub(lambda m: f"_x{ord(m.group(0)):04X}_", t)
     if "&" in t:
