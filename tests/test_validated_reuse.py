@@ -121,8 +121,8 @@ def test_any_change_in_the_source_rebuilds_the_rows(flow, tmp_path: Path, change
 def test_an_unreadable_cache_is_rebuilt_not_trusted(flow, tmp_path: Path) -> None:
     hub, srv, path = flow
     reference = sheets(run_flow(path, full_refresh=True).outputs[0])
-    data = next(p for p in cache_files(tmp_path) if p.suffix == ".pkl")
-    data.write_bytes(b"not a pickle")
+    data = next(p for p in cache_files(tmp_path) if p.suffix == ".npz")
+    data.write_bytes(b"not the rows")  # its checksum no longer matches: a miss
     second = run_flow(path)
     assert not second.sources[0].reused
     assert sheets(second.outputs[0]) == reference
@@ -148,8 +148,8 @@ def test_a_changed_config_or_lost_state_version_is_not_reused(flow, tmp_path: Pa
 
 def test_cache_files_are_owner_only_and_live_beside_the_state_db(flow, tmp_path: Path) -> None:
     files = cache_files(tmp_path)
-    assert [p.suffix for p in files] == [".json", ".pkl"]
-    assert all(p.stat().st_mode & 0o077 == 0 for p in files)
+    assert [p.suffix for p in files] == [".json", ".npz"]  # numpy arrays, no pickle
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [*files, tmp_path / ".state" / "validated"])
     run = prepare(flow[2], AS_OF, loaded=load_config(flow[2], env={"HUBSPOT_TOKEN": TOKEN}))
     assert run.validated_cache is not None and run.validated_cache.folder == tmp_path / ".state" / "validated"
 

@@ -119,7 +119,7 @@ def _parse_amounts(raw: pd.Series, decimal: str | None) -> tuple[pd.Series, pd.S
     for i in np.flatnonzero(rest.to_numpy()):
         value, why, m = _parse_amount(txt.iat[i], dec, strict=decimal is not None)
         num.iat[i], reason.iat[i], mark.iat[i] = (np.nan if value is None else value), why, m
-    long = (txt != "") & (reason == "") & (txt.str.count(r"\d") > EXACT_DIGITS)
+    long = (txt != "") & (reason == "") & (num.abs() <= 1e15) & (txt.str.count(r"\d") > EXACT_DIGITS)
     for i in np.flatnonzero(long.to_numpy()):
         if not _exact(txt.iat[i], num.iat[i], dec):
             reason.iat[i] = (f"amount '{txt.iat[i]}' has more significant digits than a number keeps exactly "

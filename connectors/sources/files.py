@@ -151,9 +151,8 @@ class _Lines:
 def _records(lines: list[str], delimiter: str, what: str, name: str) -> Iterator[tuple[list[str], int, str]]:
     """(fields, first line number, '' or why it is broken) per CSV record, every physical line in one.
 
-    A record that spans lines is accepted when it parses strictly, has the header's width and
-    none of its inner lines looks like a whole row of its own; otherwise its first line is a
-    broken record (fields split without quoting, for the Rejected sheet) and parsing restarts on
+    A record that spans lines is accepted when it parses strictly and none of its inner lines
+    is a whole row of its own (`swallows_rows`); otherwise its first line is a broken record (fields split without quoting, for the Rejected sheet) and parsing restarts on
     the line after it.
     """
     width: int | None = None
@@ -175,7 +174,7 @@ def _records(lines: list[str], delimiter: str, what: str, name: str) -> Iterator
                 start = first + 1
                 break
             spans = feed.pos - first
-            if spans > 1 and width is not None and not _fits(fields, width, delimiter):
+            if spans > 1 and width is not None and swallows_rows(fields, width, delimiter):
                 consumed += 1
                 yield _broken(lines[first], first, delimiter, "opens a quoted field that is not closed on its line "
                               f"(it would swallow the next {spans - 1} line(s))")
@@ -189,20 +188,19 @@ def _records(lines: list[str], delimiter: str, what: str, name: str) -> Iterator
         raise SourceDataError(f"{what}: {name}: read {consumed:,} of {len(lines):,} lines; the file is not a CSV table")
 
 
-def _fits(fields: list[str], width: int, delimiter: str) -> bool:
-    """A record over several lines is real when it has the header's width (trailing blanks aside)
-    and no inner line of a field looks like a whole row (width - 1 delimiters or more)."""
-    used = len(fields)
-    while used > width and not fields[used - 1].strip():
-        used -= 1
-    if used != width and len(fields) != width:
+def swallows_rows(fields: list[str], width: int, delimiter: str) -> bool:
+    """True when a record spanning lines holds whole rows: a line inside one of its cells splits into
+    exactly the header's width (3 columns or more). That is a stray quote that opened a field and
+    took the next lines with it; a real multi-line cell (a note, an address) does not look so."""
+    if width < 3:
         return False
     for cell in fields:
         if "\n" in cell or "\r" in cell:
             inner = cell.replace("\r\n", "\n").replace("\r", "\n").split("\n")[1:]
-            if any(line.count(delimiter) >= max(1, width - 1) for line in inner):
-                return False
-    return True
+            if any(line.count(delimiter) >= width - 1 and len(next(csv.reader([line], delimiter=delimiter), []))
+                   == width for line in inner):
+                return True
+    return False
 
 
 def _broken(line: str, index: int, delimiter: str, why: str) -> tuple[list[str], int, str]:
