@@ -168,9 +168,10 @@ def short(o: Outcome) -> str:
         head = "killed at the time limit"
     else:
         lines = [ln.strip() for ln in (o.out + o.err).splitlines() if ln.strip() and "wrote" not in ln]
-        pick = [ln for ln in lines if ln.startswith(("source ", "pipeline-sync:", "config error", "-", "usage"))]
+        pick = [ln for ln in lines if ln.startswith(("source ", "pipeline-sync", "config error", "-"))]
         head = f"exit {o.code}: " + " ".join(pick or lines[-1:])[:220]
-    return f"{head} ({o.seconds:.1f} s)"
+    facts = "; ".join(f"{k}: {v}" for k, v in o.extra.items())
+    return f"{head}{f' [{facts}]' if facts else ''} ({o.seconds:.1f} s)"
 
 
 # ----------------------------------------------------------------------------- scenarios

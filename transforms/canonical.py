@@ -13,6 +13,7 @@ from datetime import tzinfo
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from config.models import StageConfig
 from config.schema import (
@@ -108,18 +109,30 @@ def _parse_amounts(raw: pd.Series, decimal: str | None) -> tuple[pd.Series, pd.S
     num = pd.Series(np.nan, index=raw.index, dtype=float)
     reason = pd.Series("", index=raw.index, dtype=object)
     mark = pd.Series("", index=raw.index, dtype=object)
-    plain = txt.str.match(_PLAIN[dec]).astype(bool)
+    obj = raw.astype(object)
+    kind = infer_dtype(obj, skipna=True)  # numbers (Excel cells, JSON): no text rules, their value as it is
+    if kind in ("string", "empty", "boolean"):
+        typed = pd.Series(False, index=raw.index)
+    elif kind in ("integer", "floating", "mixed-integer-float", "decimal"):
+        typed = obj.notna()
+    else:
+        typed = obj.map(lambda v: isinstance(v, int | float | np.integer | np.floating)
+                        and not isinstance(v, bool | np.bool_)).astype(bool)
+    if typed.any():
+        num[typed] = obj[typed].astype(float)
+    plain = txt.str.match(_PLAIN[dec]).astype(bool) & ~typed
     if decimal is not None and dec == ".":
         plain &= ~txt.str.match(_AMBIGUOUS).astype(bool)
     if plain.any():
         body = txt[plain].str.replace(",", "", regex=False) if dec == "." else (
             txt[plain].str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
         num[plain] = pd.to_numeric(body, errors="coerce")
-    rest = (txt != "") & ~plain
+    rest = (txt != "") & ~plain & ~typed
     for i in np.flatnonzero(rest.to_numpy()):
         value, why, m = _parse_amount(txt.iat[i], dec, strict=decimal is not None)
         num.iat[i], reason.iat[i], mark.iat[i] = (np.nan if value is None else value), why, m
-    long = (txt != "") & (reason == "") & (num.abs() <= 1e15) & (txt.str.count(r"\d") > EXACT_DIGITS)
+    long = ~typed & (txt.str.len() > EXACT_DIGITS) & (reason == "") & (num.abs() <= 1e15)
+    long[long] = txt[long].str.count(r"\d") > EXACT_DIGITS
     for i in np.flatnonzero(long.to_numpy()):
         if not _exact(txt.iat[i], num.iat[i], dec):
             reason.iat[i] = (f"amount '{txt.iat[i]}' has more significant digits than a number keeps exactly "
@@ -129,7 +142,7 @@ def _parse_amounts(raw: pd.Series, decimal: str | None) -> tuple[pd.Series, pd.S
     reason[negative] = "amount '" + txt[negative] + "' is negative"
     too_big = ok & ~negative & ((num.abs() > 1e15) | np.isinf(num))
     reason[too_big] = "amount '" + txt[too_big] + "' is too large"
-    not_number = ok & ~negative & ~too_big & (txt != "") & num.isna()
+    not_number = ok & ~negative & ~too_big & (txt != "") & num.isna() & ~(typed & obj.isna())
     reason[not_number] = "amount '" + txt[not_number] + "' is not a number"
     return num.where(reason == "").astype(float), reason, mark
 
@@ -162,7 +175,7 @@ def _parse_amount(text: str, dec: str, *, strict: bool) -> tuple[float | None, s
         return None, f"amount '{text}' is not a number", mark
     if strict and dec == "." and _AMBIGUOUS.match(t):
         return None, (f"amount '{text}' is ambiguous: '.' before three digits groups thousands in some countries; "
-                      "write 1000 or 1.0 (or set decimal: ',' on the source)"), mark
+                      f"write {t.replace('.', '')} or {t}0 (or set decimal: ',' on the source)"), mark
     body = t.replace(other, "")
     body = body.replace(",", ".") if dec == "," else body
     try:
