@@ -385,7 +385,12 @@ def _main(argv: list[str] | None = None) -> int:
         print("pipeline-sync: interrupted", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:  # e.g. a full TMPDIR while staging the workbook
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        import errno
+        import tempfile
+
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else (
+            f" (the workbook is staged in {tempfile.gettempdir()}; set TMPDIR to a folder with room)"
+            if exc.errno == errno.ENOSPC else "")
         print(f"pipeline-sync: {args.command} failed: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
 
