@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,6 +22,7 @@ from config.models import (
     stage_map_problems,
 )
 from connectors import redact
+from connectors.registry import ByType
 
 SECRET_KEYS = frozenset({"token", "client_secret", "token_secret", "password", "secret"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -126,53 +127,45 @@ def _interpolate(
     return node
 
 
-def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Walk the model tree along an error location to find the model that owns the last key."""
-    model: Any = AppConfig
+def _model_for(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
+    """Walk the model tree (and the data, for a block whose `type` picks its model) along an error
+    location to find the model that owns the last key."""
+    annotation: Any = AppConfig
+    node = data
     for part in loc[:-1]:
         if isinstance(part, int):
+            annotation = _item(annotation)
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            # a discriminated union tag (e.g. 'csv') names the model inside it
-            return None
-        field = model.model_fields.get(str(part))
+        model = _model(annotation, node)
+        field = model.model_fields.get(str(part)) if model is not None else None
         if field is None:
-            model = _union_member(model, str(part))
-            continue
-        model = _unwrap(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+            return None
+        annotation = field.annotation
+        node = node.get(part) if isinstance(node, dict) else None
+    return _model(annotation, node)
 
 
-def _unwrap(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", None)
-    origin = getattr(annotation, "__origin__", None)
-    if origin in (list, tuple) and args:
-        return _unwrap(args[0])
-    if args:
-        for a in args:
-            u = _unwrap(a)
-            if isinstance(u, type) and issubclass(u, BaseModel):
-                return u
-    meta = getattr(annotation, "__metadata__", None)
-    if meta is not None:
-        return _unwrap(annotation.__origin__)
-    return annotation
+def _model(annotation: Any, node: Any) -> type[BaseModel] | None:
+    """The model behind an annotation (`X | None`, `Annotated[...]`, a registry-typed block)."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, ByType):
+            return meta.model(node.get("type")) if isinstance(node, dict) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (model := _model(arg, node)) is not None:
+            return model
+    return None
 
 
-def _union_member(model: Any, tag: str) -> Any:
-    from config import models as m
-
-    for cls in (
-        m.CsvSourceConfig,
-        m.ExcelSourceConfig,
-        m.HubSpotSourceConfig,
-        m.SalesforceSourceConfig,
-        m.TableauSourceConfig,
-        m.FileDestinationConfig,
-        m.OneDriveDestinationConfig,
-    ):
-        if cls.model_fields["type"].annotation.__args__[0] == tag:
-            return cls
+def _item(annotation: Any) -> Any:
+    """The item annotation of `list[X]` (or `list[X] | None`)."""
+    if get_origin(annotation) in (list, tuple):
+        return get_args(annotation)[0]
+    for arg in get_args(annotation):
+        if get_origin(arg) in (list, tuple):
+            return get_args(arg)[0]
     return None
 
 
@@ -181,18 +174,16 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("csv", "excel", "hubspot", "salesforce", "tableau", "file", "onedrive"):
-            continue  # the union tag pydantic inserts
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], data: Any) -> str:
     loc = tuple(err["loc"])
     key = _dotted(loc)
     if err["type"] == "extra_forbidden":
-        model = _model_for(loc)
+        model = _model_for(loc, data)
         hint = ""
         if model is not None:
             close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
@@ -201,8 +192,6 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key{hint}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
-    if err["type"] == "union_tag_invalid":
-        return f"{key}: unknown type {err.get('input', {}).get('type')!r}; use one of {err['ctx']['expected_tags']}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -270,7 +259,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     except ValidationError as exc:
         for err in exc.errors():
             if _dotted(tuple(err["loc"])) not in unset_keys:
-                problems.append(_describe(err))
+                problems.append(_describe(err, data))
         problems += [c for c in _cross_key_problems(data) if not any(c in q for q in problems)]
     secrets = {s for s in [*used, *_secret_values(data), *_url_passwords(data)] if len(s) >= redact.MIN_LENGTH}
     redact.register(secrets)

@@ -1,7 +1,7 @@
 """SOQL text helpers: the one literal escaper and the checks on a user's `where:` option.
 
 Pure functions, used by the Salesforce config model (validation at load time) and by
-connectors/sources/salesforce.py (query building).
+connectors/sources/salesforce/query.py (query building).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -67,6 +68,8 @@ class ExtractContext:
     `retry_policy`: the HTTP retry policy extractors use when none is passed to them (None: the default).
     `cached_version`: the version of this source's rows the flow already holds validated; an
     extractor that finds its source unchanged since that version may return `reused=True` and no rows.
+    `state_dir`: the config's state folder (`.state/` next to it) for per-folder files such as
+    locks; None: the extractor picks a per-user default.
     """
 
     engine: Any | None  # sqlalchemy Engine of the state store, None when state is off
@@ -77,3 +80,4 @@ class ExtractContext:
     full_refresh: bool = False
     retry_policy: RetryPolicy | None = None
     cached_version: str | None = None
+    state_dir: Path | None = None

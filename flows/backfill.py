@@ -1,8 +1,9 @@
 """`pipeline-sync backfill`: the pipeline as it stood on each past date, stored and (optionally) written.
 
-Sources are read once for the whole backfill: CRM sources from their stored state (what the
-last run committed), files from disk, Tableau live; `refetch` pulls every source again (and
-commits what it pulled, as a run would). Each date is an as-of reconstruction
+Sources are read once for the whole backfill: those whose type rebuilds its rows from stored
+state (connectors.registry: the CRM sources) from what the last run committed, files from disk,
+the others (Tableau) live; `refetch` pulls every source again (and commits what it pulled, as a
+run would). Each date is an as-of reconstruction
 (`transforms.analytics` with stage history) of every report of the config.
 
 Order and concurrency: a date's Trends/Changes (and the flags comparing with the previous
@@ -27,12 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
 
 from config.loader import ConfigError, LoadedConfig, load_config
 from config.models import AppConfig
+from connectors import registry
 from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
@@ -60,7 +61,6 @@ from transforms.report_filter import describe, is_filtered
 Every = Literal["day", "week", "month", "quarter"]
 EVERY: tuple[str, ...] = ("day", "week", "month", "quarter")
 Status = Literal["done", "skipped", "failed", "not run"]
-STATE_SOURCES = {"hubspot": "connectors.sources.hubspot.extract", "salesforce": "connectors.sources.salesforce"}
 
 
 @dataclass
@@ -128,19 +128,22 @@ def workbook_problems(cfg: AppConfig, specs: list[ReportSpec]) -> list[str]:
 
 
 def load_sources(run: RunContext, *, refetch: bool) -> tuple[list[Extracted], list[str]]:
-    """Every source once: CRM sources from their stored records unless `refetch`, the others pulled."""
+    """Every source once: those whose type rebuilds its rows from stored records (connectors.registry)
+    from them unless `refetch`, the others pulled."""
     extracted, notes = [], []
     for i, src in enumerate(run.config.sources):
-        if refetch or src.type not in STATE_SOURCES:
+        kind = registry.source_type(src.type)
+        from_state = registry.history_rebuilder(src.type)
+        if refetch or from_state is None:
             extracted.append(extract_source(run, i))
-            if src.type == "tableau" and not refetch:
-                notes.append(f"source {src.name}: Tableau keeps no stored state; pulled live")
+            if not kind.local and not refetch:
+                notes.append(f"source {src.name}: {kind.label or kind.name} keeps no stored state; pulled live")
             continue
         payloads = load_records(run.engine, src.name)
         if not payloads:
             raise PipelineSyncError(f"source '{src.name}' has no stored records yet: run 'pipeline-sync run' once, "
                                     "or backfill with --refetch to pull it now")
-        stored = import_module(STATE_SOURCES[src.type]).from_state(src, payloads)
+        stored = from_state(src, payloads)
         extracted.append(dataclasses.replace(stored, stale=False, notes=[f"source '{src.name}': stored records"]))
         notes.append(f"source {src.name}: {len(payloads):,} stored records (use --refetch to pull again)")
     return extracted, notes

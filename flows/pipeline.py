@@ -14,7 +14,7 @@ import pickle
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -25,18 +25,31 @@ import numpy as np
 import pandas as pd
 
 from config.loader import LoadedConfig, load_config
-from config.models import AppConfig, FileDestinationConfig
+from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
+from connectors import registry
 from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
 from connectors.redact import redact
-from connectors.registry import extractor_for
 from connectors.state.db import default_state_url, make_engine
+from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from flows.reports import (
+    Call,
+    FanOut,
+    ReportOutcome,
+    for_report,
+    report_rows,
+    report_specs,
+    thread_fan_out,
+)
+from flows.stage_meter import StageTime, measured
+from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.periods import Period, reporting_period
+from transforms.report_filter import describe, is_filtered
 from transforms.workbook_layout import (
     about_sheet,
     excel_limits,
@@ -90,6 +103,7 @@ class RunContext:
     state_url: str = ""
     observer: Observer = field(default_factory=Observer)
     retry_policy: RetryPolicy | None = None  # every HTTP call of the run (None: the default policy)
+    stages: list[StageTime] = field(default_factory=list)  # time and peak memory of each step, in order
     _engine: Any = None
 
     @property
@@ -152,6 +166,7 @@ class RunResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
+    stages: list[StageTime] = field(default_factory=list)
 
 
 def result_summary(result: RunResult) -> dict[str, Any]:
@@ -167,6 +182,8 @@ def result_summary(result: RunResult) -> dict[str, Any]:
              "unchanged": s.reused}
             for s in result.sources
         ],
+        "stages": [{"name": s.name, "seconds": round(s.seconds, 3), "peak_mib": round(s.peak_mib, 1)}
+                   for s in result.stages],
     }
 
 
@@ -199,12 +216,13 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     observer = Observer(on_event=run.observer.on_event)
     cache = run.validated_cache if reuse and not run.full_refresh else None
     digest = validation_digest(run.config, index)
-    ctx = ExtractContext(engine=run.engine if src.type in ("hubspot", "salesforce") else None,
+    ctx = ExtractContext(engine=run.engine if registry.source_type(src.type).keeps_state else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
                          full_refresh=run.full_refresh, retry_policy=run.retry_policy,
-                         cached_version=cache.version(src.name, digest) if cache is not None else None)
+                         cached_version=cache.version(src.name, digest) if cache is not None else None,
+                         state_dir=run.loaded.base_dir / ".state")
     started = time.perf_counter()
-    extracted = extractor_for(src.type)(src, ctx)
+    extracted = registry.extractor_for(src.type)(src, ctx)
     if extracted.reused:
         rows = cache.load(src.name, digest, extracted.version) if cache is not None and extracted.version else None
         if rows is None:
@@ -222,18 +240,18 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     return extracted
 
 
-_CODE_FILES = ("transforms/canonical.py", "config/schema.py")
+_CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
 
 
 def validation_digest(cfg: AppConfig, index: int) -> str:
     """Names how a source's rows are validated: its config, the pipeline's stages, the timezone,
-    currency and rates, and the code that validates them. Cached rows must match it."""
+    currency and rates, and the code that shapes and validates them (every module the registry
+    names for its type). Cached rows must match it."""
     src = cfg.sources[index]
     root = Path(__file__).resolve().parent.parent
-    module = root / "connectors" / f"{src.type}.py"
     code = hashlib.sha256()
-    for path in (*(root / f for f in _CODE_FILES), module):
-        code.update(path.read_bytes() if path.exists() else b"")
+    for path in (*(root / f for f in _CODE_FILES), *registry.row_code_files(src.type)):
+        code.update(path.read_bytes())
     key = json.dumps({
         "source": src.model_dump(mode="json"), "stages": cfg.pipeline.model_dump(mode="json"),
         "timezone": cfg.timezone, "currency": cfg.inputs.currency,
@@ -245,9 +263,11 @@ def validation_digest(cfg: AppConfig, index: int) -> str:
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
-    validated = validate(run, extracted, failures)
+    with measured(run.stages, "validate"):
+        validated = validate(run, extracted, failures)
     release_rows(extracted)
-    return analyze(run, validated)
+    with measured(run.stages, "analyze"):
+        return analyze(run, validated)
 
 
 def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
@@ -356,43 +376,13 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     opportunities, rejected, history, reports = (validated.opportunities, validated.rejected, validated.history,
                                                  validated.sources)
     stale = [r.name for r in reports if r.stale]
-    analytics = _analytics(run, opportunities, history, stale)
-    if analytics is not None:
-        shown = analytics.opportunities
-        sheets = list(analytics.sheets)
-        summary = analytics.summary
-        flags_count = len(analytics.flags)
-    else:
-        shown, sheets, summary, flags_count = opportunities, [], _placeholder_summary(run, reports), None
-    sheets.append(opportunities_sheet(shown))
-    sheets.append(rejected_sheet(rejected))
-    sheets.extend(raw_sheets(validated.raw))
-    return Transformed(shown, rejected, history, reports, sheets, summary, flags_count, analytics,
-                       validated=validated)
-
-
-def _analytics(run: RunContext, opportunities: pd.DataFrame, history: pd.DataFrame, stale: list[str]) -> Any:
-    """Metrics, flags and their sheets, when the analytics package is installed in this build."""
-    try:
-        from transforms.analytics import build_analytics
-    except ImportError:
-        return None
-    snapshots = None
-    try:
-        from connectors.state.snapshots import load_history
-
-        snapshots = load_history(run.engine, run.config.report, run.as_of)
-    except ImportError:
-        snapshots = None
-    return build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale, snapshots=snapshots)
-
-
-def _placeholder_summary(run: RunContext, reports: list[SourceReport]) -> SummaryData:
-    kpis = pd.DataFrame({"metric": ["rows loaded", "rows rejected"],
-                         "value": [float(sum(r.rows_loaded for r in reports)), float(sum(r.rows_rejected for r in reports))],
-                         "unit": ["count", "count"]})
-    return SummaryData(title=f"Pipeline {run.period.label} (as of {run.as_of.isoformat()})", kpis=kpis,
-                       flag_counts=pd.DataFrame({"rule": pd.Series(dtype=object), "count": pd.Series(dtype=int)}))
+    snapshots = load_history(run.engine, run.config.report, run.as_of)
+    analytics = build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale,
+                                snapshots=snapshots)
+    sheets = [*analytics.sheets, opportunities_sheet(analytics.opportunities), rejected_sheet(rejected),
+              *raw_sheets(validated.raw)]
+    return Transformed(analytics.opportunities, rejected, history, reports, sheets, analytics.summary,
+                       len(analytics.flags), analytics, validated=validated)
 
 
 def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
@@ -421,22 +411,12 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
 
 
 def publish(run: RunContext, index: int, staged: Path) -> str:
-    """Deliver the staged workbook to one destination; returns where it went (and any note)."""
+    """Deliver the staged workbook to one destination, by the publisher its type registered;
+    returns where it went (and any note)."""
     dest = run.config.destinations[index]
-    if isinstance(dest, FileDestinationConfig):
-        target = local_file.expand_path(dest.path, as_of=run.as_of, period=run.period.label)
-        local_file.publish(staged, target)
-        return str(target)
-    from connectors.destinations.onedrive import upload as onedrive
-
-    remote = local_file.fill_placeholders(dest.path, as_of=run.as_of, period=run.period.label)
-    kwargs = {"sleep": run.retry_policy.sleep} if run.retry_policy is not None else {}
-    result = onedrive.publish(dest, staged, remote_path=remote, engine=run.engine, **kwargs)
-    where = result.web_url or result.path
-    if result.note:  # e.g. written next to a locked file, or a managed sheet recreated: the user must hear it
-        log.warning("destination %s: %s", where, result.note)
-        return f"{where} ({result.note})"
-    return where
+    sleep = run.retry_policy.sleep if run.retry_policy is not None else None
+    ctx = registry.PublishContext(as_of=run.as_of, period=run.period.label, open_state=lambda: run.engine, sleep=sleep)
+    return registry.publisher_for(dest.type)(dest, staged, ctx)
 
 
 def commit_state(run: RunContext, extracted: list[Extracted], result: Transformed | None,
@@ -497,38 +477,92 @@ def run_pipeline(
     loaded: LoadedConfig | None = None,
     retry_policy: RetryPolicy | None = None,
     reports: list[str] | None = None,
+    fan_out: FanOut = thread_fan_out,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
 
     A source that fails raises unless it has stored state to fall back on (then its data is
     marked stale, M5). State is committed only after every destination succeeded.
-    With `reports:` in the config, flows.reports produces every report (or those named in `reports`).
+    With `reports:` in the config, `run_reports` produces every report (or those named in
+    `reports`), fanned out by `fan_out` (threads unless the caller passes another, e.g. Prefect's).
     """
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
     run.observer.on_event = on_event
     if run.config.reports and reports:
-        from flows.reports import report_specs
-
         report_specs(run.config, reports)  # an unknown report name fails before any extraction
-    extracted, failures = extract_all(run, wrap)
+    with measured(run.stages, "extract"):
+        extracted, failures = extract_all(run, wrap)
     if run.config.reports:
-        from flows.reports import run_reports
-
-        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports)
+        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports, fan_out=fan_out)
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
     staging = local_file.staging_dir()
     try:
-        staged, rows, notes = wrap(render, "render")(run, result, staging)
-        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
+        with measured(run.stages, "render"):
+            staged, rows, notes = wrap(render, "render")(run, result, staging)
+        with measured(run.stages, "publish"):
+            outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged)
+                       for i, d in enumerate(run.config.destinations)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    wrap(commit_state, "commit-state")(run, extracted, result)
-    keep_validated(run, extracted, result.validated)
+    with measured(run.stages, "commit"):
+        wrap(commit_state, "commit-state")(run, extracted, result)
+        keep_validated(run, extracted, result.validated)
     return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
-                     time.perf_counter() - t0, notes)
+                     time.perf_counter() - t0, notes, stages=list(run.stages))
+
+
+def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
+                wrap: StepWrapper, started: float, names: Sequence[str] | None = None,
+                fan_out: FanOut = thread_fan_out) -> RunResult:
+    """Validate once, produce every report (or those in `names`) through `fan_out`, then commit
+    state and the snapshots of the reports that succeeded; a failed report fails the run after
+    the others are published."""
+    specs = report_specs(run.config, names)
+    validated = wrap(validate, "validate")(run, extracted, failures)
+    release_rows(extracted)
+    _ = run.engine  # tables exist before the reports open their own connections
+    calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))
+                         for s in specs]
+    results = fan_out(run.config, calls)
+    done = [r for r in results if isinstance(r, ReportOutcome)]
+    wrap(commit_state, "commit-state")(run, extracted, None,
+                                       snapshots=[(o.report, o.snapshot) for o in done if o.snapshot is not None])
+    keep_validated(run, extracted, validated)
+    failed = [(s.name, r) for s, r in zip(specs, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        if len(failed) == 1 and len(specs) == 1:
+            raise failed[0][1]
+        detail = "; ".join(f"{name}: {exc}" for name, exc in failed)
+        raise PipelineSyncError(f"{len(failed)} of {len(specs)} reports failed ({detail}); "
+                                f"the others were published") from failed[0][1]
+    flags = [o.flags_count for o in done if o.flags_count is not None]
+    return RunResult(run.run_id, run.as_of, run.period, validated.sources, [p for o in done for p in o.outputs],
+                     sum(flags) if flags else None, {}, time.perf_counter() - started,
+                     [n for o in done for n in o.notes],
+                     reports=[{"report": o.report, "outputs": o.outputs, "flags": o.flags_count,
+                               "open_deals": o.open_deals, "rows": o.rows} for o in done],
+                     stages=list(run.stages))
+
+
+def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfig) -> ReportOutcome:
+    """One report of `run_reports`: filter, analyse, render once and publish
+    to each of the report's destinations."""
+    rows = report_rows(validated, flt)
+    result = analyze(run, rows)
+    if is_filtered(flt):
+        result.about += [("report filter", describe(flt)), ("opportunities in this report", len(rows.opportunities))]
+    staging = local_file.staging_dir(f"pipeline-sync-{run.config.report}-")
+    try:
+        staged, counts, notes = render(run, result, staging)
+        outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    snapshot = getattr(result.analytics, "snapshot", None)
+    return ReportOutcome(run.config.report, outputs, result.flags_count,
+                         None if snapshot is None else len(snapshot.deals), counts, notes, snapshot)
 
 
 def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:
@@ -549,18 +583,14 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
 
 
 def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
-    """The stored current records of a CRM source, rebuilt by its connector and marked stale.
+    """The stored current records of a source, rebuilt by its type's `rebuilds_history` and marked stale.
 
-    None when the source keeps no state or nothing is stored yet.
+    None when the source's type rebuilds nothing or nothing is stored yet.
     """
-    from importlib import import_module
-
-    from connectors.registry import SOURCE_EXTRACTORS
     from connectors.state.source_state import load_records
 
     src = run.config.sources[index]
-    module = import_module(SOURCE_EXTRACTORS[src.type].split(":")[0])
-    from_state = getattr(module, "from_state", None)
+    from_state = registry.history_rebuilder(src.type)
     if from_state is None:
         return None
     payloads = load_records(run.engine, src.name)

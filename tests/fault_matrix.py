@@ -526,7 +526,7 @@ def _edit_mid_upload(w: World) -> None:
     item = w.fakes.graph.file(DRIVE, REMOTE)
     engine = make_engine("sqlite:///" + str(w.folder / ".state" / "pipeline-sync.db"))
     with engine.begin() as conn:
-        assert conn.execute(sa.update(published).values(item_id=item.id, etag=item.etag)).rowcount == 1
+        assert conn.execute(sa.update(published).values(item_id=item.id, etag=item.etag, ctag=item.ctag)).rowcount == 1
     engine.dispose()
 
     def on_chunk(n: int) -> None:

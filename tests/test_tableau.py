@@ -35,6 +35,12 @@ COLUMNS = {"Opportunity ID": "opportunity_id", "Opportunity Name": "name", "Stag
            "Amount": "amount", "Created Date": "created_date", "Close Date": "close_date", "Region": "team"}
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path, monkeypatch):
+    """Token locks go to a per-test folder (ExtractContext without state_dir: $XDG_STATE_HOME)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+
+
 @pytest.fixture
 def fake() -> FakeTableau:
     f = FakeTableau()
@@ -358,7 +364,7 @@ def test_datasource_explicit_fields_with_alias(srv, fake, ds_rows, policy):
 @pytest.mark.parametrize(("setup", "message"), [
     (lambda f: setattr(f, "vds_enabled", False), r"has no VizQL Data Service \(HTTP 404"),
     (lambda f: setattr(f.datasources[DS], "api_access", False), r"HTTP 403.*'API Access' capability"),
-    (lambda f: f.datasources.pop(DS), r"does not know data source .*HTTP 404: 404934.*check datasource_luid"),
+    (lambda f: f.datasources.pop(DS), r"does not know data source .*HTTP 404: 404000.*check datasource_luid"),
 ])
 def test_datasource_refusals_are_explained(srv, fake, ds_rows, policy, setup, message):
     setup(fake)
@@ -368,7 +374,7 @@ def test_datasource_refusals_are_explained(srv, fake, ds_rows, policy, setup, me
 
 
 def test_datasource_unknown_field_gives_the_server_message(srv, fake, ds_rows, policy):
-    with pytest.raises(FatalAPIError, match=r"HTTP 400: 400803: Unknown field\(s\): Owner"):
+    with pytest.raises(FatalAPIError, match=r"has no such field \(HTTP 404: 404934: Unknown Field: Owner\.\)"):
         extract(ds_cfg(srv, columns={"Opportunity Id": "opportunity_id", "Stage Name": "stage",
                                      "Created": "created_date", "Owner": "owner"}), make_ctx(), policy=policy)
 
@@ -464,3 +470,101 @@ def test_the_same_answer_as_last_time_is_not_parsed_again(srv, fake, ds_rows, po
     changed = extract(cfg, dataclasses.replace(make_ctx(), cached_version=first.version), policy=policy)
     assert not changed.reused and changed.version != first.version
     assert len(changed.records) == len(first.records) - 1
+
+
+# ----------------------------------------------------------------------------- names and values Tableau's grammar reserves
+
+
+@pytest.mark.parametrize(("workbook", "name"), [
+    ("Pipeline [EMEA]", "Opportunities"),
+    ("Sales Pipeline", "Q1: Opportunities"),
+    ("Sales, Marketing & Ops", "Open [all]"),
+])
+def test_names_the_filter_grammar_reserves_are_matched_without_a_server_filter(srv, fake, policy, workbook, name):
+    """':' '[' ']' ',' '&' cannot be said in `name:eq:` (the fake answers 400 like a malformed expression)."""
+    target = "aaaaaaaa-0000-4000-8000-00000000f001"
+    fake.add_view(target, workbook, name, opportunities_csv(7))
+    fake.add_view("aaaaaaaa-0000-4000-8000-00000000f002", "Other Book", name, opportunities_csv(3))
+    out = extract(make_cfg(srv, view=f"{workbook}/{name}"), make_ctx(), policy=policy)
+    assert len(out.records) == 7
+    assert [r.path.rsplit("/", 2)[-2] for r in srv.requests if r.path.endswith("/data")] == [target]
+    for kind, wanted in (("/views", name), ("/workbooks", workbook)):
+        lists = [r.query for r in srv.requests if r.path.endswith(kind)]
+        if set(wanted) & set(",&:[]"):  # listed whole, at the largest page size, and matched here
+            assert all("filter" not in q and q["pageSize"] == ["1000"] for q in lists), kind
+            assert lists or kind == "/workbooks"  # a workbook is then told by its id (get workbook)
+        else:
+            assert all(q["filter"] == [f"name:eq:{wanted}"] for q in lists), kind
+
+
+def test_a_name_the_grammar_allows_still_uses_the_server_filter(srv, fake, policy):
+    extract(make_cfg(srv, view="Sales Pipeline/Pipeline Dashboard"), make_ctx(), policy=policy)
+    lists = [r.query for r in srv.requests if r.path.endswith("/views")]
+    assert lists == [{"filter": ["name:eq:Pipeline Dashboard"], "pageSize": ["100"], "pageNumber": ["1"]}]
+
+
+def region_csv(regions: list[str]) -> bytes:
+    rows = csv_rows(opportunities_csv(len(regions)))
+    for row, region in zip(rows[1:], regions, strict=True):
+        row[2] = region
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue().encode()
+
+
+@pytest.mark.parametrize(("value", "wire", "kept"), [
+    ("East, North", "East\\, North", ["East, North"]),  # one value with a comma: not East OR " North"
+    (["East, North", "West"], "East\\, North,West", ["East, North", "West"]),
+    ("C:\\Share", "C:\\\\Share", ["C:\\Share"]),
+])
+def test_a_comma_in_a_view_filter_value_is_escaped(srv, fake, policy, value, wire, kept):
+    regions = ["East, North", "East", " North", "West", "C:\\Share", "East, North"]
+    fake.view_data[OPP_VIEW] = region_csv(regions)
+    out = extract(make_cfg(srv, view=OPP_VIEW, filters={"Region": value}), make_ctx(), policy=policy)
+    assert fake.data_queries[-1]["vf_Region"] == wire
+    assert out.records["team"].tolist() == [r for r in regions if r in kept]
+
+
+def test_a_list_for_a_workbook_parameter_is_refused_before_signing_in(srv, fake, policy):
+    with pytest.raises(FatalAPIError, match=r"filters.Parameters.Quarter: a workbook parameter takes one value"):
+        extract(make_cfg(srv, filters={"Parameters.Quarter": ["Q1", "Q2"]}), make_ctx(), policy=policy)
+    assert fake.sign_ins == 0
+
+
+def test_a_date_filter_reaches_vds_as_a_quantitative_date_range(srv, fake, ds_rows, policy):
+    out = extract(ds_cfg(srv, filters={"Created": date(2025, 3, 15), "Region": ["West"]}), make_ctx(), policy=policy)
+    assert fake.vds_queries[0]["query"]["filters"] == [
+        {"field": {"fieldCaption": "Created"}, "filterType": "QUANTITATIVE_DATE", "quantitativeFilterType": "RANGE",
+         "minDate": "2025-03-15", "maxDate": "2025-03-15"},
+        {"field": {"fieldCaption": "Region"}, "filterType": "SET", "values": ["West"], "exclude": False}]
+    want = [r["Opportunity Id"] for r in ds_rows if r["Created"] == "2025-03-15" and r["Region"] == "West"]
+    assert out.records["opportunity_id"].tolist() == want and len(want) == 2
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ([date(2025, 3, 15), date(2025, 4, 15)], r"filters.Created: .*a list of dates cannot be sent; give one date or a range"),
+    (datetime(2025, 3, 15, 10, 30), r"filters.Created: VizQL Data Service date filters take whole days"),
+])
+def test_dates_vds_cannot_take_are_refused_before_signing_in(srv, fake, ds_rows, policy, value, message):
+    with pytest.raises(FatalAPIError, match=message):
+        extract(ds_cfg(srv, filters={"Created": value}), make_ctx(), policy=policy)
+    assert fake.sign_ins == 0 and fake.vds_queries == []
+
+
+def test_date_text_in_a_set_filter_is_explained(srv, fake, ds_rows, policy):
+    """A quoted date stays text (a SET filter); VDS refuses dates in set filters, and the error says what to write."""
+    with pytest.raises(FatalAPIError, match=r"HTTP 400: 400803: Set filters don't support dates.*"
+                                            r"give filters.Created a date \(not quoted\) or \{filterType: QUANTITATIVE_DATE"):
+        extract(ds_cfg(srv, filters={"Created": "2025-03-15"}), make_ctx(), policy=policy)
+    assert fake.sign_outs == 1
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda f: setattr(f, "vds_max_response_bytes", 1000), r"HTTP 400: 400804: Response too large.*1 GB limit; add filters"),
+    (lambda f: setattr(f, "vds_queries_per_hour", 0), r"gave up after 3 attempts.*HTTP 429 .*429000: Too many requests"),
+])
+def test_vds_limits(srv, fake, ds_rows, policy, setup, message):
+    setup(fake)
+    with pytest.raises((FatalAPIError, RetriableAPIError), match=message):
+        extract(ds_cfg(srv), make_ctx(), policy=policy)
+    assert fake.sign_outs == 1

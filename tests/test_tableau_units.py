@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from datetime import date
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from config.models import TableauSourceConfig
 from connectors.sources.tableau import (
     csv_request_options,
     filter_value,
+    name_filterable,
     parse_formatted,
     parse_tableau_number,
     retry_after_text,
     vds_query,
 )
 from tests.fakes.server import FakeServer
-from tests.fakes.tableau import FakeTableau, recorded, split_vf_value
+from tests.fakes.tableau import FakeDatasource, FakeTableau, recorded, split_vf_value
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "tableau.yaml"
 
@@ -116,6 +118,8 @@ def test_unreadable_dates_and_date_format_are_left_to_the_canonical_layer():
     ("West", "West", ["West"]),
     (["East", "West"], "East,West", ["East", "West"]),
     (["Rock, Paper", "C:\\tmp"], "Rock\\, Paper,C:\\\\tmp", ["Rock, Paper", "C:\\tmp"]),
+    ("Rock, Paper", "Rock\\, Paper", ["Rock, Paper"]),  # one value: its comma is escaped too
+    ("C:\\tmp", "C:\\\\tmp", ["C:\\tmp"]),
     (True, "true", ["true"]),
     (2026, "2026", ["2026"]),
     (2026.0, "2026", ["2026"]),
@@ -228,3 +232,92 @@ def test_fake_xml_errors_and_page_limit(fake_srv):
     assert r.status_code == 400 and b'code="400006"' in r.content
     r = requests.get(f"{srv.url}/api/3.24/sites/{site}/views", verify=srv.ca_path, timeout=10)
     assert r.status_code == 401 and b'code="401000"' in r.content
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("Opportunities", True), ("Pipeline (EMEA) - Q1", True), ("", False), ("A, B", False), ("A & B", False),
+    ("Q1: Pipeline", False), ("Open [all]", False), ("]", False),
+])
+def test_name_filterable(name, ok):
+    assert name_filterable(name) is ok
+
+
+def _views(srv: FakeServer, token: str, **params: str) -> requests.Response:
+    site = "6b7179ba-b82b-4f0f-91ed-812074ac5da6"
+    return requests.get(f"{srv.url}/api/3.24/sites/{site}/views", params=params, headers={"X-Tableau-Auth": token},
+                        verify=srv.ca_path, timeout=10)
+
+
+@pytest.mark.parametrize(("expr", "status", "names"), [
+    ("name:eq:Overview", 200, ["Overview"]),
+    ("name:in:[Overview,Product]", 200, ["Overview", "Product"]),
+    ("name:eq:Q1: Pipeline", 400, None),  # ':' has no escape
+    ("name:eq:Open [all]", 400, None),  # brackets delimit `in` lists
+    ("name:eq:A & B", 400, None),  # '&' separates expressions, encoded or not
+    ("name:eq:Rock, Paper", 400, None),  # so does ','
+])
+def test_fake_reads_the_documented_filter_grammar(fake_srv, expr, status, names):
+    fake, srv = fake_srv
+    token = _sign_in_json(srv).json()["credentials"]["token"]
+    r = _views(srv, token, filter=expr)
+    assert r.status_code == status
+    if names is not None:
+        got = re.findall(r'<view id="[^"]+" name="([^"]+)"', r.text)
+        assert sorted(set(got)) == names
+
+
+def _vds(srv: FakeServer, token: str, query: dict, luid: str = "ds-1") -> requests.Response:
+    return requests.post(f"{srv.url}/api/v1/vizql-data-service/query-datasource", verify=srv.ca_path, timeout=10,
+                         json={"datasource": {"datasourceLuid": luid}, "query": query},
+                         headers={"X-Tableau-Auth": token, "Accept": "application/json"})
+
+
+ROWS = [{"Id": f"O-{i}", "Region": ["East", "West"][i % 2], "Amount": 100.0 * i, "Close": f"2025-0{i}-01",
+         "Seen": f"2025-0{i}-01T10:00:00Z"} for i in range(1, 7)]
+F = {"fieldCaption": "Id"}
+
+
+@pytest.mark.parametrize(("filters", "status", "code", "ids"), [
+    ([{"field": {"fieldCaption": "Close"}, "filterType": "SET", "values": ["2025-02-01"]}], 400, "400803", None),
+    ([{"field": {"fieldCaption": "Seen"}, "filterType": "SET", "values": ["2025-02-01T10:00:00Z"]}], 400, "400803", None),
+    ([{"field": {"fieldCaption": "Close"}, "filterType": "QUANTITATIVE_DATE", "quantitativeFilterType": "RANGE",
+       "minDate": "2025-02-01", "maxDate": "2025-04-01"}], 200, None, ["O-2", "O-3", "O-4"]),
+    ([{"field": {"fieldCaption": "Seen"}, "filterType": "QUANTITATIVE_DATE", "quantitativeFilterType": "MIN",
+       "minDate": "2025-05-01"}], 200, None, ["O-5", "O-6"]),
+    ([{"field": {"fieldCaption": "Close"}, "filterType": "QUANTITATIVE_DATE", "quantitativeFilterType": "RANGE",
+       "minDate": "2025-02-01"}], 400, "400802", None),  # RANGE needs both ends
+    ([{"field": {"fieldCaption": "Region"}, "filterType": "QUANTITATIVE_DATE", "quantitativeFilterType": "MAX",
+       "maxDate": "2025-02-01"}], 400, "400803", None),  # not a date field
+    ([{"field": {"fieldCaption": "Amount"}, "filterType": "QUANTITATIVE_NUMERICAL", "quantitativeFilterType": "RANGE",
+       "min": 150, "max": 450}], 200, None, ["O-2", "O-3", "O-4"]),
+    ([{"field": {"fieldCaption": "Region"}, "filterType": "MATCH", "startsWith": "E"}], 200, None, ["O-2", "O-4", "O-6"]),
+    ([{"field": {"fieldCaption": "Region"}, "filterType": "SET", "values": ["West"]},
+      {"field": {"fieldCaption": "Region"}, "filterType": "SET", "values": ["East"]}], 400, "400803", None),
+    ([{"field": {"fieldCaption": "Amount", "function": "SUM"}, "filterType": "SET", "values": [100.0]}], 400, "400803",
+     None),
+    ([{"field": {"fieldCaption": "Region"}, "filterType": "BETWEEN"}], 400, "400802", None),
+    ([{"field": {"fieldCaption": "Owner"}, "filterType": "SET", "values": ["x"]}], 404, "404934", None),
+])
+def test_fake_vds_filters_follow_the_schema_and_limitations(fake_srv, filters, status, code, ids):
+    fake, srv = fake_srv
+    fake.datasources["ds-1"] = FakeDatasource(ROWS)
+    token = _sign_in_json(srv).json()["credentials"]["token"]
+    r = _vds(srv, token, {"fields": [F], "filters": filters})
+    assert r.status_code == status
+    if code is not None:
+        assert r.json()["errorCode"] == code
+    if ids is not None:
+        assert [row["Id"] for row in r.json()["data"]] == ids
+
+
+def test_fake_vds_metadata_types_and_codes(fake_srv):
+    fake, srv = fake_srv
+    fake.datasources["ds-1"] = FakeDatasource(ROWS, types={"Id": "STRING"})
+    token = _sign_in_json(srv).json()["credentials"]["token"]
+    meta = requests.post(f"{srv.url}/api/v1/vizql-data-service/read-metadata", verify=srv.ca_path, timeout=10,
+                         json={"datasource": {"datasourceLuid": "ds-1"}}, headers={"X-Tableau-Auth": token}).json()
+    assert {f["fieldCaption"]: f["dataType"] for f in meta["data"]} == {
+        "Id": "STRING", "Region": "STRING", "Amount": "REAL", "Close": "DATE", "Seen": "DATETIME"}
+    assert _vds(srv, "not-a-session", {"fields": [F]}).json()["errorCode"] == "401002"
+    fake.datasources["ds-1"].api_access = False
+    assert _vds(srv, token, {"fields": [F]}).json()["errorCode"] == "403800"

@@ -77,11 +77,11 @@ def test_nothing_changed_reuses_the_validated_rows_and_writes_the_same_workbook(
     assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (7, 7, 0)
     assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
     assert about(second.outputs[0])[f"source {SOURCE}: unchanged"].startswith("nothing changed")
-    # pipelines, one empty search, the archived list, owners (active and archived): no deal page read
+    # pipelines, deal properties, one empty search, the archived list, owners (active and archived): no deal page read
     paths = [r.path for r in srv.requests]
     assert paths.count("/crm/v3/objects/deals/search") == 1 and paths.count("/crm/v3/pipelines/deals") == 1
     assert [r.q("archived") for r in srv.requests if r.path == "/crm/v3/objects/deals"] == ["true"]
-    assert len(paths) == 5
+    assert len(paths) == 6
     third = run_flow(path)
     assert third.sources[0].reused
     assert sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])

@@ -1,12 +1,13 @@
-"""Destination configs: one model per destination `type` (a local file, OneDrive/SharePoint)."""
+"""Destination configs: one model per built-in destination `type` (a local file, OneDrive/SharePoint)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from config.models.base import RelPath, StrictModel
+from connectors.registry import typed_config
 
 _WINDOWS_DEVICES = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
 
@@ -110,6 +111,5 @@ class OneDriveDestinationConfig(StrictModel):
         return self
 
 
-DestinationConfig = Annotated[
-    FileDestinationConfig | OneDriveDestinationConfig, Field(discriminator="type")
-]
+# One `destinations:` item: validated by the model that connectors.registry names for its `type`.
+DestinationConfig = typed_config("destination")

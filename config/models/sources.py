@@ -1,17 +1,20 @@
-"""Source configs: one model per source `type` (CSV, Excel, HubSpot, Salesforce, Tableau)."""
+"""Source configs: one model per built-in source `type` (CSV, Excel, HubSpot, Salesforce, Tableau)."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from config.models.base import Delimiter, RelPath, StrictModel
 from config.schema import FIELD_NAMES
+from connectors.registry import typed_config
 
 
-class _SourceBase(StrictModel):
+class SourceBase(StrictModel):
+    """What every source type's model has: the flow reads `name`, `stage_map` and `raw_sheet`."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     stage_map: dict[str, str] = Field(default_factory=dict)
     raw_sheet: str | None = Field(default=None, max_length=31)
@@ -40,7 +43,7 @@ class StageHistoryFileConfig(StrictModel):
     limits: ReadLimits = Field(default_factory=ReadLimits)
 
 
-class CsvSourceConfig(_SourceBase):
+class CsvSourceConfig(SourceBase):
     type: Literal["csv"]
     path: RelPath
     columns: dict[str, str] = Field(default_factory=dict)  # source header -> canonical field
@@ -52,7 +55,7 @@ class CsvSourceConfig(_SourceBase):
     limits: ReadLimits = Field(default_factory=ReadLimits)
 
 
-class ExcelSourceConfig(_SourceBase):
+class ExcelSourceConfig(SourceBase):
     type: Literal["excel"]
     path: RelPath
     sheet: str | int | None = None
@@ -80,7 +83,7 @@ HUBSPOT_FIXED_FIELDS: frozenset[str] = frozenset(
 )
 
 
-class HubSpotSourceConfig(_SourceBase):
+class HubSpotSourceConfig(SourceBase):
     type: Literal["hubspot"]
     token: str = Field(min_length=1, repr=False)  # private-app token, normally ${HUBSPOT_TOKEN}
     base_url: str = "https://api.hubapi.com"
@@ -113,7 +116,7 @@ class HubSpotSourceConfig(_SourceBase):
         return self
 
 
-class SalesforceSourceConfig(_SourceBase):
+class SalesforceSourceConfig(SourceBase):
     """`type: salesforce` (issue 5). Key names are a user-facing contract."""
 
     type: Literal["salesforce"]
@@ -136,6 +139,8 @@ class SalesforceSourceConfig(_SourceBase):
     overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor (late commits)
     page_size: int = Field(default=2000, ge=200, le=2000)  # Sforce-Query-Options batchSize (a hint)
     timeout: float = 30.0
+    daily_api_reserve: int = Field(default=1000, ge=0)  # stop cleanly (cursor kept) when this few daily API calls remain
+    reconcile_days: float = Field(default=7.0, ge=0)  # compare the stored ids with the org's this often (0: every run)
 
     @model_validator(mode="after")
     def _check_auth(self) -> SalesforceSourceConfig:
@@ -185,7 +190,7 @@ class SalesforceSourceConfig(_SourceBase):
 _LUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-class TableauSourceConfig(_SourceBase):
+class TableauSourceConfig(SourceBase):
     type: Literal["tableau"]
     server_url: str
     site: str = ""
@@ -226,11 +231,5 @@ class TableauSourceConfig(_SourceBase):
         return self
 
 
-SourceConfig = Annotated[
-    CsvSourceConfig
-    | ExcelSourceConfig
-    | HubSpotSourceConfig
-    | SalesforceSourceConfig
-    | TableauSourceConfig,
-    Field(discriminator="type"),
-]
+# One `sources:` item: validated by the model that connectors.registry names for its `type`.
+SourceConfig = typed_config("source")

@@ -13,8 +13,13 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectors.errors import DestinationError
+
+if TYPE_CHECKING:
+    from config.models.destinations import FileDestinationConfig
+    from connectors.registry import PublishContext
 
 
 def fill_placeholders(template: str, *, as_of: date, period: str) -> str:
@@ -162,3 +167,10 @@ def publish(staged: Path, target: Path) -> Path:
             os.unlink(tmp)
         raise DestinationError(f"cannot write {target}: {exc.strerror or exc}; the previous file is unchanged") from exc
     return target
+
+
+def publish_to(dest: FileDestinationConfig, staged: Path, ctx: PublishContext) -> str:
+    """The `file` destination's publisher (connectors.registry): `dest.path` with its placeholders filled."""
+    target = expand_path(dest.path, as_of=ctx.as_of, period=ctx.period)
+    publish(staged, target)
+    return str(target)

@@ -1,18 +1,34 @@
-"""A Tableau Server fake (REST API + VizQL Data Service) following api-contracts.md section 1.
+"""A Tableau Server fake (REST API + VizQL Data Service); the requests it answers: docs/api-contracts.md.
 
 Serve it with tests.fakes.server.FakeServer. It replays the recorded samples in
 ../shared/fixtures/real/tableau/: the sign-in answer (token and site swapped in), the sign-in
 error, the view elements of the recorded view pages and the recorded view-data CSV.
-Rules copied from the contract: one session per personal access token (a new sign-in ends the
-older session), 401002 for an expired or ended session, pages capped at 1000, `vf_` filters
-(comma = OR, `\\,` = a literal comma), API versions newer than the server's -> 404.
+Rules, each from Tableau's own pages (cited where they are applied):
+- one session per personal access token: a new sign-in ends the older session, on any site
+  (https://help.tableau.com/current/server/en-us/security_personal_access_tokens.htm);
+  `ended_by_sign_in` counts sessions killed that way;
+- 401002 for an expired or ended session; API versions newer than the server's -> 404;
+- pages of 1 to 1000 items (rest_api_concepts_paging.htm);
+- the `filter=` grammar of rest_api_concepts_filtering_and_sorting.htm: expressions separated by
+  `,` (and `&`, which "can't" appear "even if encoded"), each `field:operator:value`, `in` values
+  in `[...]`; TSC 0.42's Filter docs: `:` `[` `]` have no escape, so a value holding them is a
+  malformed expression (400);
+- `vf_` view filters: comma = OR, `\\,` = a literal comma, `\\\\` = a backslash (same page,
+  "View query filters"; the backslash rule from TSC 0.42's `vf()` docs);
+- VizQL Data Service (VizQLDataServiceOpenAPISchema.json, vds_limitations.html,
+  vds_error_codes.html): filter shapes checked against the schema, no set filter on a DATE or
+  DATETIME field, one filter per field, set/match filters without functions, error codes as
+  listed (400803 validation, 400804 response too large, 403800 no API Access, 404934 unknown
+  field, 429000 over the hourly query cap).
 `faults` injects one-shot failures (expire, 429, 500) on a named route.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -41,7 +57,7 @@ def recorded(name: str) -> bytes:
 
 def _attr(xml: str, name: str) -> str | None:
     m = re.search(rf'\s{name}="([^"]*)"', xml.split(">", 1)[0])
-    return m.group(1) if m else None
+    return html.unescape(m.group(1)) if m else None
 
 
 @dataclass
@@ -63,7 +79,7 @@ class FakeView:
 
 
 def view_xml(view_id: str, name: str, workbook_id: str, content_url: str, sheet_type: str = "worksheet") -> str:
-    return (f'<view id="{view_id}" name="{name}" contentUrl="{content_url}" sheetType="{sheet_type}" '
+    return (f'<view id="{view_id}" name="{_esc(name)}" contentUrl="{_esc(content_url)}" sheetType="{sheet_type}" '
             f'createdAt="2025-01-02T09:00:00Z" updatedAt="2025-06-05T08:00:59Z">'
             f'<workbook id="{workbook_id}" /><owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /></view>')
 
@@ -75,10 +91,34 @@ class Fault:
     detail: str = "Too many requests for 'api.rest.views'. Please retry after 1 minutes."
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
 @dataclass
 class FakeDatasource:
+    """A published data source: rows as VDS returns them (dates as ISO text) and each field's dataType
+    (read-metadata's DataType enum), inferred from the first value unless given in `types`."""
+
     rows: list[dict[str, Any]]
     api_access: bool = True
+    types: dict[str, str] = field(default_factory=dict)
+
+    def data_type(self, caption: str) -> str:
+        if caption in self.types:
+            return self.types[caption]
+        value = next((r[caption] for r in self.rows if r.get(caption) is not None), None)
+        if isinstance(value, bool):
+            return "BOOLEAN"
+        if isinstance(value, int):
+            return "INTEGER"
+        if isinstance(value, float):
+            return "REAL"
+        if isinstance(value, str) and _ISO_DATE.match(value):
+            return "DATE"
+        if isinstance(value, str) and _ISO_DATETIME.match(value):
+            return "DATETIME"
+        return "STRING"
 
 
 @dataclass
@@ -98,6 +138,8 @@ class FakeTableau:
     sites: dict[str, str] = field(default_factory=lambda: {"Samples": RECORDED_SITE_ID, "": DEFAULT_SITE_ID})
     max_api: str = "3.27"
     vds_enabled: bool = True
+    vds_queries_per_hour: int | None = None  # the site's cap: 100 per Creator license (vds_limitations.html)
+    vds_max_response_bytes: int = 1 << 30  # "VDS has a response size limit of 1 GB"
     session_ttl_requests: int | None = None  # a session expires after this many authenticated calls
     faults: list[Fault] = field(default_factory=list)
     views: list[FakeView] = field(default_factory=list)
@@ -107,6 +149,7 @@ class FakeTableau:
     sessions: list[Session] = field(default_factory=list)
     sign_ins: int = 0
     sign_outs: int = 0
+    ended_by_sign_in: int = 0  # live sessions another sign-in with the same token ended
     data_queries: list[dict[str, str]] = field(default_factory=list)
     vds_queries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -211,9 +254,10 @@ class FakeTableau:
                 return Response(401, {"error": {"summary": "Signin Error",
                                                 "detail": "Error signing in to Tableau Server", "code": "401001"}})
             return Response(401, recorded("auth_sign_in_error.xml"), {"Content-Type": "application/xml"})
-        for old in self.sessions:  # one session per PAT: this sign-in ends the earlier one
-            if old.pat == name:
+        for old in self.sessions:  # one session per PAT, on any site: this sign-in ends the earlier one
+            if old.pat == name and old.alive:
                 old.alive = False
+                self.ended_by_sign_in += 1
         token = secrets.token_urlsafe(24)
         site_id = self.sites[site_url]
         self.sessions.append(Session(token, name, site_id))
@@ -264,11 +308,22 @@ class FakeTableau:
         if not 1 <= size <= 1000 or number < 1:
             return self._error(req, 400, "400006", "Bad Request",
                                "The page size must be between 1 and 1000 and the page number at least 1")
-        for expr in filter(None, (req.q("filter") or "").split(",")):
-            fld, op, value = (expr.split(":", 2) + ["", ""])[:3]
-            if fld != "name" or op != "eq":
-                return self._error(req, 400, "400065", "Bad Request", f"Filter '{expr}' is not supported by this fake")
-            items = [i for i in items if i[0] == value]
+        for expr in _filter_expressions(req.q("filter") or ""):
+            parts = expr.split(":")
+            if len(parts) != 3:  # a ':' in a value cannot be escaped (TSC 0.42 Filter docs)
+                return self._error(req, 400, "400000", "Bad Request", f"Invalid filter expression '{expr}'")
+            fld, op, value = parts
+            if fld != "name" or op not in ("eq", "in"):
+                return self._error(req, 400, "400000", "Bad Request", f"Filter '{expr}' is not supported by this fake")
+            if op == "in":
+                if not (value.startswith("[") and value.endswith("]")) or set(value[1:-1]) & set("[]"):
+                    return self._error(req, 400, "400000", "Bad Request", f"Invalid filter expression '{expr}'")
+                allowed = set(value[1:-1].split(","))
+            elif set(value) & set("[]"):  # brackets delimit an `in` list; no escape for them
+                return self._error(req, 400, "400000", "Bad Request", f"Invalid filter expression '{expr}'")
+            else:
+                allowed = {value}
+            items = [i for i in items if i[0] in allowed]
         page = items[(number - 1) * size: number * size]
         return self._xml(f'<pagination pageNumber="{number}" pageSize="{size}" totalAvailable="{len(items)}" />'
                          f'<{wrapper}>{"".join(x for _, x in page)}</{wrapper}>')
@@ -317,44 +372,52 @@ class FakeTableau:
             return Response(200, "Hello from VizQL Data Service")
         session = self._session(req)
         if isinstance(session, Response):
-            return Response(401, _vds_error("401", "Authentication failed: invalid or expired session"))
+            return Response(401, _vds_error("401002", "Invalid authorization credentials"))
         if (f := self._fault("vds", session)) is not None:
             return f
         if req.method != "POST" or endpoint not in ("query-datasource", "read-metadata"):
-            return Response(404, _vds_error("404", f"Unknown endpoint '{endpoint}'"))
+            return Response(404, _vds_error("404950", f"API endpoint not found: '{endpoint}'"))
         try:
             body = req.json()
             luid = body["datasource"]["datasourceLuid"]
         except (ValueError, KeyError, TypeError):
-            return Response(400, _vds_error("400", "The request needs datasource.datasourceLuid"))
+            return Response(400, _vds_error("400000", "The request needs datasource.datasourceLuid"))
         ds = self.datasources.get(luid)
-        if ds is None:
-            return Response(404, _vds_error("404934", f"Datasource '{luid}' not found"))
+        if ds is None:  # the error-code table names no code for an unknown LUID: this one is a guess
+            return Response(404, _vds_error("404000", f"Datasource '{luid}' not found"))
         if not ds.api_access:
-            return Response(403, _vds_error("403157", "The user lacks the API Access capability for this data source"))
+            return Response(403, _vds_error("403800", "API access permission denied for this data source"))
         self.vds_queries.append(body)
+        if self.vds_queries_per_hour is not None and len(self.vds_queries) > self.vds_queries_per_hour:
+            return Response(429, _vds_error("429000", "Too many requests in the allotted amount of time"))
         captions = list(ds.rows[0]) if ds.rows else []
         if endpoint == "read-metadata":
-            return Response(200, {"data": [{"fieldName": c, "fieldCaption": c} for c in captions], "extraData": {"parameters": []}})
+            return Response(200, {"data": [{"fieldName": c, "fieldCaption": c, "dataType": ds.data_type(c)}
+                                           for c in captions], "extraData": {"parameters": []}})
         fields = (body.get("query") or {}).get("fields") or []
         if not fields:
-            return Response(400, _vds_error("400", "query.fields is required"))
+            return Response(400, _vds_error("400802", "query.fields is required"))
         unknown = [f.get("fieldCaption") for f in fields if f.get("fieldCaption") not in captions]
         if unknown:
-            return Response(400, _vds_error("400803", f"Unknown field(s): {', '.join(map(str, unknown))}"))
+            return Response(404, _vds_error("404934", f"Unknown Field: {', '.join(map(str, unknown))}."))
         rows = ds.rows
+        seen: set[str] = set()
         for flt in (body.get("query") or {}).get("filters") or []:
-            cap = flt.get("field", {}).get("fieldCaption")
-            if flt.get("filterType") == "SET":
-                keep = set(flt.get("values") or [])
-                rows = [r for r in rows if (r.get(cap) in keep) != bool(flt.get("exclude"))]
+            problem = _vds_filter_problem(flt, ds, captions, seen)
+            if problem is not None:
+                status, code, message = problem
+                return Response(status, _vds_error(code, message))
+            rows = [r for r in rows if _vds_keeps(flt, r.get(flt["field"]["fieldCaption"]))]
 
         def key(f: dict[str, Any]) -> str:
             if f.get("fieldAlias"):
                 return f["fieldAlias"]
             return f"{f['function']}({f['fieldCaption']})" if f.get("function") else f["fieldCaption"]
 
-        return Response(200, {"data": [{key(f): r.get(f["fieldCaption"]) for f in fields} for r in rows]})
+        answer = {"data": [{key(f): r.get(f["fieldCaption"]) for f in fields} for r in rows]}
+        if len(json.dumps(answer)) > self.vds_max_response_bytes:
+            return Response(400, _vds_error("400804", "Response too large. You must apply a filter in your request."))
+        return Response(200, answer)
 
     # ------------------------------------------------------------------ bodies
 
@@ -377,19 +440,99 @@ class FakeTableau:
 
 def _workbook_xml(wid: str, name: str) -> str:
     """A <workbook> element in the shape of the recorded workbook_get_page_*.xml."""
-    return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{name.replace(" ", "")}" showTabs="false" '
+    return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{_esc(name.replace(" ", ""))}" showTabs="false" '
             f'size="1" createdAt="2016-08-03T20:34:04Z" updatedAt="2016-08-04T17:56:41Z">'
             f'<project id="ee8c6e70-43b6-11e6-af4f-f7b0d8e20760" name="default" />'
             f'<owner id="5de011f8-5aa9-4d5b-b991-f462c8dd6bb7" /><tags /></workbook>')
 
 
 def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def _vds_error(code: str, message: str) -> dict[str, Any]:
     return {"errorCode": code, "message": message, "messages": [], "datetime": "2026-01-01T00:00:00Z",
             "debug": {}, "tab-error-code": code}
+
+
+_VDS_FILTER_TYPES = ("QUANTITATIVE_DATE", "QUANTITATIVE_NUMERICAL", "SET", "MATCH", "DATE", "TOP")
+
+
+def _vds_filter_problem(flt: Any, ds: FakeDatasource, captions: list[str],
+                        seen: set[str]) -> tuple[int, str, str] | None:
+    """Why VDS refuses one filter (status, errorCode, message), per the schema and the limitations page."""
+    if not isinstance(flt, dict) or not isinstance(flt.get("field"), dict) or flt.get("filterType") not in _VDS_FILTER_TYPES:
+        return 400, "400802", f"Filter {flt!r} is not valid per the OpenAPI specification"
+    field_ = flt["field"]
+    cap, kind = field_.get("fieldCaption"), flt["filterType"]
+    if cap not in captions:
+        return 404, "404934", f"Unknown Field: {cap}."
+    if cap in seen:
+        return 400, "400803", f"Only one filter per field is allowed ('{cap}')"
+    seen.add(cap)
+    if kind in ("SET", "MATCH", "DATE") and (field_.get("function") or field_.get("calculation")):
+        return 400, "400803", f"{kind} filters can't have functions or calculations ('{cap}')"
+    dtype = ds.data_type(cap)
+    if kind == "SET":
+        if not isinstance(flt.get("values"), list):
+            return 400, "400802", "A SET filter needs 'values' (an array)"
+        if dtype in ("DATE", "DATETIME"):
+            return 400, "400803", f"Set filters don't support dates ('{cap}' is {dtype})"
+    if kind == "QUANTITATIVE_DATE":
+        qtype = flt.get("quantitativeFilterType")
+        need = {"RANGE": ("minDate", "maxDate"), "MIN": ("minDate",), "MAX": ("maxDate",),
+                "ONLY_NULL": (), "ONLY_NON_NULL": ()}.get(qtype)
+        if need is None:
+            return 400, "400802", f"quantitativeFilterType {qtype!r} is not valid"
+        bad = [k for k in need if not (isinstance(flt.get(k), str) and _ISO_DATE.match(flt[k]))]
+        if bad:
+            return 400, "400802", f"{', '.join(bad)} must be RFC 3339 full dates (YYYY-MM-DD)"
+        if dtype not in ("DATE", "DATETIME"):
+            return 400, "400803", f"A QUANTITATIVE_DATE filter needs a date field ('{cap}' is {dtype})"
+    if kind == "QUANTITATIVE_NUMERICAL":
+        qtype = flt.get("quantitativeFilterType")
+        need = {"RANGE": ("min", "max"), "MIN": ("min",), "MAX": ("max",), "ONLY_NULL": (), "ONLY_NON_NULL": ()}.get(qtype)
+        if need is None or any(not isinstance(flt.get(k), int | float) for k in need):
+            return 400, "400802", f"QUANTITATIVE_NUMERICAL {qtype!r} needs numbers for {need}"
+    if kind in ("DATE", "TOP"):
+        return 501, "501000", f"{kind} filters are not implemented by this fake"
+    return None
+
+
+def _vds_keeps(flt: dict[str, Any], value: Any) -> bool:
+    """Whether a row's value passes one (valid) filter."""
+    kind, qtype = flt["filterType"], flt.get("quantitativeFilterType")
+    if kind == "SET":
+        return (value in set(flt["values"])) != bool(flt.get("exclude"))
+    if kind == "MATCH":
+        text = "" if value is None else str(value)
+        hit = (("contains" not in flt or str(flt["contains"]) in text)
+               and ("startsWith" not in flt or text.startswith(str(flt["startsWith"])))
+               and ("endsWith" not in flt or text.endswith(str(flt["endsWith"]))))
+        return hit != bool(flt.get("exclude"))
+    if qtype == "ONLY_NULL":
+        return value is None
+    if qtype == "ONLY_NON_NULL":
+        return value is not None
+    if value is None:
+        return bool(flt.get("includeNulls"))
+    lo, hi = ("minDate", "maxDate") if kind == "QUANTITATIVE_DATE" else ("min", "max")
+    v = str(value)[:10] if kind == "QUANTITATIVE_DATE" else value
+    return (lo not in flt or v >= flt[lo]) and (hi not in flt or v <= flt[hi])
+
+
+def _filter_expressions(text: str) -> list[str]:
+    """`filter=` split into expressions at ',' and '&' outside an `in` list's brackets."""
+    out, cur, depth = [], "", 0
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch in ",&" and depth <= 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [e for e in out if e]
 
 
 def split_vf_value(value: str) -> list[str]:

@@ -1,0 +1,200 @@
+"""HubSpot's delta: the deals searched since the cursor merged into the stored deals.
+
+The window (start, signpost, cursor to commit) comes from connectors/sources/incremental.py, as for
+every source that keeps state. What is HubSpot's own: the stored deals are read back as a DealTable
+(a chunk of payloads at a time); archived deals and deals moved out of the selected pipelines leave
+it; only the deals whose stored payload would change are upserted (`Delta.moved`); and a run that
+finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from config.models import HubSpotSourceConfig
+from connectors.extracted import ExtractContext
+from connectors.sources.hubspot.client import HubSpotApi
+from connectors.sources.hubspot.deals import (
+    Progress,
+    Scope,
+    add_line_item_products,
+    archived_ids,
+    load_owners,
+    search_changed,
+)
+from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, StoredPayloads
+from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable
+from connectors.sources.incremental import Window, deleted_ids, merge
+from connectors.state.source_state import (
+    gc_paused,
+    iter_records,
+    load_some,
+    payload_text,
+    stored_ids,
+)
+
+_RAW_CUT = ', "_hubspot": '  # in a stored payload's text: where its row part (canonical row, history) ends
+_COMPARE_CHUNK = 5_000
+
+
+def resolution_digest(scope: Scope, owners: dict[str, tuple[str, str | None]] | None = None) -> str:
+    """Names everything besides the stored deals that shapes the rows: pipelines, stages, owners."""
+    key = json.dumps([scope.pipelines, [list(vars(st).values()) for st in scope.stages.values()],
+                      sorted(scope.selected), owners], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def unchanged(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, window: Window,
+              changed: dict[str, dict], gone: set[str], scope: Scope) -> bool:
+    """True when the stored rows are still the source's rows and the flow holds them: no deal
+    archived, every deal the search found (e.g. re-read in the overlap window) is stored exactly
+    as it is now, and pipelines, stages and the stored deals' owners resolve as before."""
+    stored = window.stored
+    if ctx.engine is None or stored is None or not window.holds(ctx.cached_version):
+        return False
+    if changed:
+        if cfg.product_from_line_items:  # their products are only known after reading line items
+            return False
+        kept = load_some(ctx.engine, cfg.name, changed)
+        if any(kept.get(k, {}).get(RAW_KEY) != deal for k, deal in changed.items()):
+            return False
+    if gone & stored_ids(ctx.engine, cfg.name):
+        return False
+    wanted = set(stored.detail.get("owners") or [])
+    owners = load_owners(api, wanted) if wanted else {}
+    return stored.detail.get("resolution") == resolution_digest(scope, owners)
+
+
+class StoredRows:
+    """Per table position, what the stored payload's row part hashes to: the JSON text before the
+    raw deal (canonical row and stage history). A stored deal that this run did not re-read has
+    the stored raw deal, so its payload is unchanged when the row part's text is (without the
+    text, or when it differs, the whole payload is compared). NEW: nothing stored."""
+
+    NEW, DIGEST, COMPARE = 0, 1, 2
+
+    def __init__(self) -> None:
+        self.digests = array("q")
+        self.kind = bytearray()
+
+    def add(self, text: str) -> None:
+        cut = text.find(_RAW_CUT)
+        self.digests.append(hash(text[:cut]) if cut > 0 else 0)
+        self.kind.append(self.DIGEST if cut > 0 else self.COMPARE)
+
+    def recheck(self, positions: Iterable[int | None]) -> None:
+        for i in positions:
+            if i is not None:
+                self.kind[i] = self.COMPARE
+
+    def reorder(self, order: list[int] | None, n: int) -> None:
+        """Follow DealTable.finish's new positions; positions past the stored ones are NEW."""
+        m = len(self.kind)
+        order = order if order is not None else list(range(n))
+        self.digests = array("q", (self.digests[i] if i < m else 0 for i in order))
+        self.kind = bytearray(self.kind[i] if i < m else self.NEW for i in order)
+
+
+def read_stored(engine: sa.Engine, source: str) -> tuple[DealTable, StoredRows]:
+    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests."""
+    table, rows = DealTable(), StoredRows()
+    with gc_paused():  # a chunk of decoded payloads is many acyclic containers, freed by refcount
+        for chunk in iter_records(engine, source, decode=False):
+            payloads = json.loads("[" + ",".join(text for _, text in chunk) + "]")
+            deals = []
+            for (_, text), payload in zip(chunk, payloads, strict=True):
+                if RAW_KEY in payload:
+                    deals.append(payload[RAW_KEY])
+                    rows.add(text)
+            table.add_deals(deals)
+            if len(table) != len(rows.kind):  # a raw deal id stored twice: compare every payload whole
+                rows.kind = bytearray([StoredRows.COMPARE]) * len(table)
+                rows.digests = array("q", bytes(8 * len(table)))
+    return table, rows
+
+
+@dataclass
+class Delta:
+    """The stored deals with this run's changes (a finished table), what leaves the state, and
+    how many deals the search found."""
+
+    table: DealTable
+    stored_rows: StoredRows
+    deletes: set[str]
+    changed: int
+
+    def moved(self, engine: sa.Engine, source: str, payloads: StoredPayloads) -> list[int]:
+        """Positions of the deals whose payload differs from the stored one, or that none is stored for."""
+        moved, compare = self._screen(payloads)
+        with gc_paused():
+            for at in range(0, len(compare), _COMPARE_CHUNK):
+                some = compare[at:at + _COMPARE_CHUNK]
+                kept = load_some(engine, source, [self.table.ids[i] for i in some])
+                for i in some:
+                    before = kept.get(self.table.ids[i])
+                    if before is None or RAW_KEY not in before or before != payloads.payload(i):
+                        moved.append(i)
+        return sorted(moved)
+
+    def _screen(self, payloads: StoredPayloads) -> tuple[list[int], list[int]]:
+        """(new positions, positions whose stored payload must be compared whole)."""
+        moved: list[int] = []
+        compare: list[int] = []
+        stored, resolver = self.stored_rows, payloads.resolver
+        with gc_paused():
+            for i, kind in enumerate(stored.kind):
+                if kind == StoredRows.NEW:
+                    moved.append(i)
+                elif kind == StoredRows.COMPARE:
+                    compare.append(i)
+                else:
+                    row, hist = resolver.row(self.table.deal(i))
+                    if hash(payload_text({**row, HISTORY_KEY: hist})[:-1]) != stored.digests[i]:
+                        compare.append(i)
+        return moved, compare
+
+
+def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, window: Window,
+               props: list[str], progress: Progress, scope: Scope) -> Delta | None:
+    """The deals modified in the window merged into the stored deals; None when nothing changed
+    since the rows the flow holds (see `unchanged`)."""
+    assert ctx.engine is not None and window.start is not None
+    changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
+    gone = archived_ids(api, cfg) - set(changed)
+    if unchanged(api, cfg, ctx, window, changed, gone, scope):
+        return None
+    table, stored_rows = read_stored(ctx.engine, cfg.name)
+    deletes = set(deleted_ids(gone, changed, table))
+    was_stored = {k for k in changed if k in table}
+    stored_rows.recheck(table.position(k) for k in was_stored)  # their raw deal may differ
+    merge(table, {k: d["properties"] for k, d in changed.items()}, deletes)
+    deletes |= _drop_outside(table, scope.selected, changed, was_stored)
+    if cfg.product_from_line_items:  # only for deals read in this run; stored ones keep theirs
+        _add_products(api, table, changed)
+    table.finish()
+    stored_rows.reorder(table.order, len(table))
+    return Delta(table, stored_rows, deletes, len(changed))
+
+
+def _drop_outside(table: DealTable, selected: set[str], changed: dict[str, dict], was_stored: set[str]) -> set[str]:
+    """Remove the deals whose pipeline is not selected (e.g. moved to another pipeline); the
+    stored ones among them leave the state."""
+    pipeline_of = table.columns.get("pipeline")
+    outside = {k for k, i in table.live_positions()
+               if ((pipeline_of[i] if pipeline_of is not None else None) or "") not in selected}
+    for deal_id in outside:
+        table.remove(deal_id)
+    return {k for k in outside if k not in changed or k in was_stored}
+
+
+def _add_products(api: HubSpotApi, table: DealTable, changed: dict[str, dict]) -> None:
+    """The line-item products of the changed deals still held."""
+    kept = {k: d for k, d in changed.items() if k in table}
+    add_line_item_products(api, kept)
+    table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in kept.items()})
