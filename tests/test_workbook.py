@@ -119,7 +119,15 @@ def test_failed_write_leaves_previous_file(tmp_path):
     path = tmp_path / "book.xlsx"
     path.write_bytes(b"previous workbook")
     frame = pd.DataFrame({"x": [1]})
-    with pytest.raises(Exception, match="(?i)duplicate|already"):  # two sheets with one name: fails mid-write
-        write_workbook(path, sheets=[SheetData("Opportunities", frame), SheetData("Opportunities", frame)])
+    calls: list[int] = []
+
+    def about(written: WriteStats) -> SheetData:  # fails once the other sheets are in the zip
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("About failed mid-write")
+        return SheetData("About", pd.DataFrame({"key": ["a"]}))
+
+    with pytest.raises(RuntimeError, match="About failed mid-write"):
+        write_workbook(path, sheets=[SheetData("Opportunities", frame)], last=about)
     assert path.read_bytes() == b"previous workbook"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["book.xlsx"]
