@@ -677,11 +677,13 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
             sst.references += header_row.group(0).count(b't="s"')
     tail = b"</sheetData>" + tail
     blocks = _rows_xml(frame, planned.formats, styles, stats, sst)
-    first = next(blocks, None)
-    first_bytes = b'<row r="2"></row>' if first is None else first.encode("utf-8")
-    estimate = len(head) + len(tail) + len(first_bytes) * max(1, math.ceil(len(frame) / CHUNK_ROWS))
+    text = next(blocks, None)
+    first = b'<row r="2"></row>' if text is None else text.encode("utf-8")
+    del text
+    estimate = len(head) + len(tail) + len(first) * max(1, math.ceil(len(frame) / CHUNK_ROWS))
     zipper.begin(name, head, zip64 or estimate * ZIP64_MARGIN > ZIP64_LIMIT)
-    zipper.block(first_bytes)
+    zipper.block(first)
+    del first  # the zipper holds it until written: no third block in memory
     for block in blocks:
         zipper.block(block)
     zipper.end(tail)
