@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from config.workbook import ChartSpec, SheetData, SummaryData
-from connectors.workbook import xlsx_writer
+from connectors.workbook import names, xlsx_writer
 from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, split_sheets, write_workbook
 
 INJECTIONS = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+SUM(1,2)", "-2+3", "@cmd", "\t=1+1", "\r=1+1",
@@ -338,3 +338,56 @@ def test_a_sheet_that_outgrows_its_estimate_is_written_again_with_zip64(tmp_path
     rows = list(openpyxl.load_workbook(path, read_only=True)["Big"].iter_rows(values_only=True))
     assert len(rows) == 2_101 and rows[1] == (0, "s") and rows[-1] == (2_099, f"{'b' * 300} 1999")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.xlsx"]
+
+
+# ----------------------------------------------------------------------------- names.py
+
+
+@pytest.mark.parametrize(("name", "is_ref"), [
+    ("tbl2026", True), ("A1", True), ("xfd1048576", True), ("ZZZ99999999", True), ("R1C1", True), ("rc", True),
+    ("C7", True), ("R", True), ("tbl_2026", False), ("tblData", False), ("tblR1C1", False), ("A", False),
+    ("tblA1", False), ("", False),
+])
+def test_cell_reference_names(name, is_ref):
+    assert names.is_cell_reference(name) is is_ref
+
+
+@pytest.mark.parametrize(("text", "limit", "cut"), [
+    ("abc", 2, "ab"), (EMOJI * 3, 5, EMOJI * 2), ("a" + EMOJI * 3, 4, "a" + EMOJI), (EMOJI, 1, ""),
+    ("é" * 10, 10, "é" * 10), ("é" * 10, 3, "ééé"), ("a\ud800b", 2, "a"),
+])
+def test_cut_utf16_never_splits_a_pair(text, limit, cut):
+    assert names.cut_utf16(text, limit) == cut
+    assert names.utf16_len(cut) <= limit
+
+
+@pytest.mark.parametrize(("headers", "clean"), [
+    (["id", "name"], ["id", "name"]),
+    (["Note", "NOTE", "note (2)"], ["Note", "NOTE (3)", "note (2)"]),
+    (["ı", "I", "ß", "SS"], ["ı", "I (2)", "ß", "SS (2)"]),  # clashes however Excel folds case
+    (["a\x00b", "\ufffe", "x\ud800"], ["a b", "Column2", "x\ufffd"]),
+    (["H" * 300, "H" * 300], ["H" * 255, "H" * 251 + " (2)"]),
+    (["_x0041_" * 40], ["_x0041_" * 19 + "_x0041"]),  # escaped (`_x005F_x0041_` each): 253 of 255 units
+    ([EMOJI * 200], [EMOJI * 127]),
+])
+def test_clean_headers(headers, clean):
+    got = names.clean_headers(headers)
+    assert got == clean
+    assert all(names.utf16_len(names.xstring(h)) <= 255 for h in got)
+
+
+@pytest.mark.parametrize(("wanted", "sheet", "table"), [
+    (["Data"], ["Data"], ["tblData"]),
+    (["2026", "R1C1"], ["2026", "R1C1"], ["tbl_2026", "tblR1C1"]),
+    (["History", "HISTORY"], ["History (2)", "HISTORY (3)"], ["tblHistory__2_", "tblHISTORY__3_"]),
+    (["a/b", "a?b", "'q'", "", "[x]"], ["a_b", "a_b (2)", "q", "Sheet", "_x_"],
+     ["tbla_b", "tbla_b__2_", "tblq", "tblSheet", "tbl_x_"]),
+    (["x" * 40, "x" * 40], ["x" * 31, "x" * 27 + " (2)"], ["tbl" + "x" * 31, "tbl" + "x" * 27 + "__2_"]),
+    (["Raw-CRM", "Raw_CRM", "raw crm"], ["Raw-CRM", "Raw_CRM", "raw crm"], ["tblRaw_CRM", "tblRaw_CRM_2", "tblraw_crm_3"]),
+    (["a_x0041_b"], ["a_x0041-b"], ["tbla_x0041.b"]),  # no literal _xHHHH_ for a reader to decode
+])
+def test_sheet_and_table_names(wanted, sheet, table):
+    sheets, tables = names.SheetNames(), names.TableNames()
+    got = [sheets.claim(w) for w in wanted]
+    assert got == sheet
+    assert [tables.claim(s) for s in got] == table

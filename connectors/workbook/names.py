@@ -7,15 +7,17 @@ to case. What it refuses or repairs on opening a file:
 - a table name: a letter, `_` or `\\` first, then letters, digits, `_` and `.`; never a cell
   reference (`tbl2026` is column TBL, row 2026; `R1C1`), at most 255 units, unique in the workbook;
 - a table column name: 1..255 units, unique in its table, equal to its header cell as Excel reads
-  both (the `name` attribute is an ST_Xstring, ECMA-376 Part 1 §22.9.2.19: Excel decodes `_xHHHH_`
-  in it, so a literal `_xHHHH_` is written `_x005F_xHHHH_`; XML attribute normalisation turns
-  TAB/CR/LF into spaces, so headers carry none).
+  both. The `name` attribute is an ST_Xstring (ECMA-376 Part 1 §22.9.2.19): Excel decodes
+  `_xHHHH_` in it, so a literal `_xHHHH_` is written `_x005F_xHHHH_` (the rule of §22.4.2.4;
+  [MS-OI29500] 2.1.1747: Excel escapes only that underscore). XML attribute normalisation turns a
+  raw TAB/CR/LF into a space, so headers carry none: they become spaces in the cell too.
 XML 1.0 cannot hold C0 control characters (but TAB, LF, CR), U+FFFE/U+FFFF or lone surrogates.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from config.workbook import table_name
 
@@ -81,12 +83,17 @@ def is_cell_reference(name: str) -> bool:
     return bool(_A1_LIKE.fullmatch(name)) or (bool(name) and _R1C1.fullmatch(name) is not None)
 
 
-def _with_suffix(base: str, suffix: str, limit: int, measure=utf16_len) -> str:
-    """`base + suffix`, `base` cut so the whole stays within `limit` (as `measure` counts)."""
+def _with_suffix(base: str, suffix: str, limit: int, measure: Callable[[str], int] = utf16_len) -> str:
+    """`base + suffix`, `base` cut to its longest prefix for which the whole stays within `limit`
+    (as `measure` counts; it never shrinks as the prefix grows)."""
     cut = cut_utf16(base, limit - utf16_len(suffix))
-    while cut and measure(cut + suffix) > limit:
-        cut = cut_utf16(cut, utf16_len(cut) - (measure(cut + suffix) - limit))
-    return cut + suffix
+    if measure(cut + suffix) <= limit:
+        return cut + suffix
+    lo, hi = 0, len(cut)  # measure(cut[:lo] + suffix) <= limit < measure(cut[:hi] + suffix)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if measure(cut[:mid] + suffix) <= limit else (lo, mid)
+    return cut[:lo] + suffix
 
 
 # ----------------------------------------------------------------------------- sheets
@@ -136,7 +143,7 @@ class TableNames:
         base = _break_xstring(table_name(sheet), ".")
         if is_cell_reference(base):
             base = "tbl_" + base[3:]
-        base = base[:MAX_NAME]
+        base = cut_utf16(base, MAX_NAME)
         name, k = base, 1
         while name_key(name) in self._taken:
             k += 1
