@@ -403,7 +403,7 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
                  *result.about]
         return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                           sources=result.sources, extra=extra, notes=notes)
+                           sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)
