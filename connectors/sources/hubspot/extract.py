@@ -43,7 +43,7 @@ from connectors.sources.hubspot.deals import (
     search_changed,
     stage_text,
 )
-from connectors.sources.hubspot.incremental import Delta, read_delta, resolution_digest
+from connectors.sources.hubspot.incremental import Delta, Narrow, read_delta, resolution_digest
 from connectors.sources.hubspot.resolve import RAW_KEY, Resolver, StoredPayloads, field_properties
 from connectors.sources.hubspot.rows import frames, table_frames
 from connectors.sources.hubspot.table import DealTable
@@ -130,6 +130,9 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
             reused.notes += scope.notes
             return reused
+        if isinstance(delta, Narrow):
+            notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
+            return _narrow_result(cfg, window, scope, delta, notes, meter)
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
@@ -164,6 +167,24 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
         **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
+    )
+
+
+def _narrow_result(cfg: HubSpotSourceConfig, window: Window, scope: Scope, narrow: Narrow, notes: list[str],
+                   meter: Meter) -> Extracted:
+    """Only the changed deals' frames (`partial`), every current id in row order, and the changes
+    to commit: the flow merges them into the validated rows it holds of the stored version."""
+    table = narrow.table
+    resolver = Resolver(cfg, scope.pipelines, scope.stages, narrow.owners, entered_names=scope.entered)
+    upserts = StoredPayloads(table, resolver, range(len(table)))
+    records, history, raw = table_frames(cfg, table, resolver)
+    pending = (_pending(cfg, window, scope, narrow.owners, narrow.owner_ids, upserts, narrow.deletes)
+               if window.keeps_state else None)
+    return Extracted(
+        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
+        **meter.counts(), pending_state=pending,
+        version=pending.version.version if pending is not None and pending.version else None,
+        partial=True, row_ids=narrow.row_ids, **window.delta(chain(table.ids, narrow.deletes)),
     )
 
 
