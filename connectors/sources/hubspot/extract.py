@@ -1,9 +1,12 @@
-"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the FULL current set of deals.
+"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the current set of deals (or its changes).
 
 The first run (or `full_refresh`, or a changed property set) lists every deal; later runs search
 only deals modified since the stored cursor, up to the run's signpost (`ctx.run_started`), and
 merge them into the stored state (the window: connectors/sources/incremental.py; the merge:
-incremental.py here). The new cursor and record changes travel in `Extracted.pending_state`; the
+incremental.py here). When the flow holds the validated rows of the stored version
+(`ctx.cached_version`) and owners, stages and pipelines resolve as then, an incremental run
+hands over only the changed deals (`Extracted.partial`, with every current id in `row_ids`) and
+reads no stored payload but the changed deals': the flow merges them into the rows it holds. The new cursor and record changes travel in `Extracted.pending_state`; the
 flow commits them only when the whole run succeeds.
 
 Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`

@@ -4,7 +4,8 @@ The window (start, signpost, cursor to commit) comes from connectors/sources/inc
 every source that keeps state. What is HubSpot's own: the stored deals are read back as a DealTable
 (a chunk of payloads at a time); archived deals and deals moved out of the selected pipelines leave
 it; only the deals whose stored payload would change are upserted (`Delta.moved`); and a run that
-finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all.
+finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all, and one
+whose flow holds those rows builds the changed deals' rows only (`read_narrow`).
 """
 
 from __future__ import annotations
