@@ -231,6 +231,10 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
         extracted.reused_rows = rows
     elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
         extracted.base_rows = cache.load(src.name, digest, extracted.delta_base)  # None: validate them all
+    if extracted.partial and not _merges(src, extracted):
+        log.warning("source %s: its changes cannot be merged into the last run's rows here; reading them all",
+                    src.name)
+        return extract_source(run, index, reuse=False)
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
@@ -238,6 +242,17 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     log.info("source %s: %d rows read in %.2fs%s", src.name, read, extracted.seconds,
              " (unchanged: the last run's validated rows)" if extracted.reused else "")
     return extracted
+
+
+def _merges(src: Any, e: Extracted) -> bool:
+    """A partial extraction (only the changes) can be merged: the flow holds the base rows, with
+    the raw sheet's frame when the source has one, and the changes bring no raw column it lacks."""
+    base = e.base_rows
+    if base is None or e.row_ids is None or not _delta_applies(e):
+        return False
+    if not src.raw_sheet:
+        return True
+    return base.raw is not None and e.raw is not None and set(e.raw.columns) <= set(base.raw.columns)
 
 
 _CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
@@ -324,9 +339,12 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     ids = e.records["opportunity_id"].astype(str)
     is_changed = ids.isin(changed).to_numpy()
     fresh = _validate_source(run, src, dataclasses.replace(
-        e, records=e.records[is_changed], base_rows=None,
+        e, records=e.records[is_changed], base_rows=None, partial=False, row_ids=None,
         history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
-    row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
+    if e.partial and e.row_ids is not None:  # the records are the changes only: rows follow `row_ids`
+        row_of = pd.Series(np.arange(1, len(e.row_ids) + 1), index=np.asarray(e.row_ids, dtype=object))
+    else:
+        row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
@@ -341,9 +359,21 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     history = fresh.history
     if base.history is not None and history is not None:
         history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    raw = e.raw if src.raw_sheet else None
+    if raw is not None and e.partial:
+        raw = _merged_raw(base.raw, raw, changed, row_of)
     return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
-                      None if history is None else history.reset_index(drop=True), e.raw if src.raw_sheet else None,
-                      len(e.records))
+                      None if history is None else history.reset_index(drop=True), raw, e.rows_read)
+
+
+def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], row_of: pd.Series) -> pd.DataFrame:
+    """The raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
+    `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
+    that only deals now gone had keeps its place, empty: HubSpot returns each property read for
+    every deal, null when empty, so a full read has it too.)"""
+    kept = base[~base["id"].astype(str).isin(changed).to_numpy()]
+    raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
+    return raw.iloc[np.argsort(raw["id"].astype(str).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def release_rows(extracted: list[Extracted]) -> None:
