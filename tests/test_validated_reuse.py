@@ -261,11 +261,12 @@ def test_kept_rejects_are_renumbered_when_a_deal_before_them_goes(flow, tmp_path
     assert after == sheets(rebuilt.outputs[0])
 
 
-@pytest.mark.parametrize("cache", ["kept", "gone"])
+@pytest.mark.parametrize("cache", ["kept", "gone", "unreadable"])
 def test_changes_and_deletions_merge_into_the_kept_rows(flow, tmp_path: Path, cache: str) -> None:
     """With the last run's validated rows at hand the connector hands over only the changed deals
     (and the ids that left); the flow merges them: the same workbook as a full refresh. Without
-    those rows (`gone`) the run reads every stored deal instead, to the same workbook."""
+    those rows (`gone`), or when they cannot be read after the connector relied on them
+    (`unreadable`), the run reads every stored deal instead, to the same workbook."""
     hub, srv, path = flow
     hub.update("101", later(), amount="20000")
     hub.archive("104", later())
@@ -274,6 +275,10 @@ def test_changes_and_deletions_merge_into_the_kept_rows(flow, tmp_path: Path, ca
     if cache == "gone":
         for p in cache_files(tmp_path):
             p.unlink()
+    elif cache == "unreadable":  # the header still names the version: the connector hands over the changes
+        for p in cache_files(tmp_path):
+            if p.suffix != ".json":
+                p.write_bytes(b"not rows")
     run = prepare(path, AS_OF, loaded=load_config(path, env={"HUBSPOT_TOKEN": TOKEN}))
     extracted = extract_source(run, 0)  # not committed: the run below reads the same window
     if cache == "kept":
