@@ -27,18 +27,22 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 class SecretRedactor(logging.Filter):
-    """Replaces configured secret values in every log record with ***."""
+    """Replaces configured secret values (and URL passwords) in every log record with ***."""
 
     def __init__(self, secrets: tuple[str, ...]):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        from connectors.redact import redact
+
+        try:
             msg = record.getMessage()
-            for s in self.secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, None
+        except (TypeError, ValueError):  # a malformed record: logging reports it itself
+            return True
+        clean = redact(msg, self.secrets)
+        if clean != msg:
+            record.msg, record.args = clean, None
         return True
 
 
@@ -51,6 +55,7 @@ def install_redactor(secrets: tuple[str, ...]) -> None:
             h.addFilter(redactor)
 
 
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2200, 12, 31)  # the years validation accepts in data
 OWN_LOGGERS = ("pipeline_sync", "flows", "connectors", "transforms", "config")
 
 
@@ -65,9 +70,12 @@ def configure_logging(verbosity: int) -> None:
 
 def _as_of(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--as-of must be YYYY-MM-DD, got {text!r}") from exc
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise argparse.ArgumentTypeError(f"--as-of {text} is out of range: use a date from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +265,8 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     extracted = extractor_for(src.type)(src, ctx)
     res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
                        tz=cfg.tz, date_format=getattr(src, "date_format", None),
-                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates)
+                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates,
+                       decimal=getattr(src, "decimal", None))
     print(f"source {src.name} ({src.type}): {res.rows_read:,} read, {len(res.loaded):,} would load, "
           f"{len(res.rejected):,} would be rejected")
     if extracted.history is not None:
@@ -365,6 +374,17 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_
 
 
 def main(argv: list[str] | None = None) -> int:
+    from connectors.redact import RedactingStream
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)  # every line printed is redacted
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_prefect(args.verbose >= 2)
     configure_logging(args.verbose)
@@ -388,6 +408,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pipeline-sync: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. a full TMPDIR while staging the workbook
+        import errno
+        import tempfile
+
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else (
+            f" (the workbook is staged in {tempfile.gettempdir()}; set TMPDIR to a folder with room)"
+            if exc.errno == errno.ENOSPC else "")
+        print(f"pipeline-sync: {args.command} failed: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
 
 

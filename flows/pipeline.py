@@ -12,7 +12,6 @@ import json
 import logging
 import pickle
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,9 +28,11 @@ from config.loader import LoadedConfig, load_config
 from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
 from connectors import registry
+from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
+from connectors.redact import redact
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
@@ -230,6 +231,10 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
         extracted.reused_rows = rows
     elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
         extracted.base_rows = cache.load(src.name, digest, extracted.delta_base)  # None: validate them all
+    if extracted.partial and not _merges(src, extracted):
+        log.warning("source %s: its changes cannot be merged into the last run's rows here; reading them all",
+                    src.name)
+        return extract_source(run, index, reuse=False)
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
@@ -237,6 +242,17 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     log.info("source %s: %d rows read in %.2fs%s", src.name, read, extracted.seconds,
              " (unchanged: the last run's validated rows)" if extracted.reused else "")
     return extracted
+
+
+def _merges(src: Any, e: Extracted) -> bool:
+    """A partial extraction (only the changes) can be merged: the flow holds the base rows, with
+    the raw sheet's frame when the source has one, and the changes bring no raw column it lacks."""
+    base = e.base_rows
+    if base is None or e.row_ids is None or not _delta_applies(e):
+        return False
+    if not src.raw_sheet:
+        return True
+    return base.raw is not None and e.raw is not None and set(e.raw.columns) <= set(base.raw.columns)
 
 
 _CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
@@ -323,9 +339,12 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     ids = e.records["opportunity_id"].astype(str)
     is_changed = ids.isin(changed).to_numpy()
     fresh = _validate_source(run, src, dataclasses.replace(
-        e, records=e.records[is_changed], base_rows=None,
+        e, records=e.records[is_changed], base_rows=None, partial=False, row_ids=None,
         history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
-    row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
+    if e.partial and e.row_ids is not None:  # the records are the changes only: rows follow `row_ids`
+        row_of = pd.Series(np.arange(1, len(e.row_ids) + 1), index=np.asarray(e.row_ids, dtype=object))
+    else:
+        row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
@@ -340,9 +359,21 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     history = fresh.history
     if base.history is not None and history is not None:
         history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    raw = e.raw if src.raw_sheet else None
+    if raw is not None and e.partial:
+        raw = _merged_raw(base.raw, raw, changed, row_of)
     return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
-                      None if history is None else history.reset_index(drop=True), e.raw if src.raw_sheet else None,
-                      len(e.records))
+                      None if history is None else history.reset_index(drop=True), raw, e.rows_read)
+
+
+def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], row_of: pd.Series) -> pd.DataFrame:
+    """The raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
+    `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
+    that only deals now gone had keeps its place, empty: HubSpot returns each property read for
+    every deal, null when empty, so a full read has it too.)"""
+    kept = base[~base["id"].astype(str).isin(changed).to_numpy()]
+    raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
+    return raw.iloc[np.argsort(raw["id"].astype(str).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def release_rows(extracted: list[Extracted]) -> None:
@@ -362,7 +393,7 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
     res = canonicalize(
         e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
         date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
-        rates=cfg.inputs.rates,
+        rates=cfg.inputs.rates, decimal=getattr(src, "decimal", None),
     )
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
@@ -402,7 +433,7 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
                  *result.about]
         return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                           sources=result.sources, extra=extra, notes=notes)
+                           sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)
@@ -497,7 +528,7 @@ def run_pipeline(
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
-    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
+    staging = local_file.staging_dir()
     try:
         with measured(run.stages, "render"):
             staged, rows, notes = wrap(render, "render")(run, result, staging)
@@ -553,7 +584,7 @@ def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfi
     result = analyze(run, rows)
     if is_filtered(flt):
         result.about += [("report filter", describe(flt)), ("opportunities in this report", len(rows.opportunities))]
-    staging = Path(tempfile.mkdtemp(prefix=f"pipeline-sync-{run.config.report}-"))
+    staging = local_file.staging_dir(f"pipeline-sync-{run.config.report}-")
     try:
         staged, counts, notes = render(run, result, staging)
         outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]
@@ -576,7 +607,7 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
             if fallback is None:
                 raise
             log.warning("source %s failed (%s); using its data from the previous run", src.name, exc)
-            failures[src.name] = str(exc)
+            failures[src.name] = redact(str(exc))
             extracted.append(fallback)
     return extracted, failures
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from config.schema import EXCEL_MAX_CELL_CHARS
 from config.workbook import ChartSpec, ColumnFormat, SummaryData, SummaryTable
 
 GOOD = {"bg_color": "#C6EFCE", "font_color": "#006100"}
@@ -43,9 +42,12 @@ def is_link(url: object) -> bool:
 class SummaryWriter:
     """Writes one SummaryData into a new worksheet of `wb`."""
 
-    def __init__(self, wb: Any, number_format: Callable[[ColumnFormat], str | None]):
+    def __init__(self, wb: Any, number_format: Callable[[ColumnFormat], str | None],
+                 cache: Callable[[pd.Series, bool], list[str | None]], clean: Callable[[str], str]):
         self.wb = wb
         self.number_format = number_format
+        self.cache = cache  # a chart's cached points from the rows it draws (the layout holds a sample row)
+        self.clean = clean  # text as a cell holds it
         self._formats: dict[tuple, Any] = {}
 
     def fmt(self, column: ColumnFormat | None = None, *, signed: bool = False, **props: Any) -> Any:
@@ -60,23 +62,23 @@ class SummaryWriter:
             self._formats[key] = self.wb.add_format(spec) if spec else None
         return self._formats[key]
 
-    def write(self, data: SummaryData, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
+    def write(self, data: SummaryData, frames: dict[str, pd.DataFrame]) -> None:
         ws = self.wb.add_worksheet("Summary")
         tables = data.shown_tables()
         widths = self._widths(data, tables)
         for j, w in enumerate(widths):
             ws.set_column(j, j, w)
-        ws.write_string(0, 0, data.title, self.fmt(bold=True, font_size=16))
+        ws.write_string(0, 0, self.clean(data.title), self.fmt(bold=True, font_size=16))
         row = 1
         for line in data.lines:
-            ws.write_string(row, 0, line[:EXCEL_MAX_CELL_CHARS], self.fmt(font_size=11))
+            ws.write_string(row, 0, self.clean(line), self.fmt(font_size=11))
             row += 1
         breaks = []
         for table in tables:
             if table.page_break:
                 breaks.append(row + 1)
             row = self._table(ws, table, row + 1, widths)
-        self._charts(ws, data.charts, row + 1, widths, sheet_rows, sheet_columns)
+        self._charts(ws, data.charts, row + 1, widths, frames)
         if breaks:
             ws.set_h_pagebreaks(breaks)
         ws.set_landscape()
@@ -114,14 +116,14 @@ class SummaryWriter:
         cols = self._shown(table)
         frame = table.frame
         if table.title:
-            ws.write_string(row, 0, table.title, self.fmt(bold=True, font_size=13))
+            ws.write_string(row, 0, self.clean(table.title), self.fmt(bold=True, font_size=13))
             row += 1
         if table.note:
-            ws.write_string(row, 0, table.note, self.fmt(italic=True, font_color="#595959"))
+            ws.write_string(row, 0, self.clean(table.note), self.fmt(italic=True, font_color="#595959"))
             row += 1
         header = self.fmt(bold=True, bottom=1, bg_color="#D9E1F2", text_wrap=True, valign="top")
         for j, c in enumerate(cols):
-            ws.write_string(row, j, c, header)
+            ws.write_string(row, j, self.clean(c), header)
         row += 1
         good, bad = self.wb.add_format(GOOD), self.wb.add_format(BAD)
         spread = len(cols) - 1 if len(cols) < len(widths) else None  # the last column spans the rest of the grid
@@ -140,14 +142,14 @@ class SummaryWriter:
                 elif isinstance(value, str) and j > 0:
                     props.update({"align": "left", "indent": 1})  # clear of the number to its left
                 if j == spread and isinstance(value, str):
-                    ws.merge_range(row, j, row, len(widths) - 1, value[:EXCEL_MAX_CELL_CHARS], self.fmt(**props))
+                    ws.merge_range(row, j, row, len(widths) - 1, self.clean(value), self.fmt(**props))
                     continue
                 if table.highlight == c and value in SEVERITY_FILL:
                     props["bg_color"] = SEVERITY_FILL[value]
                 url = frame[table.links[c]].iloc[i] if c in table.links else None
                 if is_link(url) and isinstance(value, str):
                     ws.write_url(row, j, url, self.fmt(font_color="blue", underline=1, **props),
-                                 string=value[:EXCEL_MAX_CELL_CHARS])
+                                 string=self.clean(value))
                     continue
                 self._cell(ws, row, j, value, self.fmt(fmt_name, signed=c in table.signed, **props))
                 direction = (table.better.get(c) or [0] * len(frame))[i]
@@ -160,8 +162,7 @@ class SummaryWriter:
             row += 1
         return row
 
-    @staticmethod
-    def _cell(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
+    def _cell(self, ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
         if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
             ws.write_blank(row, col, None, fmt)
         elif isinstance(value, bool | np.bool_):
@@ -171,18 +172,18 @@ class SummaryWriter:
         elif isinstance(value, datetime | date | pd.Timestamp):
             ws.write_datetime(row, col, pd.Timestamp(value).to_pydatetime().replace(tzinfo=None), fmt)
         else:
-            ws.write_string(row, col, str(value)[:EXCEL_MAX_CELL_CHARS], fmt)
+            ws.write_string(row, col, self.clean(str(value)), fmt)
 
     # ---------------------------------------------------------------- charts
 
-    def _charts(self, ws: Any, charts: list[ChartSpec], row: int, widths: list[float], sheet_rows: dict[str, int],
-                sheet_columns: dict[str, list[str]]) -> None:
+    def _charts(self, ws: Any, charts: list[ChartSpec], row: int, widths: list[float],
+                frames: dict[str, pd.DataFrame]) -> None:
         total_px = sum(int(w * 7 + 5) for w in widths) or 900
         per_row = 2 if total_px >= 900 else 1
         width = max(420, (total_px - 20 * per_row) // per_row)
         placed = 0
         for spec in charts:
-            chart = self._chart(spec, sheet_rows, sheet_columns)
+            chart = self._chart(spec, frames)
             if chart is None:
                 continue
             chart.set_size({"width": width, "height": int(CHART_ROWS * 20)})
@@ -191,9 +192,10 @@ class SummaryWriter:
             ws.insert_chart(r, 0, chart, {"x_offset": col_px + 2, "y_offset": 4})
             placed += 1
 
-    def _chart(self, spec: ChartSpec, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> Any:
-        rows = sheet_rows.get(spec.sheet, 0)
-        cols = sheet_columns.get(spec.sheet, [])
+    def _chart(self, spec: ChartSpec, frames: dict[str, pd.DataFrame]) -> Any:
+        frame = frames.get(spec.sheet)
+        rows = 0 if frame is None else len(frame)
+        cols = [] if frame is None else [str(c) for c in frame.columns]
         wanted = [*spec.values, *spec.lines]
         if rows == 0 or spec.category not in cols or any(v not in cols for v in wanted):
             return None
@@ -203,13 +205,14 @@ class SummaryWriter:
             options["subtype"] = "stacked"
         chart = self.wb.add_chart(options)
         cat = cols.index(spec.category)
+        categories = self.cache(frame.iloc[:last, cat], False)
         for v in spec.values:
-            chart.add_series(self._series(spec, v, cols, cat, last, bars=spec.kind in ("column", "bar")))
+            chart.add_series(self._series(spec, v, frame, cat, last, categories, bars=spec.kind in ("column", "bar")))
         line = None
         if spec.lines:
             line = self.wb.add_chart({"type": "line"})
             for v in spec.lines:
-                line.add_series(self._series(spec, v, cols, cat, last, bars=False))
+                line.add_series(self._series(spec, v, frame, cat, last, categories, bars=False))
             chart.combine(line)
         chart.set_title({"name": spec.title, "name_font": {"size": 12, "bold": True}})
         chart.set_legend({"position": "bottom"} if len(wanted) > 1 else {"none": True})
@@ -239,13 +242,21 @@ class SummaryWriter:
             line.set_y2_axis(y2)
         return chart
 
-    def _series(self, spec: ChartSpec, column: str, cols: list[str], cat: int, last: int, *, bars: bool) -> dict:
-        c = cols.index(column)
+    def _series(self, spec: ChartSpec, column: str, frame: pd.DataFrame, cat: int, last: int,
+                categories: list[str | None], *, bars: bool) -> dict:
+        c = [str(x) for x in frame.columns].index(column)
         series: dict[str, Any] = {
-            "name": spec.names.get(column) or [spec.sheet, 0, c],
             "categories": [spec.sheet, 1, cat, last, cat],
             "values": [spec.sheet, 1, c, last, c],
+            # the caches: the layout's sheets hold one sample row, the real rows come later
+            "categories_data": categories,
+            "values_data": self.cache(frame.iloc[:last, c], True),
         }
+        if spec.names.get(column):
+            series["name"] = self.clean(spec.names[column])
+        else:
+            series["name"] = [spec.sheet, 0, c]
+            series["name_data"] = self.cache(pd.Series([column], dtype=object), False)
         colour = spec.colours.get(column)
         if bars:
             series["fill"] = {"color": colour or "#4472C4"}
@@ -263,6 +274,8 @@ class SummaryWriter:
 
 
 def write_summary(wb: Any, data: SummaryData, number_format: Callable[[ColumnFormat], str | None],
-                  sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
-    """Add the Summary sheet to `wb` (see the module docstring)."""
-    SummaryWriter(wb, number_format).write(data, sheet_rows, sheet_columns)
+                  frames: dict[str, pd.DataFrame], *, cache: Callable[[pd.Series, bool], list[str | None]],
+                  clean: Callable[[str], str]) -> None:
+    """Add the Summary sheet to `wb` (see the module docstring); charts draw from `frames` (by
+    written sheet name), `cache` gives their cached points, `clean` makes text fit a cell."""
+    SummaryWriter(wb, number_format, cache, clean).write(data, frames)

@@ -1,9 +1,12 @@
-"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the FULL current set of deals.
+"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the current set of deals (or its changes).
 
 The first run (or `full_refresh`, or a changed property set) lists every deal; later runs search
 only deals modified since the stored cursor, up to the run's signpost (`ctx.run_started`), and
 merge them into the stored state (the window: connectors/sources/incremental.py; the merge:
-incremental.py here). The new cursor and record changes travel in `Extracted.pending_state`; the
+incremental.py here). When the flow holds the validated rows of the stored version
+(`ctx.cached_version`) and owners, stages and pipelines resolve as then, an incremental run
+hands over only the changed deals (`Extracted.partial`, with every current id in `row_ids`) and
+reads no stored payload but the changed deals': the flow merges them into the rows it holds. The new cursor and record changes travel in `Extracted.pending_state`; the
 flow commits them only when the whole run succeeds.
 
 Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`
@@ -43,7 +46,7 @@ from connectors.sources.hubspot.deals import (
     search_changed,
     stage_text,
 )
-from connectors.sources.hubspot.incremental import Delta, read_delta, resolution_digest
+from connectors.sources.hubspot.incremental import Delta, Narrow, read_delta, resolution_digest
 from connectors.sources.hubspot.resolve import RAW_KEY, Resolver, StoredPayloads, field_properties
 from connectors.sources.hubspot.rows import frames, table_frames
 from connectors.sources.hubspot.table import DealTable
@@ -130,6 +133,9 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
             reused.notes += scope.notes
             return reused
+        if isinstance(delta, Narrow):
+            notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
+            return _narrow_result(cfg, window, scope, delta, notes, meter)
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
@@ -164,6 +170,24 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
         **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
+    )
+
+
+def _narrow_result(cfg: HubSpotSourceConfig, window: Window, scope: Scope, narrow: Narrow, notes: list[str],
+                   meter: Meter) -> Extracted:
+    """Only the changed deals' frames (`partial`), every current id in row order, and the changes
+    to commit: the flow merges them into the validated rows it holds of the stored version."""
+    table = narrow.table
+    resolver = Resolver(cfg, scope.pipelines, scope.stages, narrow.owners, entered_names=scope.entered)
+    upserts = StoredPayloads(table, resolver, range(len(table)))
+    records, history, raw = table_frames(cfg, table, resolver)
+    pending = (_pending(cfg, window, scope, narrow.owners, narrow.owner_ids, upserts, narrow.deletes)
+               if window.keeps_state else None)
+    return Extracted(
+        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
+        **meter.counts(), pending_state=pending,
+        version=pending.version.version if pending is not None and pending.version else None,
+        partial=True, row_ids=narrow.row_ids, **window.delta(chain(table.ids, narrow.deletes)),
     )
 
 
