@@ -64,3 +64,19 @@ def test_placeholder_summary_still_renders(tmp_path) -> None:
     ws = openpyxl.load_workbook(tmp_path / "p.xlsx")["Summary"]
     cells = {c.value: c for row in ws.iter_rows() for c in row if c.value is not None}
     assert cells[3.0].number_format == "#,##0" and "rows loaded" in cells
+
+
+def test_summary_text_with_overlapping_escapes_reads_back_exact(tmp_path) -> None:
+    """xlsxwriter escapes only the first of overlapping `_xHHHH_` runs; the Summary's strings are fixed."""
+    import re
+
+    from connectors.sources.xlsx_guard import decode_text
+
+    name = "_x005F_x0041_ and _x0041_x0042_"
+    a = run([dict(opportunity_id="a", name=name, owner="ann", stage="Proposal", amount=1_000,
+                  created_date="2026-05-01", close_date="2026-05-10")], "2026-06-15")
+    write_workbook(tmp_path / "x.xlsx", sheets=a.sheets, summary=a.summary)
+    with zipfile.ZipFile(tmp_path / "x.xlsx") as z:
+        texts = {decode_text(t) for n in z.namelist() if n.endswith(".xml")
+                 for t in re.findall(rb"<t\b[^>]*>(.*?)</t>", z.read(n), re.S) if b"x0041" in t}
+    assert texts == {name}  # Summary (shared strings), Actions, Flags (inline): one text

@@ -515,6 +515,7 @@ class _Layout:
         self.formats["bool"] = None
         self.formats["url"] = None  # the sample is a hyperlink: xlsxwriter's hyperlink style
         self._top: dict[tuple[str, bool], Any] = {}
+        self.overlapping: list[str] = []  # Summary texts with overlapping _xHHHH_ runs (see _fix_overlapping)
         self.currency = currency
         self.count = 0
 
@@ -589,8 +590,14 @@ class _Layout:
         """The Summary sheet; its charts draw from `frames` (by sheet name), their caches too; its
         cells cut at Excel's limit are counted in `stats`."""
         self.count += 1
-        write_summary(self.wb, data, self.number_format, frames, cache=_chart_cache,
-                      clean=lambda text: clean_text(text, stats))
+
+        def clean(text: str) -> str:
+            text = clean_text(text, stats)
+            if "_x" in text and _OVERLAPPING.search(text):  # xlsxwriter escapes only the first: fixed in the SST
+                self.overlapping.append(text)
+            return text
+
+        write_summary(self.wb, data, self.number_format, frames, cache=_chart_cache, clean=clean)
 
     def number_format(self, fmt: ColumnFormat) -> str | None:
         if fmt == "currency":
@@ -800,6 +807,21 @@ def _sheet_rels(xml: bytes, planned: _Planned) -> bytes:
 _OVERLAPPING = re.compile(r"_x[0-9A-Fa-f]{4}_x[0-9A-Fa-f]{4}_")  # one escape's last `_` starts the next
 
 
+_XLSXWRITER_ESCAPE = re.compile(r"(_x[0-9a-fA-F]{4}_)")  # how xlsxwriter escapes a literal _xHHHH_ (no overlaps)
+
+
+def _fix_overlapping(sst: bytes, texts: list[str]) -> bytes:
+    """The layout's shared strings with the Summary's texts that hold overlapping `_xHHHH_` runs
+    escaped in full (names.xstring) where xlsxwriter escaped only the first of each run."""
+    def xml(t: str) -> bytes:
+        return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode("utf-8")
+
+    for text in dict.fromkeys(texts):
+        wrong, right = xml(_XLSXWRITER_ESCAPE.sub(r"_x005F\1", text)), xml(xstring(text))
+        sst = sst.replace(b">" + wrong + b"</t>", b">" + right + b"</t>")
+    return sst
+
+
 def _header_cells(row: bytes, headers: list[str]) -> bytes:
     """The layout's header row, with the cells of headers holding overlapping `_xHHHH_` runs
     rewritten as inline strings escaped in full (names.xstring): xlsxwriter escapes only the
@@ -896,7 +918,7 @@ def _write(target: Path, sheets: list[SheetData], summary: SummaryData | None, c
         with zipfile.ZipFile(layout_path) as src, \
                 zipfile.ZipFile(final_tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst, _Zipper(dst) as zipper:
             names = set(src.namelist())
-            sst = SharedStrings(src.read(SST_PART)) if SST_PART in names else None
+            sst = SharedStrings(_fix_overlapping(src.read(SST_PART), layout.overlapping)) if SST_PART in names else None
             for item in src.infolist():
                 if item.filename in by_part:
                     if by_part[item.filename] is late:  # every other sheet is written (xlsxwriter's order)
