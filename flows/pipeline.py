@@ -37,6 +37,7 @@ from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
+from transforms.fiscal import calendar_for
 from transforms.periods import Period, reporting_period
 from transforms.workbook_layout import (
     about_sheet,
@@ -184,7 +185,7 @@ def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh:
     cfg = loaded.config
     started = datetime.now(UTC)
     as_of = as_of or started.astimezone(cfg.tz).date()
-    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
+    period = reporting_period(as_of, cfg.period, calendar_for(cfg))
     state_url = cfg.state.url or default_state_url(loaded.base_dir)
     return RunContext(loaded, as_of, period, uuid.uuid4().hex[:12], started, full_refresh, state_url,
                       retry_policy=retry_policy)

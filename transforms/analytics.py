@@ -47,7 +47,8 @@ from transforms.metrics import (
     compute_metrics,
     team_values,
 )
-from transforms.periods import Period, last_months, month_label, previous_period, reporting_period
+from transforms.fiscal import calendar_for
+from transforms.periods import Calendar, Period, previous_period, recent_months, reporting_period
 
 DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
 OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
@@ -87,7 +88,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
     hist = prepare_history(opps, history, stages)
-    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
+    calendar = calendar_for(cfg)
+    period = reporting_period(as_of, cfg.period, calendar)
     deals = deals_as_of(opps, hist, stages, as_of)
     full = compute_metrics(deals, cfg, as_of, period)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
@@ -95,7 +97,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                        previous_as_of=snapshots.previous_as_of)
     deals["flags"] = fr.deal_flags.to_numpy()
 
-    prev_period = previous_period(period, cfg.fiscal_year_start_month)
+    prev_period = previous_period(period, calendar)
     prev_deals = deals_as_of(opps, hist, stages, prev_period.end, columns=_METRIC_INPUTS)
     prev_team = team_values(compute_metrics(prev_deals, cfg, prev_period.end, prev_period, scopes=("team",)))
     team = team_values(full)
@@ -125,7 +127,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
-        SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
+        SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of, calendar),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency"}),
         SheetData(FLAGS_BY_RULE_SHEET, _flags_by_rule(fr.counts),
                   {"high": "int", "medium": "int", "low": "int", "total": "int"}),
@@ -229,8 +231,9 @@ def _trends(snapshots: SnapshotHistory, as_of: date, team: dict[str, float | Non
     return wide, formats
 
 
-def _won_by_month(deals: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    months = last_months(as_of, 12)
+def _won_by_month(deals: pd.DataFrame, as_of: date, calendar: Calendar) -> pd.DataFrame:
+    months = [(m.start, m.end) for m in recent_months(as_of, 12, calendar)]
+    labels = [m.label for m in recent_months(as_of, 12, calendar)]
     won = deals["status"].to_numpy(dtype=object) == "won"
     close = to_days(deals["close_date"])
     amount = deals["amount"].to_numpy(dtype=float)
@@ -239,7 +242,7 @@ def _won_by_month(deals: pd.DataFrame, as_of: date) -> pd.DataFrame:
         m = won & (close >= np.datetime64(a, "D")) & (close <= np.datetime64(b, "D"))
         counts.append(int(m.sum()))
         values.append(float(np.nansum(amount[m])))
-    return pd.DataFrame({"month": pd.Series([month_label(a) for a, _ in months], dtype=object),
+    return pd.DataFrame({"month": pd.Series(labels, dtype=object),
                          "month_start": pd.to_datetime([a for a, _ in months]).astype("datetime64[ns]"),
                          "won_deals": counts, "won_value": values})
 
