@@ -11,7 +11,7 @@ from typing import Literal
 
 import pandas as pd
 
-ColumnFormat = Literal["text", "int", "number", "currency", "ratio", "pct", "date", "datetime", "bool", "days"]
+ColumnFormat = Literal["text", "int", "number", "currency", "ratio", "pct", "date", "datetime", "bool", "days", "rate"]
 
 SHEET_ORDER: tuple[str, ...] = (
     "Summary",
@@ -59,6 +59,15 @@ class ChartSpec:
 
 
 @dataclass
+class SummaryBlock:
+    """A titled table of its own on the Summary sheet, under the KPIs (e.g. the forecast)."""
+
+    title: str
+    frame: pd.DataFrame  # metric, value, unit (the unit formats the value)
+    lines: list[str] = field(default_factory=list)  # shown under the table
+
+
+@dataclass
 class SummaryData:
     """The Summary sheet: a KPI block, flag counts and charts."""
 
@@ -67,6 +76,7 @@ class SummaryData:
     flag_counts: pd.DataFrame  # rule, check, severity, count
     charts: list[ChartSpec] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # short status lines under the title
+    blocks: list[SummaryBlock] = field(default_factory=list)  # separate tables under the KPIs
 
 
 def table_name(sheet: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from config.models.finance import SourceRates
 from connectors.http.session import Observer, RetryPolicy
 from connectors.state.source_state import SourceVersion
 
@@ -43,6 +44,7 @@ class Extracted:
     delta_base: str | None = None  # these rows differ from the rows at this version ...
     delta_ids: frozenset[str] | None = None  # ... only in these opportunity ids (changed, new or gone)
     base_rows: Any = None  # set by the flow: its validated copy of the rows at `delta_base`
+    rates: SourceRates | None = None  # the CRM's own exchange rates, when the source reads them
 
     @property
     def rows_read(self) -> int:

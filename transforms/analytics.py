@@ -17,18 +17,20 @@ docs/metrics.md. Choices where the spec leaves room (each documented where it is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from config.models import AppConfig
-from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
+from config.schema import FIELD_NAMES, FX_COLUMNS, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
-from config.workbook import ChartSpec, ColumnFormat, SheetData, SummaryData
+from config.workbook import ChartSpec, ColumnFormat, SheetData, SummaryBlock, SummaryData
 from transforms.changes import classify_changes
+from transforms.currency import RateTable, rate_table, reconvert, with_fx_columns
+from transforms.fiscal import calendar_for
 from transforms.flags import (
     ADVICE,
     DEAL_CHECKS,
@@ -37,6 +39,8 @@ from transforms.flags import (
     FlagResult,
     compute_flags,
 )
+from transforms.forecast import FORECAST_METRICS, categories_at, forecast_metrics
+from transforms.forecast import in_use as forecast_in_use
 from transforms.history import deals_as_of, prepare_history, to_days
 from transforms.metrics import (
     METRIC_COLUMNS,
@@ -47,11 +51,11 @@ from transforms.metrics import (
     compute_metrics,
     team_values,
 )
-from transforms.fiscal import calendar_for
 from transforms.periods import Calendar, Period, previous_period, recent_months, reporting_period
+from transforms.provenance import provenance_rows
 
 DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
-OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
+OPPORTUNITY_COLUMNS = [*FIELD_NAMES, *FX_COLUMNS, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
 # Extra data sheets for the Summary charts (after Changes; not in config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
 FLAGS_BY_RULE_SHEET = "Flags by rule"
@@ -62,7 +66,7 @@ RULE_TITLES = {
 }
 # the input columns compute_metrics reads
 _METRIC_INPUTS = ["owner", "product", "account_id", "stage", "status", "amount", "created_date", "close_date",
-                  "stage_entered_date", "deal_type"]
+                  "stage_entered_date", "deal_type", "forecast_category", SOURCE_COLUMN, *FX_COLUMNS]
 _UNIT_FORMAT: dict[str, ColumnFormat] = {
     "count": "int", "currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
     "pct": "pct", "days": "days",
@@ -80,25 +84,40 @@ class Analytics:
     sheets: list[SheetData]
     summary: SummaryData
     snapshot: SnapshotRecord
+    about: list[tuple[str, str]] = field(default_factory=list)  # which calendar and rates the numbers used
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
-                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None) -> Analytics:
-    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring)."""
+                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None,
+                    rates: Mapping[str, RateTable] | None = None) -> Analytics:
+    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring).
+
+    `rates`: per source, the rates its amounts converted with (default: `inputs.rates`); with
+    dated rates, deals are converted again at each as_of looked at (open deals take that day's rate)."""
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
+    opps = with_fx_columns(opps)
+    if rates is None:
+        rates = {str(s): rate_table(cfg.inputs.currency, cfg.inputs.rates) for s in pd.unique(opps[SOURCE_COLUMN])} \
+            if cfg.inputs.dated and SOURCE_COLUMN in opps else {}
     hist = prepare_history(opps, history, stages)
     calendar = calendar_for(cfg)
     period = reporting_period(as_of, cfg.period, calendar)
-    deals = deals_as_of(opps, hist, stages, as_of)
+    deals, no_rate = reconvert(deals_as_of(opps, hist, stages, as_of), rates, as_of)
+    deals["forecast_category"] = categories_at(deals, stages)
     full = compute_metrics(deals, cfg, as_of, period)
+    forecasting = forecast_in_use(opps, stages)
+    if forecasting:
+        full = pd.concat([full, forecast_metrics(deals, cfg, period, full)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
                        previous_as_of=snapshots.previous_as_of)
     deals["flags"] = fr.deal_flags.to_numpy()
 
     prev_period = previous_period(period, calendar)
-    prev_deals = deals_as_of(opps, hist, stages, prev_period.end, columns=_METRIC_INPUTS)
+    prev_deals, _ = reconvert(deals_as_of(opps, hist, stages, prev_period.end,
+                                          columns=[c for c in _METRIC_INPUTS if c in opps.columns]),
+                              rates, prev_period.end)
     prev_team = team_values(compute_metrics(prev_deals, cfg, prev_period.end, prev_period, scopes=("team",)))
     team = team_values(full)
 
@@ -134,8 +153,28 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     ]
     summary = _summary(cfg, as_of, period, prev_period, team, prev_team, fr.counts, deals, len(opps) - len(deals),
                        stale_sources, funnel_note)
+    if forecasting:
+        summary.blocks.append(_forecast_block(full, period))
+    if no_rate:
+        summary.lines.append(f"{no_rate} deals have no rate for their currency on their rate date at this as_of: "
+                             "their amount is left out of the sums.")
+    about = provenance_rows(cfg, calendar, period, prev_period, rates, deals)
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot)
+                     summary, snapshot, about)
+
+
+def _forecast_block(metrics: pd.DataFrame, period: Period) -> SummaryBlock:
+    """The team's forecast metrics (commit, best case, pipeline and the two forecasts)."""
+    team = metrics[(metrics["scope"] == "team") & metrics["metric"].isin(FORECAST_METRICS)]
+    frame = pd.DataFrame({"metric": pd.Series(list(team["metric"]), dtype=object),
+                          "value": team["value"].to_numpy(dtype=float),
+                          "unit": pd.Series(list(team["unit"]), dtype=object)})
+    return SummaryBlock(
+        f"Forecast for {period.label} (deals closing {period.start.isoformat()} to {period.full_end.isoformat()})",
+        frame,
+        ["forecast_commit = won_value + commit_value; forecast_best_case = forecast_commit + best_case_value; "
+         "commit/best case/pipeline: open deals with close_date in the period, by forecast category "
+         "(per owner on the Metrics sheet)."])
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from config.models import AppConfig
-from transforms.history import to_days
 from transforms.fiscal import calendar_for
+from transforms.history import to_days
 from transforms.periods import Calendar, Period, latest_complete_month, month_before, period_of
 
 NO_OWNER = "(no owner)"

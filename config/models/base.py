@@ -162,7 +162,7 @@ class InputsConfig(StrictModel):
                 if cur in have and not _same_rates(self.rates[have[cur]], rows):
                     raise ValueError(f"inputs.rates: {cur} is in both inputs.rates and inputs.rates_file; keep one")
                 self.rates[have.get(cur, cur)] = rows
-        for cur, value in self.rates.items():
+        for value in self.rates.values():
             if isinstance(value, list):
                 value.sort(key=lambda r: r.from_)
         return self

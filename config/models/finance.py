@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Literal
@@ -147,3 +148,14 @@ class FiscalCalendarConfig(_Strict):
     def label_of(self, start: date) -> int:
         """The label of the fiscal year starting on `start`: the calendar year its last day is in."""
         return (start + timedelta(days=self.year_length(start) - 1)).year
+
+
+@dataclass(frozen=True)
+class SourceRates:
+    """Exchange rates a CRM keeps (Salesforce CurrencyType / DatedConversionRate, HubSpot's
+    exchange rates): `rates` holds (currency, first day or None for an undated rate, units of
+    `base` per 1 unit of the currency); `base` is the CRM's corporate / company currency."""
+
+    base: str
+    rates: tuple[tuple[str, date | None, float], ...]
+    origin: str  # where they come from, for Definitions (e.g. "Salesforce DatedConversionRate")

@@ -38,7 +38,7 @@ import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
 from config.schema import EXCEL_MAX_CELL_CHARS, EXCEL_MAX_ROWS
-from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
+from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData, table_name
 
 MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
@@ -57,6 +57,7 @@ NUMBER_FORMATS: dict[str, str] = {
     "date": "yyyy-mm-dd",
     "datetime": "yyyy-mm-dd hh:mm",
     "days": "#,##0.0",
+    "rate": "0.0000##",  # exchange rates: up to 6 decimals, as the CRMs keep them
 }
 
 
@@ -401,7 +402,7 @@ def _col_width(series: pd.Series, header: str, fmt: ColumnFormat) -> float:
         return max(base, 12)
     if fmt == "datetime":
         return max(base, 17)
-    if fmt in ("int", "number", "currency", "days", "ratio", "pct"):
+    if fmt in ("int", "number", "currency", "days", "ratio", "pct", "rate"):
         return max(base, 14)
     if fmt == "bool":
         return max(base, 8)
@@ -488,6 +489,8 @@ class _Layout:
                 _write_any(ws, row, j, v, fmt if kpi_cols[j] in ("value", "previous", "change") else None)
             row += 1
         row += 1
+        for block in data.blocks:
+            row = self._block(ws, block, row, title=self.wb.add_format({"bold": True}), bold=bold) + 1
         flag_cols = list(data.flag_counts.columns)
         for j, c in enumerate(flag_cols):
             ws.write_string(row, j, str(c), bold)
@@ -522,6 +525,27 @@ class _Layout:
             chart_row += 16
         ws.set_landscape()
         ws.fit_to_pages(1, 0)
+
+
+    def _block(self, ws: Any, block: SummaryBlock, row: int, *, title: Any, bold: Any) -> int:
+        """A SummaryBlock from `row`: its title, header, rows (values formatted by unit) and lines; the next free row."""
+        ws.write_string(row, 0, block.title, title)
+        row += 1
+        cols = list(block.frame.columns)
+        for j, c in enumerate(cols):
+            ws.write_string(row, j, str(c), bold)
+        row += 1
+        for rec in block.frame.itertuples(index=False):
+            unit = str(getattr(rec, "unit", "") or "")
+            fmt = self.formats.get({"currency": "currency", "currency_per_day": "currency", "ratio": "ratio",
+                                    "pct": "pct", "count": "int", "days": "days"}.get(unit, "number"))
+            for j, v in enumerate(rec):
+                _write_any(ws, row, j, v, fmt if cols[j] == "value" else None)
+            row += 1
+        for line in block.lines:
+            ws.write_string(row, 0, line)
+            row += 1
+        return row
 
 
 def _write_any(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
