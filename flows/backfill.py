@@ -39,6 +39,7 @@ from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
 from connectors.state import backfill as backfill_state
 from connectors.state.snapshots import save_snapshot
+from connectors.state.source_rates import load_rates
 from connectors.state.source_state import load_records
 from flows.pipeline import (
     RunContext,
@@ -147,7 +148,9 @@ def load_sources(run: RunContext, *, refetch: bool) -> tuple[list[Extracted], li
             raise PipelineSyncError(f"source '{src.name}' has no stored records yet: run 'pipeline-sync run' once, "
                                     "or backfill with --refetch to pull it now")
         stored = from_state(src, payloads)
-        extracted.append(dataclasses.replace(stored, stale=False, notes=[f"source '{src.name}': stored records"]))
+        rates = load_rates(run.engine, src.name) if getattr(src, "reads_rates", False) else None
+        extracted.append(dataclasses.replace(stored, stale=False, notes=[f"source '{src.name}': stored records"],
+                                             rates=rates))
         notes.append(f"source {src.name}: {len(payloads):,} stored records (use --refetch to pull again)")
     return extracted, notes
 

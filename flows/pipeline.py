@@ -415,16 +415,22 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
     from connectors.state.source_state import save_state
 
     pending = [e for e in extracted if e.pending_state is not None]
+    rated = [e for e in extracted if e.rates is not None and not e.stale]
     if snapshots is None:
         analytics = result.analytics if result is not None else None
         snap = getattr(analytics, "snapshot", None)
         snapshots = [(run.config.report, snap)] if snap is not None else []
-    if not pending and not snapshots:
+    if not pending and not snapshots and not rated:
         return
     with run.engine.begin() as conn:
         for e in pending:
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
+        if rated:
+            from connectors.state.source_rates import save_rates
+
+            for e in rated:
+                save_rates(conn, e.source, e.rates)
         if snapshots:
             from connectors.state.snapshots import save_snapshot
 
@@ -533,4 +539,8 @@ def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
         return None
     extracted = from_state(src, payloads)
     extracted.stale = True
+    if getattr(src, "reads_rates", False):
+        from connectors.state.source_rates import load_rates
+
+        extracted.rates = load_rates(run.engine, src.name)
     return extracted

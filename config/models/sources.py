@@ -58,6 +58,7 @@ HUBSPOT_DEFAULT_FIELDS: dict[str, str] = {
     "last_activity_date": "notes_last_updated",
     "next_step_date": "notes_next_activity_date",
     "deal_type": "dealtype",
+    "forecast_category": "hs_manual_forecast_category",  # OMIT, PIPELINE, BEST_CASE, COMMIT, CLOSED
 }
 # filled by the connector itself (ids, pipelines, owners, line items), not from `fields`
 HUBSPOT_FIXED_FIELDS: frozenset[str] = frozenset(
@@ -83,6 +84,13 @@ class HubSpotSourceConfig(SourceBase):
     rate_limit_reserve: int = Field(default=5, ge=0)  # pause for the window when this few calls remain
     search_per_second: float = Field(default=4.0, gt=0)
     timeout: float = Field(default=30.0, gt=0)
+    # read the account's exchange rates (settings.currencies.read scope): deals in other currencies
+    # convert at HubSpot's own rates, dated by effectiveAt
+    exchange_rates: bool = False
+
+    @property
+    def reads_rates(self) -> bool:
+        return self.exchange_rates
 
     @model_validator(mode="after")
     def _check_fields(self) -> HubSpotSourceConfig:
@@ -121,6 +129,13 @@ class SalesforceSourceConfig(SourceBase):
     overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor (late commits)
     page_size: int = Field(default=2000, ge=200, le=2000)  # Sforce-Query-Options batchSize (a hint)
     timeout: float = 30.0
+    # multi-currency orgs: read CurrencyIsoCode and the org's rates, static (CurrencyType) or dated
+    # (DatedConversionRate, advanced currency management); none: amounts are taken as they are
+    currency_rates: Literal["none", "static", "dated"] = "none"
+
+    @property
+    def reads_rates(self) -> bool:
+        return self.currency_rates != "none"
 
     @model_validator(mode="after")
     def _check_auth(self) -> SalesforceSourceConfig:

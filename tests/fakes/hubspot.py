@@ -143,6 +143,10 @@ class FakeHubSpot:
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
     line_items: dict[str, dict] = field(default_factory=dict)
+    # Settings API | Currencies (v3): the company currency and every exchange rate, historical ones
+    # included ({fromCurrencyCode, conversionRate, effectiveAt}: company units per 1 unit from then on)
+    company_currency: str = "USD"
+    exchange_rates: list[dict] = field(default_factory=list)
     count: int = 0
     window_start: float | None = None
     window_used: int = 0
@@ -281,6 +285,11 @@ class FakeHubSpot:
             return Response(200, {"results": self.pipelines})
         if req.method == "GET" and path == "/crm/v3/owners":
             return self._owners(req)
+        if req.method == "GET" and path == "/settings/v3/currencies/company-currency":
+            return Response(200, {"currencyCode": self.company_currency, "createdAt": "2024-01-02T10:00:00Z",
+                                  "updatedAt": "2024-01-02T10:00:00Z"})
+        if req.method == "GET" and path == "/settings/v3/currencies/exchange-rates":
+            return self._exchange_rates(req)
         if req.method == "GET" and path.startswith("/crm/v4/objects/deals/") and path.endswith("/associations/line_items"):
             deal = self.deals.get(path.split("/")[5])
             if deal is None:
@@ -297,6 +306,20 @@ class FakeHubSpot:
                         "archived": False} for x in body["inputs"] if x["id"] in self.line_items]
             return Response(200, {"status": "COMPLETE", "results": results})
         return _error(404, f"Unable to route {req.method} request for {req.path}", "OBJECT_NOT_FOUND")
+
+    def _exchange_rates(self, req: Request) -> Response:
+        """GET /settings/v3/currencies/exchange-rates: paged by limit / after (paging.next.after)."""
+        limit = int(req.q("limit", "10") or 10)
+        start = int(base64.b64decode(req.q("after")).decode()) if req.q("after") else 0
+        rows = [{"id": str(1000 + i), "fromCurrencyCode": r["fromCurrencyCode"], "toCurrencyCode": self.company_currency,
+                 "conversionRate": float(r["conversionRate"]), "effectiveAt": r["effectiveAt"],
+                 "createdAt": r["effectiveAt"], "updatedAt": r["effectiveAt"], "visibleInUI": True}
+                for i, r in enumerate(self.exchange_rates)]
+        body: dict[str, Any] = {"results": rows[start:start + limit]}
+        if start + limit < len(rows):
+            after = base64.b64encode(str(start + limit).encode()).decode()
+            body["paging"] = {"next": {"after": after, "link": f"{req.path}?after={after}"}}
+        return Response(200, body)
 
     def _props(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
         have = self.deals[deal_id]["properties"]

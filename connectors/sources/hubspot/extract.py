@@ -40,6 +40,7 @@ from connectors.sources.hubspot.deals import (
     stage_text,
 )
 from connectors.sources.hubspot.incremental import Delta, read_delta, resolution_digest
+from connectors.sources.hubspot.rates import read_rates
 from connectors.sources.hubspot.resolve import RAW_KEY, Resolver, StoredPayloads, field_properties
 from connectors.sources.hubspot.rows import frames, table_frames
 from connectors.sources.hubspot.table import DealTable
@@ -109,6 +110,7 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
 
 def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> Extracted:
     meter = Meter(ctx.observer)
+    rates = read_rates(api, cfg, ctx.tz) if cfg.exchange_rates else None
     scope = read_scope(api, cfg)
     props = read_properties(cfg, scope)
     window = open_window(ctx, cfg.name, fingerprint(cfg), CURSOR, cfg.search_overlap_seconds,
@@ -118,13 +120,17 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     if window.incremental:
         delta = read_delta(api, cfg, ctx, window, props, progress, scope)
         if delta is None:
-            return window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
+            reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
+            reused.rates = rates
+            return reused
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
         table, listed = list_all(api, cfg, props, progress, scope.selected)
         notes = [*window.notes, f"full refresh: {listed} deal(s)"]
-    return _result(cfg, ctx, api, window, scope, table, delta, notes, meter)
+    result = _result(cfg, ctx, api, window, scope, table, delta, notes, meter)
+    result.rates = rates
+    return result
 
 
 def _since(window: Window) -> str:

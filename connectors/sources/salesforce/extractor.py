@@ -32,6 +32,7 @@ from connectors.sources.salesforce.query import (
     select_fields,
     window,
 )
+from connectors.sources.salesforce.rates import read_rates
 from connectors.sources.salesforce.rows import (
     HISTORY_KEY,
     PRODUCT_KEY,
@@ -61,6 +62,7 @@ def extract(
                       service="Salesforce")
     api = SalesforceAPI(cfg, http)
     api.authenticate()
+    rates = read_rates(api, cfg) if cfg.currency_rates != "none" else None
 
     fields = select_fields(cfg)
     user_where = where_clause(cfg.where)
@@ -75,10 +77,14 @@ def extract(
         assert ctx.engine is not None
         deletes, same = _compare(api, ctx.engine, cfg.name, win, changed, user_where)
         if same and win.holds(ctx.cached_version):
-            return win.reused(cfg.name, "nothing changed since the last run", meter)
+            reused = win.reused(cfg.name, "nothing changed since the last run", meter)
+            reused.rates = rates
+            return reused
         stored = Records((p["Id"], p) for p in source_state.load_records(ctx.engine, cfg.name))
         merged = merge(stored, changed, deletes)
-    return _result(cfg, win, fields, changed, merged, deletes, same, meter)
+    result = _result(cfg, win, fields, changed, merged, deletes, same, meter)
+    result.rates = rates
+    return result
 
 
 def read_changed(api: SalesforceAPI, cfg: SalesforceSourceConfig, observer: Observer, win: Window,
