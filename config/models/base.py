@@ -156,11 +156,11 @@ class InputsConfig(StrictModel):
             try:
                 from_file = read_rates_file(self.rates_file)
             except ValueError as exc:
-                raise ValueError(f"inputs.rates_file: {exc}") from None
+                raise ValueError(f"rates_file: {exc}") from None
             have = {k.upper(): k for k in self.rates}
             for cur, rows in from_file.items():
                 if cur in have and not _same_rates(self.rates[have[cur]], rows):
-                    raise ValueError(f"inputs.rates: {cur} is in both inputs.rates and inputs.rates_file; keep one")
+                    raise ValueError(f"rates: {cur} is in both rates and rates_file; keep one")
                 self.rates[have.get(cur, cur)] = rows
         for value in self.rates.values():
             if isinstance(value, list):

@@ -36,17 +36,17 @@ RateValue = float | list[DatedRate]
 def rate_list_problem(currency: str, value: RateValue) -> str | None:
     """Why one `inputs.rates` entry is unusable, or None."""
     if not CURRENCY_CODE.match(currency):
-        return f"inputs.rates: '{currency}' is not a three-letter ISO 4217 code (e.g. EUR)"
+        return f"rates: '{currency}' is not a three-letter ISO 4217 code (e.g. EUR)"
     if isinstance(value, list):
         if not value:
-            return f"inputs.rates.{currency}: the dated list is empty; give at least one {{from: 2026-01-01, rate: 1.1}}"
+            return f"rates.{currency}: the dated list is empty; give at least one {{from: 2026-01-01, rate: 1.1}}"
         days = [r.from_ for r in value]
         repeated = sorted({d for d in days if days.count(d) > 1})
         if repeated:
-            return (f"inputs.rates.{currency}: two rates start on {repeated[0].isoformat()}; "
+            return (f"rates.{currency}: two rates start on {repeated[0].isoformat()}; "
                     "keep one rate per date")
     elif not value > 0 or value != value or value == float("inf"):
-        return f"inputs.rates.{currency}: the rate must be a number above 0 (got {value})"
+        return f"rates.{currency}: the rate must be a number above 0 (got {value})"
     return None
 
 
@@ -95,7 +95,7 @@ def read_rates_file(path: str) -> dict[str, list[DatedRate]]:
         out.setdefault(cur.upper(), []).append(DatedRate.model_validate({"from": start, "rate": value}))
     for cur, rows in out.items():
         if problem := rate_list_problem(cur, rows):
-            raise ValueError(f"'{path}': {problem.removeprefix('inputs.rates.')}")
+            raise ValueError(f"'{path}': {problem.removeprefix('rates.')}")
     return out
 
 
