@@ -15,7 +15,12 @@ from flows.backfill import backfill_dates
 from tests.analytics_support import make_cfg, make_opps
 from transforms.analytics import WON_BY_MONTH_SHEET, build_analytics
 from transforms.fiscal import WeekCalendar, calendar_for
-from transforms.periods import MonthCalendar, latest_complete_month, previous_period, reporting_period
+from transforms.periods import (
+    MonthCalendar,
+    latest_complete_month,
+    previous_period,
+    reporting_period,
+)
 
 D = date.fromisoformat
 # FY2027: 2026-02-01 (a Sunday) to 2027-01-30 (364 days); FY2028 has 53 weeks: 2027-01-31 to 2028-02-05.

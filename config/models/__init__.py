@@ -24,15 +24,15 @@ from config.models.base import (  # noqa: F401
     product_mix_problem,
     stage_map_problems,
 )
-from config.models.finance import (  # noqa: F401
-    FiscalCalendarConfig,
-    SourceRates,
-)
 from config.models.destinations import (  # noqa: F401
     DestinationConfig,
     FileDestinationConfig,
     OneDriveDestinationConfig,
     onedrive_path_problems,
+)
+from config.models.finance import (  # noqa: F401
+    FiscalCalendarConfig,
+    SourceRates,
 )
 from config.models.operations import (  # noqa: F401
     BackfillConfig,
