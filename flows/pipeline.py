@@ -227,7 +227,7 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     return extracted
 
 
-_CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
+_CODE_FILES = ("transforms/canonical.py", "transforms/currency.py", "config/schema.py")  # validate every source's rows
 
 
 def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> str:

@@ -8,8 +8,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import openpyxl
 import pandas as pd
 import pytest
+import yaml
 
 from config.loader import ConfigError, load_config
 from config.models.finance import SourceRates
@@ -156,3 +158,41 @@ def test_crm_rates_win_and_are_crossed_through_the_reporting_currency() -> None:
     assert list(np.round(got, 6)) == [1.2, round(1.5 / 1.1, 6), 0.8, 0.95, 1.0]
     assert table.origin["GBP"] == "Salesforce DatedConversionRate, crossed through EUR"
     assert table.origin["CHF"] == "inputs.rates"
+
+
+def test_backfill_dates_equal_direct_runs_with_dated_rates(tmp_path: Path) -> None:
+    """A CSV in EUR and GBP backfilled at month ends: open deals take each date's rate, closed deals
+    their close date's, and each date's metrics equal a direct run at that date."""
+    from connectors.state.db import make_engine
+    from connectors.state.snapshots import load_history
+    from flows.backfill import backfill
+    from flows.pipeline import run_pipeline
+
+    (tmp_path / "deals.csv").write_text(
+        "opportunity_id,stage,amount,currency,created_date,close_date\n"
+        "A,Proposal,1000,EUR,2026-03-01,2026-09-30\n"  # open throughout
+        "B,Won,2000,GBP,2026-03-01,2026-05-10\n"  # open on 04-30, won on 05-10 at GBP 1.25
+        "C,Closing,500.50,USD,2026-03-01,2026-08-31\n")
+    cfg = {"sources": [{"type": "csv", "name": "crm", "path": "deals.csv"}],
+           "destinations": [{"type": "file", "path": "out/p-{as_of}.xlsx"}], "backfill": {"write_workbooks": False},
+           "inputs": {"currency": "USD", "rates": {
+               "EUR": [{"from": "2026-01-01", "rate": 1.1}, {"from": "2026-05-01", "rate": 1.15},
+                       {"from": "2026-06-01", "rate": 1.2}],
+               "GBP": [{"from": "2026-01-01", "rate": 1.25}, {"from": "2026-05-20", "rate": 1.4}]}}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = backfill(path, D("2026-04-01"), D("2026-06-30"), "month")
+    assert [o.status for o in result.outcomes] == ["done"] * 3
+    engine = make_engine(f"sqlite:///{tmp_path / '.state' / 'pipeline-sync.db'}")
+    got = {d: load_history(engine, "pipeline", d + pd.Timedelta(days=1).to_pytimedelta()).previous_metrics()
+           for d in (D("2026-04-30"), D("2026-05-31"), D("2026-06-30"))}
+    # 04-30: A 1000 x 1.10 + B (open) 2000 x 1.25 + C 500.50; 05-31: A x 1.15; 06-30: A x 1.20
+    assert got[D("2026-04-30")]["open_value"] == cents(1100.00 + 2500.00 + 500.50)
+    assert got[D("2026-05-31")]["open_value"] == cents(1150.00 + 500.50)
+    assert got[D("2026-06-30")]["open_value"] == cents(1200.00 + 500.50)
+    assert got[D("2026-05-31")]["won_value"] == cents(2500.00)  # won 05-10: GBP 1.25, not 05-31's 1.40
+    direct = run_pipeline(path, D("2026-04-30"))
+    book = openpyxl.load_workbook(direct.outputs[0], read_only=True)
+    opps = {r[0]: r for r in book["Opportunities"].iter_rows(values_only=True)}
+    header = opps["opportunity_id"]
+    assert opps["B"][header.index("amount")] == 2500.0 and opps["B"][header.index("fx_rate")] == 1.25
