@@ -17,13 +17,13 @@ def books() -> dict:
 def test_two_builds_agree_cell_for_cell_and_hold_the_examples_rows(books: dict) -> None:
     assert differences(books, capture(["hubspot", "tableau"])) == []
     hub = books["examples/hubspot"]
-    assert hub["sheet_data"]["Opportunities"]["tables"] == {"tblOpportunities": "A1:AB8"}  # header + 7 deals
+    assert hub["sheet_data"]["Opportunities"]["tables"] == {"tblOpportunities": "A1:AG8"}  # header + 7 deals
     assert hub["sheet_data"]["Opportunities"]["cells"]["A2"] == [["str", "101"], "General"]
     assert hub["masked"] == ["About!B2 (run id)", "About!B7 (generated at (UTC))", "About!B10 (config sha256)",
                              "About!B16 (source hubspot_main: extraction seconds)"]
     tableau = books["examples/tableau"]
     assert {"Tableau export", "Opportunities", "About"} <= set(tableau["sheets"])
-    assert tableau["sheet_data"]["Opportunities"]["tables"] == {"tblOpportunities": "A1:AB68"}  # 40 view + 27 VDS
+    assert tableau["sheet_data"]["Opportunities"]["tables"] == {"tblOpportunities": "A1:AG68"}  # 40 view + 27 VDS
 
 
 def test_compare_names_each_changed_cell_and_table(books: dict) -> None:
