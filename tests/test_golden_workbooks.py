@@ -30,10 +30,10 @@ def test_compare_names_each_changed_cell_and_table(books: dict) -> None:
     changed = copy.deepcopy(books)
     sheet = changed["examples/hubspot"]["sheet_data"]["Opportunities"]
     sheet["cells"]["A2"] = [["str", "999"], "General"]
-    sheet["tables"] = {"tblOpportunities": "A1:AB9"}
+    sheet["tables"] = {"tblOpportunities": "A1:AG9"}
     del changed["examples/tableau"]
     assert differences(books, changed) == [
-        "examples/hubspot: Opportunities tables {'tblOpportunities': 'A1:AB8'} -> {'tblOpportunities': 'A1:AB9'}",
+        "examples/hubspot: Opportunities tables {'tblOpportunities': 'A1:AG8'} -> {'tblOpportunities': 'A1:AG9'}",
         "examples/hubspot: Opportunities!A2 '101' -> '999'",
         "examples/tableau: workbook missing",
     ]
