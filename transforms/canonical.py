@@ -299,7 +299,7 @@ def canonicalize(
     # forecast category: the source's value for deals open now (a closed deal is "closed" at every
     # as_of it is closed by, and takes its stage's category where it was still open: analysis decides)
     fc_txt = _text(col["forecast_category"])
-    fc = fc_txt.str.lower().str.replace(r"[\s_\-]", "", regex=True).map(_FORECAST)
+    fc = fc_txt.map({v: _FORECAST.get(re.sub(r"[\s_\-]", "", v.lower())) for v in pd.unique(fc_txt)})
     r = pd.Series("", index=idx, dtype=object)
     bad_fc = (fc_txt != "") & fc.isna()
     r[bad_fc] = ("forecast_category '" + fc_txt[bad_fc]

@@ -31,8 +31,8 @@ def provenance_rows(cfg: AppConfig, calendar: Calendar, period: Period, previous
                               "period)"),
             ("previous fiscal period", f"{previous.label}: {previous.start.isoformat()} to {previous.full_end.isoformat()}"),
         ]
-    converted = sorted(set(deals["original_currency"].dropna().astype(str)) - {cfg.inputs.currency.upper()}) \
-        if "original_currency" in deals.columns else []
+    codes = pd.unique(deals["original_currency"].to_numpy(dtype=object)) if "original_currency" in deals.columns else []
+    converted = sorted({str(c) for c in codes if isinstance(c, str)} - {cfg.inputs.currency.upper()})
     if converted or any(t.series for t in rates.values()):
         rows.append(("currency", f"amounts in {cfg.inputs.currency.upper()}; {RATE_RULE}"))
         lines: dict[str, None] = {}
