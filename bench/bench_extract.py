@@ -231,7 +231,7 @@ def extract_case(n: int, work: Path) -> dict:
         started1 = datetime.now(UTC)
         ex, seconds, kinds = run(started1)
         pages = math.ceil(n / cfg.page_size)
-        expected = pages + 1 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + active owners
+        expected = pages + 2 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + properties + active owners
         out["full"] = {"seconds": round(seconds, 2), "requests": sum(kinds.values()), "by_path": kinds,
                        "expected_requests": expected, "rows": ex.rows_read,
                        "requests_per_10k": round(sum(kinds.values()) * 10_000 / n, 1),
@@ -351,8 +351,9 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
         out["nothing_changed_run_pipeline_seconds"] = [round(x, 2) for x in totals]
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
-        out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
-        out["cli"] = cli_runs(path, repeat)
+        if variants:
+            out["steps"] = [timed_steps(path, loaded) for _ in range(repeat)]
+            out["cli"] = cli_runs(path, repeat)
         # 1% of the deals change: the run validates only those and merges them into the kept rows
         incremental = []
         for _ in range(repeat):
@@ -363,8 +364,12 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
             res = run_pipeline(path, loaded=loaded)
             incremental.append({"seconds": round(time.perf_counter() - t, 2), "changed": changed,
                                 "validated_rows": res.sources[0].validated_rows,
-                                "rows_loaded": res.sources[0].rows_loaded})
+                                "rows_loaded": res.sources[0].rows_loaded,
+                                "stages": {st.name: round(st.seconds, 2) for st in res.stages}})
         out["incremental_1pct_run_pipeline"] = incremental
+        out["incremental_1pct_median_seconds"] = round(statistics.median(r["seconds"] for r in incremental), 2)
+        out["incremental_1pct_vs_nothing_changed"] = round(
+            out["incremental_1pct_median_seconds"] / out["nothing_changed_median_seconds"], 2)
         if variants:  # once each: without the example's raw sheet; with the cyclic GC off (its share)
             no_raw = write_config(fake, folder, raw_sheet=False)
             out["steps_without_raw_sheet"] = timed_steps(no_raw, load(no_raw))
@@ -373,9 +378,12 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
                 out["steps_gc_disabled"] = timed_steps(path, loaded)
             finally:
                 gc.enable()
-        if profile:
+        if profile:  # one run with 1% of the deals changed
             from pyinstrument import Profiler
 
+            changed_at = datetime.now(UTC) + timedelta(milliseconds=5)
+            fake.call("change", 100, changed_at.isoformat(), 1000)
+            time.sleep(1.1)
             prof = Profiler(interval=0.002)
             prof.start()
             run_pipeline(path, loaded=loaded)
@@ -404,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, nargs="*", default=[10_000, 100_000], help="N for the extraction cases")
     ap.add_argument("--flow-rows", type=int, default=100_000, help="N for the nothing-changed flow run (0: skip)")
     ap.add_argument("--repeat", type=int, default=3, help="nothing-changed runs (median)")
-    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one nothing-changed run")
-    ap.add_argument("--no-variants", action="store_true", help="skip the no-raw-sheet and GC-off runs")
+    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one run with 1%% changed")
+    ap.add_argument("--no-variants", action="store_true", help="skip the step-by-step, CLI, no-raw-sheet and GC-off runs")
     ap.add_argument("--out", default=str(HERE / "extract_results.json"))
     args = ap.parse_args(argv)
     results: dict[str, Any] = {"machine": machine(), "extract": [], "flow": None}

@@ -13,6 +13,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from config.checks import path_clash_problems as _path_clash_problems
 from config.models import (
     DEFAULT_STAGES,
     AppConfig,
@@ -20,10 +21,14 @@ from config.models import (
     product_mix_problem,
     stage_map_problems,
 )
+from connectors import redact
 from connectors.registry import ByType
 
 SECRET_KEYS = frozenset({"token", "client_secret", "token_secret", "password", "secret"})
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAX_DEPTH = 64  # nesting of mappings and lists; a config needs under 10
+MAX_ALIASES = 100  # `*alias` references; a config uses a handful, an alias bomb thousands
+MAX_NODES = 200_000  # values once aliases are expanded (what interpolation and validation walk)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -193,6 +198,39 @@ def _describe(err: dict[str, Any], data: Any) -> str:
     return f"{key}: {msg}" if loc else msg  # top-level checks name their keys themselves
 
 
+def _shape_problem(text: str) -> str | None:
+    """Why the YAML is too deep or expands too far (alias bombs), from its events, before it is
+    built into a tree; None when it is within MAX_DEPTH / MAX_ALIASES / MAX_NODES."""
+    stack: list[list[Any]] = []  # per open collection: [expanded size, anchor]
+    sizes: dict[str, int] = {}  # anchor -> expanded size of its node
+    aliases = 0
+    for event in yaml.parse(text, Loader=_Yaml12Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                return f"the YAML is nested deeper than {MAX_DEPTH} levels; a config needs only a few"
+            stack.append([1, event.anchor])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            size, anchor = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                return f"the YAML uses more than {MAX_ALIASES} aliases (*name); write the values out instead"
+            size, anchor = sizes.get(event.anchor, 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][0] += size
+            if stack[-1][0] > MAX_NODES:
+                return (f"the YAML expands to more than {MAX_NODES:,} values through its aliases (*name); "
+                        "an alias bomb? write the values out instead")
+    return None
+
+
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
     """Read, interpolate and validate a config file. Raises ConfigError listing every problem."""
     p = Path(path).expanduser().resolve()
@@ -201,7 +239,11 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     except OSError as exc:
         raise ConfigError(p, [f"cannot read the config file: {exc.strerror}"]) from exc
     try:
-        data = yaml.load(raw_bytes.decode("utf-8"), Loader=_Yaml12Loader) or {}
+        text = raw_bytes.decode("utf-8")
+        shape = _shape_problem(text)
+        if shape is not None:
+            raise ConfigError(p, [shape])
+        data = yaml.load(text, Loader=_Yaml12Loader) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(p, [f"not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):
@@ -219,15 +261,28 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
             if _dotted(tuple(err["loc"])) not in unset_keys:
                 problems.append(_describe(err, data))
         problems += [c for c in _cross_key_problems(data) if not any(c in q for q in problems)]
+    secrets = {s for s in [*used, *_secret_values(data), *_url_passwords(data)] if len(s) >= redact.MIN_LENGTH}
+    redact.register(secrets)
     if problems or config is None:
+        raise ConfigError(p, [redact.redact(q, secrets) for q in problems])
+    problems = _path_clash_problems(config, p)
+    if problems:
         raise ConfigError(p, problems)
-    secrets = {s for s in used if len(s) >= 4} | {s for s in _secret_values(data) if len(s) >= 4}
     return LoadedConfig(
         config=config,
         path=p,
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
         secrets=tuple(sorted(secrets)),
     )
+
+
+def _url_passwords(node: Any) -> list[str]:
+    """The password of every `scheme://user:password@host` in any string of the config."""
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _url_passwords(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _url_passwords(v)]
+    return redact.url_passwords(node) if isinstance(node, str) and "://" in node else []
 
 
 def _secret_values(node: Any) -> list[str]:

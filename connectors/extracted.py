@@ -44,11 +44,13 @@ class Extracted:
     delta_base: str | None = None  # these rows differ from the rows at this version ...
     delta_ids: frozenset[str] | None = None  # ... only in these opportunity ids (changed, new or gone)
     base_rows: Any = None  # set by the flow: its validated copy of the rows at `delta_base`
+    partial: bool = False  # `records` (history, raw) hold only the `delta_ids` still current, not every record:
+    row_ids: Sequence[str] | None = None  # ... then every current record's id in row order (`_row` = position + 1)
     rates: SourceRates | None = None  # the CRM's own exchange rates, when the source reads them
 
     @property
     def rows_read(self) -> int:
-        return len(self.records)
+        return len(self.row_ids) if self.partial and self.row_ids is not None else len(self.records)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from config.loader import ConfigError, LoadedConfig, load_config
 from config.models import AppConfig
 from connectors import registry
+from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
 from connectors.state import backfill as backfill_state
@@ -174,7 +174,7 @@ def _about(spec: ReportSpec, rows: Validated) -> list[tuple[str, Any]]:
 
 def _publish_and_commit(run: RunContext, result: Transformed) -> str:
     """Render and publish one date's workbook, then commit its snapshot and completion together."""
-    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-backfill-"))
+    staging = local_file.staging_dir("pipeline-sync-backfill-")
     try:
         staged, _, _ = render(run, result, staging)
         outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]

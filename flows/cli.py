@@ -27,18 +27,22 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 class SecretRedactor(logging.Filter):
-    """Replaces configured secret values in every log record with ***."""
+    """Replaces configured secret values (and URL passwords) in every log record with ***."""
 
     def __init__(self, secrets: tuple[str, ...]):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        from connectors.redact import redact
+
+        try:
             msg = record.getMessage()
-            for s in self.secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, None
+        except (TypeError, ValueError):  # a malformed record: logging reports it itself
+            return True
+        clean = redact(msg, self.secrets)
+        if clean != msg:
+            record.msg, record.args = clean, None
         return True
 
 
@@ -51,11 +55,27 @@ def install_redactor(secrets: tuple[str, ...]) -> None:
             h.addFilter(redactor)
 
 
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2200, 12, 31)  # the years validation accepts in data
+OWN_LOGGERS = ("pipeline_sync", "flows", "connectors", "transforms", "config")
+
+
+def configure_logging(verbosity: int) -> None:
+    """0: warnings only; 1 (-v): our own steps at INFO, other libraries at WARNING; 2 (-vv): everything at INFO."""
+    logging.basicConfig(level=logging.INFO if verbosity >= 2 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbosity == 1:
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _as_of(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--as-of must be YYYY-MM-DD, got {text!r}") from exc
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise argparse.ArgumentTypeError(f"--as-of {text} is out of range: use a date from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OneDrive/SharePoint.",
         epilog="Exit codes: 0 ok, 1 run failure, 2 config error.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: our own steps at INFO level; -vv: every library's log too (HTTP lines included)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the sync now, locally (Prefect's temporary local mode)",
@@ -150,6 +171,7 @@ def _progress(kind: str, data: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
+    _preflight(loaded)
     if args.no_prefect:
         from flows.pipeline import result_summary, run_pipeline
         from flows.schedules import lock_path, report_lock
@@ -161,17 +183,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
                                                   on_event=_progress, loaded=loaded))
     else:
+        _use_recorded_server(loaded)
         from flows.sync import sync_pipeline
 
         if not args.verbose:  # failures end in one line from us, not Prefect's tracebacks
             for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         summary = sync_pipeline(str(Path(args.config).resolve()), args.as_of, args.full_refresh)
-    print_summary(summary)
+    print_summary(summary, stages=args.verbose > 0)
     return EXIT_OK
 
 
-def print_summary(summary: dict[str, Any]) -> None:
+def print_summary(summary: dict[str, Any], *, stages: bool = False) -> None:
+    """The run's outcome; with `stages` (-v) also each step's time and peak memory."""
     print(f"pipeline-sync run {summary['run_id']}: as of {summary['as_of']} (period {summary['period']})")
     for s in summary["sources"]:
         stale = "  [STALE: failed or empty this run; M5 source_stale]" if s["stale"] else (
@@ -181,32 +205,40 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  flags: {summary['flags']:,}")
     for out in summary["outputs"]:
         print(f"  wrote {out}")
+    if stages and summary.get("stages"):
+        print("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.2f} s ({s['peak_mib']:,.0f} MiB peak)"
+                                       for s in summary["stages"]))
+
+
+def _preflight(loaded: Any) -> None:
+    """Refuse, as a config error, a run whose source files cannot be read (before Prefect starts)."""
+    from config.loader import ConfigError
+    from flows.preflight import source_file_problems
+
+    if problems := source_file_problems(loaded.config):
+        raise ConfigError(loaded.path, problems)
+
+
+def _use_recorded_server(loaded: Any) -> None:
+    """Point Prefect at the server `serve` left running for this config, if any (else: a temporary one)."""
+    from flows.server_record import find_server
+
+    if not os.environ.get("PREFECT_API_URL") and (url := find_server(loaded.base_dir / ".state")):
+        os.environ["PREFECT_API_URL"] = url
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from connectors import registry
-    from connectors.errors import SourceDataError
-
     loaded = _load(args.config)
     cfg = loaded.config
-    problems = []
-    for i, src in enumerate(cfg.sources):
-        paths = [getattr(src, "path", None)]
-        hist = getattr(src, "stage_history", None)
-        if hist is not None:
-            paths.append(hist.path)
-        for p in filter(None, paths):
-            if not Path(p).is_file():
-                problems.append(f"sources[{i}] ({src.name}): file not found: {p}")
-            elif not os.access(p, os.R_OK):
-                problems.append(f"sources[{i}] ({src.name}): file not readable: {p}")
-    if problems:
-        for p in problems:
-            print(p, file=sys.stderr)
-        raise SourceDataError(f"{len(problems)} source file problem(s)")
+    _preflight(loaded)
     print(f"{loaded.path}: valid ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations)")
+    from connectors import registry
+    from flows.preflight import source_files
+
+    empty = {name for _, name, path in source_files(cfg) if Path(path).stat().st_size == 0}
     for src in cfg.sources:
-        kind = "file readable" if registry.source_type(src.type).local else "not contacted (use check-source)"
+        kind = ("file empty (0 bytes): the run will treat it as returning nothing" if src.name in empty
+                else "file readable" if registry.source_type(src.type).local else "not contacted (use check-source)")
         print(f"  source {src.name} ({src.type}): {kind}")
     return EXIT_OK
 
@@ -235,7 +267,8 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
                        tz=cfg.tz, date_format=getattr(src, "date_format", None),
                        reporting_currency=cfg.inputs.currency, as_of=ctx.as_of,
-                       rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, extracted.rates))
+                       rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, extracted.rates),
+                       decimal=getattr(src, "decimal", None))
     print(f"source {src.name} ({src.type}): {res.rows_read:,} read, {len(res.loaded):,} would load, "
           f"{len(res.rejected):,} would be rejected")
     if extracted.history is not None:
@@ -340,10 +373,20 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "check-source": cmd_check_
 
 
 def main(argv: list[str] | None = None) -> int:
+    from connectors.redact import RedactingStream
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)  # every line printed is redacted
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_prefect(args.verbose)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_prefect(args.verbose >= 2)
+    configure_logging(args.verbose)
     from sqlalchemy.exc import SQLAlchemyError
 
     from config.loader import ConfigError
@@ -364,6 +407,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pipeline-sync: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. a full TMPDIR while staging the workbook
+        import errno
+        import tempfile
+
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else (
+            f" (the workbook is staged in {tempfile.gettempdir()}; set TMPDIR to a folder with room)"
+            if exc.errno == errno.ENOSPC else "")
+        print(f"pipeline-sync: {args.command} failed: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -1,16 +1,15 @@
-"""Alerts and run digests through apprise (Slack, Teams, email, generic webhooks).
+"""What alerts and run digests say, and to which `notify:` targets (sent by connectors.alerts).
 
 `notify:` targets choose events: `failure` (report, step, one-sentence error, run link),
 `success` (the digest: KPIs against the previous snapshot, new and resolved flags, top pushed
 and slipped deals, run health, workbook link) and `flags_changed` (the digest, only when flags
-appeared or resolved). Every payload passes `scrub`: no configured secret (tokens, client
-secrets, the apprise URLs themselves) is ever sent; target URLs are never logged.
+appeared or resolved). `connectors.alerts.send` scrubs every payload (no configured secret, no
+apprise URL is ever sent) and never logs a target URL.
 """
 
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,9 +22,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from config.models import NotifyConfig
+from connectors.alerts import send
 from connectors.state import digest_flags
-
-log = logging.getLogger("pipeline_sync.notify")
 
 # the KPIs a digest shows, in order (the artifacts show every team metric)
 DIGEST_KPIS = ("open_value", "weighted_value", "open_deals", "new_value", "won_value", "win_rate",
@@ -396,53 +394,7 @@ def _consequence(step: str) -> str:
     return "No workbook was changed."
 
 
-# ----------------------------------------------------------------------------- sending
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by ***, longest first (a secret inside another)."""
-    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(s, "***")
-    return text
-
-
-def url_secrets(url: str) -> set[str]:
-    """An apprise URL and its token-like parts (8+ characters mixing letters and digits, no dots):
-    apprise keeps tokens in the user, password, path and query of its URLs."""
-    parts = re.split(r"[/:@?&=#]+", url.split("://", 1)[-1])
-    tokens = {p for p in parts if len(p) >= 8 and "." not in p and re.search(r"\d", p) and re.search(r"[A-Za-z]", p)}
-    return {url, *tokens}
-
-
-def secrets_of(targets: Sequence[NotifyConfig], config_secrets: Iterable[str]) -> tuple[str, ...]:
-    """Everything a payload must never contain: the config's secrets and the target URLs (and their tokens)."""
-    return tuple({*config_secrets, *(s for t in targets for s in url_secrets(t.url))})
-
-
-def send(targets: Sequence[NotifyConfig], events: set[str], title: str, body: str, *, secrets: Iterable[str],
-         kind: str = "info") -> list[int]:
-    """Send to every target that subscribed to any of `events`; returns the indexes that succeeded."""
-    import apprise
-
-    secrets = tuple(secrets_of(targets, secrets))
-    title, body = scrub(title, secrets), scrub(body, secrets)
-    notify_type = {"failure": apprise.NotifyType.FAILURE, "success": apprise.NotifyType.SUCCESS}.get(
-        kind, apprise.NotifyType.INFO)
-    sent = []
-    for i, target in enumerate(targets):
-        if not events & set(target.on):
-            continue
-        ap = apprise.Apprise()
-        if not ap.add(target.url):
-            log.warning("notify[%d]: not a valid apprise URL; fix notify[%d].url", i, i)
-            continue
-        scheme = target.url.split("://", 1)[0]
-        if ap.notify(body=body, title=title, notify_type=notify_type, body_format=apprise.NotifyFormat.MARKDOWN):
-            sent.append(i)
-            log.info("notify[%d] (%s): sent %s", i, scheme, "/".join(sorted(events)))
-        else:
-            log.warning("notify[%d] (%s): sending failed", i, scheme)
-    return sent
+# ----------------------------------------------------------------------------- to the targets (connectors.alerts sends)
 
 
 def notify_failure(targets: Sequence[NotifyConfig], *, report: str, step: str, error: BaseException,

@@ -12,10 +12,9 @@ import json
 import logging
 import pickle
 import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -26,20 +25,33 @@ import numpy as np
 import pandas as pd
 
 from config.loader import LoadedConfig, load_config
-from config.models import AppConfig
+from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
 from connectors import registry
+from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
+from connectors.redact import redact
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from flows.reports import (
+    Call,
+    FanOut,
+    ReportOutcome,
+    for_report,
+    report_rows,
+    report_specs,
+    thread_fan_out,
+)
+from flows.stage_meter import StageTime, measured
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.currency import RateTable, rate_table
 from transforms.fiscal import calendar_for
 from transforms.periods import Period, reporting_period
+from transforms.report_filter import describe, is_filtered
 from transforms.workbook_layout import (
     about_sheet,
     excel_limits,
@@ -93,6 +105,7 @@ class RunContext:
     state_url: str = ""
     observer: Observer = field(default_factory=Observer)
     retry_policy: RetryPolicy | None = None  # every HTTP call of the run (None: the default policy)
+    stages: list[StageTime] = field(default_factory=list)  # time and peak memory of each step, in order
     _engine: Any = None
 
     @property
@@ -156,6 +169,7 @@ class RunResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
+    stages: list[StageTime] = field(default_factory=list)
 
 
 def result_summary(result: RunResult) -> dict[str, Any]:
@@ -171,6 +185,8 @@ def result_summary(result: RunResult) -> dict[str, Any]:
              "unchanged": s.reused}
             for s in result.sources
         ],
+        "stages": [{"name": s.name, "seconds": round(s.seconds, 3), "peak_mib": round(s.peak_mib, 1)}
+                   for s in result.stages],
     }
 
 
@@ -218,6 +234,10 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
         extracted.reused_rows = rows
     elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
         extracted.base_rows = cache.load(src.name, digest, extracted.delta_base)  # None: validate them all
+    if extracted.partial and not _merges(src, extracted):
+        log.warning("source %s: its changes cannot be merged into the last run's rows here; reading them all",
+                    src.name)
+        return extract_source(run, index, reuse=False)
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
@@ -225,6 +245,17 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     log.info("source %s: %d rows read in %.2fs%s", src.name, read, extracted.seconds,
              " (unchanged: the last run's validated rows)" if extracted.reused else "")
     return extracted
+
+
+def _merges(src: Any, e: Extracted) -> bool:
+    """A partial extraction (only the changes) can be merged: the flow holds the base rows, with
+    the raw sheet's frame when the source has one, and the changes bring no raw column it lacks."""
+    base = e.base_rows
+    if base is None or e.row_ids is None or not _delta_applies(e):
+        return False
+    if not src.raw_sheet:
+        return True
+    return base.raw is not None and e.raw is not None and set(e.raw.columns) <= set(base.raw.columns)
 
 
 _CODE_FILES = ("transforms/canonical.py", "transforms/currency.py", "config/schema.py")  # validate every source's rows
@@ -252,9 +283,11 @@ def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> 
 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
-    validated = validate(run, extracted, failures)
+    with measured(run.stages, "validate"):
+        validated = validate(run, extracted, failures)
     release_rows(extracted)
-    return analyze(run, validated)
+    with measured(run.stages, "analyze"):
+        return analyze(run, validated)
 
 
 def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
@@ -313,9 +346,12 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     ids = e.records["opportunity_id"].astype(str)
     is_changed = ids.isin(changed).to_numpy()
     fresh = _validate_source(run, src, dataclasses.replace(
-        e, records=e.records[is_changed], base_rows=None,
+        e, records=e.records[is_changed], base_rows=None, partial=False, row_ids=None,
         history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
-    row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
+    if e.partial and e.row_ids is not None:  # the records are the changes only: rows follow `row_ids`
+        row_of = pd.Series(np.arange(1, len(e.row_ids) + 1), index=np.asarray(e.row_ids, dtype=object))
+    else:
+        row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
@@ -330,9 +366,21 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     history = fresh.history
     if base.history is not None and history is not None:
         history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    raw = e.raw if src.raw_sheet else None
+    if raw is not None and e.partial:
+        raw = _merged_raw(base.raw, raw, changed, row_of)
     return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
-                      None if history is None else history.reset_index(drop=True), e.raw if src.raw_sheet else None,
-                      len(e.records))
+                      None if history is None else history.reset_index(drop=True), raw, e.rows_read)
+
+
+def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], row_of: pd.Series) -> pd.DataFrame:
+    """The raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
+    `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
+    that only deals now gone had keeps its place, empty: HubSpot returns each property read for
+    every deal, null when empty, so a full read has it too.)"""
+    kept = base[~base["id"].astype(str).isin(changed).to_numpy()]
+    raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
+    return raw.iloc[np.argsort(raw["id"].astype(str).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def release_rows(extracted: list[Extracted]) -> None:
@@ -353,6 +401,7 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
         e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
         date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
         rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, e.rates), as_of=run.as_of,
+        decimal=getattr(src, "decimal", None),
     )
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
@@ -392,7 +441,7 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
                  *result.about]
         return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                           sources=result.sources, extra=extra, notes=notes)
+                           sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)
@@ -472,38 +521,92 @@ def run_pipeline(
     loaded: LoadedConfig | None = None,
     retry_policy: RetryPolicy | None = None,
     reports: list[str] | None = None,
+    fan_out: FanOut = thread_fan_out,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
 
     A source that fails raises unless it has stored state to fall back on (then its data is
     marked stale, M5). State is committed only after every destination succeeded.
-    With `reports:` in the config, flows.reports produces every report (or those named in `reports`).
+    With `reports:` in the config, `run_reports` produces every report (or those named in
+    `reports`), fanned out by `fan_out` (threads unless the caller passes another, e.g. Prefect's).
     """
     t0 = time.perf_counter()
     run = prepare(config_path, as_of, full_refresh=full_refresh, loaded=loaded, retry_policy=retry_policy)
     run.observer.on_event = on_event
     if run.config.reports and reports:
-        from flows.reports import report_specs
-
         report_specs(run.config, reports)  # an unknown report name fails before any extraction
-    extracted, failures = extract_all(run, wrap)
+    with measured(run.stages, "extract"):
+        extracted, failures = extract_all(run, wrap)
     if run.config.reports:
-        from flows.reports import run_reports
-
-        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports)
+        return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports, fan_out=fan_out)
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
     result = wrap(transform, "transform")(run, extracted, failures)
-    staging = Path(tempfile.mkdtemp(prefix="pipeline-sync-"))
+    staging = local_file.staging_dir()
     try:
-        staged, rows, notes = wrap(render, "render")(run, result, staging)
-        outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged) for i, d in enumerate(run.config.destinations)]
+        with measured(run.stages, "render"):
+            staged, rows, notes = wrap(render, "render")(run, result, staging)
+        with measured(run.stages, "publish"):
+            outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged)
+                       for i, d in enumerate(run.config.destinations)]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    wrap(commit_state, "commit-state")(run, extracted, result)
-    keep_validated(run, extracted, result.validated)
+    with measured(run.stages, "commit"):
+        wrap(commit_state, "commit-state")(run, extracted, result)
+        keep_validated(run, extracted, result.validated)
     return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
-                     time.perf_counter() - t0, notes)
+                     time.perf_counter() - t0, notes, stages=list(run.stages))
+
+
+def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
+                wrap: StepWrapper, started: float, names: Sequence[str] | None = None,
+                fan_out: FanOut = thread_fan_out) -> RunResult:
+    """Validate once, produce every report (or those in `names`) through `fan_out`, then commit
+    state and the snapshots of the reports that succeeded; a failed report fails the run after
+    the others are published."""
+    specs = report_specs(run.config, names)
+    validated = wrap(validate, "validate")(run, extracted, failures)
+    release_rows(extracted)
+    _ = run.engine  # tables exist before the reports open their own connections
+    calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))
+                         for s in specs]
+    results = fan_out(run.config, calls)
+    done = [r for r in results if isinstance(r, ReportOutcome)]
+    wrap(commit_state, "commit-state")(run, extracted, None,
+                                       snapshots=[(o.report, o.snapshot) for o in done if o.snapshot is not None])
+    keep_validated(run, extracted, validated)
+    failed = [(s.name, r) for s, r in zip(specs, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        if len(failed) == 1 and len(specs) == 1:
+            raise failed[0][1]
+        detail = "; ".join(f"{name}: {exc}" for name, exc in failed)
+        raise PipelineSyncError(f"{len(failed)} of {len(specs)} reports failed ({detail}); "
+                                f"the others were published") from failed[0][1]
+    flags = [o.flags_count for o in done if o.flags_count is not None]
+    return RunResult(run.run_id, run.as_of, run.period, validated.sources, [p for o in done for p in o.outputs],
+                     sum(flags) if flags else None, {}, time.perf_counter() - started,
+                     [n for o in done for n in o.notes],
+                     reports=[{"report": o.report, "outputs": o.outputs, "flags": o.flags_count,
+                               "open_deals": o.open_deals, "rows": o.rows} for o in done],
+                     stages=list(run.stages))
+
+
+def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfig) -> ReportOutcome:
+    """One report of `run_reports`: filter, analyse, render once and publish
+    to each of the report's destinations."""
+    rows = report_rows(validated, flt)
+    result = analyze(run, rows)
+    if is_filtered(flt):
+        result.about += [("report filter", describe(flt)), ("opportunities in this report", len(rows.opportunities))]
+    staging = local_file.staging_dir(f"pipeline-sync-{run.config.report}-")
+    try:
+        staged, counts, notes = render(run, result, staging)
+        outputs = [publish(run, i, staged) for i in range(len(run.config.destinations))]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    snapshot = getattr(result.analytics, "snapshot", None)
+    return ReportOutcome(run.config.report, outputs, result.flags_count,
+                         None if snapshot is None else len(snapshot.deals), counts, notes, snapshot)
 
 
 def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:
@@ -518,7 +621,7 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
             if fallback is None:
                 raise
             log.warning("source %s failed (%s); using its data from the previous run", src.name, exc)
-            failures[src.name] = str(exc)
+            failures[src.name] = redact(str(exc))
             extracted.append(fallback)
     return extracted, failures
 

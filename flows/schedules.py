@@ -207,7 +207,11 @@ def report_lock(path: Path, overlap: Overlap, *, run_id: str = "", poll: float =
     """
     if overlap not in ("wait", "skip"):
         raise ValueError(f"overlap must be wait or skip (got {overlap!r})")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from connectors.state.private import private_dir
+
+    if path.parent.name == "locks":  # .state/locks: the state folder first, both private
+        private_dir(path.parent.parent, tighten=path.parent.parent.name == ".state")
+    private_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         told = False

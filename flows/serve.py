@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from config.loader import LoadedConfig
+from flows.server_record import remove_record, write_record
 
 FLOW_NAME = "sync-pipeline"
 HOST = "127.0.0.1"
@@ -217,7 +218,10 @@ def serve(loaded: list[LoadedConfig], *, ui: bool = True, port: int | None = Non
             if ui:
                 os.environ["PREFECT_UI_URL"] = server.ui_url
             echo(f"Prefect server healthy after {took:.1f} s; "
-                 + (f"UI: {server.ui_url}" if ui else f"API: {server.api_url}"))
+                 + (f"UI: {server.ui_url}; " if ui else "") + f"API: {server.api_url}")
+            echo(f"for `pipeline-sync trigger` from another shell: export PREFECT_API_URL={server.api_url}")
+            for cfg in loaded:  # a manual `run` of these configs uses this server instead of a temporary one
+                write_record(cfg.base_dir / ".state", server.api_url, os.getpid())
         else:
             echo(f"using the Prefect server at {os.environ['PREFECT_API_URL']}")
         from prefect import serve as prefect_serve
@@ -236,6 +240,8 @@ def serve(loaded: list[LoadedConfig], *, ui: bool = True, port: int | None = Non
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server is not None:
+            for cfg in loaded:
+                remove_record(cfg.base_dir / ".state", os.getpid())
             echo("stopping the local Prefect server ...")
             server.stop()
             echo("stopped")

@@ -1,16 +1,21 @@
-"""The Prefect flow: `run_pipeline` with each step run as a Prefect task."""
+"""The Prefect flow: `run_pipeline` with each step run as a Prefect task, and named reports
+(`reports:`) fanned out as tasks on the task runner the config chooses (`prefect_fan_out`)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from connectors.errors import RetriableAPIError
+from config.models import AppConfig
+from connectors.errors import PipelineSyncError, RetriableAPIError
 from flows.pipeline import RunResult, Step, StepWrapper, result_summary, run_pipeline
+from flows.reports import MAX_THREADS, Call, FanOut, outcome, thread_fan_out
 
 log = logging.getLogger("pipeline_sync")
 
@@ -40,6 +45,32 @@ def as_task(step: Step, name: str) -> Step:
         persist_result=False,
         cache_policy=NO_CACHE,
     )
+
+
+def task_runner(cfg: AppConfig, n: int) -> Any:
+    """The Prefect task runner for `cfg.runner`."""
+    if cfg.runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise PipelineSyncError("runner: dask needs prefect-dask: pip install 'pipeline-sync[dask]'") from exc
+        return DaskTaskRunner(address=cfg.dask_address) if cfg.dask_address else DaskTaskRunner()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=min(max(n, 1), MAX_THREADS))
+
+
+def prefect_fan_out(cfg: AppConfig, calls: Sequence[Call]) -> list[Any]:
+    """A FanOut for flows.pipeline.run_reports: each call a Prefect task (retried on
+    RetriableAPIError) on the configured task runner (`runner: thread | dask`)."""
+    if not calls:
+        return []
+    with task_runner(cfg, len(calls)) as runner:
+        futures = []
+        for name, fn, args in calls:
+            step = as_task(fn, name).with_options(retries=2, retry_delay_seconds=[30, 120])
+            futures.append(runner.submit(step, dict(inspect.signature(fn).bind(*args).arguments)))
+        return [outcome(f.result) for f in futures]
 
 
 class _Steps:
@@ -202,7 +233,16 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
     `reports` limits a config with `reports:` to those named reports (default: all).
     """
     env_from_secret_blocks(secret_blocks)
-    summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports)
+    announce = _served_run_announcer()
+    announce("started")
+    try:
+        summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports,
+                              fan_out=prefect_fan_out)
+    except Exception as exc:
+        announce(f"failed: {type(exc).__name__}")
+        raise
+    announce(f"skipped: {summary['skipped']}" if "skipped" in summary else
+             f"finished: {summary.get('flags') or 0:,} flags, wrote {', '.join(summary.get('outputs') or []) or 'nothing'}")
     if "skipped" in summary:  # shown as "Skipped" with its reason in the UI
         from prefect.states import Completed
 
@@ -210,12 +250,27 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
     return summary
 
 
+def _served_run_announcer() -> Any:
+    """A one-line printer for runs a deployment started (`serve` shows them in its terminal); silent otherwise."""
+    from prefect.runtime import deployment, flow_run
+
+    if not deployment.id:
+        return lambda what: None
+    name = f"{deployment.name or 'deployment'} run {flow_run.name or flow_run.id}"
+
+    def announce(what: str) -> None:
+        print(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {name}: {what}", flush=True)
+
+    return announce
+
+
 def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool = False,
                 schedule_index: int | None = None, task_wrapper: StepWrapper = as_task, *,
-                reports: list[str] | None = None) -> dict[str, Any]:
+                reports: list[str] | None = None, fan_out: FanOut = thread_fan_out) -> dict[str, Any]:
     """The flow's body: catch-up check, report lock, `run_pipeline`, then alerts, digest and artifacts.
 
-    Tests pass `task_wrapper=lambda step, name: step` to run the same body without Prefect tasks.
+    Tests pass `task_wrapper=lambda step, name: step` to run the same body without Prefect tasks;
+    the flow passes `fan_out=prefect_fan_out` (named reports as tasks), the default is threads.
     """
     from prefect.runtime import flow_run
 
@@ -243,7 +298,8 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
         steps = _Steps(task_wrapper)
         try:
             kwargs = {"reports": reports} if reports else {}
-            result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded, **kwargs)
+            result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded,
+                                  fan_out=fan_out, **kwargs)
         except Exception as exc:
             try:
                 if cfg.notify:

@@ -7,7 +7,8 @@ with a clean second run: the same workbook cell by cell (About left out), or the
 (a stale fallback or a failure), with cursors and destination files before/after.
 
 `python -m tests.fault_matrix [--out docs/reliability.md]` (`make faults`) prints the table
-and writes it into the document; tests/test_fault_matrix.py asserts every row.
+and writes it into the document, with the hostile-input table of tests/hostile_inputs.py after
+it (`--hostile only|no`); tests/test_fault_matrix.py and tests/test_bad_inputs.py assert every row.
 """
 
 from __future__ import annotations
@@ -525,7 +526,7 @@ def _edit_mid_upload(w: World) -> None:
     item = w.fakes.graph.file(DRIVE, REMOTE)
     engine = make_engine("sqlite:///" + str(w.folder / ".state" / "pipeline-sync.db"))
     with engine.begin() as conn:
-        assert conn.execute(sa.update(published).values(item_id=item.id, etag=item.etag)).rowcount == 1
+        assert conn.execute(sa.update(published).values(item_id=item.id, etag=item.etag, ctag=item.ctag)).rowcount == 1
     engine.dispose()
 
     def on_chunk(n: int) -> None:
@@ -811,11 +812,14 @@ def markdown(rows: list[Row], seconds: float) -> str:
 BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
 
 
-def write_doc(doc: Path, table: str) -> None:
+HOSTILE_BEGIN, HOSTILE_END = "<!-- hostile-inputs:begin -->", "<!-- hostile-inputs:end -->"
+
+
+def write_doc(doc: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
     text = doc.read_text() if doc.is_file() else ""
-    block = f"{BEGIN}\n{table}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{table}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text + ("\n" if text else "") + block + "\n"
     doc.write_text(text)
@@ -864,10 +868,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the table into this markdown file (between markers)")
     p.add_argument("--only", action="append", help="run only this scenario id (repeatable)")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--hostile", choices=["also", "only", "no"], default="also",
+                   help="the hostile-input scenarios of tests/hostile_inputs.py too (default), only them, or not")
     args = p.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
+    ok = True
+    if args.hostile != "no":
+        from tests import hostile_inputs
+
+        started = time.perf_counter()
+        hostile_rows = hostile_inputs.run_all(args.only)
+        hostile_table = hostile_inputs.markdown(hostile_rows, time.perf_counter() - started)
+        print(hostile_table)
+        if args.out and not args.only:
+            write_doc(args.out, hostile_table, HOSTILE_BEGIN, HOSTILE_END)
+        ok = all(r.ok for r in hostile_rows)
+        if args.hostile == "only":
+            return 0 if ok else 1
     logging.basicConfig(level=logging.CRITICAL)
     for handler in logging.getLogger().handlers:  # the matrix captures DEBUG itself; keep the terminal quiet
         handler.setLevel(logging.CRITICAL)
@@ -878,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         write_doc(args.out, table)
-    return 0 if all(r.ok for r in rows) else 1
+    return 0 if ok and all(r.ok for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from transforms.canonical import CanonicalResult, canonicalize
 BERLIN = ZoneInfo("Europe/Berlin")
 STAGE_MAP = {"Contract Sent": "Closing", "closed won": "Won"}
 BASE = {"opportunity_id": "OPP-1", "stage": "Proposal", "created_date": "2026-01-05"}
+DECIMAL_HINT = " (it has a decimal comma: set decimal: ',' on the source)"
 
 
 def run(rows: list[dict], *, tz=BERLIN, date_format: str | None = None, rates=None,
@@ -59,7 +60,7 @@ def check_reconciles(res: CanonicalResult) -> None:
         ("12,000.00", 12000.0),
         ("1,000,000.5", 1000000.5),
         ("USD 1,000", 1000.0),
-        ("€ 950", 950.0),
+        ("1,000 USD", 1000.0),
         (" 12000 ", 12000.0),
         ("0", 0.0),
         (12000, 12000.0),
@@ -72,6 +73,12 @@ def test_amount_parses(raw, expected):
     row = one(amount=raw)
     assert row["amount"] == expected
     assert row["currency"] == "USD"
+
+
+def test_an_amount_in_another_currency_is_converted_never_read_as_the_reporting_one():
+    res = run([{**BASE, "amount": "€ 950"}], rates={"EUR": 1.1})  # no currency column: the mark says EUR
+    assert res.loaded.loc[0, "amount"] == pytest.approx(1045.0)
+    assert "currency 'EUR' has no rate to USD" in reason_of(amount="€ 950")
 
 
 @pytest.mark.parametrize("raw", ["", "   ", None, np.nan])
@@ -255,8 +262,8 @@ STAGE_HINT = "is not a configured stage (map it in the source's stage_map or add
     [
         ({"amount": "abc"}, "amount 'abc' is not a number"),
         ({"amount": "12k"}, "amount '12k' is not a number"),
-        ({"amount": "12000,50"}, "amount '12000,50' is not a number"),  # a decimal comma is never guessed
-        ({"amount": "1.000,50"}, "amount '1.000,50' is not a number"),
+        ({"amount": "12000,50"}, "amount '12000,50' is not a number" + DECIMAL_HINT),  # never guessed
+        ({"amount": "1.000,50"}, "amount '1.000,50' is not a number" + DECIMAL_HINT),
         ({"amount": "-5"}, "amount '-5' is negative"),
         ({"amount": "(500)"}, "amount '(500)' is negative"),
         ({"amount": "1e16"}, "amount '1e16' is too large"),

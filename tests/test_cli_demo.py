@@ -109,9 +109,10 @@ def test_summary_line_printed(tmp_path, capsys):
 def test_validate_and_failure_exit_codes(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sources: [{name: s, type: csv, path: missing.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n")
-    assert main(["validate", "--config", str(cfg)]) == 1
-    assert "file not found" in capsys.readouterr().err
-    assert main(["run", "--config", str(cfg), "--no-prefect"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot read" in err[0]
+    assert main(["validate", "--config", str(cfg)]) == 2
+    assert f"sources[0].path (s): file not found: {tmp_path / 'missing.csv'}" in capsys.readouterr().err
+    for extra in (["--no-prefect"], []):  # refused before Prefect starts, with or without it
+        assert main(["run", "--config", str(cfg), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"config error in {cfg}:", f"  - sources[0].path (s): file not found: {tmp_path / 'missing.csv'}"]
     assert not (tmp_path / "o.xlsx").exists()

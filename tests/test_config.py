@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -450,10 +451,34 @@ def test_cli_validate_ok(tmp_path, capsys, quiet_cli_env):
     assert err == ""
 
 
-def test_cli_validate_missing_source_file_exits_1(tmp_path, capsys, quiet_cli_env):
+def test_cli_validate_missing_source_file_is_a_config_error(tmp_path, capsys, quiet_cli_env):
     path = write(tmp_path, BASE)
     from flows.cli import main
 
-    assert main(["validate", "--config", str(path)]) == 1
+    assert main(["validate", "--config", str(path)]) == 2
     _, err = capsys.readouterr()
-    assert f"sources[0] (crm): file not found: {tmp_path / 'data' / 'deals.csv'}" in err
+    assert f"sources[0].path (crm): file not found: {tmp_path / 'data' / 'deals.csv'}" in err
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_cli_validate_refuses_a_source_that_is_not_a_regular_file(tmp_path, capsys, quiet_cli_env, kind):
+    path = write(tmp_path, BASE)
+    target = tmp_path / "data" / "deals.csv"
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.mkdir() if kind == "folder" else os.mkfifo(target)
+    from flows.cli import main
+
+    assert main(["validate", "--config", str(path)]) == 2
+    assert "sources[0].path (crm): not a regular file" in capsys.readouterr().err
+
+
+def test_cli_validate_calls_an_empty_file_empty(tmp_path, capsys, quiet_cli_env):
+    path = write(tmp_path, BASE)
+    target = tmp_path / "data" / "deals.csv"
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(b"")
+    from flows.cli import main
+
+    assert main(["validate", "--config", str(path)]) == 0
+    assert "source crm (csv): file empty (0 bytes)" in capsys.readouterr().out

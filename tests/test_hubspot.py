@@ -67,7 +67,7 @@ def test_full_run_maps_every_deal(h):
                     ("102", "Closed Won", "2026-10-15T08:00:00.000Z")]
     assert ex.raw is None  # no raw_sheet configured
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in h.server.requests)
-    assert ex.requests == len(h.server.requests) == 4  # pipelines, 1 deals page, owners, archived owners
+    assert ex.requests == len(h.server.requests) == 5  # pipelines, properties, 1 deals page, owners, archived owners
     assert ("page", {"source": "hubspot_main", "records": 7, "pages": 1}) in h.events
 
 
@@ -147,7 +147,9 @@ def test_product_from_line_items_uses_the_largest_item(h):
     assert recs["101"]["product"] == "Platform licence"
     assert recs["102"]["product"] == "Training"
     assert pd.isna(recs["104"]["product"])
-    assert [r.q("associations") for r in h.requests("GET", "/crm/v3/objects/deals")] == ["line_items"]
+    assert [r.q("associations") for r in h.requests("GET", "/crm/v3/objects/deals")] == [None]
+    assoc = h.requests("POST", "/crm/v4/associations/deals/line_items/batch/read")
+    assert len(assoc) == 1 and sorted(i["id"] for i in assoc[0].json()["inputs"]) == sorted(by_id(ex.records))
     reads = h.requests("POST", "/crm/v3/objects/line_items/batch/read")
     assert len(reads) == 1 and sorted(i["id"] for i in reads[0].json()["inputs"]) == ["9001", "9002", "9003"]
     raw = ex.raw.set_index("id")

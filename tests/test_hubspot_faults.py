@@ -33,9 +33,10 @@ def prepare(h: Harness, mode: str) -> datetime:
     return RUN2
 
 
-# request numbers within the run: full = 1 pipelines, 2..8 deal pages, 9/10 owners;
-# incremental = 1 pipelines, 2.. search pages (keyset: tiny pages re-read their boundary), archived, owners
-FAULT_AT = {"full": 3, "incremental": 3}
+# request numbers within the run: full = 1 pipelines, 2 deal properties, 3..9 deal pages, 10/11 owners;
+# incremental = 1 pipelines, 2 deal properties, 3.. search pages (keyset: tiny pages re-read their
+# boundary), archived, owners. The fault hits the second deal page / search.
+FAULT_AT = {"full": 4, "incremental": 4}
 
 
 @pytest.mark.parametrize("mode", ["full", "incremental"])
@@ -118,7 +119,7 @@ def test_paces_by_rate_limit_headers_without_hitting_429(h, rate_max, reserve, w
 
 def test_a_request_that_times_out_is_retried(h):
     clean = h.run(started=RUN1, state=False)
-    h.hub.faults = {h.hub.count + 2: "hang"}  # the first deals page answers only after 1 s
+    h.hub.faults = {h.hub.count + 3: "hang"}  # the first deals page answers only after 1 s
     ex = h.run(h.cfg(timeout=0.2), started=RUN1, state=False)
     assert ex.records.equals(clean.records) and ex.retries == 1
     reasons = [d["reason"] for k, d in h.events if k == "retry"]

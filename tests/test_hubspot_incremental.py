@@ -126,8 +126,9 @@ def test_line_item_products_of_changed_deals_only(h):
     ex = h.run(cfg, started=RUN2)
     recs = ex.records.set_index("opportunity_id")
     assert recs.loc["106", "product"] == "Services" and recs.loc["101", "product"] == "Platform licence"
-    assert [r.path for r in h.server.requests if r.path.startswith("/crm/v4/")] == [
-        "/crm/v4/objects/deals/106/associations/line_items"]
+    assoc = [r for r in h.server.requests if r.path.startswith("/crm/v4/")]
+    assert [(r.path, r.json()["inputs"]) for r in assoc] == [
+        ("/crm/v4/associations/deals/line_items/batch/read", [{"id": "106"}])]
 
 
 def test_without_a_state_store_every_run_lists_everything(h):

@@ -110,10 +110,30 @@ def test_refusals_name_what_to_fix_and_never_the_secret(server, entra, problem, 
         assert secret not in str(info.value) and secret not in caplog.text
 
 
-def test_token_endpoint_outage_is_retriable(server, entra) -> None:
-    entra.token_status = 503
-    with pytest.raises(RetriableAPIError, match="answered HTTP Error: 503; try again later"):
+@pytest.mark.parametrize("status, match", [
+    (429, "answered HTTP 429 .*Retry-After 60 s"), (500, "answered HTTP 500"), (502, "answered HTTP 502"),
+    (503, "answered HTTP 503"), (504, "answered HTTP 504")])
+def test_token_endpoint_throttling_or_outage_is_retriable_and_the_next_call_works(server, entra, status,
+                                                                                  match) -> None:
+    entra.token_status = status
+    with pytest.raises(RetriableAPIError, match=match + ".*try again later"):
         msal_auth.acquire_token(make_cfg(server, entra))
+    assert entra.valid(msal_auth.acquire_token(make_cfg(server, entra)))  # nothing of the failure was kept
+
+
+@pytest.mark.parametrize("problem", ["429", "loop"])
+def test_throttled_silent_sign_in_is_retriable_not_a_login_prompt(server, entra, tmp_path, problem) -> None:
+    cfg = delegated(server, entra, tmp_path)
+    entra.expires_in = 120  # every silent call goes to the token endpoint
+    msal_auth.device_code_login(cfg, echo=lambda m: None)
+    if problem == "429":
+        entra.token_status = 429
+    else:
+        entra.token_loop = True
+    with pytest.raises(RetriableAPIError, match="try again later") as info:
+        msal_auth.acquire_token(cfg)
+    assert "pipeline-sync login" not in str(info.value)
+    assert entra.valid(msal_auth.acquire_token(cfg))
 
 
 def test_plain_http_authority_is_refused(server, entra) -> None:

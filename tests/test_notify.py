@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from config.models import NotifyConfig
+from connectors.alerts import scrub, url_secrets
 from flows.artifacts import artifact_key, flag_rows, kpi_markdown, workbook_url
 from flows.notify import (
     CurrentFlags,
@@ -25,8 +26,6 @@ from flows.notify import (
     fmt_value,
     notify_failure,
     one_sentence,
-    scrub,
-    url_secrets,
 )
 from flows.sync import sync_report
 from tests.fakes.hubspot import TOKEN, demo_server

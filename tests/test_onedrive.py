@@ -1,19 +1,23 @@
-"""connectors.destinations.onedrive.upload against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
+"""connectors.destinations.onedrive.upload (mode replace) against a fake Graph + fake Entra authority over HTTPS (msal runs for real)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from config.models import OneDriveDestinationConfig
-from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations import onedrive
+from connectors.destinations.onedrive import upload
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http import msal_auth
+from connectors.registry import PublishContext
 from connectors.state.db import make_engine
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph import FIXTURES, FakeGraph
@@ -58,12 +62,12 @@ class Env:
         base.update(over)
         return OneDriveDestinationConfig(**base)
 
-    def publish(self, cfg: OneDriveDestinationConfig, data: bytes, remote: str = REMOTE, **kw) -> onedrive.PublishResult:
+    def publish(self, cfg: OneDriveDestinationConfig, data: bytes, remote: str = REMOTE, **kw) -> upload.PublishResult:
         wb = self.tmp / "book.xlsx"
         wb.write_bytes(data)
         kw.setdefault("sleep", self.sleeps.append)
         kw.setdefault("now", lambda: datetime(2026, 11, 27, 8, 15, 3, tzinfo=UTC))
-        return onedrive.publish(cfg, wb, remote_path=remote, **kw)
+        return upload.upload_workbook(cfg, wb, remote_path=remote, **kw)
 
     def stored(self, path: str = REMOTE) -> bytes | None:
         item = self.graph.file(DRIVE, path)
@@ -106,7 +110,8 @@ def test_small_file_lands_in_new_folders(env: Env, where: dict) -> None:
     sales = env.graph.file(DRIVE, "/Sales/Reports")
     assert sales is not None and sales.folder
     item = env.graph.file(DRIVE, REMOTE)
-    assert (res.item_id, res.etag, res.size, res.path, res.note) == (item.id, item.etag, len(SMALL), REMOTE, None)
+    assert (res.item_id, res.size, res.path, res.note) == (item.id, len(SMALL), REMOTE, None)
+    assert res.etag == f'"{{{item.guid}}},1"' != item.etag  # the commit's eTag; OneDrive changed it since
     assert res.web_url.endswith("/Sales/Reports/Pipeline%20Q3.xlsx")
     assert len(env.graph_requests("POST", f"/v1.0/drives/{DRIVE}/items/")) == 2  # two folders created
     assert env.graph.created_sessions == 0  # a simple PUT
@@ -136,7 +141,7 @@ def test_large_file_goes_through_an_upload_session_in_pieces(env: Env) -> None:
         f"bytes {i * CHUNK}-{min((i + 1) * CHUNK, len(LARGE)) - 1}/{len(LARGE)}" for i in range(5)]
     assert all("authorization" not in r.headers for r in puts)
     assert res.item_id == old.id and res.size == len(LARGE)  # replaced in place: same item, new version
-    assert env.graph.file(DRIVE, REMOTE).version == 2
+    assert env.graph.file(DRIVE, REMOTE).content_version == 2
 
 
 def test_dropped_connection_mid_piece_resumes_from_next_expected_ranges(env: Env) -> None:
@@ -164,7 +169,7 @@ def test_giving_up_cancels_the_session_and_keeps_the_old_file(env: Env) -> None:
     env.graph.put_file(DRIVE, REMOTE, SMALL)
     for n in range(2, 12):
         env.graph.drop_chunk(n, keep=0)
-    with pytest.raises(RetriableAPIError, match="gave up after 6 failed pieces"):
+    with pytest.raises(RetriableAPIError, match=r"Microsoft Graph upload: gave up after 6 attempts; last: .*bytes"):
         env.publish(env.cfg(), LARGE)
     assert env.stored() == SMALL
     assert env.graph.deleted_sessions == 1 and not env.graph.sessions
@@ -203,20 +208,27 @@ def test_409_at_commit_with_replace_is_recovered_with_an_explicit_commit(env: En
 def test_next_expected_ranges_of_the_recorded_samples(sample: str, expected: tuple) -> None:
     resp = requests.Response()
     resp.status_code, resp._content = 202, (FIXTURES / sample).read_bytes()
-    assert onedrive._next_range(resp) == expected
+    assert upload._next_range(resp) == expected
 
 
 # ----------------------------------------------------------------------------- conflicts
 
 
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["simple", "session"])
-def test_fail_if_changed_sends_the_etag_it_wrote_and_stops_on_a_change(env: Env, data: bytes) -> None:
+def test_fail_if_changed_compares_the_ctag_and_sends_the_etag_just_read(env: Env, data: bytes) -> None:
+    """OneDrive changes the eTag after every upload by itself: a rerun with nobody's edit still publishes."""
     engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
     cfg = env.cfg(conflict="fail_if_changed")
     first = env.publish(cfg, data, engine=engine)
+    item = env.graph.file(DRIVE, REMOTE)
+    assert item.etag != first.etag  # background processing: metadata only
+    read_before_second = item.etag
     second = env.publish(cfg, data[::-1], engine=engine)
+    assert env.stored() == data[::-1]
     sent = [r.headers.get("if-match") for r in env.graph_requests() if "if-match" in r.headers]
-    assert sent == [first.etag] and second.etag != first.etag
+    assert sent == [read_before_second] and second.etag != first.etag
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(upload.published.c.ctag)).scalar_one() == env.graph.file(DRIVE, REMOTE).ctag
     theirs = b"edited by a colleague"
     env.graph.edit(DRIVE, REMOTE, theirs)
     with pytest.raises(DestinationError, match="changed by someone else"):
@@ -224,15 +236,41 @@ def test_fail_if_changed_sends_the_etag_it_wrote_and_stops_on_a_change(env: Env,
     assert env.stored() == theirs
 
 
-def test_fail_if_changed_412_during_a_session_keeps_their_version(env: Env) -> None:
+@pytest.mark.parametrize("status", [412, 409], ids=["412", "409-resourceModified"])
+def test_fail_if_changed_edit_during_a_session_keeps_their_version(env: Env, status: int) -> None:
+    """A save by someone while the pieces go up: the commit answers 412 or 409 resourceModified; never overwritten."""
     engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
     cfg = env.cfg(conflict="fail_if_changed")
     env.publish(cfg, SMALL, engine=engine)
+    env.graph.commit_edit_status = status
     theirs = b"saved while we were uploading"
     env.graph.on_chunk = lambda n: env.graph.edit(DRIVE, REMOTE, theirs) if n == 3 else None
-    with pytest.raises(DestinationError, match="412"):
+    with pytest.raises(DestinationError, match="changed by someone else"):
         env.publish(cfg, LARGE, engine=engine)
     assert env.stored() == theirs and env.graph.deleted_sessions == 1
+    explicit = [r for r in env.graph_requests("PUT") if r.path.endswith("Pipeline%20Q3.xlsx")]
+    assert explicit == []  # no commit over their save, with or without If-Match
+
+
+def test_a_state_database_from_before_the_ctag_column_keeps_working(env: Env) -> None:
+    db = env.tmp / "old.db"
+    old = sa.create_engine(f"sqlite:///{db}")
+    with old.begin() as conn:  # the table as earlier versions created it
+        conn.execute(sa.text("CREATE TABLE onedrive_published (drive_id VARCHAR(200) NOT NULL, path VARCHAR(450) "
+                             "NOT NULL, item_id VARCHAR(200) NOT NULL, etag VARCHAR(200) NOT NULL, size BIGINT NOT "
+                             "NULL, written_at DATETIME NOT NULL, PRIMARY KEY (drive_id, path))"))
+    item = env.graph.put_file(DRIVE, REMOTE, SMALL)
+    with old.begin() as conn:  # their last write, with the eTag the drive still shows
+        conn.execute(sa.text("INSERT INTO onedrive_published VALUES (:d, :p, :i, :e, 1, '2026-01-01 00:00:00')"),
+                     {"d": DRIVE, "p": REMOTE.lower(), "i": item.id, "e": item.etag})
+    old.dispose()
+    engine = make_engine(f"sqlite:///{db}")
+    env.publish(env.cfg(conflict="fail_if_changed"), LARGE, engine=engine)  # the eTag fallback: unchanged
+    assert env.stored() == LARGE
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(upload.published.c.ctag)).scalar_one() == env.graph.file(DRIVE, REMOTE).ctag
+    env.publish(env.cfg(conflict="fail_if_changed"), SMALL, engine=engine)  # and from now on the cTag
+    assert env.stored() == SMALL
 
 
 def test_fail_if_changed_refuses_a_file_it_never_wrote(env: Env) -> None:
@@ -374,7 +412,28 @@ def test_example_config_loads_with_both_auth_styles() -> None:
 
 def test_state_table_is_created_by_make_engine(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    import sqlalchemy as sa
-
     assert "onedrive_published" in sa.inspect(engine).get_table_names()
     assert os.stat(tmp_path / "db.sqlite").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["replaced", "sibling"])
+def test_the_destination_fills_the_path_and_names_where_the_workbook_went(env: Env, locked: bool) -> None:
+    """connectors.destinations.onedrive.publish(dest, staged, ctx): what the flow calls."""
+    if locked:
+        env.graph.put_file(DRIVE, REMOTE, SMALL[::-1])
+        env.graph.lock(REMOTE)
+    staged = env.tmp / "staged.xlsx"
+    staged.write_bytes(SMALL)
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.sqlite'}")
+    where = onedrive.publish(env.cfg(on_locked="sibling"), staged,  # path "/Sales/Reports/Pipeline {period}.xlsx"
+                             PublishContext(date(2026, 9, 30), "Q3", lambda: engine, env.sleeps.append))
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(upload.published.c.path, upload.published.c.ctag)).all()
+    web_root = env.graph.drives[DRIVE].web_root
+    if locked:  # the sibling got the workbook, the note says why; no eTag is kept for a file it did not replace
+        sib = "/Sales/Reports/Pipeline Q3 (refreshed "
+        assert where.startswith(web_root + quote(sib)) and "was locked" in where and where.endswith(".xlsx)")
+        assert env.stored() == SMALL[::-1] and kept == []
+    else:
+        assert where == web_root + quote(REMOTE) and env.stored() == SMALL
+        assert kept == [(REMOTE.lower(), env.graph.file(DRIVE, REMOTE).ctag)]

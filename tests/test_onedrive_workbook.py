@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import copy
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,12 +11,13 @@ import pytest
 from openpyxl.worksheet.table import Table
 
 from config.models import OneDriveDestinationConfig
-from connectors.destinations.onedrive import upload as onedrive
+from connectors.destinations import onedrive
 from connectors.destinations.onedrive import workbook_api as onedrive_workbook
-from connectors.errors import FatalAPIError
+from connectors.errors import DestinationError, PipelineSyncError, RetriableAPIError
 from connectors.http import msal_auth
+from connectors.http.session import build_session
 from tests.fakes.entra import FakeEntra
-from tests.fakes.graph_workbook import FakeGraphWorkbook, Sheet
+from tests.fakes.graph_workbook import NON_IDEMPOTENT, FakeGraphWorkbook, Formula, Sheet
 from tests.fakes.server import FakeServer, Request, Response
 
 DRIVE = "b!ctJlwDRIVE0002"
@@ -61,7 +62,7 @@ class Env:
         kw.setdefault("sleep", self.sleeps.append)
         if {"max_request_bytes", "max_block_rows"} & kw.keys():
             return onedrive_workbook.update_sheets(self.cfg, path, remote_path=REMOTE, **kw)
-        return onedrive.publish(self.cfg, path, remote_path=REMOTE, **kw)  # dispatches on mode
+        return onedrive.deliver(self.cfg, path, remote_path=REMOTE, **kw)  # picks the mode
 
     @property
     def book(self):
@@ -112,13 +113,18 @@ def add_user_sheet(env: Env) -> dict:
     """Users' own sheet: formulas over the managed table and a pivot-like table of their own."""
     book = env.book
     mine = Sheet("My analysis", cells={
-        (1, 1): "Region", (1, 2): "Total", (2, 1): "All", (2, 2): "=SUM(tblOpportunities[Amount])",
-        (3, 1): "Count", (3, 2): "=ROWS(tblOpportunities)", (5, 4): "hand-typed note"})
+        (1, 1): "Region", (1, 2): "Total", (2, 1): "All", (2, 2): Formula("=SUM(tblOpportunities[Amount])"),
+        (3, 1): "Count", (3, 2): Formula("=ROWS(tblOpportunities)"), (5, 4): "hand-typed note"},
+        formats={(2, 2): "#,##0"})
     book.sheets.append(mine)
     from tests.fakes.graph_workbook import Table as FakeTable
 
     book.tables.append(FakeTable("99", "tblMyPivot", mine, 1, 1, 3, 2))
     return dict(mine.cells)
+
+
+def no_apostrophes(env: Env) -> list:
+    return [(s.name, k, v) for s in env.book.sheets for k, v in s.cells.items() if isinstance(v, str) and "'" in v]
 
 
 def test_two_refreshes_keep_user_sheets_and_hold_exactly_the_new_rows(env: Env) -> None:
@@ -136,12 +142,15 @@ def test_two_refreshes_keep_user_sheets_and_hold_exactly_the_new_rows(env: Env) 
     assert (pivot.sheet.name, pivot.r1, pivot.c1, pivot.r2, pivot.c2) == ("My analysis", 1, 1, 3, 2)
     assert env.book.values("Summary", "A1:B2") == [["Pipeline report", None], ["Open deals", 45]]
     assert [s.name for s in env.book.sheets] == ["Summary", "Opportunities", "Flags", "About", "My analysis"]
-    assert env.book.table_rows("tblOpportunities")[1][1] == "=Deal 0"  # text that looks like a formula stays text
+    deal0 = env.book.table_rows("tblOpportunities")[1][1]
+    assert deal0 == "=Deal 0" and not isinstance(deal0, Formula)  # text that looks like a formula stays text
+    assert env.book.sheet("Opportunities").formats[(2, 2)] == "@" and not no_apostrophes(env)
+    assert env.book.sheet("Opportunities").formats[(2, 4)] == "yyyy-mm-dd"
     assert env.graph.sessionless == 0 and env.graph.max_inflight == 1
     calls = env.graph.workbook_calls
     assert calls.count("POST closeSession") == 2
     assert "POST worksheets('Opportunities')/range(address='A14:D31')/delete" in calls  # 30 -> 12 rows: shift up
-    assert calls.count("POST tables('tblOpportunities')/rows/add") == 2  # 12 -> 45 rows: appended in 2 blocks
+    assert calls.count("POST tables('tblOpportunities')/rows/add") == 1  # 12 -> 45 rows: 33 blank rows, then PATCHes
     assert not [c for c in calls if c.startswith(("DELETE", "POST worksheets/add")) or "My analysis" in c]
 
 
@@ -185,8 +194,8 @@ def test_async_session_504s_and_an_expired_session_are_survived(env: Env) -> Non
     env.run(opportunities(5, 1))
     env.graph.session_504 = 2
     env.graph.async_polls = 2
-    env.graph.rows_504 = 1
-    session = onedrive.build_session(env.server.ca_path)
+    env.graph.timeout_after_apply = {"rows/add"}
+    session = build_session(env.server.ca_path)
     calls = {"n": 0}
 
     def expire_once(resp, *args, **kwargs):
@@ -202,13 +211,78 @@ def test_async_session_504s_and_an_expired_session_are_survived(env: Env) -> Non
     assert env.graph.sessionless == 0
 
 
-def test_rows_add_retried_after_a_504_that_was_applied_leaves_no_duplicates(env: Env, caplog) -> None:
+@pytest.mark.parametrize("retry_after, polls, expected", [
+    ("7", 2, [7.0, 7.0, 7.0]),  # the 202's Retry-After, then each unfinished poll's
+    (None, 2, [30.0, 30.0, 30.0]),  # none given: Microsoft's "around 30 seconds"
+    ("900", 1, [240.0, 240.0]),  # never more than 4 minutes apart
+])
+def test_long_running_create_session_polls_at_retry_after(env: Env, retry_after, polls, expected) -> None:
+    env.run(opportunities(5, 1))
+    env.graph.async_polls, env.graph.async_retry_after = polls, retry_after
+    env.run(opportunities(6, 2))
+    assert env.sleeps == expected
+    assert env.book.table_rows("tblOpportunities")[1:] == as_stored(opportunities(6, 2))
+    assert env.graph.workbook_calls.count("POST createSession") == 1
+
+
+def test_long_running_create_session_gives_up_after_its_budget_and_names_a_failure(env: Env) -> None:
+    env.run(opportunities(5, 1))
+    before = env.book.state()
+    env.graph.async_polls = 10_000
+    with pytest.raises(RetriableAPIError, match="still opening the workbook after 600s"):
+        env.run(opportunities(6, 2))
+    assert sum(env.sleeps) == 600 and env.sleeps[0] == 30
+    env.sleeps.clear()
+    env.graph.async_polls, env.graph.async_fail = 1, True
+    with pytest.raises(DestinationError, match="createSession failed: internalServerError.*GenericFileOpenError"):
+        env.run(opportunities(6, 2))
+    assert env.book.state() == before
+
+
+def test_text_is_kept_as_typed_with_the_text_format_and_no_apostrophe(env: Env) -> None:
+    """Excel reads "=...", "+...", "-..." as formulas and "00123" as a number; "@" cells keep them as text."""
     env.run(opportunities(3, 1))
-    env.graph.rows_504, env.graph.rows_504_applied = 1, True
-    env.run(opportunities(40, 2), max_request_bytes=1500)
-    assert env.book.table_rows("tblOpportunities") == [HEADER] + as_stored(opportunities(40, 2))
-    assert env.sleeps  # the 504 was retried after a backoff
-    assert re.search(r"has \d+ rows instead of 40 after appending; fixing", caplog.text)
+    tricky = ["=HYPERLINK(\"http://x\")", "+44 20 7946 0000", "-discount", "00123", "'quoted", "1/2", "TRUE"]
+    rows = [[f"ID{i}", text, i, date(2026, 1, 1)] for i, text in enumerate(tricky)]
+    env.run(rows)
+    body = env.book.table_rows("tblOpportunities")[1:]
+    assert [r[1] for r in body] == tricky and not [r for r in body if isinstance(r[1], Formula)]
+    assert [r[2] for r in body] == list(range(len(tricky)))  # numbers stay numbers
+    fmts = env.book.sheet("Opportunities").formats
+    assert [fmts[(2 + i, 2)] for i in range(len(tricky))] == ["@"] * len(tricky)
+    assert [fmts.get((2 + i, 3)) for i in range(len(tricky))] == [None] * len(tricky)  # General
+    assert fmts[(1, 1)] == "@"  # the header is text too
+    assert no_apostrophes(env) == [("Opportunities", (6, 2), "'quoted")]  # only the text that has one
+
+
+@pytest.mark.parametrize("step", ["shrink", "grow"])
+def test_calls_applied_then_answered_504_are_read_back_never_resent_blindly(env: Env, step: str) -> None:
+    """range delete (shift up), rows/add, worksheets/add, tables/add: applied, then 504. No user content is lost."""
+    env.run(opportunities(30, 1))
+    if step == "grow":
+        env.run(opportunities(12, 1))
+    book = env.book
+    table = book.table("tblOpportunities")
+    book.sheet("Opportunities").cells[(table.r2 + 3, 1)] = "a user's note below the table"
+    flags = book.sheet("Flags")  # deleted by a user: recreated with worksheets/add + tables/add
+    book.sheets.remove(flags)
+    book.tables = [t for t in book.tables if t.sheet is not flags]
+    env.graph.timeout_after_apply = set(NON_IDEMPOTENT)
+    n = 12 if step == "shrink" else 45
+    env.run(opportunities(n, 2))
+    assert env.book.table_rows("tblOpportunities") == [HEADER] + as_stored(opportunities(n, 2))
+    note = [k for k, v in env.book.sheet("Opportunities").cells.items() if v == "a user's note below the table"]
+    assert note == [(n + 1 + 3, 1)]  # moved with the table's end, never deleted
+    assert env.book.table_rows("tblFlags") == [["ID", "Flag"]] + [[r[0], "stale"] for r in opportunities(n, 2)[:3]]
+    assert [s.name for s in env.book.sheets].count("Flags") == 1 and len(env.book.tables) == 2
+    fired = {"shrink": {"rows/add"}, "grow": {"delete"}}[step]
+    assert env.graph.timeout_after_apply == fired  # every other kind met its 504
+    calls = env.graph.workbook_calls
+    sent_once = {"shrink": "POST worksheets('Opportunities')/range(address='A14:D31')/delete",
+                 "grow": "POST tables('tblOpportunities')/rows/add"}[step]
+    assert calls.count(sent_once) == 1
+    assert calls.count("POST worksheets/add") == 1 and calls.count("POST worksheets('Flags')/tables/add") == 1
+    assert 3.0 in env.sleeps  # the 504's Retry-After was waited out before reading back
 
 
 def test_app_only_auth_fails_at_config_check_naming_the_auth_to_use(env: Env) -> None:
@@ -218,9 +292,87 @@ def test_app_only_auth_fails_at_config_check_naming_the_auth_to_use(env: Env) ->
     assert not env.graph.workbook_calls
 
 
-def test_refused_call_names_the_call(env: Env) -> None:
+def scenario(env: Env, kind: str) -> list[list]:
+    """A workbook a refresh has written before, a user's sheet, and the rows of the next refresh."""
+    env.run(opportunities(8, 1))
+    env.run(opportunities(8, 1))
+    add_user_sheet(env)
+    env.book.sheet("Opportunities").cells[(13, 2)] = "a user's note below the table"
+    if kind == "grow, recreate a sheet":
+        book = env.book
+        flags = book.sheet("Flags")
+        book.sheets.remove(flags)
+        book.tables = [t for t in book.tables if t.sheet is not flags]
+        return opportunities(11, 2)
+    return opportunities(5, 2)
+
+
+def managed(env: Env) -> dict:
+    return {name: env.book.sheet_state(name) for name in ("Summary", "Opportunities", "Flags", "About")}
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["refused", "applied-then-500"])
+@pytest.mark.parametrize("kind", ["grow, recreate a sheet", "shrink, rebuild the columns"])
+def test_a_failure_at_any_step_leaves_every_managed_sheet_all_old_and_users_sheets_untouched(
+        env: Env, kind: str, applied: bool) -> None:
+    rows = scenario(env, kind)
+    header = HEADER if kind.startswith("grow") else HEADER[:3]
+    rows = rows if kind.startswith("grow") else [r[:3] for r in rows]
+    item = env.graph.file(DRIVE, REMOTE)
+    start = copy.deepcopy(env.graph.books[item.id][1])
+    old, mine = managed(env), env.book.sheet_state("My analysis")
+    writes = env.graph.writes
+    env.run(rows, header=header)  # the run that must succeed, to count its steps
+    new, steps = managed(env), env.graph.writes - writes
+    assert new != old and steps > 10
+    for k in range(1, steps + 1):
+        env.graph.books[item.id] = (item.content_version, copy.deepcopy(start))
+        env.graph.fail_at(k, applied=applied)
+        with pytest.raises(PipelineSyncError, match="was undone: every managed sheet is as it was before"):
+            env.run(rows, header=header)
+        after = managed(env)
+        assert after == old, f"step {k} of {steps}: " + ", ".join(n for n in after if after[n] != old[n])
+        assert env.book.sheet_state("My analysis") == mine
+        assert [s.name for s in env.book.sheets][-1] == "My analysis" or kind.startswith("grow")
+
+
+def test_a_500_is_not_resent_and_an_undo_that_fails_too_names_the_sheets(env: Env) -> None:
+    scenario(env, "grow, recreate a sheet")
+    session = build_session(env.server.ca_path)
+    sent: list[tuple] = []
+
+    def outage(resp, *args, **kwargs):
+        sent.append((resp.request.method, resp.request.url, resp.request.body, resp.status_code))
+        if resp.status_code == 500:
+            env.graph.max_body = 10  # from now on every write is refused (413)
+
+    session.hooks["response"].append(outage)
+    env.graph.fail_at(6)
+    with pytest.raises(DestinationError, match=r"failed \(.*HTTP 500: internalServerError.*\) and undoing it "
+                       r"failed too \(.*HTTP 413.*\): the managed sheets 'Summary', 'Opportunities' may be "
+                       r"part-refreshed") as info:
+        env.run(opportunities(11, 2), session=session)
+    assert "next successful run rewrites them" in str(info.value)
+    failed = [i for i, s in enumerate(sent) if s[3] == 500]
+    assert len(failed) == 1 and sent[failed[0] + 1][:3] != sent[failed[0]][:3]  # workbook 500s are not resent
+    env.graph.max_body = 4 * 1024 * 1024
+    env.run(opportunities(11, 2))  # the next run rewrites them
+    assert env.book.table_rows("tblOpportunities") == [HEADER] + as_stored(opportunities(11, 2))
+
+
+def test_a_sheet_too_large_to_save_is_refused_before_any_write(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.run(opportunities(5, 1))
-    env.graph.max_body = 300  # the Opportunities rows are too large for this server in one request
-    with pytest.raises(FatalAPIError, match="HTTP 413: requestSizeExceeded"):
+    before, writes = env.book.state(), env.graph.writes
+    monkeypatch.setattr(onedrive_workbook, "MAX_SAVED_CELLS", 20)  # Opportunities: 6 rows x 4 columns
+    with pytest.raises(DestinationError, match=r"'Opportunities' uses A1:D7 \(28 cells.*nothing was changed"):
         env.run(opportunities(6, 2))
-    assert env.graph.workbook_calls[-1] == "POST closeSession"
+    assert env.graph.writes == writes and env.book.state() == before
+
+
+def test_update_sheets_on_a_missing_file_writes_no_file_and_returns_none(env: Env) -> None:
+    path = env.tmp / "staged.xlsx"
+    staged_workbook(path, opportunities(3, 1), HEADER)
+    assert onedrive_workbook.update_sheets(env.cfg, path, remote_path=REMOTE, sleep=env.sleeps.append) is None
+    assert env.graph.file(DRIVE, REMOTE) is None
+    assert not [r for r in env.server.requests if r.method == "PUT" or "createUploadSession" in r.path]
+    assert not env.graph.workbook_calls

@@ -1,8 +1,9 @@
 """Named reports (`reports:`): one extraction, one workbook per report following its filter, on
-plain threads, on Prefect's default task runner and on a local Dask cluster."""
+plain threads, on a fan-out passed in, on Prefect's default task runner and on a local Dask cluster."""
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from config.loader import ConfigError, load_config
 from connectors.state.db import make_engine
 from connectors.state.snapshots import snapshots as snapshots_table
 from flows.pipeline import run_pipeline
-from flows.reports import report_specs
+from flows.reports import report_specs, thread_fan_out
 
 AS_OF = date(2026, 3, 31)
 DEALS = """opportunity_id,name,owner,team,product,stage,amount,created_date,close_date
@@ -133,6 +134,34 @@ def test_one_failing_report_fails_the_run_after_the_others_published(tmp_path):
         run_pipeline(path, AS_OF)
     assert (tmp_path / "out" / f"platform-{AS_OF}.xlsx").is_file()
     assert stored_reports(tmp_path) == [("platform", AS_OF)]
+
+
+def test_a_fan_out_passed_in_runs_the_reports(tmp_path):
+    seen: list[tuple[str, str]] = []
+
+    def in_order(cfg, calls):  # a FanOut: each call's result, or the exception it raised
+        seen.extend((cfg.report, name) for name, _, _ in calls)
+        return [thread_fan_out(cfg, [call])[0] for call in calls]
+
+    result = run_pipeline(write_config(tmp_path), AS_OF, fan_out=in_order)
+    assert seen == [("all", "report-east"), ("all", "report-platform")]
+    check_workbooks(tmp_path)
+    assert [r["report"] for r in result.reports] == ["east", "platform"]
+
+
+def test_the_default_fan_out_uses_threads_and_collects_errors_in_order(tmp_path):
+    def boom() -> str:
+        raise ValueError("boom")
+
+    def where(n: int) -> str:
+        return f"{n} {threading.current_thread().name}"
+
+    cfg = load_config(write_config(tmp_path)).config
+    out = thread_fan_out(cfg, [("a", where, (1,)), ("b", boom, ()), ("c", where, (3,))])
+    assert [o.split(" ")[0] for o in (out[0], out[2])] == ["1", "3"]
+    assert all(o.split(" ")[1].startswith("report") for o in (out[0], out[2]))
+    assert isinstance(out[1], ValueError) and str(out[1]) == "boom"
+    assert thread_fan_out(cfg, []) == []
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -74,7 +74,8 @@ def test_full_extract_maps_fields_history_and_products(fake: SalesforceFake) -> 
     assert fake.rows_served("Opportunity") == 5
     soql = fake.queries[0][1]
     assert soql.startswith("SELECT Id, Name, AccountId, Account.Name, Amount, StageName") and "Owner.Name" in soql
-    assert out.requests == len(fake.served) + len(fake.token_grants) and out.retries == 0 and out.pending_state is None
+    assert out.requests == len(fake.served) + len(fake.token_grants) + 1  # + GET /limits
+    assert out.retries == 0 and out.pending_state is None
 
     result = canonicalize(out.records, source="sfdc", stages=list(DEFAULT_STAGES), stage_map=STAGE_MAP, tz=UTC)
     assert result.rejected.empty and len(result.loaded) == 5
@@ -153,12 +154,13 @@ def test_session_rejected_again_after_sign_in_is_fatal(fake: SalesforceFake) -> 
 
 
 def test_request_limit_exceeded_is_a_clear_fatal_error(fake: SalesforceFake) -> None:
-    fake.api_max = 2
+    fake.api_max = fake.api_used = 2  # used up before the run starts
     with pytest.raises(FatalAPIError) as err:
         run(fake)
     msg = str(err.value)
-    assert "API request limit is used up" in msg and "REQUEST_LIMIT_EXCEEDED" in msg and "api-usage=3/2" in msg
-    assert fake.data_requests == 3  # not retried: 403 is Salesforce's quota answer
+    assert "daily API request allocation is used up" in msg and "REQUEST_LIMIT_EXCEEDED" in msg
+    assert "api-usage=3/2" in msg
+    assert fake.data_requests == 1  # not retried: GET /limits already answers 403 TotalRequests
 
 
 def test_persistent_5xx_gives_up_as_retriable(fake: SalesforceFake) -> None:
@@ -186,7 +188,9 @@ def test_api_version_is_configurable(fake: SalesforceFake, version: str, ok: boo
     if ok:
         run(fake, api_version=version)
         data_paths = [r.path for r in srv.requests if r.path != "/services/oauth2/token"]
-        assert len(data_paths) == 8 and all(p.startswith(f"/services/data/v{version.lstrip('v')}/query") for p in data_paths)
+        prefix = f"/services/data/v{version.lstrip('v')}"
+        assert data_paths[0] == f"{prefix}/limits"
+        assert len(data_paths) == 9 and all(p.startswith(f"{prefix}/query") for p in data_paths[1:])
     else:
         with pytest.raises(FatalAPIError, match=r"HTTP 404: NOT_FOUND"):
             run(fake, api_version=version)

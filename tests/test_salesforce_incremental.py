@@ -96,13 +96,13 @@ def test_a_failed_run_leaves_the_cursor_unmoved(fake: SalesforceFake, engine, fa
     cursor_1, stored_1 = get_cursor(engine, "sfdc"), load_records(engine, "sfdc")
     fake.update(oid(2), "2025-05-02T10:00:00.000+0000", Amount=9000.0)
     n = fake.data_requests
-    if failure == "limit":
-        fake.api_max = fake.api_used + 2  # fails on the history query, after the changed page
+    if failure == "limit":  # /limits and the changed page, then daily_api_reserve (1000) stops the run
+        fake.api_max = fake.api_used + 1002
     elif failure == "5xx":
         fake.faults = {n + k: "503" for k in range(2, 12)}
     elif failure == "drop_then_limit":
         fake.faults = {n + 2: "drop"}
-        fake.api_max = fake.api_used + 3
+        fake.api_max = fake.api_used + 1003
     if failure == "not_committed":
         out = run(fake, make_ctx(engine, RUN_2))  # extract succeeds, a later step fails: no commit
         assert out.records.set_index("opportunity_id").loc[oid(2), "amount"] == 9000.0

@@ -115,6 +115,12 @@ def test_serve_starts_a_local_server_registers_deployments_and_stops_it(config: 
         port = int(lines[0].split("127.0.0.1:")[1].split()[0])
         api = f"http://127.0.0.1:{port}/api"
         assert f"API: {api}" in out
+        assert f"export PREFECT_API_URL={api}" in out  # what `trigger` in another shell needs
+        record = config.parent / ".state" / "prefect-server.json"
+        assert json.loads(record.read_text())["api_url"] == api  # a manual `run` of this config uses it
+        from flows.server_record import find_server
+
+        assert find_server(config.parent / ".state") == api
         assert _get(f"{api}/health") == (200, True)
         status, dep = _get(f"{api}/deployments/name/sync-pipeline/sales-emea-2")
         assert status == 200
@@ -130,6 +136,7 @@ def test_serve_starts_a_local_server_registers_deployments_and_stops_it(config: 
         rest, _ = proc.communicate(timeout=40)
         assert proc.returncode == 0, rest
         assert rest.rstrip().splitlines()[-2:] == ["stopping the local Prefect server ...", "stopped"]
+        assert not record.exists()
         assert not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass

@@ -15,7 +15,7 @@ import yaml
 from config.loader import load_config
 from connectors.state.db import make_engine
 from connectors.state.source_state import get_version
-from flows.pipeline import prepare, run_pipeline
+from flows.pipeline import extract_source, prepare, run_pipeline
 from tests.fakes.hubspot import TOKEN
 from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
 
@@ -77,11 +77,11 @@ def test_nothing_changed_reuses_the_validated_rows_and_writes_the_same_workbook(
     assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (7, 7, 0)
     assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
     assert about(second.outputs[0])[f"source {SOURCE}: unchanged"].startswith("nothing changed")
-    # pipelines, one empty search, the archived list, owners (active and archived): no deal page read
+    # pipelines, deal properties, one empty search, the archived list, owners (active and archived): no deal page read
     paths = [r.path for r in srv.requests]
     assert paths.count("/crm/v3/objects/deals/search") == 1 and paths.count("/crm/v3/pipelines/deals") == 1
     assert [r.q("archived") for r in srv.requests if r.path == "/crm/v3/objects/deals"] == ["true"]
-    assert len(paths) == 5
+    assert len(paths) == 6
     third = run_flow(path)
     assert third.sources[0].reused
     assert sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])
@@ -121,8 +121,8 @@ def test_any_change_in_the_source_rebuilds_the_rows(flow, tmp_path: Path, change
 def test_an_unreadable_cache_is_rebuilt_not_trusted(flow, tmp_path: Path) -> None:
     hub, srv, path = flow
     reference = sheets(run_flow(path, full_refresh=True).outputs[0])
-    data = next(p for p in cache_files(tmp_path) if p.suffix == ".pkl")
-    data.write_bytes(b"not a pickle")
+    data = next(p for p in cache_files(tmp_path) if p.suffix == ".npz")
+    data.write_bytes(b"not the rows")  # its checksum no longer matches: a miss
     second = run_flow(path)
     assert not second.sources[0].reused
     assert sheets(second.outputs[0]) == reference
@@ -148,8 +148,8 @@ def test_a_changed_config_or_lost_state_version_is_not_reused(flow, tmp_path: Pa
 
 def test_cache_files_are_owner_only_and_live_beside_the_state_db(flow, tmp_path: Path) -> None:
     files = cache_files(tmp_path)
-    assert [p.suffix for p in files] == [".json", ".pkl"]
-    assert all(p.stat().st_mode & 0o077 == 0 for p in files)
+    assert [p.suffix for p in files] == [".json", ".npz"]  # numpy arrays, no pickle
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [*files, tmp_path / ".state" / "validated"])
     run = prepare(flow[2], AS_OF, loaded=load_config(flow[2], env={"HUBSPOT_TOKEN": TOKEN}))
     assert run.validated_cache is not None and run.validated_cache.folder == tmp_path / ".state" / "validated"
 
@@ -259,3 +259,41 @@ def test_kept_rejects_are_renumbered_when_a_deal_before_them_goes(flow, tmp_path
     assert after["Rejected"][1][:4] == (before[1][0], before[1][1] - 1, *before[1][2:4])  # one row further up
     rebuilt = run_flow(path, full_refresh=True)
     assert after == sheets(rebuilt.outputs[0])
+
+
+@pytest.mark.parametrize("cache", ["kept", "gone", "unreadable"])
+def test_changes_and_deletions_merge_into_the_kept_rows(flow, tmp_path: Path, cache: str) -> None:
+    """With the last run's validated rows at hand the connector hands over only the changed deals
+    (and the ids that left); the flow merges them: the same workbook as a full refresh. Without
+    those rows (`gone`), or when they cannot be read after the connector relied on them
+    (`unreadable`), the run reads every stored deal instead, to the same workbook."""
+    hub, srv, path = flow
+    hub.update("101", later(), amount="20000")
+    hub.archive("104", later())
+    hub.add_deal("999", later(), dealname="New", amount="5", dealstage="appointmentscheduled",
+                 pipeline="default", createdate="2026-11-01T00:00:00Z")
+    if cache == "gone":
+        for p in cache_files(tmp_path):
+            p.unlink()
+    elif cache == "unreadable":  # the header still names the version: the connector hands over the changes
+        for p in cache_files(tmp_path):
+            if p.suffix != ".json":
+                p.write_bytes(b"not rows")
+    run = prepare(path, AS_OF, loaded=load_config(path, env={"HUBSPOT_TOKEN": TOKEN}))
+    extracted = extract_source(run, 0)  # not committed: the run below reads the same window
+    if cache == "kept":
+        assert extracted.partial and sorted(extracted.records["opportunity_id"]) == ["101", "999"]
+        assert extracted.delta_ids == {"101", "104", "999"} and "104" not in extracted.row_ids
+        assert len(extracted.row_ids) == 7 and list(extracted.raw["id"]) == ["101", "999"]
+    else:
+        assert not extracted.partial and len(extracted.records) == 7
+    second = run_flow(path)
+    report = second.sources[0]
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (7, 7, 0)
+    assert report.validated_rows == (2 if cache == "kept" else 7)
+    rebuilt = run_flow(path, full_refresh=True)
+    assert sheets(second.outputs[0]) == sheets(rebuilt.outputs[0])
+    assert [r[0] for r in sheets(second.outputs[0])["HubSpot raw"][1:]] == [
+        r[0] for r in sheets(rebuilt.outputs[0])["HubSpot raw"][1:]]
+    third = run_flow(path)
+    assert third.sources[0].reused and sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])

@@ -19,7 +19,8 @@ from connectors.workbook.xlsx_writer import CUT_MARKER, write_workbook
 from transforms.workbook_layout import excel_limits
 
 OWNERS = ["Ann", "  Bob ", "C&D <x>", "=1+1", "_x0041_", "tab\tend", "cr\rlf", "ctrl\x01x", "é ü 中文 😀", "-2+3",
-          "@cmd", "a\nb"]
+          "@cmd", "a\nb", "lone\ud800surrogate", "astral \U0001F600 \U00020000"]
+EMOJI = "\U0001F600"
 FORMATS = {"amount": "currency", "won": "bool", "rate": "ratio", "seen": "datetime", "close": "date"}
 N = 240
 
@@ -37,8 +38,8 @@ def _frame() -> pd.DataFrame:
         "seen": pd.to_datetime([None if i % 6 == 0 else f"2026-03-04 {i % 24:02d}:{i % 60:02d}:00" for i in range(N)]),
         "won": pd.Series([None if i % 9 == 4 else bool(i % 2) for i in range(N)], dtype=object),
         "rate": [np.nan if i % 10 == 7 else i / N for i in range(N)],
-        "note": pd.Series([("x" * 40_000 if i == 8 else f"note {i}") if i % 17 == 8 else None for i in range(N)],
-                          dtype=object),  # sparse: nearly every value follows a gap
+        "note": pd.Series([({8: "x" * 40_000, 25: EMOJI * 20_000}.get(i, f"note {i}")) if i % 17 == 8 else None
+                           for i in range(N)], dtype=object),  # sparse: nearly every value follows a gap; 2 cut
         "last": pd.Series([f"L{i % 3}" if i % 29 == 0 else None for i in range(N)], dtype="str"),
     })
     frame.iloc[100] = None
@@ -48,9 +49,11 @@ def _frame() -> pd.DataFrame:
 def _expected_text(value: object, reader: str) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return None
-    text = str(value)
-    if len(text) > 32_767:
-        text = text[: 32_767 - len(CUT_MARKER)] + CUT_MARKER
+    text = re.sub(r"[\ud800-\udfff]", "\ufffd", str(value))  # a lone surrogate: U+FFFD
+    units = text.encode("utf-16-le")
+    if len(units) > 2 * 32_767:  # Excel's limit counts UTF-16 units; a pair is never split
+        head = units[: 2 * (32_767 - len(CUT_MARKER))]
+        text = head[: -2 if 0xD8 <= head[-1] <= 0xDB else None].decode("utf-16-le") + CUT_MARKER
     if "openpyxl" in reader:  # openpyxl leaves the _xHHHH_ escape of an illegal character as it is
         text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", lambda m: f"_x{ord(m.group(0)):04X}_", text)
     return text
@@ -127,7 +130,7 @@ def test_cell_types_and_formats_survive(written):
     assert row[2].number_format == '"$"#,##0.00' and row[4].number_format == "yyyy-mm-dd"
     assert row[5].number_format == "yyyy-mm-dd hh:mm" and row[7].number_format == "0.0%"
     assert ws["A5"].value is None and ws["B5"].value == "=1+1" and ws["B5"].data_type == "s"  # text, not a formula
-    assert stats.cut_cells == 1 == excel_limits([SheetData("Data", frame)])[0]
+    assert stats.cut_cells == 2 == excel_limits([SheetData("Data", frame)])[0]
 
 
 def test_a_cell_without_reference_always_follows_its_neighbour(written):

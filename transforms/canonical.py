@@ -13,6 +13,7 @@ from datetime import date, tzinfo
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from config.models import StageConfig
 from config.models.finance import RateValue
@@ -35,10 +36,19 @@ TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "f", ""})
 MIN_YEAR, MAX_YEAR = 1900, 2200
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d")
 _TZ_SUFFIX = r"(?:Z|[+-]\d{2}:?\d{2})$"
-_AMOUNT_NOISE = re.compile(r"[\s$€£¥,]|^USD|^EUR|^GBP")
-# a comma that does not separate thousands ('12000,50', '1.000,5'): a decimal comma, never guessed
-_NOT_THOUSANDS = re.compile(r",(?!\d{3}(?:\D|$))")
+# amounts: plain numbers are parsed column-wise; anything else (signs, currency marks, other
+# groupings) one value at a time by `_parse_amount`, which never guesses a decimal separator
+_PLAIN = {".": r"^(?:\d+(?:\.\d+)?|\d{1,3}(?:,\d{3})+(?:\.\d+)?)$",
+          ",": r"^(?:\d+(?:,\d+)?|\d{1,3}(?:\.\d{3})+(?:,\d+)?)$"}
+_NUMBER = {".": re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+|\d{1,3}(?:,\d{3})+(?:\.\d*)?)(?:[eE][+-]?\d+)?$"),
+           ",": re.compile(r"^(?:\d+(?:,\d*)?|,\d+|\d{1,3}(?:\.\d{3})+(?:,\d*)?)(?:[eE][+-]?\d+)?$")}
+_AMBIGUOUS = re.compile(r"^\d{1,3}\.\d{3}$")  # 1.000: a thousand, or one with three decimals?
+_SYMBOLS = {"$": "$", "€": "EUR", "£": "GBP", "¥": "¥"}
+_CODE_AFFIX = re.compile(r"^(?P<pre>[A-Za-z]{3})\s*(?=[-+(\d.,])|(?<=[\d.)])\s*(?P<post>[A-Za-z]{3})$")
+_GROUPING = re.compile(r"[\s\u00a0\u202f']")
+EXACT_DIGITS = 15  # more significant digits than this are checked for a lossless float
 _CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 _DEAL_TYPES = {
     "new": "new",
@@ -70,7 +80,7 @@ def _text(series: pd.Series) -> pd.Series:
     return pd.Series(stripped[codes], index=series.index, dtype=object)
 
 
-def _on_distinct(raw: pd.Series, parse: Callable[[pd.Series], tuple[pd.Series, pd.Series]]) -> tuple[pd.Series, pd.Series]:
+def _on_distinct(raw: pd.Series, parse: Callable[[pd.Series], tuple[pd.Series, ...]]) -> tuple[pd.Series, ...]:
     """Run a vectorised `parse` over the distinct raw values only, then spread results to every row.
 
     Columns of dates, stages, flags and amounts repeat values heavily; parsing each once makes
@@ -84,33 +94,115 @@ def _on_distinct(raw: pd.Series, parse: Callable[[pd.Series], tuple[pd.Series, p
     if len(uniques) * 2 > len(raw):
         return parse(raw)
     distinct = pd.Series([*uniques.tolist(), None], dtype=object)  # the last one stands for missing
-    values, reasons = parse(distinct)
+    results = parse(distinct)
     take = np.where(codes < 0, len(uniques), codes)
-    return (pd.Series(values.to_numpy()[take], index=raw.index, dtype=values.dtype),
-            pd.Series(reasons.to_numpy()[take], index=raw.index, dtype=object))
+    return tuple(pd.Series(r.to_numpy()[take], index=raw.index, dtype=r.dtype) for r in results)
 
 
-def parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Returns (amount as float or NaN, reason or '') for values like 12000, '$12,000', '12,000.00'."""
-    return _on_distinct(raw, _parse_amounts)
+def parse_amounts(raw: pd.Series, decimal: str | None = None) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(amount as float or NaN, reason or '', currency mark or '') for values like 12000, '$12,000',
+    'EUR 12.000,00'.
+
+    `decimal`: the file's decimal mark ('.' or ','; None: a CRM's machine numbers, read with '.').
+    The other mark groups thousands, in groups of three only; a value written with the other
+    convention, or (file sources, '.') `1.000` which reads either way, is rejected, not guessed.
+    The currency mark (`$`, `€`, `£`, `¥`, or a 3-letter code before or after the number) is
+    returned for `canonicalize` to check against the row's currency.
+    """
+    return _on_distinct(raw, lambda distinct: _parse_amounts(distinct, decimal))
 
 
-def _parse_amounts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _parse_amounts(raw: pd.Series, decimal: str | None) -> tuple[pd.Series, pd.Series, pd.Series]:
+    dec = decimal or "."
     txt = _text(raw)
-    cleaned = txt.str.replace(_AMOUNT_NOISE, "", regex=True)
-    neg_paren = cleaned.str.match(r"^\(.*\)$")
-    cleaned = cleaned.where(~neg_paren, "-" + cleaned.str.slice(1, -1))
-    num = pd.to_numeric(cleaned.where(cleaned != "", np.nan), errors="coerce")
-    num = num.where(~txt.str.contains(_NOT_THOUSANDS, regex=True))
+    num = pd.Series(np.nan, index=raw.index, dtype=float)
     reason = pd.Series("", index=raw.index, dtype=object)
-    not_number = (txt != "") & num.isna()
-    reason[not_number] = "amount '" + txt[not_number] + "' is not a number"
-    negative = num < 0
+    mark = pd.Series("", index=raw.index, dtype=object)
+    obj = raw.astype(object)
+    kind = infer_dtype(obj, skipna=True)  # numbers (Excel cells, JSON): no text rules, their value as it is
+    if kind in ("string", "empty", "boolean"):
+        typed = pd.Series(False, index=raw.index)
+    elif kind in ("integer", "floating", "mixed-integer-float", "decimal"):
+        typed = obj.notna()
+    else:
+        typed = obj.map(lambda v: isinstance(v, int | float | np.integer | np.floating)
+                        and not isinstance(v, bool | np.bool_)).astype(bool)
+    if typed.any():
+        num[typed] = obj[typed].astype(float)
+    plain = txt.str.match(_PLAIN[dec]).astype(bool) & ~typed
+    if decimal is not None and dec == ".":
+        plain &= ~txt.str.match(_AMBIGUOUS).astype(bool)
+    if plain.any():
+        body = txt[plain].str.replace(",", "", regex=False) if dec == "." else (
+            txt[plain].str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+        num[plain] = pd.to_numeric(body, errors="coerce")
+    rest = (txt != "") & ~plain & ~typed
+    for i in np.flatnonzero(rest.to_numpy()):
+        value, why, m = _parse_amount(txt.iat[i], dec, strict=decimal is not None)
+        num.iat[i], reason.iat[i], mark.iat[i] = (np.nan if value is None else value), why, m
+    long = ~typed & (txt.str.len() > EXACT_DIGITS) & (reason == "") & (num.abs() <= 1e15)
+    long[long] = txt[long].str.count(r"\d") > EXACT_DIGITS
+    for i in np.flatnonzero(long.to_numpy()):
+        if not _exact(txt.iat[i], num.iat[i], dec):
+            reason.iat[i] = (f"amount '{txt.iat[i]}' has more significant digits than a number keeps exactly "
+                             f"(about {EXACT_DIGITS}); round it in the source")
+    ok = reason == ""
+    negative = ok & (num < 0)
     reason[negative] = "amount '" + txt[negative] + "' is negative"
-    too_big = num.abs() > 1e15
-    reason[too_big & ~negative] = "amount '" + txt[too_big & ~negative] + "' is too large"
-    bad = not_number | negative | too_big | ~np.isfinite(num.fillna(0))
-    return num.where(~bad).astype(float), reason
+    too_big = ok & ~negative & ((num.abs() > 1e15) | np.isinf(num))
+    reason[too_big] = "amount '" + txt[too_big] + "' is too large"
+    not_number = ok & ~negative & ~too_big & (txt != "") & num.isna() & ~(typed & obj.isna())
+    reason[not_number] = "amount '" + txt[not_number] + "' is not a number"
+    return num.where(reason == "").astype(float), reason, mark
+
+
+def _parse_amount(text: str, dec: str, *, strict: bool) -> tuple[float | None, str, str]:
+    """One amount that is not a plain number: (value or None, reason or '', currency mark or '')."""
+    t = text
+    marks = {_SYMBOLS[ch] for ch in t if ch in _SYMBOLS}
+    t = "".join(ch for ch in t if ch not in _SYMBOLS).strip()
+    code = _CODE_AFFIX.search(t)
+    if code is not None:
+        marks.add((code.group("pre") or code.group("post")).upper())
+        t = (t[code.end():] if code.group("pre") else t[: code.start()]).strip()
+    if len(marks) > 1:
+        return None, f"amount '{text}' names two currencies ({', '.join(sorted(marks))})", ""
+    mark = marks.pop() if marks else ""
+    t = _GROUPING.sub("", t)
+    sign = 1.0
+    if t.startswith("(") and t.endswith(")"):
+        t, sign = t[1:-1], -1.0
+    if t[:1] in "+-" and t[:1]:
+        sign, t = (-sign if t[0] == "-" else sign), t[1:]
+    if t.lower() in ("inf", "infinity"):
+        return sign * float("inf"), "", mark
+    other = "," if dec == "." else "."
+    if not _NUMBER[dec].match(t):
+        if _NUMBER[other].match(t):
+            hint = f"it has a decimal {'comma' if other == ',' else 'point'}: set decimal: '{other}' on the source"
+            return None, f"amount '{text}' is not a number ({hint})", mark
+        return None, f"amount '{text}' is not a number", mark
+    if strict and dec == "." and _AMBIGUOUS.match(t):
+        return None, (f"amount '{text}' is ambiguous: '.' before three digits groups thousands in some countries; "
+                      f"write {t.replace('.', '')} or {t}0 (or set decimal: ',' on the source)"), mark
+    body = t.replace(other, "")
+    body = body.replace(",", ".") if dec == "," else body
+    try:
+        return sign * float(body), "", mark
+    except ValueError:
+        return None, f"amount '{text}' is not a number", mark
+
+
+def _exact(text: str, value: float, dec: str) -> bool:
+    """True when the float keeps every digit the text wrote (0.1 does; 30 digits do not)."""
+    from decimal import Decimal, InvalidOperation
+
+    digits = "".join(ch for ch in text if ch.isdigit() or ch in ".,eE+-")
+    digits = digits.replace("," if dec == "." else ".", "").replace(",", ".")
+    try:
+        return Decimal(digits.lstrip("+")).copy_abs() == Decimal(repr(abs(float(value))))
+    except (InvalidOperation, ValueError):
+        return True  # not a plain number: the other checks name it
 
 
 def parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None = None) -> tuple[pd.Series, pd.Series]:
@@ -149,7 +241,7 @@ def _parse_dates(raw: pd.Series, field: str, tz: tzinfo, date_format: str | None
     date_only = todo & txt.str.match(_ISO_DATE)
     if date_only.any():
         out[date_only] = pd.to_datetime(txt[date_only], format="%Y-%m-%d", errors="coerce")
-    rest = todo & ~date_only
+    rest = todo & ~date_only & txt.str.match(_ISO_DATE_TIME).astype(bool)  # '2026' or '2026-06' is no date
     if rest.any():
         has_tz = txt[rest].str.contains(_TZ_SUFFIX, regex=True)
         aware = txt[rest][has_tz]
@@ -218,12 +310,14 @@ def canonicalize(
     date_format: str | None = None,
     reporting_currency: str = "USD",
     rates: Mapping[str, RateValue] | RateTable | None = None,
+    decimal: str | None = None,
     as_of: date | None = None,
 ) -> CanonicalResult:
     """Validate and type one source's records. `records` has canonical column names and `_row`.
 
-    Amounts convert to `reporting_currency` at `as_of` (transforms.currency: closed deals at the
-    rate of their close date, open deals at the rate of `as_of`); dated rates need `as_of`."""
+    `decimal`: a file source's decimal mark for text amounts (see `parse_amounts`). Amounts
+    convert to `reporting_currency` at `as_of` (transforms.currency: closed deals at the rate of
+    their close date, open deals at the rate of `as_of`); dated rates need `as_of`."""
     n = len(records)
     idx = records.index
     rows = records[ROW_COLUMN] if ROW_COLUMN in records else pd.Series(np.arange(2, n + 2), index=idx)
@@ -270,7 +364,11 @@ def canonicalize(
     derived = out["stage"].map(stage_status)
     out["status"] = st.where(st.isin(["open", "won", "lost"]), derived)
 
-    amount, r = parse_amounts(col["amount"])
+    amount, r, mark = parse_amounts(col["amount"], decimal)
+    reasons.append(r)
+
+    cur = _text(col["currency"]).str.upper()
+    cur, r = _currency_of_marks(cur, mark, _text(col["amount"]), reporting_currency.upper())
     reasons.append(r)
 
     for f in DATE_FIELDS:
@@ -279,7 +377,6 @@ def canonicalize(
         reasons.append(r)
 
     table = rates if isinstance(rates, RateTable) else rate_table(reporting_currency, rates)
-    cur = _text(col["currency"]).str.upper()
     r = pd.Series("", index=idx, dtype=object)
     bad_code = (cur != "") & ~cur.str.match(_CURRENCY_CODE)
     r[bad_code] = "currency '" + cur[bad_code] + "' is not an ISO 4217 code"
@@ -343,6 +440,25 @@ def canonicalize(
     for c in raw_cols:
         rejected[c] = _text(records.loc[bad, c]).to_numpy()
     return CanonicalResult(loaded=loaded, rejected=rejected, rows_read=n)
+
+
+def _currency_of_marks(cur: pd.Series, mark: pd.Series, amount_text: pd.Series, reporting: str
+                       ) -> tuple[pd.Series, pd.Series]:
+    """The row's currency, from the amount's mark when the currency column is blank; a reason when
+    the two disagree ('EUR 5,000' on a USD row). `$` agrees with any dollar (…D) currency, `¥` with
+    JPY and CNY; a blank row with `$` is the reporting currency if it is a dollar, else USD."""
+    reason = pd.Series("", index=cur.index, dtype=object)
+    has = mark != ""
+    if not has.any():
+        return cur, reason
+    dollar = mark == "$"
+    yen = mark == "¥"
+    agree = (mark == cur) | (dollar & cur.str.endswith("D")) | (yen & cur.isin(["JPY", "CNY"]))
+    clash = has & (cur != "") & ~agree
+    shown = mark.where(~dollar, "$").where(~yen, "¥")
+    reason[clash] = "amount '" + amount_text[clash] + "' is in " + shown[clash] + " but currency is " + cur[clash]
+    implied = mark.where(~dollar, reporting if reporting.endswith("D") else "USD").where(~yen, "JPY")
+    return cur.where(~(has & (cur == "")), implied), reason
 
 
 def _join_reasons(parts: list[pd.Series], idx: pd.Index) -> pd.Series:

@@ -65,21 +65,27 @@ def rejected_sheet(rejected: pd.DataFrame) -> SheetData:
 def raw_sheets(parts: Iterable[tuple[str, pd.DataFrame]]) -> list[SheetData]:
     """Records exactly as a source gave them, for teams whose sheets use the raw columns."""
     out = []
-    for name, frame in parts:
-        formats = {str(c): "text" for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])}
+    for name, frame in parts:  # by position: a source may repeat a header (the writer makes them unique)
+        formats: dict[str, ColumnFormat] = {str(c): "text" for c, dtype in zip(frame.columns, frame.dtypes, strict=True)
+                                            if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)}
         out.append(SheetData(name, frame, formats))
     return out
+
+
+def _utf16_over(text: str) -> bool:
+    """Longer than Excel's cell holds, counted as Excel does (UTF-16 code units: an emoji is 2)."""
+    return len(text) > EXCEL_MAX_CELL_CHARS // 2 and len(text.encode("utf-16-le", "surrogatepass")) > 2 * EXCEL_MAX_CELL_CHARS
 
 
 def _over_long(col: pd.Series) -> int:
     """Cells of a text column longer than Excel holds, in C-speed passes (0 s of Python per cell)."""
     values = col.to_numpy(dtype=object)
     if infer_dtype(values, skipna=True) in ("string", "empty"):
-        if max(map(operator.length_hint, values), default=0) <= EXCEL_MAX_CELL_CHARS:  # a missing value: 0
+        if max(map(operator.length_hint, values), default=0) <= EXCEL_MAX_CELL_CHARS // 2:  # a missing value: 0
             return 0
-        return sum(1 for v in values if isinstance(v, str) and len(v) > EXCEL_MAX_CELL_CHARS)
+        return sum(1 for v in values if isinstance(v, str) and _utf16_over(v))
     present = pd.Series(values[~pd.isna(values)], dtype=object)  # numbers, dicts...: as their text
-    return int((present.astype(str).str.len() > EXCEL_MAX_CELL_CHARS).sum())
+    return sum(map(_utf16_over, present.astype(str).tolist()))
 
 
 def excel_limits(sheets: Sequence[SheetData], *, count_cut: bool = True) -> tuple[int, list[str]]:
@@ -90,8 +96,8 @@ def excel_limits(sheets: Sequence[SheetData], *, count_cut: bool = True) -> tupl
     cut = 0
     notes: list[str] = []
     for sheet in sheets:
-        for c in sheet.frame.columns if count_cut else ():
-            col = sheet.frame[c]
+        for j in range(sheet.frame.shape[1]) if count_cut else ():
+            col = sheet.frame.iloc[:, j]  # by position: headers may repeat
             if col.dtype == object or pd.api.types.is_string_dtype(col):
                 cut += _over_long(col)
         rows = len(sheet.frame)

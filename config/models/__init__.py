@@ -48,6 +48,7 @@ from config.models.sources import (  # noqa: F401
     CsvSourceConfig,
     ExcelSourceConfig,
     HubSpotSourceConfig,
+    ReadLimits,
     SalesforceSourceConfig,
     SourceConfig,
     StageHistoryFileConfig,

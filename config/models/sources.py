@@ -20,6 +20,19 @@ class SourceBase(StrictModel):
     raw_sheet: str | None = Field(default=None, max_length=31)
 
 
+class ReadLimits(StrictModel):
+    """How much of a source file is read (hostile or broken input ends in one error naming the limit).
+
+    Excel: calamine allocates every cell from A1 to the farthest one, so `max_cells` bounds memory
+    (about 32 bytes a cell, plus pandas); the archive is checked before it is parsed.
+    """
+
+    max_file_mb: float = Field(default=1024, gt=0)  # the file itself
+    max_uncompressed_mb: float = Field(default=4096, gt=0)  # Excel: every part inflated
+    max_compression_ratio: float = Field(default=100, gt=1)  # Excel: any part over 1 MB (real ones: 10-25:1)
+    max_cells: int = Field(default=30_000_000, gt=0)  # Excel: rows x columns of the sheet's cells
+
+
 class StageHistoryFileConfig(StrictModel):
     path: RelPath
     columns: dict[str, str] = Field(default_factory=dict)
@@ -27,6 +40,7 @@ class StageHistoryFileConfig(StrictModel):
     delimiter: Delimiter = ","
     encoding: str = "utf-8"
     sheet: str | int | None = None
+    limits: ReadLimits = Field(default_factory=ReadLimits)
 
 
 class CsvSourceConfig(SourceBase):
@@ -36,7 +50,9 @@ class CsvSourceConfig(SourceBase):
     date_format: str | None = None
     delimiter: Delimiter = ","
     encoding: str = "utf-8"
+    decimal: Literal[".", ","] = "."  # amounts: '.' reads 1,234.50; ',' reads 1.234,50
     stage_history: StageHistoryFileConfig | None = None
+    limits: ReadLimits = Field(default_factory=ReadLimits)
 
 
 class ExcelSourceConfig(SourceBase):
@@ -45,7 +61,9 @@ class ExcelSourceConfig(SourceBase):
     sheet: str | int | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     date_format: str | None = None
+    decimal: Literal[".", ","] = "."  # amounts stored as text: '.' reads 1,234.50; ',' reads 1.234,50
     stage_history: StageHistoryFileConfig | None = None
+    limits: ReadLimits = Field(default_factory=ReadLimits)
 
 
 # canonical field -> HubSpot deal property, used unless a source's `fields` says otherwise
@@ -129,6 +147,8 @@ class SalesforceSourceConfig(SourceBase):
     overlap_seconds: int = Field(default=60, ge=0)  # re-read this much before the cursor (late commits)
     page_size: int = Field(default=2000, ge=200, le=2000)  # Sforce-Query-Options batchSize (a hint)
     timeout: float = 30.0
+    daily_api_reserve: int = Field(default=1000, ge=0)  # stop cleanly (cursor kept) when this few daily API calls remain
+    reconcile_days: float = Field(default=7.0, ge=0)  # compare the stored ids with the org's this often (0: every run)
     # multi-currency orgs: read CurrencyIsoCode and the org's rates, static (CurrencyType) or dated
     # (DatedConversionRate, advanced currency management); none: amounts are taken as they are
     currency_rates: Literal["none", "static", "dated"] = "none"

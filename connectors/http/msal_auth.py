@@ -8,6 +8,14 @@ msal fetches the authority's OpenID configuration when an application object is 
 built only when a token is needed. Its HTTP goes through `connectors.http.session.build_session` (a
 TlsSession), so a configured `ca_bundle` wins over REQUESTS_CA_BUNDLE. No token or secret is ever
 logged or put into an exception message.
+
+Throttling and outages are retriable, never a configuration error: Entra answers a throttled
+client-credentials request with "429 Too Many Requests, with a Retry-After: 60 header" (a plain
+text body), a throttled user-facing one with invalid_grant AADSTS50196, an outage with a 5xx
+(https://learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling). msal would
+parse the 429 body as JSON (and crash) and hand a 429/5xx to its own replay cache, so the http
+client given to msal (`_ThrottleAware`) raises on a 429 or 5xx before msal sees it; every such
+answer and AADSTS50196 become a RetriableAPIError (the flow retries the step later).
 """
 
 from __future__ import annotations
@@ -123,13 +131,43 @@ def _credential(cfg: OneDriveDestinationConfig) -> str | dict[str, Any]:
     return {"private_key": pem, "thumbprint": thumbprint}
 
 
+class TokenEndpointBusy(requests.HTTPError):
+    """Entra answered 429 or 5xx (raised inside msal's http client, so msal neither parses nor caches it)."""
+
+    def __init__(self, response: requests.Response):
+        super().__init__(f"HTTP {response.status_code}", response=response)
+        self.status = response.status_code
+        self.retry_after = response.headers.get("Retry-After")
+
+
+class _ThrottleAware:
+    """The http client msal gets: our session's post/get, raising TokenEndpointBusy on 429 and 5xx."""
+
+    def __init__(self, session: requests.Session):
+        self.session = session
+
+    def _check(self, resp: requests.Response) -> requests.Response:
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TokenEndpointBusy(resp)
+        return resp
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        return self._check(self.session.post(url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        return self._check(self.session.get(url, **kwargs))
+
+    def close(self) -> None:
+        self.session.close()
+
+
 def _app_kwargs(cfg: OneDriveDestinationConfig, session: requests.Session | None) -> dict[str, Any]:
     host = (urlsplit(cfg.authority).hostname or "").lower()
     if urlsplit(cfg.authority).scheme != "https":
         raise FatalAPIError(f"authority '{cfg.authority}' must be an https URL (msal refuses anything else)")
     kwargs: dict[str, Any] = {
         "authority": authority_url(cfg),
-        "http_client": session or build_session(cfg.ca_bundle, cfg.verify_tls),
+        "http_client": _ThrottleAware(session or build_session(cfg.ca_bundle, cfg.verify_tls)),
         "azure_region": False,
     }
     if host not in _KNOWN_AUTHORITY_HOSTS:
@@ -155,7 +193,8 @@ def _build(factory: Callable[..., Any], cfg: OneDriveDestinationConfig, **kwargs
 def _status(exc: Exception) -> str:
     resp = getattr(exc, "response", None)
     if resp is not None:
-        return f"HTTP {resp.status_code}"
+        after = resp.headers.get("Retry-After")
+        return f"HTTP {resp.status_code}" + (f" (Retry-After {after} s)" if after else "")
     return _first_line(str(exc)) or type(exc).__name__  # msal: "HTTP Error: 503"
 
 
@@ -173,14 +212,18 @@ def _oauth_error(cfg: OneDriveDestinationConfig, result: dict[str, Any], what: s
 
 
 def _call(cfg: OneDriveDestinationConfig, fn: Callable[[], Any]) -> Any:
-    """Run an msal call, turning transport failures into our errors (msal raises on 5xx)."""
+    """Run an msal call, turning throttling, outages and transport failures into RetriableAPIError."""
     try:
-        return fn()
-    except (requests.HTTPError, MsalServiceError) as exc:  # msal raises on a 5xx/429 answer
+        result = fn()
+    except (requests.HTTPError, MsalServiceError) as exc:  # TokenEndpointBusy; msal's own raise on 5xx
         raise RetriableAPIError(f"Entra ID token endpoint of tenant {cfg.tenant_id} answered "
                                 f"{_status(exc)}; try again later") from None
     except requests.RequestException as exc:
         raise RetriableAPIError(f"cannot reach Entra ID for tenant {cfg.tenant_id} ({type(exc).__name__})") from None
+    if isinstance(result, dict) and "AADSTS50196" in str(result.get("error_description", "")):
+        raise RetriableAPIError(f"Entra ID throttled the token request of tenant {cfg.tenant_id} "
+                                "(AADSTS50196: too many requests); try again later")
+    return result
 
 
 # ----------------------------------------------------------------------------- public API
@@ -224,7 +267,7 @@ class GraphAuth:
         accounts = self._app.get_accounts()
         if not accounts:
             raise FatalAPIError(f"the token cache {path} holds no account: " + _login_hint())
-        result = _call(self.cfg, lambda: self._app.acquire_token_silent(
+        result = _call(self.cfg, lambda: self._app.acquire_token_silent_with_error(
             delegated_scopes(self.cfg), account=accounts[0], force_refresh=refresh))
         if self._cache is not None and self._cache.has_state_changed:
             save_cache(self._cache, path)

@@ -1,9 +1,37 @@
-"""The one HTTP boundary: session factory, TLS options and the retry policy every connector uses.
+"""The HTTP boundary: session factory, TLS options and the retry policy for failed requests.
 
 Retry policy (after dlt's requests/retry.py): 429, 5xx, connection errors, timeouts and bodies
 cut short are retried with capped exponential backoff that honours Retry-After; when attempts
 run out a RetriableAPIError is raised. Any other 4xx raises FatalAPIError at once, carrying the
-API's own message.
+API's own message. A request sent with `repeat_safe=False` (one whose second application would do
+harm, e.g. the Graph workbook API's rows/add or a range delete with shift) is resent only after a
+429, which the service refused without running it ("the requests fail",
+https://learn.microsoft.com/graph/throttling); after a 5xx, a dropped connection or a timeout it
+may have been applied, so `OutcomeUnknown` is raised for the caller to read the state back.
+`HttpClient.request` applies it to every request it sends (HubSpot, Salesforce, Tableau's VizQL
+Data Service, Microsoft Graph); the two loops that cannot send
+through it retry with the same `RetryPolicy` and `pause_before_retry`: Tableau's TSC calls
+(connectors/sources/tableau/session.py) and the OneDrive upload pieces, which resume from the
+session's nextExpectedRanges (connectors/destinations/onedrive/upload.py).
+
+Waits and repeats that are not this policy, each bounded where it is written:
+  - OneDrive locks (423): `on_locked: wait` waits 30 s doubling to 300 s, at most `lock_wait_max`
+    in all (upload._LockPolicy); a lost upload session (404) is started over twice at most.
+  - The Graph workbook API: createSession answered 202 is polled at the service's Retry-After (else
+    every 30 s) for at most workbook_api.SESSION_WAIT_MAX seconds; a dropped workbook session is
+    opened again once; a write whose outcome is unknown (OutcomeUnknown) is sent again only after
+    reading the workbook back shows it was not applied (workbook_session.Workbook.unsure), at most
+    3 times; a refresh that failed is undone once, in a new session (workbook_api).
+  - Expired sign-ins are renewed once and the request sent again: Graph tokens on 401
+    (onedrive/graph.py), Salesforce INVALID_SESSION_ID, Tableau 401002 and the VizQL 401.
+  - HubSpot's rate limiter waits before requests when the window runs low (pacing, not retry);
+    a Tableau source waits for another run's hold on the same access token (tableau/token_lock.py).
+  - msal's token requests go through a session from `build_session` but not through this policy:
+    one attempt each (msal leaves retrying to the http_client it is given); a 429, a 5xx, AADSTS50196
+    or an exception is a RetriableAPIError, any other error answer a FatalAPIError
+    (connectors/http/msal_auth.py; docs/api-contracts.md section 4). `pipeline-sync login` waits in msal's device-code polling.
+  - On top of all of these, the Prefect flow retries a failed extract-/publish- step or report
+    task twice (after 30 s and 120 s) when it failed with a RetriableAPIError (flows/sync.py).
 """
 
 from __future__ import annotations
@@ -33,6 +61,18 @@ TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
+
+
+class OutcomeUnknown(RetriableAPIError):
+    """A request that is not safe to repeat failed in a way that leaves open whether it was applied.
+
+    `response` is the failed answer (None after a transport failure); `wait` is its Retry-After.
+    """
+
+    def __init__(self, message: str, response: requests.Response | None = None, wait: float | None = None):
+        super().__init__(message)
+        self.response = response
+        self.wait = wait
 
 
 class TlsSession(requests.Session):
@@ -174,9 +214,13 @@ class HttpClient:
         *,
         expect_json: bool = False,
         ok: Callable[[requests.Response], bool] | None = None,
+        repeat_safe: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
-        """Send with retries. `expect_json` also retries a 2xx body that is not complete JSON."""
+        """Send with retries. `expect_json` also retries a 2xx body that is not complete JSON.
+
+        `repeat_safe=False`: resent only after a 429; any other retryable failure raises OutcomeUnknown.
+        """
         url = self.url(path_or_url)
         kwargs.setdefault("timeout", self.timeout)
         attempt = 0
@@ -185,6 +229,7 @@ class HttpClient:
             self.observer.requests += 1
             wait: float | None = None
             reason: str
+            resp = None
             try:
                 resp = self.session.request(method, url, **kwargs)
             except requests.exceptions.SSLError as exc:
@@ -219,6 +264,9 @@ class HttpClient:
                         f"{self.service} refused {method} {_path(url)} with HTTP {resp.status_code}: "
                         f"{self.error_message(resp)}"
                     )
+            if not repeat_safe and (resp is None or resp.status_code != 429):
+                raise OutcomeUnknown(f"{self.service}: {reason}; not sent again (it may have been applied)",
+                                     resp, wait)
             pause_before_retry(self.policy, self.observer, self.service, attempt, reason, wait)
 
     def get_json(self, path_or_url: str, **kwargs: Any) -> Any:

@@ -137,4 +137,7 @@ onedrive_published = sa.Table(
     sa.Column("etag", sa.String(200), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+    # The content tag (cTag) of the upload; NULL in rows written before it was kept. Databases made
+    # before this column existed get it from connectors.destinations.onedrive.upload (ALTER TABLE).
+    sa.Column("ctag", sa.String(200), nullable=True),
 )

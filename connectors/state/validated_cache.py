@@ -2,11 +2,14 @@
 
 When a connector reports its source unchanged since a version (connectors.state.source_state), the
 flow takes the rows validated at that version from here instead of rebuilding and validating
-them again. One entry per source: `<key>.json` (version and validation digest, read first and
-cheaply) and `<key>.pkl` (the frames). Both are written atomically (temp file, rename), owner-only.
+them again. One entry per source: `<key>.json` (format, version, validation digest and the
+SHA-256 and size of the data, read first and cheaply) and `<key>.npz` (the frames as plain numpy
+arrays, connectors.state.frames: a format that cannot run code). Both are written atomically
+(temp file, rename), 0600, in a 0700 folder.
 
-The pickle is read only from this folder, which only this tool writes (next to the state
-database); an entry whose version or digest does not match, or that cannot be read, is a miss.
+The data is read only when its SHA-256 equals the header's, and then without pickle: a corrupted
+or truncated entry is a miss (the rows are rebuilt), never different data and never a crash. A
+folder or file another user owns, or that group/others may write, is refused (StateFolderError).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +26,13 @@ from typing import BinaryIO
 
 import pandas as pd
 
+from connectors.state import frames
+from connectors.state.private import check_private_file, private_dir
+
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # of the entries; bump when SourceRows changes shape
+FORMAT = 2  # of the entries; bump when SourceRows changes shape (1 was a pickle: never read again)
+MAX_ENTRY_BYTES = 8 << 30  # a header naming a larger data file is not believed
 
 
 @dataclass
@@ -48,42 +54,74 @@ class ValidatedCache:
 
     def _paths(self, source: str) -> tuple[Path, Path]:
         key = hashlib.sha256(source.encode()).hexdigest()[:24]
-        return self.folder / f"{key}.json", self.folder / f"{key}.pkl"
+        return self.folder / f"{key}.json", self.folder / f"{key}.npz"
 
-    def version(self, source: str, digest: str) -> str | None:
-        """The version held for `source` when it was validated the way `digest` names; else None."""
+    def _header(self, source: str, digest: str) -> dict | None:
+        """The entry's header when it is ours, of this format and this digest; else None."""
+        if not self.folder.exists():
+            return None
+        private_dir(self.folder)
         head, data = self._paths(source)
+        if not check_private_file(head, "validated-rows file") or not check_private_file(data, "validated-rows file"):
+            return None
         try:
             meta = json.loads(head.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("digest") != digest:
             return None
-        version = meta.get("version")
-        return version if isinstance(version, str) and data.exists() else None
+        ok = (isinstance(meta.get("version"), str) and isinstance(meta.get("sha256"), str)
+              and isinstance(meta.get("size"), int) and 0 <= meta["size"] <= MAX_ENTRY_BYTES)
+        return meta if ok else None
+
+    def version(self, source: str, digest: str) -> str | None:
+        """The version held for `source` when it was validated the way `digest` names; else None."""
+        meta = self._header(source, digest)
+        return None if meta is None else meta["version"]
 
     def load(self, source: str, digest: str, version: str) -> SourceRows | None:
-        """The rows held for `source` at exactly (`digest`, `version`), or None."""
-        _, data = self._paths(source)
+        """The rows held for `source` at exactly (`digest`, `version`), or None (a miss)."""
+        meta = self._header(source, digest)
+        if meta is None or meta["version"] != version:
+            return None
+        _, path = self._paths(source)
         try:
-            with open(data, "rb") as fh:
-                entry = pickle.load(fh)  # noqa: S301 - our own file, see the module docstring
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as exc:
+            with open(path, "rb") as fh:
+                data = fh.read(meta["size"] + 1)
+        except OSError as exc:
+            log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, exc.strerror)
+            return None
+        if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            log.warning("validated rows of source %s do not match their checksum; rebuilding them", source)
+            return None
+        try:
+            (loaded, rejected, history, raw), extra = frames.load(data)
+            rows = SourceRows(loaded, rejected, history, raw, int(extra["rows_read"]))
+        except Exception as exc:  # noqa: BLE001 - a checksummed entry we cannot read is a miss, never a crash
             log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, type(exc).__name__)
             return None
-        if not isinstance(entry, dict) or (entry.get("format"), entry.get("digest"), entry.get("version")) != (
-                FORMAT, digest, version) or not isinstance(entry.get("rows"), SourceRows):
+        if (extra.get("source"), extra.get("digest"), extra.get("version")) != (source, digest, version) or (
+                loaded is None or rejected is None):
             return None
-        return entry["rows"]
+        return rows
 
     def save(self, source: str, digest: str, version: str, rows: SourceRows) -> None:
-        """Replace the entry of `source` (the data first, then the header naming it)."""
-        head, data = self._paths(source)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        entry = {"format": FORMAT, "digest": digest, "version": version, "rows": rows}
-        _atomic_write(data, lambda fh: pickle.dump(entry, fh, protocol=pickle.HIGHEST_PROTOCOL))
-        meta = json.dumps({"format": FORMAT, "digest": digest, "version": version}).encode()
+        """Replace the entry of `source` (the data first, then the header naming it). Rows this
+        format cannot hold exactly are not kept (the next run validates them again)."""
+        head, path = self._paths(source)
+        try:
+            data = frames.dump([rows.loaded, rows.rejected, rows.history, rows.raw],
+                               {"source": source, "digest": digest, "version": version, "rows_read": rows.rows_read})
+        except frames.Unsupported as exc:
+            log.info("source %s: validated rows not kept for the next run (%s)", source, exc)
+            self.drop(source)
+            return
+        private_dir(self.folder)
+        meta = json.dumps({"format": FORMAT, "digest": digest, "version": version,
+                           "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}).encode()
+        _atomic_write(path, lambda fh: fh.write(data))
         _atomic_write(head, lambda fh: fh.write(meta))
+        head.with_suffix(".pkl").unlink(missing_ok=True)  # an entry of format 1
 
     def drop(self, source: str) -> None:
         for path in self._paths(source):

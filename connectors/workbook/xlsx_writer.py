@@ -37,17 +37,30 @@ import pandas as pd
 import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
-from config.schema import EXCEL_MAX_CELL_CHARS, EXCEL_MAX_ROWS
-from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData, table_name
+from config.schema import EXCEL_MAX_CELL_CHARS
+from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData
+from connectors.workbook.names import column_attribute, cut_utf16, replace_surrogates, utf16_len
+from connectors.workbook.plan import (
+    MAX_DATA_ROWS,
+    Plan,
+    finish_late,
+    infer_format,
+    map_charts,
+    plan_sheets,
+    split_rows,
+)
 
-MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
+HALF_CELL = EXCEL_MAX_CELL_CHARS // 2  # text of fewer code points is within the limit in UTF-16 units too
+# A member is written with ZIP64 only when it may pass zipfile's limit (2 GiB - 1 uncompressed: it
+# refuses larger members without ZIP64). A sheet's size is estimated from its first block of rows.
+ZIP64_LIMIT = zipfile.ZIP64_LIMIT
+ZIP64_MARGIN = 2.0  # later rows may be longer than the first block's
 CHUNK_ROWS = 25_000
 SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_LITERAL_ESCAPE = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
-_SHEET_NAME_BAD = re.compile(r"[\[\]:*?/\\]")
+_LITERAL_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")  # every "_" that starts one, overlapping ones too
 
 NUMBER_FORMATS: dict[str, str] = {
     "int": "#,##0",
@@ -72,7 +85,8 @@ class WriteStats:
     sheets: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
     cut_cells: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # rows split over sheets, then every fix
+    fixes: list[str] = field(default_factory=list)  # what was renamed or moved so Excel opens the file
 
 
 class SharedStrings:
@@ -117,40 +131,9 @@ class SharedStrings:
         return head + "".join(self.items).encode("utf-8") + b"</sst>"
 
 
-def safe_sheet_name(name: str) -> str:
-    return _SHEET_NAME_BAD.sub("_", name).strip("'")[:31] or "Sheet"
-
-
-def infer_format(series: pd.Series) -> ColumnFormat:
-    if pd.api.types.is_bool_dtype(series):
-        return "bool"
-    if pd.api.types.is_datetime64_any_dtype(series):
-        return "date"
-    if pd.api.types.is_integer_dtype(series):
-        return "int"
-    if pd.api.types.is_float_dtype(series):
-        return "number"
-    return "text"
-
-
 def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX_DATA_ROWS) -> list[SheetData]:
     """A frame over Excel's row limit becomes `Name`, `Name (2)`, ...: never truncated."""
-    out: list[SheetData] = []
-    for sheet in sheets:
-        n = len(sheet.frame)
-        if n <= max_rows:
-            out.append(sheet)
-            continue
-        parts = math.ceil(n / max_rows)
-        for k in range(parts):
-            name = sheet.name if k == 0 else safe_sheet_name(f"{sheet.name[:26]} ({k + 1})")
-            part = sheet.frame.iloc[k * max_rows : (k + 1) * max_rows]
-            out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight))
-        stats.notes.append(
-            f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
-            f"({', '.join([sheet.name] + [f'{sheet.name} ({k + 1})' for k in range(1, parts)])})"
-        )
-    return out
+    return split_rows(sheets, stats.notes, max_rows=max_rows)
 
 
 # ----------------------------------------------------------------------------- cell XML
@@ -162,14 +145,33 @@ def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX
 # otherwise its position is implied by its place in the row (ECMA-376 18.3.1.4: `r` is optional).
 
 
-def _escape_one(t: str, stats: WriteStats) -> str:
-    if len(t) > EXCEL_MAX_CELL_CHARS:
-        stats.cut_cells += 1
-        t = t[: EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)] + CUT_MARKER
+def _too_long(t: str) -> bool:
+    """Whether `t` is over Excel's cell limit, counted as Excel does (UTF-16 code units)."""
+    return len(t) > HALF_CELL and (len(t) > EXCEL_MAX_CELL_CHARS or utf16_len(t) > EXCEL_MAX_CELL_CHARS)
+
+
+def clean_text(t: str, stats: WriteStats | None = None) -> str:
+    """Text as a cell can hold it: lone surrogates U+FFFD; over 32,767 UTF-16 units cut, with
+    CUT_MARKER (and counted in `stats`)."""
+    t = replace_surrogates(t)
+    if _too_long(t):
+        if stats is not None:
+            stats.cut_cells += 1
+        t = cut_utf16(t, EXCEL_MAX_CELL_CHARS - len(CUT_MARKER)) + CUT_MARKER
+    return t
+
+
+def _xstring(t: str) -> str:
+    """ST_Xstring escapes: a literal `_xHHHH_` becomes `_x005F_xHHHH_`, a character XML cannot hold `_xHHHH_`."""
     if "_x" in t:
-        t = _LITERAL_ESCAPE.sub(r"_x005F_\1", t)
+        t = _LITERAL_ESCAPE.sub("_x005F_", t)
     if _ILLEGAL_XML.search(t):
         t = _ILLEGAL_XML.sub(lambda m: f"_x{ord(m.group(0)):04X}_", t)
+    return t
+
+
+def _escape_one(t: str, stats: WriteStats) -> str:
+    t = _xstring(clean_text(t, stats))
     if "&" in t:
         t = t.replace("&", "&amp;")
     if "<" in t:
@@ -196,14 +198,14 @@ def _code_points(joined: str) -> np.ndarray:
 
 def _special(joined: str, lengths: np.ndarray) -> np.ndarray:
     """Indices of the values (joined by "\n") that need more than wrapping: XML escapes, illegal
-    characters, a literal `_xHHHH_`, leading/trailing whitespace (xml:space) or a cut. One
+    characters, lone surrogates, a literal `_xHHHH_`, leading/trailing whitespace (xml:space) or a cut. One
     vectorised pass over the code points; "\n" needs no escape, so it marks no value by itself."""
     cp = _code_points(joined)
     starts = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=starts[1:])
     bad = ((cp < 32) & (cp != 9) & (cp != 10)) | (cp == 38) | (cp == 60) | (cp == 62)
     if cp.dtype == np.uint32:
-        bad |= (cp == 0xFFFE) | (cp == 0xFFFF)
+        bad |= (cp == 0xFFFE) | (cp == 0xFFFF) | ((cp >= 0xD800) & (cp <= 0xDFFF))  # lone surrogates too
     bad[:-1] |= (cp[:-1] == 95) & (cp[1:] == 120)  # "_x"
     hits = np.searchsorted(starts, np.flatnonzero(bad), side="right") - 1
     nonempty = lengths > 0
@@ -213,7 +215,7 @@ def _special(joined: str, lengths: np.ndarray) -> np.ndarray:
         edge[nonempty] = _ASCII_SPACE[cp[starts[nonempty]]] | _ASCII_SPACE[cp[ends[nonempty]]]
     else:
         edge[nonempty] = np.isin(cp[starts[nonempty]], _SPACES) | np.isin(cp[ends[nonempty]], _SPACES)
-    long = lengths > EXCEL_MAX_CELL_CHARS
+    long = lengths > HALF_CELL  # maybe over the limit in UTF-16 units: _text_table measures them
     return np.union1d(hits, np.flatnonzero(edge | long))
 
 
@@ -274,7 +276,7 @@ def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedS
             text = texts[i]
             if not text:
                 continue
-            if len(text) > EXCEL_MAX_CELL_CHARS:
+            if _too_long(text):
                 cut.append(i)
             escaped[i] = _escape_one(text, stats)
             if text[0].isspace() or text[-1].isspace():
@@ -385,6 +387,7 @@ class _Planned:
     sheet: SheetData
     index: int  # 1-based worksheet number in the package (xl/worksheets/sheet{index}.xml)
     formats: list[ColumnFormat]
+    table: str  # its table's name
 
 
 def _sample_value(fmt: ColumnFormat) -> Any:
@@ -422,12 +425,13 @@ class _Layout:
         self.formats["bool"] = None
         self.count = 0
 
-    def data_sheet(self, sheet: SheetData) -> _Planned:
-        ws = self.wb.add_worksheet(safe_sheet_name(sheet.name))
+    def data_sheet(self, sheet: SheetData, table: str) -> _Planned:
+        """`sheet` as planned (plan.py: its name and headers are clean) with its table `table`."""
+        ws = self.wb.add_worksheet(sheet.name)
         self.count += 1
         frame = sheet.frame
-        formats = [sheet.formats.get(str(c)) or infer_format(frame[c]) for c in frame.columns]
         headers = [str(c) for c in frame.columns]
+        formats = [sheet.formats.get(h) or infer_format(frame.iloc[:, j]) for j, h in enumerate(headers)]
         n = len(frame)
         ncols = max(1, len(headers))
         for j, (h, fmt) in enumerate(zip(headers, formats, strict=True)):
@@ -447,7 +451,7 @@ class _Layout:
             # Sized for the sample row only: xlsxwriter tracks every table cell in a dict, which
             # would cost gigabytes at a million rows. The real range is set when rows are spliced in.
             ws.add_table(0, 0, 1, ncols - 1, {
-                "name": table_name(sheet.name),
+                "name": table,
                 "columns": [{"header": h} for h in headers],
                 "style": "Table Style Medium 2",
             })
@@ -462,17 +466,18 @@ class _Layout:
                     "criteria": f'=${letter}2="{value}"',
                     "format": self.wb.add_format({"bg_color": colour}),
                 })
-        return _Planned(sheet, self.count, formats)
+        return _Planned(sheet, self.count, formats, table)
 
-    def summary(self, data: SummaryData, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
+    def summary(self, data: SummaryData, frames: dict[str, pd.DataFrame]) -> None:
+        """The Summary sheet; its charts draw from `frames` (by sheet name), their caches too."""
         ws = self.wb.add_worksheet("Summary")
         self.count += 1
         title = self.wb.add_format({"bold": True, "font_size": 16})
         bold = self.wb.add_format({"bold": True, "bottom": 1})
-        ws.write_string(0, 0, data.title, title)
+        ws.write_string(0, 0, clean_text(data.title), title)
         row = 1
         for line in data.lines:
-            ws.write_string(row, 0, line)
+            ws.write_string(row, 0, clean_text(line))
             row += 1
         row += 1
         ws.set_column(0, 0, 30)
@@ -501,19 +506,25 @@ class _Layout:
             row += 1
         chart_row = 1
         for spec in data.charts:
-            rows = sheet_rows.get(spec.sheet, 0)
-            cols = sheet_columns.get(spec.sheet, [])
+            frame = frames.get(spec.sheet)
+            rows = 0 if frame is None else len(frame)
+            cols = [] if frame is None else [str(c) for c in frame.columns]
             if rows == 0 or spec.category not in cols or any(v not in cols for v in spec.values):
                 continue
             last = rows if spec.rows is None else min(rows, spec.rows)
             chart = self.wb.add_chart({"type": spec.kind})
             cat = cols.index(spec.category)
+            categories = _chart_cache(frame.iloc[:last, cat], numbers=False)
             for v in spec.values:
                 c = cols.index(v)
                 series = {
                     "name": [spec.sheet, 0, c],
                     "categories": [spec.sheet, 1, cat, last, cat],
                     "values": [spec.sheet, 1, c, last, c],
+                    # the caches: the layout's sheets hold one sample row, the real rows come later
+                    "name_data": [_xstring(v)],
+                    "categories_data": categories,
+                    "values_data": _chart_cache(frame.iloc[:last, c], numbers=True),
                 }
                 if v in spec.secondary:
                     series["y2_axis"] = True
@@ -526,10 +537,9 @@ class _Layout:
         ws.set_landscape()
         ws.fit_to_pages(1, 0)
 
-
     def _block(self, ws: Any, block: SummaryBlock, row: int, *, title: Any, bold: Any) -> int:
         """A SummaryBlock from `row`: its title, header, rows (values formatted by unit) and lines; the next free row."""
-        ws.write_string(row, 0, block.title, title)
+        ws.write_string(row, 0, clean_text(block.title), title)
         row += 1
         cols = list(block.frame.columns)
         for j, c in enumerate(cols):
@@ -543,9 +553,31 @@ class _Layout:
                 _write_any(ws, row, j, v, fmt if cols[j] == "value" else None)
             row += 1
         for line in block.lines:
-            ws.write_string(row, 0, line)
+            ws.write_string(row, 0, clean_text(line))
             row += 1
         return row
+
+
+def _chart_cache(col: pd.Series, numbers: bool) -> list[str | None]:
+    """A chart's cached points, from the rows it draws: numbers as Excel prints them, dates as
+    serial numbers, booleans TRUE/FALSE, text as its cell holds it; None where a cell is empty."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        arr = pd.to_datetime(col).dt.tz_localize(None) if getattr(col.dt, "tz", None) else col
+        serial = ((arr.to_numpy(dtype="datetime64[ns]") - _EPOCH.astype("datetime64[ns]")).astype(np.int64)
+                  / 86_400e9)
+        return [None if nat else f"{x:.16g}" for x, nat in zip(serial.tolist(), pd.isna(arr).tolist(), strict=True)]
+    if numbers or (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+        num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        return [f"{x:.16g}" if math.isfinite(x) else None for x in num.tolist()]
+    out: list[str | None] = []
+    for v, na in zip(col.tolist(), pd.isna(col.to_numpy(dtype=object)).tolist(), strict=True):
+        if na:
+            out.append(None)
+        elif isinstance(v, bool | np.bool_):
+            out.append("TRUE" if v else "FALSE")
+        else:
+            out.append(_xstring(clean_text(v if isinstance(v, str) else str(v))))
+    return out
 
 
 def _write_any(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
@@ -558,7 +590,7 @@ def _write_any(ws: Any, row: int, col: int, value: Any, fmt: Any) -> None:
     elif isinstance(value, datetime | date | pd.Timestamp):
         ws.write_datetime(row, col, pd.Timestamp(value).to_pydatetime().replace(tzinfo=None), fmt)
     else:
-        ws.write_string(row, col, str(value)[:EXCEL_MAX_CELL_CHARS])
+        ws.write_string(row, col, clean_text(str(value)))
 
 
 # ----------------------------------------------------------------------------- splice rows in
@@ -569,16 +601,30 @@ _CELL_STYLE = re.compile(rb'<c r="[A-Z]+2"(?: s="(\d+)")?')
 _DIMENSION = re.compile(rb'<dimension ref="[^"]*"/>')
 
 
+class _NeedsZip64(Exception):
+    """A member written without ZIP64 (its estimate was under the limit) grew past zipfile's limit."""
+
+    def __init__(self, member: str):
+        super().__init__(member)
+        self.member = member
+
+
 class _Zipper:
     """Every write into the final zip, in order, on one worker thread. zlib, crc32 and the file
     write release the GIL, so deflating block k overlaps building block k + 1, across sheets too.
-    At most one block waits or deflates while the next is built (two blocks in memory)."""
+    At most one block waits or deflates while the next is built (two blocks in memory).
+
+    A streamed member gets a ZIP64 local header only if `begin` is told it may need one; one
+    that grows past ZIP64_LIMIT without it raises _NeedsZip64 before the byte that would not fit."""
 
     def __init__(self, dst: zipfile.ZipFile):
         self.dst = dst
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="xlsx-deflate")
         self.pending: list[Future] = []
         self.out: Any = None  # the entry being written
+        self.name = ""
+        self.zip64 = False
+        self.size = 0  # bytes written into the entry so far (uncompressed)
 
     def __enter__(self) -> _Zipper:
         return self
@@ -586,7 +632,8 @@ class _Zipper:
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True)
         if self.out is not None:  # failed inside an entry: close it so the archive closes (and is discarded)
-            self.out.close()
+            out, self.out = self.out, None
+            out.close()
 
     def _submit(self, fn: Any, *args: Any) -> None:
         self.pending.append(self.pool.submit(fn, *args))
@@ -597,29 +644,44 @@ class _Zipper:
         self.pending.clear()
 
     def writestr(self, info: zipfile.ZipInfo, data: bytes, **kw: Any) -> None:
-        self._submit(lambda: self.dst.writestr(info, data, **kw))
+        self._submit(lambda: self.dst.writestr(info, data, **kw))  # its size is known: ZIP64 only if needed
 
-    def begin(self, name: str, head: bytes) -> None:
+    def _write(self, data: bytes) -> None:
+        if not self.zip64 and self.size + len(data) > ZIP64_LIMIT:
+            raise _NeedsZip64(self.name)
+        self.size += len(data)
+        self.out.write(data)
+
+    def begin(self, name: str, head: bytes, zip64: bool) -> None:
         def run() -> None:
             # opened by name, so the entry gets the archive's fast level (a bare ZipInfo gets 6)
-            self.out = self.dst.open(name, "w", force_zip64=True)
-            self.out.write(head)
+            self.out = self.dst.open(name, "w", force_zip64=zip64)
+            self.name, self.zip64, self.size = name, zip64, 0
+            self._write(head)
         self._submit(run)
 
-    def block(self, text: str) -> None:
+    def block(self, data: str | bytes) -> None:
         self.wait()
-        self._submit(lambda: self.out.write(text.encode("utf-8")))
+        self._submit(lambda: self._write(data.encode("utf-8") if isinstance(data, str) else data))
 
     def end(self, tail: bytes) -> None:
         def run() -> None:
-            self.out.write(tail)
-            self.out.close()
-            self.out = None
+            self._write(tail)
+            out, self.out = self.out, None
+            try:
+                out.close()
+            except RuntimeError as exc:  # zipfile: "... too large, try using force_zip64"
+                if self.zip64:
+                    raise
+                raise _NeedsZip64(self.name) from exc
         self._submit(run)
 
 
 def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned, stats: WriteStats,
-            sst: SharedStrings | None) -> None:
+            sst: SharedStrings | None, zip64: bool) -> None:
+    """The sheet part `name` of the layout with its rows generated from the frame. Its ZIP64
+    header is chosen from an estimate: the first block's size times the number of blocks (with
+    ZIP64_MARGIN), or `zip64` (forced after an estimate proved short)."""
     xml = src.read(name)
     head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
     data, tail = rest.split(b"</sheetData>", 1) if b"</sheetData>" in rest else (b"", rest)
@@ -636,21 +698,18 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
         head += header_row.group(0)
         if sst is not None:
             sst.references += header_row.group(0).count(b't="s"')
-    zipper.begin(name, head)
-    wrote = False
-    for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+    tail = b"</sheetData>" + tail
+    blocks = _rows_xml(frame, planned.formats, styles, stats, sst)
+    text = next(blocks, None)
+    first = b'<row r="2"></row>' if text is None else text.encode("utf-8")
+    del text
+    estimate = len(head) + len(tail) + len(first) * max(1, math.ceil(len(frame) / CHUNK_ROWS))
+    zipper.begin(name, head, zip64 or estimate * ZIP64_MARGIN > ZIP64_LIMIT)
+    zipper.block(first)
+    del first  # the zipper holds it until written: no third block in memory
+    for block in blocks:
         zipper.block(block)
-        wrote = True
-    zipper.end((b"" if wrote else b'<row r="2"></row>') + b"</sheetData>" + tail)
-
-
-def _finish_late(planned: _Planned, sheet: SheetData) -> None:
-    """The late sheet's final frame replaces the one it was laid out with."""
-    formats = [sheet.formats.get(str(c)) or infer_format(sheet.frame[c]) for c in sheet.frame.columns]
-    if [str(c) for c in sheet.frame.columns] != [str(c) for c in planned.sheet.frame.columns] or formats != planned.formats:
-        raise ValueError(f"write_workbook: the last sheet {sheet.name!r} changed its columns or formats after layout; "
-                         "`last` must return the same columns for any WriteStats")
-    planned.sheet = sheet
+    zipper.end(tail)
 
 
 def _full_ref(planned: _Planned) -> str:
@@ -660,15 +719,20 @@ def _full_ref(planned: _Planned) -> str:
 
 _TABLE_NAME = re.compile(rb'<table [^>]*?name="([^"]+)"')
 _REF = re.compile(rb'(<table [^>]*?ref=|<autoFilter ref=)"[^"]*"')
+_TABLE_COLUMN = re.compile(rb'(<tableColumn id="\d+" name=")[^"]*"')
 
 
-def _resize_table(xml: bytes, refs: dict[str, str]) -> bytes:
-    """Set a data table's range (and its filter's) to cover every written row."""
+def _finish_table(xml: bytes, tables: dict[str, tuple[str, list[str]]]) -> bytes:
+    """A data table's range (and its filter's) set to cover every written row, and its column
+    names written as Excel decodes them back to the header cells (names.column_attribute)."""
     m = _TABLE_NAME.search(xml)
-    ref = refs.get(m.group(1).decode()) if m else None
-    if ref is None:
+    entry = tables.get(m.group(1).decode()) if m else None
+    if entry is None:
         return xml
-    return _REF.sub(lambda mm: mm.group(1) + b'"' + ref.encode() + b'"', xml)
+    ref, headers = entry
+    xml = _REF.sub(lambda mm: mm.group(1) + b'"' + ref.encode() + b'"', xml)
+    names = iter(headers)
+    return _TABLE_COLUMN.sub(lambda mm: mm.group(1) + column_attribute(next(names)).encode() + b'"', xml)
 
 
 def write_workbook(
@@ -683,15 +747,27 @@ def write_workbook(
 
     Sheet order: Summary first (when given), then `sheets` as given, then `last`: a sheet built
     once every other sheet is written, from their WriteStats (so an About sheet can report the
-    cells cut while writing). It is laid out from `last(WriteStats())` and written from
-    `last(stats)`, which must have the same columns and formats (rows may differ).
+    cells cut while writing and the fixes). It is laid out from `last(WriteStats())` and written
+    from `last(stats)`, which must have the same columns and formats (rows may differ).
+
+    Sheet names, headers and table names are made safe for Excel first, and sheets too wide or
+    too long are continued on more sheets (plan.py); `stats.fixes` says what that changed.
     """
-    target = Path(path)
+    zip64: set[str] = set()
+    while True:
+        try:
+            return _write(Path(path), sheets, summary, currency, last, zip64)
+        except _NeedsZip64 as exc:  # rare (a sheet near 2 GiB): written again, that member with ZIP64
+            zip64.add(exc.member)
+
+
+def _write(target: Path, sheets: list[SheetData], summary: SummaryData | None, currency: str,
+           last: Callable[[WriteStats], SheetData] | None, zip64: set[str]) -> WriteStats:
     target.parent.mkdir(parents=True, exist_ok=True)
     stats = WriteStats()
-    sheets = split_sheets(sheets, stats)
-    if last is not None:
-        sheets.append(last(WriteStats()))
+    plan: Plan = plan_sheets(sheets, summary=summary is not None, late=last(WriteStats()) if last else None)
+    stats.notes += [*plan.notes, *plan.fixes]
+    stats.fixes = list(plan.fixes)
     work = Path(tempfile.mkdtemp(prefix=".pipeline-sync-", dir=target.parent))
     try:
         layout_path = work / "layout.xlsx"
@@ -704,15 +780,11 @@ def write_workbook(
         })
         layout = _Layout(wb, currency)
         if summary is not None:
-            layout.summary(
-                summary,
-                {s.name: len(s.frame) for s in sheets},
-                {s.name: [str(c) for c in s.frame.columns] for s in sheets},
-            )
-        planned = [layout.data_sheet(s) for s in sheets]
+            layout.summary(map_charts(plan, summary), {s.name: s.frame for s in plan.sheets})
+        planned = [layout.data_sheet(s, t) for s, t in zip(plan.sheets, plan.tables, strict=True)]
         wb.close()
         by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
-        table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
+        tables = {p.table: (_full_ref(p), [str(c) for c in p.sheet.frame.columns]) for p in planned}
         late = planned[-1] if last is not None else None
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, \
@@ -722,11 +794,11 @@ def write_workbook(
             for item in src.infolist():
                 if item.filename in by_part:
                     if by_part[item.filename] is late:  # every other sheet is written (xlsxwriter's order)
-                        _finish_late(late, last(stats))
-                        table_refs[table_name(late.sheet.name)] = _full_ref(late)  # tables come after sheets
-                    _splice(src, zipper, item.filename, by_part[item.filename], stats, sst)
+                        late.sheet = finish_late(plan, last(stats))
+                        tables[late.table] = (_full_ref(late), tables[late.table][1])  # tables come after sheets
+                    _splice(src, zipper, item.filename, by_part[item.filename], stats, sst, item.filename in zip64)
                 elif item.filename.startswith("xl/tables/"):
-                    zipper.writestr(item, _resize_table(src.read(item.filename), table_refs))
+                    zipper.writestr(item, _finish_table(src.read(item.filename), tables))
                 elif item.filename != SST_PART:
                     part = src.read(item.filename)
                     if sst is not None and item.filename.startswith("xl/worksheets/sheet"):  # e.g. Summary

@@ -4,7 +4,14 @@ Serves the OpenID configuration, the token endpoint (client credentials with a s
 certificate assertion, device code, refresh token), the device-code endpoint and instance
 discovery. Issued access tokens are remembered so the fake Graph can check them (`valid`).
 Switches: `pending_polls` (device flow answers authorization_pending that many times),
-`token_status` (force one error status on the next token request), `revoke()`.
+`token_status` (force one error status on the next token request), `token_loop` (answer the next
+refresh-token request with AADSTS50196), `revoke()`.
+
+Throttling as Microsoft describes it (https://learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling):
+"for client_credentials grant ... Microsoft Entra ID will reply with 429 Too Many Requests, with a
+Retry-After: 60 header" (the body is plain text, AzureAD/microsoft-authentication-library-for-dotnet#2855);
+"for user-facing calls ... an invalid_grant error code and a message set to AADSTS50196: The server
+terminated an operation because it encountered a loop". A 5xx carries no Retry-After.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class FakeEntra:
     expires_in: int = 3599
     pending_polls: int = 1
     token_status: int | None = None  # answer the next token request with this status
+    token_loop: bool = False  # answer the next refresh-token request with invalid_grant AADSTS50196
     issued: set[str] = field(default_factory=set)
     ever_issued: list[str] = field(default_factory=list)  # every token and refresh token handed out
     refresh_tokens: set[str] = field(default_factory=set)
@@ -107,8 +115,14 @@ class FakeEntra:
         self.grants.append(grant)
         if self.token_status is not None:
             status, self.token_status = self.token_status, None
-            return Response(status, {"error": "temporarily_unavailable", "error_description": "AADSTS50196"},
-                            headers={"Retry-After": "1"})
+            if status == 429:
+                return Response(429, "Too Many Requests", headers={"Retry-After": "60"})
+            return Response(status, {"error": "temporarily_unavailable", "error_description":
+                                     "AADSTS90033: A transient error has occurred. Please try again."})
+        if self.token_loop and grant == "refresh_token":
+            self.token_loop = False
+            return _error(400, "invalid_grant", "AADSTS50196: The server terminated an operation because it "
+                          "encountered a loop while processing a request.", [50196])
         if form.get("client_id") != self.client_id:
             return _error(400, "unauthorized_client", "AADSTS700016: Application with identifier was not found "
                           "in the directory.", [700016])

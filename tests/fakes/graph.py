@@ -8,8 +8,19 @@ Authorization header, nextExpectedRanges, GET status, DELETE, explicit commit th
 (409), throttling (429/503 + Retry-After). Error bodies use the Graph envelope and the recorded
 samples in ../shared/fixtures/real/msgraph/.
 
+eTag and cTag follow the driveItem resource page
+(https://learn.microsoft.com/graph/api/resources/driveitem): the eTag is "for the entire item
+(metadata + content)", the cTag "an eTag for the content of the item ... not changed if only the
+metadata is changed". OneDrive changes an item's metadata by itself after an upload (background
+processing such as metadata promotion), so after every upload this fake changes the eTag again and
+leaves the cTag (`background_etag_change`, on by default). If-Match takes either tag
+(driveitem-createuploadsession.md: "the eTag (or cTag) provided").
+
 Switches (each a countdown of requests it affects): `lock(path, times)`, `throttle(times, ...)`,
-`drop_chunk(nth, keep)`, `chunk_failures[nth]`, `commit_conflict`; `on_chunk(n)` runs test code
+`drop_chunk(nth, keep)`, `chunk_failures[nth]`, `commit_conflict` (409 nameAlreadyExists at a
+commit), `commit_edit_status` (what a commit answers when the file's content changed after the
+session was created with If-Match: 412, or 409 `resourceModified`, "The resource being updated has
+changed since the caller last read it", concepts/errors.md); `on_chunk(n)` runs test code
 (another user's edit, a lock, a lost session) when the nth piece arrives. `edit(path, data)` plays another user saving the file.
 """
 
@@ -54,12 +65,17 @@ class Item:
     parent: str | None
     folder: bool
     content: bytes = b""
-    version: int = 1
+    version: int = 1  # any change (metadata or content): the eTag
+    content_version: int = 1  # content changes only: the cTag
     guid: str = field(default_factory=lambda: str(uuid.uuid4()).upper())
 
     @property
     def etag(self) -> str:
         return f'"{{{self.guid}}},{self.version}"'
+
+    @property
+    def ctag(self) -> str:
+        return f'"c:{{{self.guid}}},{self.content_version}"'
 
 
 @dataclass
@@ -71,6 +87,7 @@ class UploadSession:
     conflict: str
     if_match: str | None
     total: int | None = None
+    target_ctag: str | None = None  # the target's content when the session was created
     data: bytearray = field(default_factory=bytearray)
 
 
@@ -122,6 +139,9 @@ class FakeGraph:
         self.throttles: list[tuple[int, str]] = []  # (status, retry-after) per coming request
         self.drops: dict[int, int] = {}  # nth chunk PUT (1-based) -> bytes kept before the drop
         self.commit_conflict = 0
+        self.commit_edit_status = 412  # or 409 (resourceModified)
+        self.background_etag_change = True
+        self.uploads = 0  # committed uploads (simple PUTs and sessions)
         self.chunk_failures: dict[int, tuple[int, str]] = {}  # nth chunk PUT -> (status, Retry-After)
         self.on_chunk: Callable[[int], None] | None = None  # called with n before the nth chunk PUT is judged
         self.chunk_puts = 0
@@ -279,7 +299,7 @@ class FakeGraph:
             return None
         if not (req_if_match.startswith('"') and req_if_match.endswith('"')):
             return gerror(400, "invalidRequest", "malformedEntityTag")
-        if target is None or target.etag != req_if_match:
+        if target is None or req_if_match not in (target.etag, target.ctag):
             return gerror(412, "resourceModified", "ETag does not match current item's value",
                           "entityTagDoesNotMatch")
         return None
@@ -310,7 +330,7 @@ class FakeGraph:
         if locked:
             return locked
         item = self._write(drive, parent.id, name, req.body)
-        return Response(200 if target else 201, self._item_json(drive, item))
+        return self._uploaded(drive, item, 200 if target else 201)
 
     def _create_session(self, req: Request, drive: Drive, parent: Item, name: str, target: Item | None) -> Response:
         body = req.json() or {}
@@ -328,7 +348,8 @@ class FakeGraph:
         token = secrets.token_hex(12)
         self.sessions[token] = UploadSession(token, drive.id, parent.id, name,
                                              item.get("@microsoft.graph.conflictBehavior", "fail"),
-                                             req.headers.get("if-match"), body.get("fileSize"))
+                                             req.headers.get("if-match"), body.get("fileSize"),
+                                             target.ctag if target is not None else None)
         self.created_sessions += 1
         sample = fixture("createUploadSession_200.json")
         return Response(200, {"uploadUrl": f"{self.base}/up/{token}?tempauth=fake{token[:6]}",
@@ -398,6 +419,9 @@ class FakeGraph:
         drive = self.drives[sess.drive]
         parent = drive.items[sess.parent]
         target = drive.child(parent.id, sess.name)
+        if sess.if_match and target is not None and target.ctag != sess.target_ctag and self.commit_edit_status == 409:
+            return gerror(409, "resourceModified", "The resource being updated has changed since the caller last "
+                          "read it")  # someone saved the file during the upload
         bad = self._precondition(sess.if_match, target)
         if bad:
             return bad
@@ -411,7 +435,7 @@ class FakeGraph:
         name = self._free_name(drive, parent, sess.name) if target and sess.conflict == "rename" else sess.name
         item = self._write(drive, parent.id, name, bytes(sess.data))
         del self.sessions[sess.token]
-        return Response(200 if target and name == sess.name else 201, self._item_json(drive, item))
+        return self._uploaded(drive, item, 200 if target and name == sess.name else 201)
 
     def _commit_from_source(self, req: Request, drive: Drive, parent: Item, name: str) -> Response:
         body = req.json() or {}
@@ -424,7 +448,7 @@ class FakeGraph:
         behaviour = body.get("@microsoft.graph.conflictBehavior", "fail")
         if target is not None and behaviour == "fail":
             return Response(409, fixture("uploadChunk_final_409_nameAlreadyExists.json"))
-        bad = self._precondition(sess.if_match, target)
+        bad = self._precondition(req.headers.get("if-match"), target)  # this PUT's own header, not the session's
         if bad:
             return bad
         locked = self._locked(drive, parent, name)
@@ -434,7 +458,7 @@ class FakeGraph:
             name, target = self._free_name(drive, parent, name), None
         item = self._write(drive, parent.id, name, bytes(sess.data))
         del self.sessions[token]
-        return Response(200 if target else 201, self._item_json(drive, item))
+        return self._uploaded(drive, item, 200 if target else 201)
 
     # ------------------------------------------------------------------ storage
     def _write(self, drive: Drive, parent_id: str, name: str, data: bytes) -> Item:
@@ -443,8 +467,16 @@ class FakeGraph:
             item = Item(_new_id(), name, parent_id, False, data)
             drive.items[item.id] = item
         else:
-            item.content, item.version = data, item.version + 1
+            item.content, item.version, item.content_version = data, item.version + 1, item.content_version + 1
         return item
+
+    def _uploaded(self, drive: Drive, item: Item, status: int) -> Response:
+        """The committing answer; then OneDrive's own processing changes the eTag (not the cTag)."""
+        resp = Response(status, self._item_json(drive, item))
+        self.uploads += 1
+        if self.background_etag_change:
+            item.version += 1
+        return resp
 
     def _free_name(self, drive: Drive, parent: Item, name: str) -> str:
         stem, dot, ext = name.rpartition(".")
@@ -455,7 +487,7 @@ class FakeGraph:
 
     def _item_json(self, drive: Drive, item: Item) -> dict:
         path = drive.path_of(item)
-        body = {"id": item.id, "name": item.name, "eTag": item.etag, "cTag": f'"c:{{{item.guid}}},{item.version}"',
+        body = {"id": item.id, "name": item.name, "eTag": item.etag, "cTag": item.ctag,
                 "size": len(item.content), "webUrl": drive.web_root + quote(path),
                 "createdDateTime": "2025-05-01T08:00:00Z", "lastModifiedDateTime": "2025-05-01T08:05:00Z",
                 "parentReference": {"driveId": drive.id, "driveType": "business", "id": item.parent,

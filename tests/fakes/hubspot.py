@@ -6,10 +6,19 @@ search capped at `search_cap` results (400 beyond), rate-limit headers on non-se
 and a 10-second window enforced against an injected clock. Seeded from the recorded sample
 ../shared/fixtures/real/hubspot/dlt_deals_data.json.
 
+Also as HubSpot does (issue 19): a GET whose URL is longer than `url_limit` (8,192 characters)
+answers 414 before anything else; the deal property list (`GET /crm/v3/properties/deals`) names a
+stage-entry property per stage, `hs_date_entered_<stage>` or, on portals that have them instead,
+`hs_v2_date_entered_<stage>` (`use_stage_property_prefix`), and a list or batch read silently leaves
+out properties the portal does not have; associations embedded in list results stop at 100 per
+deal; the v4 associations batch read takes at most 1,000 ids and pages each deal's associations;
+object batch reads take at most 100 ids and answer 207 with errors for ids they cannot find.
+
 Switches: `max_page` (tiny pages), `faults` {request number: kind} with kinds "429",
 "429-no-retry-after", "429-daily", "500", "503", "drop", "truncate", "hang" (answers only after
 `hang_seconds`); `fail_from` (every request from that number answers 503); `search_cap`;
-`rate_max` / `interval_ms` (the window); `daily` (the daily limit in the headers).
+`rate_max` / `interval_ms` (the window); `daily` (the daily limit in the headers); `url_limit`;
+`association_page` (a deal's associations per page of the v4 batch read).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext, Extracted
@@ -79,6 +89,34 @@ DEFAULT_OWNERS: list[dict] = [
 
 ALWAYS = ("hs_object_id", "createdate", "hs_lastmodifieddate")
 RANGE_OPS = ("GTE", "GT", "LT", "LTE", "EQ")
+
+# HubSpot publishes no URL limit; it answers 414 URI Too Long past roughly 8 KB of URL (issue 19,
+# observed). The fake draws the line at 8,192 characters of path and query string.
+URL_LIMIT = 8_192
+# Associations embedded in list results (`associations=line_items`) are paged at 100 per object;
+# the rest is only reachable through the associations API
+# (https://developers.hubspot.com/docs/api/crm/associations).
+EMBEDDED_ASSOCIATIONS = 100
+# POST /crm/v4/associations/{from}/{to}/batch/read takes at most 1,000 ids since 2025-02-10
+# (https://developers.hubspot.com/changelog/bug-fix-batch-read-limit-for-hubspot-associations-api);
+# each result pages its object's associations: "The 'after' field in a returned paging object can
+# be added alongside the 'id' to retrieve the next page" (HubSpot-public-api-spec-collection,
+# PublicApiSpecs/CRM/Associations/Rollouts/130902/v4/associations.json). Page size: unverified.
+ASSOCIATION_BATCH_MAX = 1_000
+ASSOCIATION_PAGE = 500
+# Object batch reads (POST /crm/v3/objects/{type}/batch/read) take at most 100 inputs
+# (https://developers.hubspot.com/docs/guides/crm/using-object-apis).
+OBJECT_BATCH_MAX = 100
+# Default deal properties every portal has (https://knowledge.hubspot.com/crm-deals/hubspots-default-deal-properties);
+# per stage HubSpot adds the stage calculated properties, "Date entered [stage ID]" among them
+# (https://knowledge.hubspot.com/properties/stage-calculated-properties).
+STANDARD_PROPERTIES = (
+    "amount", "amount_in_home_currency", "closedate", "createdate", "deal_currency_code", "dealname",
+    "dealstage", "dealtype", "description", "hs_analytics_source", "hs_lastmodifieddate", "hs_object_id",
+    "hs_manual_forecast_category", "hs_priority", "hubspot_owner_id", "notes_last_contacted", "notes_last_updated",
+    "notes_next_activity_date", "num_associated_contacts", "pipeline",
+)
+STAGE_PROPERTY_PREFIXES = ("hs_date_entered_", "hs_v2_date_entered_")
 
 
 def iso(when: datetime) -> str:
@@ -143,6 +181,9 @@ class FakeHubSpot:
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
     line_items: dict[str, dict] = field(default_factory=dict)
+    url_limit: int = URL_LIMIT
+    association_page: int = ASSOCIATION_PAGE
+    stage_property_prefix: str = "hs_date_entered_"  # the portal's stage-entry property names
     # Settings API | Currencies (v3): the company currency and every exchange rate, historical ones
     # included ({fromCurrencyCode, conversionRate, effectiveAt}: company units per 1 unit from then on)
     company_currency: str = "USD"
@@ -158,6 +199,8 @@ class FakeHubSpot:
     _index_state: tuple[int, int] | None = None
     _index_ms: list[float] = field(default_factory=list)
     _order: dict[bool, tuple[tuple[int, int], list[str]]] = field(default_factory=dict)
+    _names: set[str] = field(default_factory=set)
+    _names_state: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ data
 
@@ -206,6 +249,36 @@ class FakeHubSpot:
     def add_line_item(self, item_id: str, name: str, amount: str, product_id: str | None = None) -> None:
         self.line_items[item_id] = {"name": name, "amount": amount, "hs_product_id": product_id, "quantity": "1"}
 
+    def use_stage_property_prefix(self, prefix: str) -> None:
+        """Make this a portal whose stage-entry properties are `<prefix><stage id>` (e.g.
+        hs_v2_date_entered_): the deals' values move to those names, the others no longer exist."""
+        self.stage_property_prefix = prefix
+        for d in self.deals.values():
+            props = d["properties"]
+            for name in [k for k in props if k.startswith(STAGE_PROPERTY_PREFIXES)]:
+                value = props.pop(name)
+                props[prefix + name.split("date_entered_", 1)[1]] = value
+        self._version += 1
+
+    def property_names(self) -> set[str]:
+        """The portal's deal properties: the default ones, one stage-entry property per stage,
+        and every other property a deal has a value for (cached until the data changes)."""
+        stage_ids = tuple(str(s["id"]) for p in self.pipelines for s in p.get("stages") or [])
+        state = (len(self.deals), self._version, self.stage_property_prefix, stage_ids)
+        if self._names_state != state:
+            seen: set[str] = set()
+            for d in self.deals.values():
+                seen.update(d["properties"])
+            self._names = ({n for n in seen if not n.startswith(STAGE_PROPERTY_PREFIXES)} | set(STANDARD_PROPERTIES)
+                           | {f"{self.stage_property_prefix}{sid}" for sid in stage_ids})
+            self._names_state = state
+        return self._names
+
+    def _known(self, wanted: list[str]) -> list[str]:
+        """The requested properties the portal has; the others are left out of every answer."""
+        names = self.property_names()
+        return [p for p in wanted if p in names]
+
     # ------------------------------------------------------------------ serving
 
     def __call__(self, req: Request) -> Response:
@@ -221,6 +294,11 @@ class FakeHubSpot:
             time.sleep(self.hang_seconds)
             return Response(drop=True)  # the client has gone by now
         with self._lock:
+            target = len(req.path) + (1 + len(urlencode(req.query, doseq=True)) if req.query else 0)
+            if target > self.url_limit:  # refused in front of the API: no JSON envelope, no rate headers
+                return Response(414, "<html><head><title>414 Request-URI Too Large</title></head><body>"
+                                "<center><h1>414 Request-URI Too Large</h1></center></body></html>",
+                                headers={"Content-Type": "text/html"})
             if req.headers.get("authorization") != f"Bearer {self.token}":
                 return _error(401, "Authentication credentials not found. This API supports OAuth 2.0 "
                               "authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
@@ -285,6 +363,18 @@ class FakeHubSpot:
             return Response(200, {"results": self.pipelines})
         if req.method == "GET" and path == "/crm/v3/owners":
             return self._owners(req)
+        if req.method == "GET" and path == "/crm/v3/properties/deals":
+            # CollectionResponsePropertyNoPaging (PublicApiSpecs/CRM/Properties/Rollouts/145899/v3/properties.json);
+            # the recorded ../shared/fixtures/real/hubspot/dlt_contacts_properties.json has the same shape
+            return Response(200, {"results": [
+                {"name": n, "label": n, "type": "datetime" if "date" in n else "string", "fieldType": "text",
+                 "groupName": "dealinformation", "hidden": False, "hubspotDefined": n in STANDARD_PROPERTIES
+                 or n.startswith(STAGE_PROPERTY_PREFIXES), "calculated": n.startswith(STAGE_PROPERTY_PREFIXES)}
+                for n in sorted(self.property_names())]})
+        if req.method == "POST" and path == "/crm/v3/objects/deals/batch/read":
+            return self._batch_read(req)
+        if req.method == "POST" and path == "/crm/v4/associations/deals/line_items/batch/read":
+            return self._association_batch(req.json())
         if req.method == "GET" and path == "/settings/v3/currencies/company-currency":
             return Response(200, {"currencyCode": self.company_currency, "createdAt": "2024-01-02T10:00:00Z",
                                   "updatedAt": "2024-01-02T10:00:00Z"})
@@ -322,8 +412,64 @@ class FakeHubSpot:
         return Response(200, body)
 
     def _props(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
+        """`wanted` (already cut to the properties the portal has: "If any of the specified
+        properties are not present on the requested object(s), they will be ignored", deals.json)."""
         have = self.deals[deal_id]["properties"]
         return {p: have.get(p) for p in dict.fromkeys([*wanted, *ALWAYS])}
+
+    def _batch_read(self, req: Request) -> Response:
+        """POST /crm/v3/objects/deals/batch/read: at most 100 inputs; ids not found (or archived,
+        unless archived=true) come back as errors in a 207 (BatchResponseSimplePublicObjectWithErrors)."""
+        body = req.json()
+        inputs = body.get("inputs") or []
+        if len(inputs) > OBJECT_BATCH_MAX:
+            return _error(400, f"Too many inputs: {len(inputs)} (max {OBJECT_BATCH_MAX})", "VALIDATION_ERROR")
+        archived = req.q("archived", "false") == "true"
+        wanted = self._known(body.get("properties") or [])
+        found, missing = [], []
+        for x in inputs:
+            d = self.deals.get(str(x["id"]))
+            if d is None or d["archived"] != archived:
+                missing.append(str(x["id"]))
+            else:
+                found.append(self._obj(str(x["id"]), wanted))
+        out: dict[str, Any] = {"status": "COMPLETE", "results": found, "startedAt": iso(T0), "completedAt": iso(T0)}
+        if not missing:
+            return Response(200, out)
+        out.update(numErrors=1, errors=[{
+            "status": "error", "category": "OBJECT_NOT_FOUND", "context": {"ids": missing},
+            "message": "Could not get some DEAL objects, they may be deleted or not exist."}])
+        return Response(207, out)
+
+    def _association_batch(self, body: dict) -> Response:
+        """POST /crm/v4/associations/deals/line_items/batch/read: at most 1,000 inputs {id, after};
+        each deal's line items a page at a time (`association_page`) with `paging.next.after`."""
+        inputs = body.get("inputs") or []
+        if len(inputs) > ASSOCIATION_BATCH_MAX:
+            return _error(400, f"Too many inputs: {len(inputs)} (max {ASSOCIATION_BATCH_MAX})", "VALIDATION_ERROR")
+        results, none = [], []
+        for x in inputs:
+            deal = self.deals.get(str(x["id"]))
+            items = deal["line_items"] if deal is not None else []
+            start = int(base64.b64decode(x["after"]).decode()) if x.get("after") else 0
+            if not items:
+                none.append(str(x["id"]))
+                continue
+            end = start + self.association_page
+            result: dict[str, Any] = {"from": {"id": str(x["id"])}, "to": [
+                {"toObjectId": str(i), "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 19, "label": None}]}
+                for i in items[start:end]]}
+            if end < len(items):
+                after = base64.b64encode(str(end).encode()).decode()
+                result["paging"] = {"next": {"after": after, "link": None}}
+            results.append(result)
+        out: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": iso(T0), "completedAt": iso(T0)}
+        if not none:
+            return Response(200, out)
+        out.update(numErrors=len(none), errors=[{
+            "status": "error", "category": "OBJECT_NOT_FOUND", "context": {"fromObjectId": [k]},
+            "message": f"No line_items is associated with deal {k}."} for k in none])
+        return Response(207, out)
 
     def _obj(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
         d = self.deals[deal_id]
@@ -347,16 +493,21 @@ class FakeHubSpot:
         if limit > 100:
             return _error(400, "limit must be at most 100", "VALIDATION_ERROR")
         limit = min(limit, self.max_page)
-        wanted = [p for v in req.query.get("properties", []) for p in v.split(",") if p]
+        wanted = self._known([p for v in req.query.get("properties", []) for p in v.split(",") if p])
         ids = self._ordered(req.q("archived", "false") == "true")
         start = int(base64.b64decode(req.q("after")).decode()) if req.q("after") else 0
         chunk = ids[start:start + limit]
         results = []
         for i in chunk:
             obj = self._obj(i, wanted)
-            if req.q("associations") == "line_items" and self.deals[i]["line_items"]:
-                obj["associations"] = {"line items": {"results": [
-                    {"id": li, "type": "deal_to_line_item"} for li in self.deals[i]["line_items"]]}}
+            items = self.deals[i]["line_items"]
+            if req.q("associations") == "line_items" and items:
+                embedded: dict[str, Any] = {"results": [
+                    {"id": li, "type": "deal_to_line_item"} for li in items[:EMBEDDED_ASSOCIATIONS]]}
+                if len(items) > EMBEDDED_ASSOCIATIONS:
+                    embedded["paging"] = {"next": {"after": str(EMBEDDED_ASSOCIATIONS), "link": (
+                        f"/crm/v4/objects/deals/{i}/associations/line_items?after={EMBEDDED_ASSOCIATIONS}")}}
+                obj["associations"] = {"line items": embedded}
             results.append(obj)
         body: dict[str, Any] = {"results": results}
         if start + limit < len(ids):
@@ -375,8 +526,9 @@ class FakeHubSpot:
                           "was exceeded", "VALIDATION_ERROR")
         ids = self._query(body.get("filterGroups") or [], body.get("sorts") or [])
         page = ids[after:min(after + limit, self.search_cap)]
+        wanted = self._known(body.get("properties") or [])
         out: dict[str, Any] = {"total": len(ids),
-                               "results": [self._obj(i, body.get("properties") or []) for i in page]}
+                               "results": [self._obj(i, wanted) for i in page]}
         if after + limit < len(ids):
             out["paging"] = {"next": {"after": str(after + limit)}}
         return Response(200, out)

@@ -8,10 +8,25 @@ It implements what the connector uses, the way Salesforce does it:
 - GET /services/data/ (versions), /vXX.X/limits (recorded `limits.json`), /vXX.X/query and
   /queryAll with a small SOQL evaluator (SELECT fields FROM object WHERE ... ORDER BY ...),
   paging through `nextRecordsUrl` (relative, `done`, `totalSize`) at `page_size` rows.
-- Error arrays `[{"message", "errorCode"}]`, `Sforce-Limit-Info: api-usage=n/max`, 403
-  REQUEST_LIMIT_EXCEEDED once usage reaches the max.
+- Error arrays `[{"message", "errorCode"}]`, `Sforce-Limit-Info: api-usage=n/max` on every data
+  answer (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_api_usage.htm),
+  `/limits` with this org's `DailyApiRequests` {Max, Remaining} (every data request counts, /limits
+  too; https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_limits.htm).
+- 403 REQUEST_LIMIT_EXCEEDED for two different limits, as Salesforce does: "TotalRequests Limit
+  exceeded." once the daily allocation is used up (rolling 24 h), and "ConcurrentPerOrgLongTxn
+  Limit exceeded." while the org has too many long-running requests (25 of 20 s or more in
+  production), which clears by itself
+  (https://developer.salesforce.com/docs/atlas.en-us.salesforce_app_limits_cheatsheet.meta/salesforce_app_limits_cheatsheet/salesforce_app_limits_platform_api.htm,
+  https://help.salesforce.com/s/articleView?id=000389067&type=1).
+- SOQL `LIMIT n`; comparisons and ORDER BY on Id fields are exact (case-sensitive ids), so keyset
+  paging `WHERE Id > :last ORDER BY Id LIMIT n` walks every id once.
+- A deleted record stays visible to queryAll (IsDeleted = true) while it sits in the Recycle Bin;
+  `purge` removes it for good, as the Recycle Bin does after about 15 days
+  (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm).
 Switches: `faults[n]` acts on the n-th data request: "expire" (every session becomes invalid:
-401 INVALID_SESSION_ID), "503", "500", "drop" (connection closed), "truncate" (half a body).
+401 INVALID_SESSION_ID), "503", "500", "drop" (connection closed), "truncate" (half a body),
+"busy" (403 REQUEST_LIMIT_EXCEEDED, the concurrent long-running limit), "exhaust" (another
+integration uses up the daily allocation just before this request).
 `replay_recorded_pages = True` answers every query with the recorded simple-salesforce pages.
 Currencies: `multi_currency` turns on Opportunity.CurrencyIsoCode and CurrencyType
 (`currency_types`; Object Reference "CurrencyType": not available in single-currency orgs);
@@ -138,6 +153,10 @@ class SalesforceFake:
     def delete(self, opp_id: str, modstamp: str) -> None:
         self.update(opp_id, modstamp, IsDeleted=True)
 
+    def purge(self, opp_id: str) -> None:
+        """Gone from the Recycle Bin: no query, not even queryAll, sees it any more."""
+        del self.opportunities[opp_id]
+
     def add_history(self, opp_id: str, stage: str, created: str, **values: Any) -> None:
         self.history.append({"Id": f"008{len(self.history):015d}", "OpportunityId": opp_id, "StageName": stage,
                              "CreatedDate": created, "SystemModstamp": created, "IsDeleted": False, **values})
@@ -193,8 +212,13 @@ class SalesforceFake:
             return Response(drop=True)
         elif fault in ("500", "503"):
             return error(int(fault), "SERVER_UNAVAILABLE", "Server unavailable, try again later")
+        elif fault == "exhaust":
+            self.api_used = max(self.api_used, self.api_max)
         if req.headers.get("authorization", "").removeprefix("Bearer ") not in self._tokens:
             return error(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        if fault == "busy":  # refused before it runs: not counted against the daily allocation (unverified)
+            return error(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.",
+                         {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.api_max}"})
         self.api_used += 1
         usage = {"Sforce-Limit-Info": f"api-usage={self.api_used}/{self.api_max}"}
         if self.api_used > self.api_max:
@@ -214,8 +238,11 @@ class SalesforceFake:
         if not m or m.group(1) not in self.versions:
             return error(404, "NOT_FOUND", "The requested resource does not exist")
         version, kind, locator = m.groups()
-        if kind == "limits":
-            return Response(200, recorded("limits.json"))
+        if kind == "limits":  # the recorded answer, with this org's daily allocation
+            body = recorded("limits.json")
+            body["DailyApiRequests"] = {**body["DailyApiRequests"], "Max": self.api_max,
+                                        "Remaining": max(0, self.api_max - self.api_used)}
+            return Response(200, body)
         if self.replay_recorded_pages:
             return Response(200, recorded("query_page1_nextRecordsUrl.json" if kind == "query" else "queryAll_page1_nextRecordsUrl.json"))
         if locator:
@@ -248,8 +275,8 @@ class SalesforceFake:
     # ------------------------------------------------------------------ SOQL
 
     def run_soql(self, soql: str, include_deleted: bool = False) -> tuple[str, list[dict]]:
-        m = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+ORDER\s+BY\s+(.+?))?\s*",
-                         soql, re.I | re.S)
+        m = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(.+?))?(?:\s+ORDER\s+BY\s+(.+?))?"
+                         r"(?:\s+LIMIT\s+(\d+))?\s*", soql, re.I | re.S)
         if not m:
             raise SoqlError("MALFORMED_QUERY", f"unexpected token in: {soql[:60]}")
         fields = [f.strip() for f in m.group(1).split(",")]
@@ -270,6 +297,8 @@ class SalesforceFake:
                 self._check_field(obj, name)
                 rows.sort(key=lambda r, n=name: (value_at(r, n) is not None, value_at(r, n) or ""),
                           reverse=direction.strip().upper() == "DESC")
+        if m.group(5):
+            rows = rows[:int(m.group(5))]
         return obj, [self._render(obj, r, fields) for r in rows]
 
     def _dated_with_next(self) -> list[dict]:
@@ -413,20 +442,21 @@ class Where:
             raise SoqlError("MALFORMED_QUERY", f"expected a field, got {name}")
         self.check_field(name)
         op = self._take()[1].upper()
+        exact = name == "Id" or name.endswith("Id")  # an id is compared as it is (case-sensitive)
         if op == "NOT" and self._peek() == "IN":
             self.i += 1
             values = self._list()
-            return lambda r: not any(_equal(value_at(r, name), v) for v in values)
+            return lambda r: not any(_equal(value_at(r, name), v, exact) for v in values)
         if op == "IN":
             values = self._list()
-            return lambda r: any(_equal(value_at(r, name), v) for v in values)
+            return lambda r: any(_equal(value_at(r, name), v, exact) for v in values)
         if op == "LIKE":
             pattern = _like(self._value())
             return lambda r: isinstance(value_at(r, name), str) and bool(pattern.fullmatch(value_at(r, name)))
         if op not in ("=", "!=", "<>", "<", "<=", ">", ">="):
             raise SoqlError("MALFORMED_QUERY", f"unexpected operator {op}")
         value = self._value()
-        return lambda r: _compare(value_at(r, name), op, value)
+        return lambda r: _compare(value_at(r, name), op, value, exact)
 
     def _list(self) -> list[Any]:
         if self._take()[1] != "(":
@@ -454,25 +484,25 @@ class Where:
         raise SoqlError("MALFORMED_QUERY", f"unexpected value {text}")
 
 
-def _norm(field_value: Any, literal: Any) -> tuple[Any, Any]:
+def _norm(field_value: Any, literal: Any, exact: bool = False) -> tuple[Any, Any]:
     if isinstance(literal, datetime) and isinstance(field_value, str):
         return datetime.strptime(field_value, SF_DATETIME), literal
-    if isinstance(literal, str) and isinstance(field_value, str):
+    if isinstance(literal, str) and isinstance(field_value, str) and not exact:
         return field_value.lower(), literal.lower()  # SOQL text comparison ignores case
     return field_value, literal
 
 
-def _equal(field_value: Any, literal: Any) -> bool:
-    a, b = _norm(field_value, literal)
+def _equal(field_value: Any, literal: Any, exact: bool = False) -> bool:
+    a, b = _norm(field_value, literal, exact)
     return a == b
 
 
-def _compare(field_value: Any, op: str, literal: Any) -> bool:
+def _compare(field_value: Any, op: str, literal: Any, exact: bool = False) -> bool:
     if op in ("=", "!=", "<>"):
-        return _equal(field_value, literal) == (op == "=")
+        return _equal(field_value, literal, exact) == (op == "=")
     if field_value is None or literal is None:
         return False
-    a, b = _norm(field_value, literal)
+    a, b = _norm(field_value, literal, exact)
     return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
 
 

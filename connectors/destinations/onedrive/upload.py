@@ -1,15 +1,25 @@
-"""Deliver the workbook to OneDrive / SharePoint through Microsoft Graph (api-contracts.md section 5).
+"""`mode: replace`: upload the whole workbook to OneDrive / SharePoint (Graph, api-contracts.md section 5).
 
-`publish()` resolves the drive (user, site, drive id or me), creates missing folders, and uploads:
-up to 4 MiB (and at most one chunk) by a simple PUT, larger files by an upload session in `chunk_size` pieces that
-resumes from `nextExpectedRanges` after a failed piece and is cancelled (DELETE) when giving up.
-Graph swaps the file only when the upload commits, so readers never see a partial workbook.
+`upload_workbook()` resolves the drive and creates missing folders (graph.py), then uploads: up to 4 MiB
+(and at most one chunk) by a simple PUT, larger files by an upload session in `chunk_size` pieces
+that resumes from `nextExpectedRanges` after a failed piece (waits and attempts from the shared
+RetryPolicy, through `pause_before_retry`) and is cancelled (DELETE) when giving up. Graph swaps
+the file only when the upload commits, so readers never see a partial workbook.
 
-Conflicts: `conflict: replace` overwrites (keeping the item id and version history);
-`fail_if_changed` sends If-Match with the eTag this tool last wrote (kept in the state database)
-and stops on 412. Locks (423): `on_locked: wait | sibling | fail`. A 409 nameAlreadyExists at the
-commit of a replacing session is recovered by committing the finished session explicitly with
-`@microsoft.graph.sourceUrl` and conflictBehavior replace. 429/503 wait for Retry-After.
+Conflicts: `conflict: replace` overwrites (keeping the item id and version history).
+`fail_if_changed` compares the file's content tag (cTag) with the one this tool wrote (the state
+database's `onedrive_published` table): the eTag is not compared, because OneDrive changes it by
+itself after an upload (metadata only). When the cTag is unchanged the upload carries `If-Match`
+with the eTag just read, so a save by someone in between is answered 412 and nothing is
+overwritten. Rows written before the cTag was kept fall back to comparing the eTag.
+
+A 409 at the commit of a session is told apart by its code: `nameAlreadyExists` (a file with the
+name appeared) or `resourceModified` (the file changed since it was read: a person's concurrent
+edit). With `conflict: replace` either is recovered by committing the finished session explicitly
+(`@microsoft.graph.sourceUrl`, conflictBehavior replace); with `fail_if_changed` neither is ever
+committed over, and no commit is ever sent without If-Match. Locks (423): `on_locked: wait |
+sibling | fail`; the waits are this module's own (`_LockPolicy`: 30 s doubling to 300 s, at most
+`lock_wait_max` in all), not the retry policy's. 429/503 wait for Retry-After (the retry policy).
 """
 
 from __future__ import annotations
@@ -21,21 +31,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import requests
 import sqlalchemy as sa
 
-from config.models import OneDriveDestinationConfig, onedrive_path_problems
+from config.models import OneDriveDestinationConfig
+from connectors.destinations.onedrive.graph import (
+    GraphApi,
+    PublishResult,
+    check_path,
+    connect,
+    ensure_folder,
+    item_path,
+    resolve_drive,
+)
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http.msal_auth import GraphAuth
 from connectors.http.session import (
     RETRY_STATUSES,
     TRANSIENT_EXCEPTIONS,
-    HttpClient,
-    RetryPolicy,
-    build_session,
     default_error_message,
+    pause_before_retry,
     retry_after_seconds,
 )
 from connectors.state.tables import onedrive_published as published
@@ -47,15 +63,6 @@ LOCK_BACKOFF_START = 30.0  # seconds; doubled per 423, capped at LOCK_BACKOFF_MA
 LOCK_BACKOFF_MAX = 300.0
 SESSION_RESTARTS = 2  # upload sessions started over after the service lost one (404)
 
-@dataclass
-class PublishResult:
-    web_url: str
-    item_id: str
-    etag: str
-    size: int
-    path: str
-    note: str | None = None
-
 
 class _Locked(Exception):
     """The target answered 423 and the lock policy does not wait (any more)."""
@@ -63,111 +70,6 @@ class _Locked(Exception):
 
 class _SessionGone(Exception):
     """The upload session is gone (404): start over."""
-
-
-# ----------------------------------------------------------------------------- Graph calls
-
-
-class GraphApi:
-    """Graph API calls with a bearer token (renewed once on 401) through the shared retry policy."""
-
-    def __init__(self, cfg: OneDriveDestinationConfig, session: requests.Session, auth: GraphAuth,
-                 policy: RetryPolicy):
-        self.cfg = cfg
-        self.session = session
-        self.auth = auth
-        self.policy = policy
-        self.http = HttpClient(session, base_url=cfg.graph_url, timeout=cfg.timeout, policy=policy,
-                               service="Microsoft Graph")
-        self._token: str | None = None
-
-    def call(self, method: str, path: str, *, allow: frozenset[int] = frozenset(), **kwargs: Any) -> requests.Response:
-        """Send with auth; statuses in `allow` come back to the caller instead of raising."""
-        headers = kwargs.pop("headers", {})
-        for attempt in (1, 2):
-            if self._token is None or attempt == 2:
-                self._token = self.auth.token(refresh=attempt == 2)
-            resp = self.http.request(
-                method, path, headers={**headers, "Authorization": f"Bearer {self._token}"},
-                ok=lambda r: r.status_code < 400 or r.status_code in allow or r.status_code == 401, **kwargs)
-            if resp.status_code != 401:
-                return resp
-        raise FatalAPIError(f"Microsoft Graph rejected a fresh access token for {method} {path.split('?')[0]}: "
-                            f"{default_error_message(resp)} (check the app's Graph permissions)")
-
-    def upload_url(self, method: str, url: str, *, allow: frozenset[int] = frozenset()) -> requests.Response:
-        """GET / DELETE a pre-authenticated upload URL: never with an Authorization header."""
-        return self.http.request(method, url, ok=lambda r: r.status_code < 400 or r.status_code in allow)
-
-
-# ----------------------------------------------------------------------------- addressing
-
-
-def resolve_drive(g: GraphApi, cfg: OneDriveDestinationConfig) -> str:
-    """The drive's id from user / site / drive_id / me."""
-    if cfg.drive_id:
-        where, path = f"drive_id '{cfg.drive_id}'", f"/drives/{quote(cfg.drive_id, safe='!')}"
-    elif cfg.user:
-        where, path = f"user '{cfg.user}'", f"/users/{quote(cfg.user, safe='@')}/drive"
-    elif cfg.me:
-        where, path = "the signed-in user (me: true)", "/me/drive"
-    else:
-        site_id = _site_id(g, str(cfg.site))
-        where, path = f"site '{cfg.site}'", f"/sites/{quote(site_id, safe=',')}/drive"
-    resp = g.call("GET", path, allow=frozenset({404}), params={"$select": "id,driveType,webUrl"})
-    if resp.status_code == 404:
-        raise DestinationError(f"onedrive destination: {where} has no drive (not found); check the key's value")
-    return resp.json()["id"]
-
-
-def _site_id(g: GraphApi, site: str) -> str:
-    """Resolve `host:/sites/path` (or https://host/sites/path) to a site id; a site id passes through."""
-    value = site.strip()
-    if value.startswith("https://"):
-        host, _, rest = value[len("https://"):].partition("/")
-        value = f"{host}:/{rest}" if rest else host
-    if "," in value and ":" not in value:
-        return value
-    host, _, site_path = value.partition(":")
-    path = f"/sites/{host}" + (":" + quote(site_path.rstrip("/"), safe="/") if site_path else "")
-    resp = g.call("GET", path, allow=frozenset({400, 404}), params={"$select": "id,webUrl"})
-    if resp.status_code in (400, 404):
-        raise DestinationError(f"onedrive destination: site '{site}' was not found; write it as "
-                               "host:/sites/name, e.g. contoso.sharepoint.com:/sites/Sales")
-    return resp.json()["id"]
-
-
-def item_path(drive_id: str, parent_id: str, name: str) -> str:
-    return f"/drives/{drive_id}/items/{parent_id}:/{quote(name, safe='')}:"
-
-
-def ensure_folder(g: GraphApi, drive_id: str, parts: list[str]) -> str:
-    """The id of the folder `parts` under the drive root, creating missing folders."""
-    folder = g.call("GET", f"/drives/{drive_id}/root", params={"$select": "id"}).json()["id"]
-    if not parts:
-        return folder
-    whole = g.call("GET", f"/drives/{drive_id}/root:/{'/'.join(quote(p, safe='') for p in parts)}",
-                   allow=frozenset({404}))
-    if whole.status_code == 200:
-        return _folder_id(whole.json(), "/" + "/".join(parts))
-    for i, seg in enumerate(parts):
-        here = "/" + "/".join(parts[: i + 1])
-        resp = g.call("GET", item_path(drive_id, folder, seg), allow=frozenset({404}))
-        if resp.status_code == 404:
-            resp = g.call("POST", f"/drives/{drive_id}/items/{folder}/children", allow=frozenset({409}),
-                          json={"name": seg, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"})
-            if resp.status_code == 409:  # made by someone else just now
-                resp = g.call("GET", item_path(drive_id, folder, seg))
-            else:
-                log.info("onedrive: created folder %s", here)
-        folder = _folder_id(resp.json(), here)
-    return folder
-
-
-def _folder_id(item: dict[str, Any], path: str) -> str:
-    if "folder" not in item:
-        raise DestinationError(f"onedrive destination: {path} exists but is a file, not a folder; change `path`")
-    return item["id"]
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -197,13 +99,17 @@ class _Uploader:
         self.g, self.drive_id, self.parent_id, self.data, self.locks = g, drive_id, parent_id, data, locks
         self.chunk_size = g.cfg.chunk_size
 
-    def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None) -> requests.Response:
-        """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller)."""
+    def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None,
+               recover_conflicts: bool = False) -> requests.Response:
+        """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller).
+
+        `recover_conflicts` (conflict: replace only) commits a session over a 409 at its commit.
+        """
         if len(self.data) <= min(SIMPLE_UPLOAD_MAX, self.chunk_size):
             return self._simple(name, behaviour, if_match, item_id)
         for _ in range(SESSION_RESTARTS + 1):
             try:
-                return self._session(name, behaviour, if_match)
+                return self._session(name, behaviour, if_match, recover_conflicts and if_match is None)
             except _SessionGone:
                 log.warning("onedrive: the upload session expired or was lost; starting the upload again")
         raise RetriableAPIError(f"Microsoft Graph lost the upload session {SESSION_RESTARTS + 1} times; try again later")
@@ -222,7 +128,7 @@ class _Uploader:
                 return resp
             self.locks.on_locked()
 
-    def _session(self, name: str, behaviour: str, if_match: str | None) -> requests.Response:
+    def _session(self, name: str, behaviour: str, if_match: str | None, recover: bool) -> requests.Response:
         create = item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
         body = {"item": {"@microsoft.graph.conflictBehavior": behaviour, "name": name}, "deferCommit": False}
         headers = {"If-Match": if_match} if if_match else {}
@@ -236,8 +142,8 @@ class _Uploader:
         url = resp.json()["uploadUrl"]
         try:
             done = self._send(url)
-            if done.status_code == 409 and behaviour == "replace":
-                done = self._commit_explicitly(url, name)
+            if done.status_code == 409 and recover and behaviour == "replace":
+                done = self._commit_explicitly(url, name, error_code(done))
         except BaseException:
             self._cancel(url)
             raise
@@ -277,12 +183,9 @@ class _Uploader:
                                         f"{default_error_message(resp)}")
                 reason = f"HTTP {code} for bytes {offset}-{end}: {default_error_message(resp)}"
                 wait = retry_after_seconds(resp)
-            failures += 1
-            if failures >= policy.max_attempts:
-                raise RetriableAPIError(f"Microsoft Graph upload gave up after {failures} failed pieces; last: {reason}")
-            delay = min(wait, policy.retry_after_max) if wait is not None else policy.backoff(failures)
-            log.info("onedrive: upload piece failed (%s); resuming in %.1fs", reason, delay)
-            policy.sleep(delay)
+            failures += 1  # attempts at this piece: progress (202) starts the count again
+            pause_before_retry(policy, self.g.http.observer, "Microsoft Graph upload", failures, reason,
+                               None if wait is None else min(wait, policy.retry_after_max))
             rng = self._resume(url)
 
     def _resume(self, url: str) -> tuple[int, int | None]:
@@ -296,9 +199,9 @@ class _Uploader:
         log.info("onedrive: upload session expects bytes from %d", rng[0])
         return rng
 
-    def _commit_explicitly(self, url: str, name: str) -> requests.Response:
-        """Commit a finished session over the existing file (the documented 409 recovery)."""
-        log.info("onedrive: the commit met nameAlreadyExists; committing the session with replace")
+    def _commit_explicitly(self, url: str, name: str, code: str) -> requests.Response:
+        """Commit a finished session over the existing file (the documented 409 recovery; conflict: replace only)."""
+        log.info("onedrive: the commit met %s; committing the session with replace", code or "HTTP 409")
         return self.g.call("PUT", item_path(self.drive_id, self.parent_id, name)[:-1], allow=frozenset({409, 412}),
                            json={"name": name, "@microsoft.graph.conflictBehavior": "replace",
                                  "@microsoft.graph.sourceUrl": url})
@@ -309,6 +212,14 @@ class _Uploader:
             log.info("onedrive: cancelled the upload session")
         except Exception as exc:  # best effort: the session expires by itself
             log.warning("onedrive: could not cancel the upload session (%s); it will expire", type(exc).__name__)
+
+
+def error_code(resp: requests.Response) -> str:
+    """The Graph error envelope's top-level `code` ("" when there is none)."""
+    try:
+        return str(resp.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _next_range(resp: requests.Response) -> tuple[int, int | None] | None:
@@ -323,26 +234,51 @@ def _next_range(resp: requests.Response) -> tuple[int, int | None] | None:
     return int(start), int(stop) if stop.strip() else None
 
 
-# ----------------------------------------------------------------------------- eTags
+# ----------------------------------------------------------------------------- what this tool wrote
 
 
-def _last_write(engine: sa.Engine | None, drive_id: str, path: str) -> str | None:
+@dataclass
+class _Written:
+    etag: str
+    ctag: str | None  # None in rows written before the cTag was kept
+
+
+def _ensure_ctag_column(engine: sa.Engine) -> None:
+    """State databases made before `onedrive_published.ctag` existed get the (nullable) column."""
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(published.name)}
+    if "ctag" not in columns:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {published.name} ADD COLUMN ctag VARCHAR(200)"))
+        log.info("onedrive: added the ctag column to the state table %s", published.name)
+
+
+def _last_write(engine: sa.Engine | None, drive_id: str, path: str) -> _Written | None:
     if engine is None:
         return None
+    _ensure_ctag_column(engine)
     with engine.connect() as conn:
-        return conn.execute(sa.select(published.c.etag).where(
-            published.c.drive_id == drive_id, published.c.path == path.lower())).scalar_one_or_none()
+        row = conn.execute(sa.select(published.c.etag, published.c.ctag).where(
+            published.c.drive_id == drive_id, published.c.path == path.lower())).first()
+    return None if row is None else _Written(row.etag, row.ctag)
 
 
 def _record_write(engine: sa.Engine | None, drive_id: str, path: str, item: dict[str, Any]) -> None:
     if engine is None:
         return
+    _ensure_ctag_column(engine)
     key = (published.c.drive_id == drive_id) & (published.c.path == path.lower())
     with engine.begin() as conn:
         conn.execute(sa.delete(published).where(key))
         conn.execute(sa.insert(published).values(
             drive_id=drive_id, path=path.lower(), item_id=item["id"], etag=item.get("eTag", ""),
-            size=int(item.get("size", 0)), written_at=datetime.now(UTC)))
+            ctag=item.get("cTag") or None, size=int(item.get("size", 0)), written_at=datetime.now(UTC)))
+
+
+def _changed_since(known: _Written, current: dict[str, Any]) -> bool:
+    """Whether the file's content differs from what this tool wrote (the cTag; old rows: the eTag)."""
+    if known.ctag is not None:
+        return current.get("cTag") != known.ctag
+    return current.get("eTag") != known.etag
 
 
 # ----------------------------------------------------------------------------- publish
@@ -354,30 +290,22 @@ def sibling_name(name: str, when: datetime) -> str:
     return f"{stem} (refreshed {when.astimezone(UTC):%Y-%m-%d %H.%M.%S} UTC){dot}{ext}"
 
 
-def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str, engine: sa.Engine | None = None,
-            session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-            auth: GraphAuth | None = None, config_dir: Path | None = None,
-            now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> PublishResult:
+def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
+                    engine: sa.Engine | None = None, session: requests.Session | None = None,
+                    sleep: Callable[[float], None] = time.sleep, auth: GraphAuth | None = None,
+                    config_dir: Path | None = None,
+                    now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> PublishResult:
     """Upload `workbook` to `remote_path` (cfg.path with placeholders filled) on the configured drive.
 
-    With `mode: update_sheets` the managed sheets are refreshed in place instead
-    (connectors.destinations.onedrive.workbook_api.update_sheets). Raises DestinationError for the documented
-    outcomes (path refused, changed by someone else, locked, name conflict), RetriableAPIError /
-    FatalAPIError for transport and auth failures. In every failure the file already on the
-    drive is left as it was.
+    Raises DestinationError for the documented outcomes (path refused, changed by someone else,
+    locked, name conflict), RetriableAPIError / FatalAPIError for transport and auth failures. In
+    every failure the file already on the drive is left as it was (Graph swaps it only when an
+    upload commits). `engine` keeps the eTag and cTag this tool wrote (for conflict:
+    fail_if_changed); None keeps nothing.
     """
-    if cfg.mode == "update_sheets":
-        from connectors.destinations.onedrive.workbook_api import update_sheets
-
-        return update_sheets(cfg, workbook, remote_path=remote_path, session=session, sleep=sleep, auth=auth,
-                             config_dir=config_dir)
-    problems = onedrive_path_problems(remote_path)
-    if problems:
-        raise DestinationError("onedrive destination path: " + "; ".join(problems))
+    check_path(remote_path)
     data = Path(workbook).read_bytes()
-    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
-    policy = RetryPolicy(sleep=sleep)
-    g = GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir), policy)
+    g = connect(cfg, session=session, sleep=sleep, auth=auth, config_dir=config_dir)
     drive_id = resolve_drive(g, cfg)
     *folders, name = remote_path.strip("/").split("/")
     parent_id = ensure_folder(g, drive_id, folders)
@@ -391,14 +319,15 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
             raise DestinationError(f"{remote_path} exists but this tool has no record of writing it, so "
                                    "conflict: fail_if_changed cannot tell whether someone changed it; "
                                    "move it away, or publish once with conflict: replace")
-        if current is not None and current.get("eTag") != known:
+        if current is not None and _changed_since(known, current):
             raise _changed(remote_path)
-        behaviour, if_match = ("replace", known) if current is not None else ("fail", None)
+        behaviour, if_match = ("replace", current["eTag"]) if current is not None else ("fail", None)
 
     uploader = _Uploader(g, drive_id, parent_id, data, _LockPolicy(cfg.on_locked, cfg.lock_wait_max, sleep))
     note, written = None, remote_path
     try:
-        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None)
+        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None,
+                               recover_conflicts=cfg.conflict == "replace")
     except _Locked:
         if cfg.on_locked != "sibling":
             raise DestinationError(_locked_message(remote_path, cfg)) from None
@@ -412,7 +341,7 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
             raise DestinationError(f"{remote_path} is locked and so is the sibling {written}; nothing was written") from None
         note = (f"{remote_path} was locked (open in Excel or checked out), so the refreshed workbook was "
                 f"written next to it as {written}")
-    if resp.status_code == 412:
+    if resp.status_code == 412 or (resp.status_code == 409 and error_code(resp) == "resourceModified"):
         raise _changed(remote_path)
     if resp.status_code == 409:
         raise DestinationError(f"{written}: a file with this name appeared while uploading "
@@ -428,9 +357,10 @@ def publish(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
 
 
 def _changed(path: str) -> DestinationError:
-    return DestinationError(f"{path} was changed by someone else since this tool last wrote it (eTag differs: "
-                            "HTTP 412 / resourceModified); the new workbook was NOT uploaded and their version "
-                            "is intact. Merge or move their file, or set conflict: replace to overwrite")
+    return DestinationError(f"{path} was changed by someone else since this tool last wrote it (its content tag "
+                            "differs, or Graph answered 412 / resourceModified); the new workbook was NOT uploaded "
+                            "and their version is intact. Merge or move their file, or set conflict: replace to "
+                            "overwrite")
 
 
 def _locked_message(path: str, cfg: OneDriveDestinationConfig) -> str:

@@ -1,44 +1,80 @@
 """`mode: update_sheets`: refresh the managed sheets of a workbook in place (Graph Excel API, section 6).
 
-The tool never replaces the file. In one persistChanges workbook session it rewrites only the
+The tool never replaces the file. In a persistChanges workbook session it rewrites only the
 sheets the rendered workbook has (creating missing ones), resizes their tables `tbl<Sheet>` in
-place (rows deleted with a shift up, rows appended with rows/add) so users' structured references
-keep working, and leaves every other sheet (users' pivots, formulas, charts) untouched. Values go in
-row blocks that fit the request limit, one request at a time. The first run, when the file does not
-exist yet, uploads the whole rendered workbook instead.
+place so users' structured references keep working, and never writes to any other sheet (users'
+pivots, formulas, charts). Values go in row blocks that fit the request limit, one request at a
+time (workbook_session.py).
+
+What a failure leaves. Each write of a persistChanges session is saved at once, so before the
+first write every managed sheet is read back (the cells the refresh will write: values, formulas,
+number formats; its tables). A failure at any step then undoes the refresh in a new session:
+sheets it added are deleted, tables it added are deleted, resized tables get their old size, a
+rebuilt table its old range and name, and the saved cells are written back. So after a failure
+every managed sheet is as it was (all old), a finished refresh leaves every one all new, and
+other sheets are never written either way. Only when the undo fails too (the service stays
+unreachable, say) can managed sheets be left part-refreshed: the error says so and names them,
+and the next successful run rewrites them.
+
+Repeats. Every write is idempotent (a PATCH of fixed addresses, a clear, a rename, a delete by
+name) or is sent with `repeat_safe=False`: rows/add, range delete with shift up, tables/add,
+worksheets/add are never resent after an unknown outcome before the workbook is read back
+(`Workbook.unsure`). The workbook calls are retried on 429/502/503/504 with Retry-After
+honoured, never on 500 (workbook-error-handling.md: internalServerErrorUncategorized, "not
+expected to resend"; msgraph-sdk-python-core's RetryHandler retries 429, 503 and 504).
+
+Text cells get the Text number format "@" before their value, so Excel keeps them exactly (no
+formula from "=...", no number from "00123", no apostrophe); dates go as serial numbers with the
+column's date format. When the file does not exist yet, `update_sheets` returns None and the
+caller (the package's `deliver`) uploads the whole rendered workbook instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import openpyxl
 import requests
-from openpyxl.utils import get_column_letter
 
-from config.models import OneDriveDestinationConfig, onedrive_path_problems
+from config.models import OneDriveDestinationConfig
 from config.workbook import table_name
-from connectors.destinations.onedrive import upload as onedrive
-from connectors.errors import DestinationError, FatalAPIError
+from connectors.destinations.onedrive.graph import (
+    PublishResult,
+    check_path,
+    connect,
+    ensure_folder,
+    item_path,
+    resolve_drive,
+)
+from connectors.destinations.onedrive.workbook_session import (
+    Formula,
+    Workbook,
+    blocks,
+    is_text,
+    parse,
+    ref,
+    sheet_path,
+)
+from connectors.errors import DestinationError, FatalAPIError, PipelineSyncError, RetriableAPIError
 from connectors.http.msal_auth import GraphAuth
-from connectors.http.session import RetryPolicy, build_session, default_error_message
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 2_000_000  # Graph requests are capped near 4 MB; stay well below
 MAX_BLOCK_ROWS = 5_000
-SESSION_POLLS = 40
+SESSION_WAIT_MAX = 600.0  # seconds a long-running createSession may take
+MAX_SAVED_CELLS = 5_000_000  # a managed sheet larger than this is not refreshed (it could not be undone)
+WORKBOOK_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _EXCEL_EPOCH = datetime(1899, 12, 30)
+Area = tuple[int, int, int, int]
 
 
 @dataclass
@@ -47,7 +83,7 @@ class StagedSheet:
 
     name: str
     rows: list[list[Any]]
-    formats: list[str | None]  # per column; None = General
+    formats: list[str | None]  # per column of the data rows; None = General
     table: str | None  # tbl<Sheet> when the sheet's data is an Excel table
 
     @property
@@ -56,19 +92,17 @@ class StagedSheet:
 
 
 def _cell_value(cell: Any) -> Any:
-    """A value the Graph `values` array takes: dates as serial numbers, text never parsed or a formula."""
+    """A value for the Graph `values` array: dates as serial numbers, formulas as Formula, text as it is."""
     v = cell.value
     if v is None:
         return ""
     if getattr(cell, "data_type", None) == "f":
-        return v  # a formula of the rendered workbook
+        return Formula(v)  # a formula of the rendered workbook
     if isinstance(v, datetime):
         return (v.replace(tzinfo=None) - _EXCEL_EPOCH).total_seconds() / 86400
     if isinstance(v, date):
         return (datetime(v.year, v.month, v.day) - _EXCEL_EPOCH).days
-    if isinstance(v, str):
-        return "'" + v  # a leading apostrophe keeps text as text (no '=' formulas, no '00123' -> 123)
-    return v
+    return v  # text is written into "@" cells (workbook_session.write): never a formula or a number
 
 
 def _format(cell: Any) -> str | None:
@@ -109,182 +143,186 @@ def read_staged(path: Path) -> list[StagedSheet]:
         book.close()
 
 
-def _blocks(rows: list[list[Any]], max_bytes: int, max_rows: int) -> list[tuple[int, int]]:
-    """(start, stop) row slices whose JSON stays under `max_bytes` (fmt matrix included) and `max_rows`."""
-    out, start, size = [], 0, 0
-    for i, row in enumerate(rows):
-        n = 2 * len(json.dumps(row, default=str)) + 8
-        if i > start and (size + n > max_bytes or i - start >= max_rows):
-            out.append((start, i))
-            start, size = i, 0
-        size += n
-    if start < len(rows):
-        out.append((start, len(rows)))
-    return out
+# ----------------------------------------------------------------------------- what a managed sheet holds
 
 
-def _ref(r1: int, c1: int, r2: int, c2: int) -> str:
-    return f"{get_column_letter(c1)}{r1}:{get_column_letter(c2)}{r2}"
+@dataclass
+class _TableAt:
+    id: str
+    name: str
+    area: Area
+
+    @property
+    def rows(self) -> int:  # data rows
+        return self.area[2] - self.area[0]
+
+    @property
+    def width(self) -> int:
+        return self.area[3] - self.area[1] + 1
 
 
-def _parse(address: str) -> tuple[int, int, int, int]:
-    cells = address.rsplit("!", 1)[-1].replace("$", "").split(":")
-    parsed = []
-    for c in cells:
-        m = re.fullmatch(r"([A-Z]+)(\d+)", c.upper())
-        if not m:
-            raise FatalAPIError(f"Microsoft Graph returned an address this tool cannot read: {address!r}")
-        col = 0
-        for ch in m.group(1):
-            col = col * 26 + ord(ch) - 64
-        parsed.append((int(m.group(2)), col))
-    (r1, c1), (r2, c2) = parsed[0], parsed[-1]
-    return r1, c1, r2, c2
+@dataclass
+class _Saved:
+    """A managed sheet as it was before the refresh wrote to it (what the undo restores)."""
+
+    name: str  # its name in the workbook (or the rendered one, when it did not exist)
+    exists: bool
+    table: _TableAt | None = None  # its managed table
+    table_ids: set[str] = field(default_factory=set)  # every table on it
+    box: Area | None = None  # the cells read back: everything the refresh may write
+    values: list[list[Any]] = field(default_factory=list)
+    formats: list[list[str]] = field(default_factory=list)
+    touched: bool = False  # the refresh has started writing to it
+
+    def format_at(self, r: int, c: int) -> str | None:
+        if self.box is None or not (self.box[0] <= r <= self.box[2] and self.box[1] <= c <= self.box[3]):
+            return None
+        return self.formats[r - self.box[0]][c - self.box[1]]
 
 
-def _sheet(name: str) -> str:
-    return f"worksheets('{quote(name.replace(chr(39), chr(39) * 2), safe='')}')"
+def _table_rows(s: StagedSheet) -> list[list[Any]]:
+    """Header and data rows (one blank data row when there is none: a table keeps at least one)."""
+    return [s.rows[0], *(s.rows[1:] or [[""] * s.width])]
 
 
-class _WorkbookSession:
-    """Workbook calls inside one persistChanges session; a session the service dropped is re-created once."""
-
-    def __init__(self, g: onedrive.GraphApi, base: str, sleep: Callable[[float], None], poll: float):
-        self.g, self.base, self.sleep, self.poll = g, base, sleep, poll
-        self.id: str | None = None
-
-    def open(self) -> None:
-        resp = self.g.call("POST", f"{self.base}/createSession", json={"persistChanges": True},
-                           headers={"Prefer": "respond-async"})
-        if resp.status_code in (200, 201):
-            self.id = resp.json()["id"]
-            return
-        location = resp.headers.get("Location")
-        if resp.status_code != 202 or not location:
-            raise FatalAPIError(f"Microsoft Graph answered HTTP {resp.status_code} to createSession without a session")
-        for _ in range(SESSION_POLLS):
-            self.sleep(self.poll)
-            status = self.g.call("GET", location).json()
-            if status.get("status") == "succeeded":
-                self.id = self.g.call("GET", status["resourceLocation"]).json()["id"]
-                return
-            if status.get("status") == "failed":
-                raise DestinationError(f"the workbook session could not be created: {status.get('error', status)}")
-        raise DestinationError(f"the workbook session was still not ready after {SESSION_POLLS} polls")
-
-    def close(self) -> None:
-        if self.id is None:
-            return
-        try:
-            self.call("POST", "closeSession", json={}, retry_session=False)
-        except Exception as exc:  # best effort: the session times out by itself
-            log.warning("onedrive: could not close the workbook session (%s)", type(exc).__name__)
-        self.id = None
-
-    def call(self, method: str, rest: str, *, retry_session: bool = True, **kwargs: Any) -> requests.Response:
-        for attempt in (1, 2):
-            headers = {"workbook-session-id": self.id} if self.id else {}
-            resp = self.g.call(method, f"{self.base}/{rest}", headers=headers, allow=frozenset({400, 404, 409}),
-                               **kwargs)
-            if resp.status_code < 400:
-                return resp
-            if attempt == 1 and retry_session and _inner_code(resp).startswith("invalidSession"):
-                log.info("onedrive: the workbook session expired; opening a new one")
-                self.open()
-                continue
-            raise FatalAPIError(f"Microsoft Graph refused {method} workbook/{rest.split('(')[0]} with HTTP "
-                                f"{resp.status_code}: {default_error_message(resp)}")
-        raise AssertionError("unreachable")
+def _table_formats(s: StagedSheet, rows: list[list[Any]]) -> list[list[str | None]]:
+    """Text cells "@"; the header's other cells General; data cells their column's format (else General)."""
+    header = ["@" if is_text(v) else "General" for v in rows[0]]
+    return [header] + [["@" if is_text(v) else (f or "General") for v, f in zip(row, s.formats, strict=True)]
+                       for row in rows[1:]]
 
 
-def _inner_code(resp: requests.Response) -> str:
-    try:
-        return str(resp.json()["error"]["innerError"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return ""
+def _bbox(*areas: Area | None) -> Area:
+    real = [a for a in areas if a is not None]
+    return (min(a[0] for a in real), min(a[1] for a in real), max(a[2] for a in real), max(a[3] for a in real))
 
 
-class _Refresher:
-    def __init__(self, wb: _WorkbookSession, max_bytes: int, max_rows: int):
-        self.wb, self.max_bytes, self.max_rows = wb, max_bytes, max_rows
+class _Refresh:
+    def __init__(self, wb: Workbook):
+        self.wb = wb
         self.notes: list[str] = []
 
-    def write(self, sheet: str, rows: list[list[Any]], formats: list[str | None], r1: int, c1: int) -> None:
-        """PATCH `rows` at (r1, c1) in row blocks, with number formats where the column has one."""
-        for a, b in _blocks(rows, self.max_bytes, self.max_rows):
-            block = rows[a:b]
-            body: dict[str, Any] = {"values": block}
-            if any(formats):  # data rows of a table: their column formats (dates would show as serials)
-                body["numberFormat"] = [[f or "General" for f in formats] for _ in block]
-            ref = _ref(r1 + a, c1, r1 + b - 1, c1 + len(block[0]) - 1)
-            self.wb.call("PATCH", f"{_sheet(sheet)}/range(address='{ref}')", json=body)
+    # ------------------------------------------------------------------ reading
+    def sheets(self) -> dict[str, str]:
+        return {w["name"].lower(): w["name"] for w in self.wb.call("GET", "worksheets").json()["value"]}
 
-    def sheet(self, s: StagedSheet, existing: dict[str, str]) -> None:
+    def tables_on(self, sheet: str) -> list[_TableAt]:
+        found = []
+        for t in self.wb.call("GET", f"{sheet_path(sheet)}/tables").json()["value"]:
+            area = parse(self.wb.call("GET", f"tables('{t['name']}')/range").json()["address"])
+            found.append(_TableAt(str(t["id"]), t["name"], area))
+        return found
+
+    def table_area(self, name: str) -> Area:
+        return parse(self.wb.call("GET", f"tables('{name}')/range").json()["address"])
+
+    def save(self, s: StagedSheet, existing: dict[str, str]) -> _Saved:
+        """Read back what the refresh of `s` may overwrite."""
         name = existing.get(s.name.lower())
         if name is None:
-            self.wb.call("POST", "worksheets/add", json={"name": s.name})
+            return _Saved(s.name, exists=False)
+        tables = self.tables_on(name)
+        table = next((t for t in tables if s.table and t.name.lower() == s.table.lower()), None)
+        at = (table.area[0], table.area[1]) if table else (1, 1)
+        new_area = (at[0], at[1], at[0] + len(s.rows) - 1, at[1] + s.width - 1)
+        box = _bbox(self.wb.used(name, values_only=False), table.area if table else None, new_area)
+        cells = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+        if cells > MAX_SAVED_CELLS:
+            raise DestinationError(f"the managed sheet '{name}' uses {ref(*box)} ({cells:,} cells, values or "
+                                   f"formats): more than the {MAX_SAVED_CELLS:,} this tool saves to be able to undo "
+                                   "a failed refresh; nothing was changed. Clear the formats below or right of its "
+                                   "data, or use mode: replace")
+        values, formats = self.wb.read(name, *box)
+        return _Saved(name, True, table, {t.id for t in tables}, box, values, formats)
+
+    # ------------------------------------------------------------------ structure (each step read back when unsure)
+    def add_sheet(self, name: str) -> None:
+        self.wb.unsure(f"adding the worksheet '{name}'",
+                       lambda: self.wb.call("POST", "worksheets/add", json={"name": name}, repeat_safe=False),
+                       lambda: True if name.lower() in self.sheets() else None)
+
+    def delete_sheet(self, name: str) -> None:
+        self.wb.call("DELETE", sheet_path(name), allow=frozenset({404}))
+
+    def add_table(self, sheet: str, area: Area) -> dict[str, Any]:
+        before = {t.id for t in self.tables_on(sheet)}
+
+        def applied() -> dict[str, Any] | None:
+            new = [t for t in self.tables_on(sheet) if t.id not in before and t.area == area]
+            return {"id": new[0].id, "name": new[0].name} if new else None
+
+        return self.wb.unsure(f"adding a table at {sheet}!{ref(*area)}", lambda: self.wb.call(
+            "POST", f"{sheet_path(sheet)}/tables/add", json={"address": ref(*area), "hasHeaders": True},
+            repeat_safe=False).json(), applied)
+
+    def delete_table(self, name: str) -> None:
+        self.wb.call("DELETE", f"tables('{name}')", allow=frozenset({404}))
+
+    def resize(self, sheet: str, table: str, want: int) -> None:
+        """Give `table` `want` data rows: blank rows appended (rows/add) or rows deleted with a shift up."""
+        r1, c1, r2, c2 = self.table_area(table)
+        have, width = r2 - r1, c2 - c1 + 1
+        first, stop = blocks([[""] * width] * self.wb.max_rows, self.wb.max_bytes, self.wb.max_rows)[0]
+        per_add = stop - first
+        while have < want:
+            n, before = min(want - have, per_add), have
+            self.wb.unsure(f"adding {n} rows to {table}",
+                           lambda n=n: self.wb.call("POST", f"tables('{table}')/rows/add", repeat_safe=False,
+                                                    json={"index": None, "values": [[""] * width] * n}),
+                           lambda n=n, before=before: self._rows_now(table, before + n, before))
+            have += n
+        if have > want:
+            area = (r1 + 1 + want, c1, r2, c2)
+            self.wb.unsure(f"deleting rows {ref(*area)} of {table}",
+                           lambda: self.wb.call("POST", f"{sheet_path(sheet)}/range(address='{ref(*area)}')/delete",
+                                                json={"shift": "Up"}, repeat_safe=False),
+                           lambda: self._rows_now(table, want, have))
+
+    def _rows_now(self, table: str, goal: int, before: int) -> bool | None:
+        """True when `table` has `goal` data rows, None when it still has `before`; anything else is an error."""
+        r1, _, r2, _ = self.table_area(table)
+        if r2 - r1 == goal:
+            return True
+        if r2 - r1 == before:
+            return None
+        raise FatalAPIError(f"{table} has {r2 - r1} rows; expected {before} or {goal}: the workbook changed "
+                            "under the refresh")
+
+    # ------------------------------------------------------------------ the refresh of one sheet
+    def refresh(self, s: StagedSheet, saved: _Saved) -> None:
+        saved.touched = True
+        name = saved.name
+        if not saved.exists:
+            self.add_sheet(name)
             self.notes.append(f"sheet '{s.name}' was missing from the workbook (deleted or renamed); recreated it")
-            existing[s.name.lower()] = name = s.name
         if s.table is None:
-            used = self.wb.call("GET", f"{_sheet(name)}/usedRange(valuesOnly=true)").json()["address"]
-            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(*_parse(used))}')/clear",
-                         json={"applyTo": "Contents"})
-            self.write(name, s.rows, [None] * s.width, 1, 1)  # the sheet keeps its own formats
+            self.wb.clear(name, self.wb.used(name, values_only=True))
+            formats = [["General" if not is_text(v) and saved.format_at(1 + i, 1 + j) == "@" else None
+                        for j, v in enumerate(row)] for i, row in enumerate(s.rows)]
+            self.wb.write(name, 1, 1, s.rows, formats)  # the sheet keeps its own number formats
             return
-        here = [t["name"] for t in self.wb.call("GET", f"{_sheet(name)}/tables").json()["value"]]
-        match = next((t for t in here if t.lower() == s.table.lower()), None)
-        if match is None:
-            self._new_table(s, name)
-            return
-        r1, c1, r2, c2 = _parse(self.wb.call("GET", f"tables('{match}')/range").json()["address"])
-        if c2 - c1 + 1 != s.width:
-            self.wb.call("DELETE", f"tables('{match}')")
-            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(r1, c1, r2, c2)}')/clear",
-                         json={"applyTo": "Contents"})
+        table = saved.table
+        if table is not None and table.width != s.width:
+            self.delete_table(table.name)
+            self.wb.clear(name, table.area)
             self.notes.append(f"{s.table} on '{name}' changed its columns; the table was rebuilt (formulas that "
                               "named removed columns need fixing)")
-            self._new_table(s, name, at=(r1, c1))
+            self.new_table(s, name, at=table.area[:2])
             return
-        header, data = s.rows[0], s.rows[1:] or [[""] * s.width]
-        old_n, new_n = r2 - r1, len(data)
-        self.write(name, [header], [None] * s.width, r1, c1)
-        if new_n < old_n:
-            self.wb.call("POST", f"{_sheet(name)}/range(address='{_ref(r1 + 1 + new_n, c1, r2, c2)}')/delete",
-                         json={"shift": "Up"})
-        keep = min(old_n, new_n)
-        self.write(name, data[:keep], s.formats, r1 + 1, c1)
-        extra = data[keep:]
-        for a, b in _blocks(extra, self.max_bytes, self.max_rows):
-            self.wb.call("POST", f"tables('{match}')/rows/add", json={"index": None, "values": extra[a:b]})
-        if extra:
-            self._check_rows(name, match, r1, c1, c2, new_n, extra, s.formats)
+        if table is None:
+            self.new_table(s, name, at=(1, 1))
+            return
+        rows = _table_rows(s)
+        self.resize(name, table.name, len(rows) - 1)
+        self.wb.write(name, table.area[0], table.area[1], rows, _table_formats(s, rows))
 
-    def _check_rows(self, sheet: str, table: str, r1: int, c1: int, c2: int, want: int, extra: list[list[Any]],
-                    formats: list[str | None]) -> None:
-        """After appending: a rows/add retried after a 504 may have landed twice; trim and rewrite."""
-        got = _parse(self.wb.call("GET", f"tables('{table}')/range").json()["address"])[2] - r1
-        start = r1 + 1 + want - len(extra)
-        if got > want:
-            log.warning("onedrive: %s has %d rows instead of %d after appending; fixing", table, got, want)
-            self.wb.call("POST", f"{_sheet(sheet)}/range(address='{_ref(r1 + 1 + want, c1, r1 + got, c2)}')/delete",
-                         json={"shift": "Up"})
-            self.write(sheet, extra, formats, start, c1)
-        elif got < want:
-            raise FatalAPIError(f"{table} has {got} rows after appending {want}; the workbook was not fully refreshed")
-        elif any(formats):
-            self.write(sheet, [[None] * len(formats) for _ in extra], formats, start, c1)
-
-    def _new_table(self, s: StagedSheet, sheet: str, at: tuple[int, int] = (1, 1)) -> None:
+    def new_table(self, s: StagedSheet, sheet: str, at: tuple[int, int]) -> None:
         r1, c1 = at
         if at == (1, 1):
-            used = self.wb.call("GET", f"{_sheet(sheet)}/usedRange(valuesOnly=true)").json()["address"]
-            self.wb.call("POST", f"{_sheet(sheet)}/range(address='{_ref(*_parse(used))}')/clear",
-                         json={"applyTo": "Contents"})
-        rows = s.rows if len(s.rows) > 1 else [s.rows[0], [""] * s.width]
-        self.write(sheet, rows[:1], [None] * s.width, r1, c1)
-        self.write(sheet, rows[1:], s.formats, r1 + 1, c1)
-        ref = _ref(r1, c1, r1 + len(rows) - 1, c1 + s.width - 1)
-        made = self.wb.call("POST", f"{_sheet(sheet)}/tables/add", json={"address": ref, "hasHeaders": True}).json()
+            self.wb.clear(sheet, self.wb.used(sheet, values_only=True))
+        rows = _table_rows(s)
+        self.wb.write(sheet, r1, c1, rows, _table_formats(s, rows))
+        made = self.add_table(sheet, (r1, c1, r1 + len(rows) - 1, c1 + s.width - 1))
         taken = {t["name"].lower() for t in self.wb.call("GET", "tables").json()["value"]}
         name, k = s.table, 1
         while name.lower() in taken and name.lower() != made["name"].lower():
@@ -297,46 +335,105 @@ class _Refresher:
         else:
             self.notes.append(f"table {name} on '{sheet}' was missing; recreated it")
 
+    # ------------------------------------------------------------------ the undo of one sheet
+    def undo(self, saved: _Saved) -> None:
+        """Bring a managed sheet back to `saved` (all old), from whatever state the refresh left."""
+        if not saved.exists:
+            if saved.name.lower() in self.sheets():
+                self.delete_sheet(saved.name)  # its tables go with it
+            return
+        tables = self.tables_on(saved.name)
+        for t in tables:
+            if t.id not in saved.table_ids:
+                self.delete_table(t.name)  # added by the refresh
+        old = saved.table
+        current = next((t for t in tables if old is not None and t.id == old.id), None)
+        if old is not None and current is not None:
+            self.resize(saved.name, current.name, old.rows)
+        assert saved.box is not None
+        self.wb.write(saved.name, saved.box[0], saved.box[1], saved.values, saved.formats)
+        if old is not None and current is None:  # rebuilt: put the old table back, with its name
+            made = self.add_table(saved.name, old.area)
+            self.wb.call("PATCH", f"tables('{made['name']}')", json={"name": old.name})
+
 
 def update_sheets(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_path: str,
                   session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
                   auth: GraphAuth | None = None, config_dir: Path | None = None,
                   max_request_bytes: int = MAX_REQUEST_BYTES, max_block_rows: int = MAX_BLOCK_ROWS,
-                  poll_interval: float = 2.0) -> onedrive.PublishResult:
-    """Refresh the managed sheets of `remote_path` in place; other sheets stay as users left them."""
-    problems = onedrive_path_problems(remote_path)
-    if problems:
-        raise DestinationError("onedrive destination path: " + "; ".join(problems))
+                  poll_interval: float = 30.0, wait_max: float = SESSION_WAIT_MAX) -> PublishResult | None:
+    """Refresh the managed sheets of `remote_path` in place; other sheets are never written.
+
+    None when `remote_path` does not exist yet (nothing was written). A failure at any step is
+    undone: every managed sheet is left as it was before the refresh, and the error says so; when
+    the undo fails as well, the error names the managed sheets that may be part-refreshed.
+    """
+    check_path(remote_path)
     if cfg.auth != "delegated":
         raise DestinationError("mode update_sheets needs auth: delegated (the Graph Excel API does not take "
                                "app-only tokens); sign in once with `pipeline-sync login --config PATH`")
     staged = read_staged(Path(workbook))
-    session = session or build_session(cfg.ca_bundle, cfg.verify_tls)
-    g = onedrive.GraphApi(cfg, session, auth or GraphAuth(cfg, session=session, config_dir=config_dir),
-                          RetryPolicy(sleep=sleep))
-    drive_id = onedrive.resolve_drive(g, cfg)
+    g = connect(cfg, session=session, sleep=sleep, auth=auth, config_dir=config_dir,
+                retry_statuses=WORKBOOK_RETRY_STATUSES)
+    drive_id = resolve_drive(g, cfg)
     *folders, name = remote_path.strip("/").split("/")
-    parent_id = onedrive.ensure_folder(g, drive_id, folders)
-    path = onedrive.item_path(drive_id, parent_id, name)
-    found = g.call("GET", path, allow=frozenset({404}))
+    parent_id = ensure_folder(g, drive_id, folders)
+    found = g.call("GET", item_path(drive_id, parent_id, name), allow=frozenset({404}))
     if found.status_code == 404:
-        res = onedrive.publish(cfg.model_copy(update={"mode": "replace"}), workbook, remote_path=remote_path,
-                               session=session, sleep=sleep, auth=g.auth)
-        res.note = "the workbook did not exist yet, so the whole rendered workbook was uploaded"
-        return res
+        return None
     item_id = found.json()["id"]
-    wb = _WorkbookSession(g, f"/drives/{drive_id}/items/{item_id}/workbook", sleep, poll_interval)
-    wb.open()
-    refresher = _Refresher(wb, max_request_bytes, max_block_rows)
+
+    def workbook_session() -> Workbook:
+        wb = Workbook(g, f"/drives/{drive_id}/items/{item_id}/workbook", sleep, poll_interval, wait_max,
+                      max_request_bytes, max_block_rows)
+        wb.open()
+        return wb
+
+    wb = workbook_session()
+    refresh = _Refresh(wb)
+    saved: list[_Saved] = []
     try:
-        existing = {w["name"].lower(): w["name"] for w in wb.call("GET", "worksheets").json()["value"]}
-        for s in staged:
-            refresher.sheet(s, existing)
+        existing = refresh.sheets()
+        saved = [refresh.save(s, existing) for s in staged]
+        for s, before in zip(staged, saved, strict=True):
+            refresh.refresh(s, before)
+    except Exception as exc:
+        wb.close()
+        if not any(s.touched for s in saved):
+            raise
+        raise _undone(exc, saved, remote_path, workbook_session) from exc
     finally:
         wb.close()
     item = g.call("GET", f"/drives/{drive_id}/items/{item_id}").json()
-    note = "; ".join(refresher.notes) or None
-    result = onedrive.PublishResult(web_url=item.get("webUrl", ""), item_id=item_id, etag=item.get("eTag", ""),
-                                    size=int(item.get("size", 0)), path=remote_path, note=note)
+    note = "; ".join(refresh.notes) or None
+    result = PublishResult(web_url=item.get("webUrl", ""), item_id=item_id, etag=item.get("eTag", ""),
+                           size=int(item.get("size", 0)), path=remote_path, note=note)
     log.info("onedrive: refreshed %d sheets of %s in place%s", len(staged), remote_path, f" ({note})" if note else "")
     return result
+
+
+def _undone(exc: Exception, saved: list[_Saved], remote_path: str,
+            workbook_session: Callable[[], Workbook]) -> PipelineSyncError:
+    """Undo the refresh in a new session (the failed one may be dead); the error to raise."""
+    touched = [s for s in saved if s.touched]
+    log.warning("onedrive: refreshing %s failed (%s); undoing the refresh of %s", remote_path, exc,
+                ", ".join(f"'{s.name}'" for s in touched))
+    undo: Workbook | None = None
+    try:
+        undo = workbook_session()
+        for s in reversed(touched):
+            _Refresh(undo).undo(s)
+    except Exception as again:
+        names = ", ".join(f"'{s.name}'" for s in touched)
+        return DestinationError(f"refreshing {remote_path} failed ({exc}) and undoing it failed too ({again}): the "
+                                f"managed sheets {names} may be part-refreshed (other sheets were not written); "
+                                "the next successful run rewrites them")
+    finally:
+        if undo is not None:
+            undo.close()
+    message = f"{exc}; the refresh of {remote_path} was undone: every managed sheet is as it was before"
+    if isinstance(exc, RetriableAPIError):
+        return RetriableAPIError(message)
+    if isinstance(exc, FatalAPIError):
+        return FatalAPIError(message)
+    return DestinationError(message)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import requests
 
@@ -27,8 +28,15 @@ from connectors.http.session import (
 
 log = logging.getLogger(__name__)
 
-LINE_ITEM_BATCH = 100
+LINE_ITEM_BATCH = 100  # inputs per object batch read (https://developers.hubspot.com/docs/guides/crm/using-object-apis)
+DEAL_BATCH = 100  # the same rule for POST /crm/v3/objects/deals/batch/read
+ASSOCIATION_BATCH = 1_000  # ids per v4 associations batch read, since 2025-02-10
+# (https://developers.hubspot.com/changelog/bug-fix-batch-read-limit-for-hubspot-associations-api)
 OWNER_PAGE = 500
+# HubSpot publishes no URL limit but answers 414 past roughly 8 KB of URL: every GET we send keeps
+# its path and query string within MAX_URL characters (with room for the `after` token).
+MAX_URL = 6_000
+AFTER_ROOM = 200
 HINTS = {
     401: " (check the source's `token`: a HubSpot private-app access token, e.g. ${HUBSPOT_TOKEN})",
     403: " (give the private app the scopes crm.objects.deals.read and crm.objects.owners.read, "
@@ -159,13 +167,27 @@ class HubSpotApi:
 
         return paginate(page)
 
-    def deals(self, properties: list[str], limit: int, archived: bool = False,
-              line_items: bool = False) -> Iterable[list[dict]]:
+    def deal_property_names(self) -> set[str]:
+        """The names of the portal's deal properties (GET /crm/v3/properties/deals, not paged)."""
+        return {str(p["name"]) for p in self.get("/crm/v3/properties/deals").get("results") or [] if p.get("name")}
+
+    def list_params(self, limit: int, archived: bool) -> dict[str, Any]:
+        return {"limit": limit, "archived": str(archived).lower()}
+
+    def fit_in_url(self, properties: list[str], limit: int, archived: bool = False) -> int:
+        """How many of `properties` (from the first) a deals list GET can carry within MAX_URL."""
+        used = (len(urlsplit(self.client.url("/crm/v3/objects/deals")).path) + 1
+                + len(urlencode(self.list_params(limit, archived))) + len("&properties=") + AFTER_ROOM)
+        for n, name in enumerate(properties):
+            used += len(quote_plus(name)) + (len(quote_plus(",")) if n else 0)
+            if used > MAX_URL:
+                return n
+        return len(properties)
+
+    def deals(self, properties: list[str], limit: int, archived: bool = False) -> Iterable[list[dict]]:
+        """Pages of the deals list. `properties` must fit in the URL (`fit_in_url`)."""
         def page(after: Any) -> tuple[list[dict], Any]:
-            params: dict[str, Any] = {"limit": limit, "archived": str(archived).lower(),
-                                      "properties": ",".join(properties)}
-            if line_items:
-                params["associations"] = "line_items"
+            params: dict[str, Any] = {**self.list_params(limit, archived), "properties": ",".join(properties)}
             if after:
                 params["after"] = after
             body = self.get("/crm/v3/objects/deals", **params)
@@ -173,21 +195,40 @@ class HubSpotApi:
 
         return paginate(page)
 
+    def deal_properties(self, ids: list[str], properties: list[str]) -> dict[str, dict]:
+        """Deal id -> the `properties` asked for, by batch read (the names travel in the body, so any
+        number fit). Ids HubSpot cannot find (e.g. archived since they were listed) are left out."""
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), DEAL_BATCH):
+            body = {"properties": properties, "inputs": [{"id": x} for x in ids[i:i + DEAL_BATCH]]}
+            for d in self.post("/crm/v3/objects/deals/batch/read", body).get("results") or []:
+                out[str(d["id"])] = d.get("properties") or {}
+        return out
+
     def search(self, body: dict) -> dict:
         self.limiter.before_search()
         return self.client.post_json("/crm/v3/objects/deals/search", body)
 
-    def deal_line_item_ids(self, deal_id: str) -> list[str]:
-        ids: list[str] = []
-
-        def page(after: Any) -> tuple[list[dict], Any]:
-            params = {"limit": 500, **({"after": after} if after else {})}
-            body = self.get(f"/crm/v4/objects/deals/{deal_id}/associations/line_items", **params)
-            return body.get("results") or [], next_after(body)
-
-        for results in paginate(page):
-            ids += [str(r["toObjectId"]) for r in results]
-        return ids
+    def line_item_ids(self, deal_ids: list[str]) -> dict[str, list[str]]:
+        """Deal id -> its line item ids, by v4 associations batch read: 1,000 deals a request, each
+        deal's later pages asked for again with its `after` token. Deals without any are left out."""
+        out: dict[str, list[str]] = {}
+        sent: dict[str, str | None] = {}  # per deal, the `after` asked with last (a repeated token ends it)
+        todo: list[dict[str, str]] = [{"id": x} for x in deal_ids]
+        while todo:
+            more: list[dict[str, str]] = []
+            for i in range(0, len(todo), ASSOCIATION_BATCH):
+                chunk = todo[i:i + ASSOCIATION_BATCH]
+                sent.update((x["id"], x.get("after")) for x in chunk)
+                body = self.post("/crm/v4/associations/deals/line_items/batch/read", {"inputs": chunk})
+                for r in body.get("results") or []:
+                    deal_id = str((r.get("from") or {}).get("id"))
+                    out.setdefault(deal_id, []).extend(str(t["toObjectId"]) for t in r.get("to") or [])
+                    after = next_after(r)
+                    if after and deal_id in sent and after != sent[deal_id]:
+                        more.append({"id": deal_id, "after": after})
+            todo = more
+        return out
 
     def line_items(self, ids: list[str]) -> list[dict]:
         out: list[dict] = []

@@ -3,7 +3,7 @@ ids, line-item products and owners. The calls go through `client.HubSpotApi`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +17,9 @@ from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable
 from connectors.state.source_state import gc_paused
 
 SEARCH_CAP = 10_000  # results one search query can page through (HubSpot answers 400 beyond)
+# HubSpot's two namings of a stage's "Date entered" property; a portal has one or the other
+# (https://knowledge.hubspot.com/properties/stage-calculated-properties; issue 19).
+ENTERED_PREFIXES = ("hs_date_entered_", "hs_v2_date_entered_")
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -67,17 +70,47 @@ def select_pipelines(cfg: HubSpotSourceConfig, pipelines: dict[str, str]) -> set
 
 @dataclass(frozen=True)
 class Scope:
-    """The account's pipelines (id -> label), their stages (id -> Stage) and the selected pipeline ids."""
+    """The account's pipelines (id -> label), their stages (id -> Stage), the selected pipeline ids,
+    each stage's entry-time property (stage id -> property name) and what the run should say about them."""
 
     pipelines: dict[str, str]
     stages: dict[str, Stage]
     selected: set[str]
+    entered: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def read_scope(api: HubSpotApi, cfg: HubSpotSourceConfig) -> Scope:
-    """GET the deal pipelines; select those of the `pipelines:` filter."""
-    pipelines, stages = parse_pipelines(api.pipelines(), cfg.stage_map)
-    return Scope(pipelines, stages, select_pipelines(cfg, pipelines))
+    """GET the deal pipelines and the deal property names; select the pipelines of the `pipelines:`
+    filter; name each stage's entry-time property as the portal has it."""
+    body = api.pipelines()
+    pipelines, stages = parse_pipelines(body, cfg.stage_map)
+    selected = select_pipelines(cfg, pipelines)
+    names = api.deal_property_names()
+    entered = {sid: entered_property(cfg, sid, names) for sid in stages}
+    return Scope(pipelines, stages, selected, entered, tuple(open_by_default(body, selected)))
+
+
+def entered_property(cfg: HubSpotSourceConfig, stage_id: str, names: set[str]) -> str:
+    """The stage's entry-time property: `stage_entered_prefix` + id when the portal has it, else the
+    other HubSpot naming it has (hs_date_entered_ / hs_v2_date_entered_), else the configured name."""
+    for prefix in dict.fromkeys((cfg.stage_entered_prefix, *ENTERED_PREFIXES)):
+        if f"{prefix}{stage_id}" in names:
+            return f"{prefix}{stage_id}"
+    return f"{cfg.stage_entered_prefix}{stage_id}"
+
+
+def open_by_default(body: dict, selected: set[str]) -> list[str]:
+    """A note naming the selected pipelines' stages without `metadata.isClosed`: parse_pipelines
+    counts them as open."""
+    missing = [f"{p.get('label') or p['id']} / {s.get('label') or s['id']}"
+               for p in body.get("results") or [] if str(p["id"]) in selected
+               for s in p.get("stages") or [] if "isClosed" not in (s.get("metadata") or {})]
+    if not missing:
+        return []
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return [f"{len(missing)} HubSpot deal stage(s) without isClosed metadata are counted as open: "
+            f"{', '.join(missing[:10])}{more}"]
 
 
 def _ms(when: datetime) -> int:
@@ -119,31 +152,42 @@ def _payload(deal: dict) -> dict:
 def list_all(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], progress: Progress,
              selected: set[str]) -> tuple[DealTable, int]:
     """Every active deal of the `selected` pipelines (GET list) as a DealTable, and how many deals
-    were listed in all. Products come from line items: each kept deal's largest line item."""
+    were listed in all. The properties that do not fit in the list URL are read per page by batch
+    read. Products come from line items: each kept deal's largest line item."""
     table = DealTable()
-    line_items: dict[str, list[str]] = {}
     listed = 0
+    fit = api.fit_in_url(props, cfg.page_size)
+    in_url, by_batch = props[:fit], props[fit:]
     with gc_paused():  # page dicts are acyclic garbage; the table holds few containers
-        for results in api.deals(props, cfg.page_size, line_items=cfg.product_from_line_items):
+        for results in api.deals(in_url, cfg.page_size):
             listed += len(results)
+            deals = [(str(d["id"]), d.get("properties") or {}) for d in results]
+            if by_batch:
+                deals = _complete(api, deals, by_batch, selected if "pipeline" in in_url else None)
             page: list[tuple[str, dict]] = []
-            for d in results:
-                deal_id, p = str(d["id"]), d.get("properties") or {}
+            for deal_id, p in deals:
                 if (p.get("pipeline") or "") not in selected:
                     table.remove(deal_id)  # a deal listed again after it moved out of the selection
                     continue
                 page.append((deal_id, p))
-                if cfg.product_from_line_items:
-                    assoc = d.get("associations") or {}
-                    li = assoc.get("line items") or assoc.get("line_items") or {}
-                    line_items[deal_id] = [str(r["id"]) for r in li.get("results") or []]
             table.add(page)
             progress.page(len(results))
     if cfg.product_from_line_items:
-        deals = {k: {"_line_item_ids": line_items[k]} for k in table.live_ids()}
-        add_line_item_products(api, deals)
-        table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in deals.items()})
+        held: dict[str, dict] = {k: {} for k in table.live_ids()}
+        add_line_item_products(api, held)
+        table.set_line_item_products({k: d[LINE_ITEM_PRODUCT] for k, d in held.items()})
     return table.finish(), listed
+
+
+def _complete(api: HubSpotApi, deals: list[tuple[str, dict]], names: list[str],
+              selected: set[str] | None) -> list[tuple[str, dict]]:
+    """A list page's deals with `names` added by batch read (only for the deals of the `selected`
+    pipelines, when the page says their pipeline). A deal the batch read no longer finds (archived
+    since it was listed) is left out; one outside the selection is kept as listed."""
+    wanted = [k for k, p in deals if selected is None or (p.get("pipeline") or "") in selected]
+    more = api.deal_properties(wanted, names) if wanted else {}
+    asked = set(wanted)
+    return [(k, {**p, **more[k]}) if k in more else (k, p) for k, p in deals if k in more or k not in asked]
 
 
 def _search_body(props: list[str], limit: int, filters: list[tuple[str, int]]) -> dict[str, Any]:
@@ -214,17 +258,16 @@ def archived_ids(api: HubSpotApi, cfg: HubSpotSourceConfig) -> set[str]:
 
 
 def add_line_item_products(api: HubSpotApi, deals: dict[str, dict]) -> None:
-    """Set LINE_ITEM_PRODUCT on each deal: the name of its largest line item (by amount)."""
+    """Set LINE_ITEM_PRODUCT on each deal: the name of its largest line item (by amount). The line
+    items come from the v4 associations batch read (1,000 deals a request, every page of each)."""
     if not deals:
         return
-    for deal_id, p in deals.items():
-        if "_line_item_ids" not in p:
-            p["_line_item_ids"] = api.deal_line_item_ids(deal_id)
-    wanted = sorted({i for p in deals.values() for i in p["_line_item_ids"]})
+    associated = api.line_item_ids(list(deals))
+    wanted = sorted({i for ids in associated.values() for i in ids})
     items = {str(li["id"]): li.get("properties") or {} for li in api.line_items(wanted)} if wanted else {}
-    for p in deals.values():
+    for deal_id, p in deals.items():
         best: tuple[float, str] | None = None
-        for i in p.pop("_line_item_ids"):
+        for i in associated.get(deal_id, ()):
             props = items.get(i)
             if props and props.get("name"):
                 amount = as_float(props.get("amount")) or 0.0

@@ -1,14 +1,20 @@
-"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the FULL current set of deals.
+"""HubSpot deals source (CRM API v3): `extract(cfg, ctx)` returns the current set of deals (or its changes).
 
 The first run (or `full_refresh`, or a changed property set) lists every deal; later runs search
 only deals modified since the stored cursor, up to the run's signpost (`ctx.run_started`), and
 merge them into the stored state (the window: connectors/sources/incremental.py; the merge:
-incremental.py here). The new cursor and record changes travel in `Extracted.pending_state`; the
+incremental.py here). When the flow holds the validated rows of the stored version
+(`ctx.cached_version`) and owners, stages and pipelines resolve as then, an incremental run
+hands over only the changed deals (`Extracted.partial`, with every current id in `row_ids`) and
+reads no stored payload but the changed deals': the flow merges them into the rows it holds. The new cursor and record changes travel in `Extracted.pending_state`; the
 flow commits them only when the whole run succeeds.
 
 Stage text: a deal's `stage` is its HubSpot stage label, or, when the source's `stage_map`
 has that key, the qualified "Pipeline label / Stage label" or the stage id (for pipelines
-whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons.
+whose labels repeat). `_pipeline` names the deal's pipeline for reject reasons. A stage's entry
+time is read from the property the portal has for it (`hs_date_entered_<id>`, or on some portals
+`hs_v2_date_entered_<id>`; GET /crm/v3/properties/deals says which). The full listing keeps every
+GET URL under client.MAX_URL: the properties that do not fit are read per page by batch read.
 
 Modules: client (HTTP calls, rate limits), deals (reading pipelines, deals, owners), incremental
 (the delta), table (deals held as columns), resolve (deal -> row), rows (the frames). Memory: an
@@ -18,6 +24,7 @@ incremental run reads the stored deals a chunk at a time; a full pull of 1M deal
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,7 +46,7 @@ from connectors.sources.hubspot.deals import (
     search_changed,
     stage_text,
 )
-from connectors.sources.hubspot.incremental import Delta, read_delta, resolution_digest
+from connectors.sources.hubspot.incremental import Delta, Narrow, read_delta, resolution_digest
 from connectors.sources.hubspot.rates import read_rates
 from connectors.sources.hubspot.resolve import RAW_KEY, Resolver, StoredPayloads, field_properties
 from connectors.sources.hubspot.rows import frames, table_frames
@@ -63,16 +70,21 @@ def base_properties(cfg: HubSpotSourceConfig) -> list[str]:
 
 
 def read_properties(cfg: HubSpotSourceConfig, scope: Scope) -> list[str]:
-    """The deal properties a run reads: the base ones and the selected pipelines' stage timing
-    (only theirs: keeps the list URL short)."""
-    props = base_properties(cfg) + [f"{cfg.stage_entered_prefix}{s.id}" for s in scope.stages.values()
-                                    if s.pipeline_id in scope.selected]
+    """The deal properties a run reads: the base ones and the selected pipelines' stage timing,
+    under the names the portal has (only those stages': fewer properties to send)."""
+    props = base_properties(cfg) + [scope.entered.get(s.id, f"{cfg.stage_entered_prefix}{s.id}")
+                                    for s in scope.stages.values() if s.pipeline_id in scope.selected]
     return list(dict.fromkeys(props))
 
 
-def fingerprint(cfg: HubSpotSourceConfig) -> str:
-    """Changes when the stored deals would lack something this config reads."""
+def fingerprint(cfg: HubSpotSourceConfig, scope: Scope | None = None) -> str:
+    """Changes when the stored deals would lack something this config reads: also when the portal
+    names a stage's entry time otherwise than `stage_entered_prefix` (e.g. hs_v2_date_entered_)."""
     key = "|".join(base_properties(cfg)) + f"|li={cfg.product_from_line_items}|{cfg.stage_entered_prefix}|{STATE_FORMAT}"
+    other = sorted((sid, name) for sid, name in (scope.entered if scope else {}).items()
+                   if name != f"{cfg.stage_entered_prefix}{sid}")
+    if other:
+        key += "|entered=" + json.dumps(other)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -113,7 +125,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     rates = read_rates(api, cfg, ctx.tz) if cfg.exchange_rates else None
     scope = read_scope(api, cfg)
     props = read_properties(cfg, scope)
-    window = open_window(ctx, cfg.name, fingerprint(cfg), CURSOR, cfg.search_overlap_seconds,
+    window = open_window(ctx, cfg.name, fingerprint(cfg, scope), CURSOR, cfg.search_overlap_seconds,
                          incremental=cfg.incremental, refresh_note=REFRESH_NOTE)
     progress = Progress(ctx.observer, cfg.name)
     delta: Delta | None = None
@@ -121,8 +133,14 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         delta = read_delta(api, cfg, ctx, window, props, progress, scope)
         if delta is None:
             reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
+            reused.notes += scope.notes
             reused.rates = rates
             return reused
+        if isinstance(delta, Narrow):
+            notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
+            narrow = _narrow_result(cfg, window, scope, delta, notes, meter)
+            narrow.rates = rates
+            return narrow
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
@@ -145,7 +163,7 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
     or pipeline). Payloads are built when the flow commits them."""
     owner_ids = set(table.values("hubspot_owner_id")) - {None, ""}
     owners = load_owners(api, owner_ids) if owner_ids else {}
-    resolver = Resolver(cfg, scope.pipelines, scope.stages, owners)
+    resolver = Resolver(cfg, scope.pipelines, scope.stages, owners, entered_names=scope.entered)
     upserts = StoredPayloads(table, resolver, range(len(table)))
     deletes: set[str] = set()
     if delta is not None:
@@ -155,10 +173,28 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
     records, history, raw = table_frames(cfg, table, resolver)
     pending = _pending(cfg, window, scope, owners, owner_ids, upserts, deletes) if window.keeps_state else None
     return Extracted(
-        source=cfg.name, records=records, history=history, raw=raw, notes=notes + resolver.notes(),
+        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
         **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
+    )
+
+
+def _narrow_result(cfg: HubSpotSourceConfig, window: Window, scope: Scope, narrow: Narrow, notes: list[str],
+                   meter: Meter) -> Extracted:
+    """Only the changed deals' frames (`partial`), every current id in row order, and the changes
+    to commit: the flow merges them into the validated rows it holds of the stored version."""
+    table = narrow.table
+    resolver = Resolver(cfg, scope.pipelines, scope.stages, narrow.owners, entered_names=scope.entered)
+    upserts = StoredPayloads(table, resolver, range(len(table)))
+    records, history, raw = table_frames(cfg, table, resolver)
+    pending = (_pending(cfg, window, scope, narrow.owners, narrow.owner_ids, upserts, narrow.deletes)
+               if window.keeps_state else None)
+    return Extracted(
+        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
+        **meter.counts(), pending_state=pending,
+        version=pending.version.version if pending is not None and pending.version else None,
+        partial=True, row_ids=narrow.row_ids, **window.delta(chain(table.ids, narrow.deletes)),
     )
 
 

@@ -4,7 +4,8 @@ The window (start, signpost, cursor to commit) comes from connectors/sources/inc
 every source that keeps state. What is HubSpot's own: the stored deals are read back as a DealTable
 (a chunk of payloads at a time); archived deals and deals moved out of the selected pipelines leave
 it; only the deals whose stored payload would change are upserted (`Delta.moved`); and a run that
-finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all.
+finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all, and one
+whose flow holds those rows builds the changed deals' rows only (`read_narrow`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from connectors.sources.hubspot.deals import (
     search_changed,
 )
 from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, StoredPayloads
-from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable
+from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable, sort_key
 from connectors.sources.incremental import Window, deleted_ids, merge
 from connectors.state.source_state import (
     gc_paused,
@@ -160,15 +161,58 @@ class Delta:
         return moved, compare
 
 
+@dataclass
+class Narrow:
+    """Only this run's changes, for a flow that holds the validated rows of the stored version
+    (`Window.holds`) and whose pipelines, stages and owners resolve as then: the changed deals
+    still selected (a finished table), the stored ids that leave, and every current id in row
+    order (the stored ones less `deletes`, plus the new ones). No stored payload is read."""
+
+    table: DealTable
+    deletes: set[str]
+    changed: int
+    row_ids: list[str]
+    owners: dict[str, tuple[str, str | None]]
+    owner_ids: set[str]
+
+
+def read_narrow(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, window: Window,
+                changed: dict[str, dict], gone: set[str], scope: Scope) -> Narrow | None:
+    """The changes alone (see Narrow); None when the flow does not hold the stored version's rows,
+    a stored deal's row may move without its deal changing (owners, stages or pipelines resolve
+    otherwise), or products come from line items."""
+    stored = window.stored
+    if cfg.product_from_line_items or ctx.engine is None or stored is None or not window.holds(ctx.cached_version):
+        return None
+    kept = load_some(ctx.engine, cfg.name, changed)  # a deal re-read (the overlap) as stored is no change
+    fresh = {k: d for k, d in changed.items() if kept.get(k, {}).get(RAW_KEY) != d}
+    table = DealTable()
+    table.add([(k, d.get("properties") or {}) for k, d in fresh.items()])
+    ids = stored_ids(ctx.engine, cfg.name)
+    was_stored = {k for k in fresh if k in ids}
+    deletes = set(deleted_ids(gone, changed, ids)) | _drop_outside(table, scope.selected, fresh, was_stored)
+    table.finish()
+    owner_ids = set(stored.detail.get("owners") or []) | (set(table.values("hubspot_owner_id")) - {None, ""})
+    owners = load_owners(api, owner_ids) if owner_ids else {}
+    if stored.detail.get("resolution") != resolution_digest(scope, owners):
+        return None
+    row_ids = sorted((ids - deletes) | set(table.ids), key=sort_key)
+    return Narrow(table, deletes, len(changed), row_ids, owners, owner_ids)
+
+
 def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, window: Window,
-               props: list[str], progress: Progress, scope: Scope) -> Delta | None:
-    """The deals modified in the window merged into the stored deals; None when nothing changed
-    since the rows the flow holds (see `unchanged`)."""
+               props: list[str], progress: Progress, scope: Scope) -> Delta | Narrow | None:
+    """The deals modified in the window merged into the stored deals (or, when the flow holds the
+    stored rows, the changes alone: `read_narrow`); None when nothing changed since the rows the
+    flow holds (see `unchanged`)."""
     assert ctx.engine is not None and window.start is not None
     changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
     gone = archived_ids(api, cfg) - set(changed)
     if unchanged(api, cfg, ctx, window, changed, gone, scope):
         return None
+    narrow = read_narrow(api, cfg, ctx, window, changed, gone, scope)
+    if narrow is not None:
+        return narrow
     table, stored_rows = read_stored(ctx.engine, cfg.name)
     deletes = set(deleted_ids(gone, changed, table))
     was_stored = {k for k in changed if k in table}

@@ -51,14 +51,17 @@ class Resolver:
     stages: dict[str, Stage]
     owners: dict[str, tuple[str, str | None]]
     unknown_owners: set[str] = field(default_factory=set)
+    entered_names: dict[str, str] | None = None  # stage id -> its entry-time property; default: prefix + id
 
     def __post_init__(self) -> None:
         self.fields = list(field_properties(self.cfg).items())
-        self.entered = [(f"{self.cfg.stage_entered_prefix}{s.id}", s.text) for s in self.stages.values()]
+        prefix = self.cfg.stage_entered_prefix
+        names = self.entered_names or {}
+        self.entry_name = {s.id: names.get(s.id, f"{prefix}{s.id}") for s in self.stages.values()}
+        self.entered = [(self.entry_name[s.id], s.text) for s in self.stages.values()]
 
     def row(self, deal: dict) -> tuple[dict[str, Any], list[list[str]]]:
         cfg, props = self.cfg, deal["properties"]
-        prefix = cfg.stage_entered_prefix
         sid = props.get("dealstage") or ""
         stage = self.stages.get(sid)
         pid = props.get("pipeline") or ""
@@ -77,7 +80,7 @@ class Resolver:
             "owner": owner,
             "team": team,
             "product": product,
-            "stage_entered_date": props.get(f"{prefix}{sid}") if sid else None,
+            "stage_entered_date": props.get(self.entry_name.get(sid) or f"{cfg.stage_entered_prefix}{sid}") if sid else None,
             PIPELINE_COLUMN: stage.pipeline_label if stage else self.pipelines.get(pid, pid or None),
         })
         hist = [[text, props[name]] for name, text in self.entered if props.get(name)]
@@ -103,8 +106,8 @@ class Resolver:
         if cfg.product_from_line_items:
             lip = table.line_item_product
             product = [v if v else lip.get(i) for i, v in enumerate(product)]
-        entered = {s: table.values(f"{cfg.stage_entered_prefix}{s}") for s in by_stage
-                   if s and f"{cfg.stage_entered_prefix}{s}" in table.columns}
+        name_of = {s: self.entry_name.get(s) or f"{cfg.stage_entered_prefix}{s}" for s in by_stage if s}
+        entered = {s: table.values(n) for s, n in name_of.items() if n in table.columns}
         out: dict[str, Any] = {}
         for f, p in self.fields:
             shared = table.shared(p)

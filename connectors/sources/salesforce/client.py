@@ -4,11 +4,19 @@ Plain `requests` through the shared HttpClient (one retry policy, TLS options th
 REQUESTS_CA_BUNDLE, request counters) rather than simple-salesforce, which hard-codes
 `https://{instance}` and its own error handling. Every call goes to the token response's
 `instance_url`.
+
+API limits: 403 REQUEST_LIMIT_EXCEEDED is returned for two limits. "TotalRequests Limit exceeded"
+is the org's daily allocation (rolling 24 h): fatal, the cursor stays and the next run resumes.
+Any other (e.g. "ConcurrentPerOrgLongTxn Limit exceeded": too many long-running requests at
+once) clears by itself and is retried with the retry policy's backoff. The allocation left is read
+from `/limits` at the start and from every answer's `Sforce-Limit-Info: api-usage=used/max`; the
+run stops (fatal, nothing saved) before it would leave fewer than `daily_api_reserve` requests.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +29,17 @@ import requests
 from config.models import SalesforceSourceConfig
 from connectors.errors import FatalAPIError
 from connectors.http.paging import paginate
-from connectors.http.session import HttpClient
+from connectors.http.session import HttpClient, pause_before_retry
 
 log = logging.getLogger(__name__)
 
 JWT_LIFETIME = timedelta(minutes=3)
+_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
+DAILY_LIMIT_TEXT = "TotalRequests"  # the daily allocation's REQUEST_LIMIT_EXCEEDED message
+
+
+class ReserveReached(FatalAPIError):
+    """The org's daily API allocation is down to the configured reserve: the run stopped cleanly."""
 
 
 class SalesforceAPI:
@@ -37,6 +51,8 @@ class SalesforceAPI:
         self.instance_url = ""
         self._token = ""  # never logged
         self.token_requests = 0
+        self.api_used: int | None = None  # of the org's daily allocation, as last reported
+        self.api_max: int | None = None
 
     def __repr__(self) -> str:
         return f"SalesforceAPI(source={self.cfg.name!r}, instance_url={self.instance_url!r})"
@@ -89,39 +105,81 @@ class SalesforceAPI:
                 f"RSA private key in PEM format ({type(exc).__name__})"
             ) from None
 
+    @property
+    def api_remaining(self) -> int | None:
+        return None if self.api_used is None or self.api_max is None else self.api_max - self.api_used
+
+    def read_limits(self) -> None:
+        """The org's daily API allocation left (GET /limits: DailyApiRequests {Max, Remaining})."""
+        body = self.get(f"{self.data_path}/limits")
+        daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
+        if isinstance(daily, dict) and isinstance(daily.get("Max"), int) and isinstance(daily.get("Remaining"), int):
+            self.api_max, self.api_used = daily["Max"], daily["Max"] - daily["Remaining"]
+
+    def _check_reserve(self) -> None:
+        left, reserve = self.api_remaining, self.cfg.daily_api_reserve
+        if left is not None and left <= reserve:
+            raise ReserveReached(
+                f"Salesforce source '{self.cfg.name}': stopped before going below daily_api_reserve ({reserve}): "
+                f"{max(left, 0)} of {self.api_max} daily API requests left in the org's rolling 24-hour window. "
+                "Nothing was saved and the next run resumes from the same cursor; lower daily_api_reserve "
+                "to let this source use more of the allocation"
+            )
+
+    def _note_usage(self, resp: requests.Response) -> str | None:
+        usage = resp.headers.get("Sforce-Limit-Info")
+        m = _USAGE.search(usage or "")
+        if m:
+            self.api_used, self.api_max = int(m.group(1)), int(m.group(2))
+        if usage:
+            log.debug("Salesforce source '%s': %s", self.cfg.name, usage)
+        return usage
+
     def get(self, path_or_url: str, params: dict[str, str] | None = None) -> Any:
-        """GET a data resource as JSON; a 401 INVALID_SESSION_ID signs in again once."""
-        for attempt in (1, 2):
+        """GET a data resource as JSON; a 401 INVALID_SESSION_ID signs in again once; a concurrent
+        REQUEST_LIMIT_EXCEEDED is retried with backoff; the daily one, or the reserve reached, is fatal."""
+        signed_in_again, busy = False, 0
+        while True:
+            self._check_reserve()
             resp = self.http.request(
                 "GET", path_or_url, params=params, expect_json=True,
                 headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json",
                          "Sforce-Query-Options": f"batchSize={self.cfg.page_size}"},
                 ok=lambda r: r.status_code < 400 or (r.status_code in (401, 403) and bool(_error_list(r))),
             )
-            usage = resp.headers.get("Sforce-Limit-Info")
-            if usage:
-                log.debug("Salesforce source '%s': %s", self.cfg.name, usage)
+            usage = self._note_usage(resp)
             if resp.status_code < 400:
                 return resp.json()
             codes = _error_codes(resp)
-            if resp.status_code == 401 and "INVALID_SESSION_ID" in codes and attempt == 1:
+            if resp.status_code == 401 and "INVALID_SESSION_ID" in codes and not signed_in_again:
                 log.info("Salesforce source '%s': session expired; signing in again", self.cfg.name)
                 self.authenticate()
+                signed_in_again = True
                 continue
             message = _error_text(resp)
             if resp.status_code == 403 and "REQUEST_LIMIT_EXCEEDED" in codes:
-                raise FatalAPIError(
-                    f"Salesforce source '{self.cfg.name}': the org's API request limit is used up "
-                    f"({message}; {usage or 'no usage header'}). Retrying will not help until the "
-                    "24-hour window frees requests; see Setup > Company Information > API Requests"
-                )
+                if self._daily_limit(message):
+                    raise FatalAPIError(
+                        f"Salesforce source '{self.cfg.name}': the org's daily API request allocation is used up "
+                        f"({message}; {usage or 'no usage header'}). Retrying will not help until the rolling "
+                        "24-hour window frees requests (Setup > Company Information > API Requests); nothing was "
+                        "saved and the next run resumes from the same cursor"
+                    )
+                busy += 1  # the concurrent long-running request limit: clears when those requests end
+                pause_before_retry(self.http.policy, self.http.observer, "Salesforce", busy,
+                                   f"HTTP 403 on {urlsplit(resp.url).path}: {message}", None)
+                continue
             what = "a new session was rejected too" if resp.status_code == 401 else "the request was refused"
             raise FatalAPIError(
                 f"Salesforce source '{self.cfg.name}': {what} (HTTP {resp.status_code} on "
                 f"{urlsplit(resp.url).path}): {message}; check that the integration user has API access "
                 "and may read Opportunity"
             )
-        raise AssertionError("unreachable")
+
+    def _daily_limit(self, message: str) -> bool:
+        """A REQUEST_LIMIT_EXCEEDED for the daily allocation (its message, or the usage at the max)."""
+        left = self.api_remaining
+        return DAILY_LIMIT_TEXT in message or (left is not None and left <= 0)
 
     def query(self, soql: str, *, include_deleted: bool = False) -> Iterator[list[dict]]:
         """Yield the record pages of a SOQL query, following nextRecordsUrl until done."""

@@ -7,11 +7,18 @@ whole seconds; the overlap catches transactions that commit late), merge them in
 records by Id and drop the ids `queryAll` reports deleted (and, with `where:`, rows that changed
 and no longer match it). The new cursor is the signpost; it travels in `Extracted.pending_state`
 and the flow commits it only when the whole run succeeds.
+
+queryAll reports a deletion only while the record sits in the Recycle Bin (about 15 days). Every
+`reconcile_days` (and whenever the window starts 14 or more days back) the run also lists every
+Id (keyset pages) and drops the stored ids the org no longer has; the cursor keeps the time of the
+last reconciliation (`;r=`), and a full read counts as one.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 import requests
 import sqlalchemy as sa
@@ -24,13 +31,17 @@ from connectors.sources.incremental import Meter, Records, Window, deleted_ids, 
 from connectors.sources.salesforce.client import SalesforceAPI
 from connectors.sources.salesforce.query import (
     CURSOR,
+    RECYCLE_BIN_DAYS,
     by_ids,
+    current_ids,
     gone_ids,
     line_item_product_field,
     opportunity_soql,
     query_fingerprint,
+    reconciled_at,
     select_fields,
     window,
+    with_reconciled,
 )
 from connectors.sources.salesforce.rates import read_rates
 from connectors.sources.salesforce.rows import (
@@ -62,6 +73,7 @@ def extract(
                       service="Salesforce")
     api = SalesforceAPI(cfg, http)
     api.authenticate()
+    api.read_limits()
     rates = read_rates(api, cfg) if cfg.currency_rates != "none" else None
 
     fields = select_fields(cfg)
@@ -69,6 +81,9 @@ def extract(
     win = open_window(ctx, cfg.name, query_fingerprint(cfg), CURSOR, cfg.overlap_seconds,
                       keeps_state=cfg.incremental, needs_records=True, whole_seconds=True,
                       refresh_note=REFRESH_NOTE)
+    last = reconciled_at(source_state.get_cursor(ctx.engine, cfg.name)) if win.incremental and ctx.engine else None
+    reconcile = win.incremental and _reconcile_due(cfg, win, last)
+    win = replace(win, cursor=with_reconciled(win.cursor, win.signpost if reconcile or not win.incremental else last))
     changed = read_changed(api, cfg, ctx.observer, win, fields, user_where)
     deletes: list[str] = []
     same = False
@@ -76,6 +91,14 @@ def extract(
     if win.incremental:
         assert ctx.engine is not None
         deletes, same = _compare(api, ctx.engine, cfg.name, win, changed, user_where)
+        if reconcile:
+            purged = deleted_ids(win.stored_ids - current_ids(api, user_where, cfg.page_size), changed, win.stored_ids)
+            if purged:
+                deletes, same = sorted({*deletes, *purged}), False
+                n = len(purged)
+                win = replace(win, notes=(*win.notes, f"ids reconciled: {n} stored opportunit{'y' if n == 1 else 'ies'} "
+                                          "no longer in Salesforce (deleted and purged from the Recycle Bin) left the state"))
+            log.info("Salesforce source '%s': ids reconciled, %d gone", cfg.name, len(purged))
         if same and win.holds(ctx.cached_version):
             reused = win.reused(cfg.name, "nothing changed since the last run", meter)
             reused.rates = rates
@@ -85,6 +108,16 @@ def extract(
     result = _result(cfg, win, fields, changed, merged, deletes, same, meter)
     result.rates = rates
     return result
+
+
+def _reconcile_due(cfg: SalesforceSourceConfig, win: Window, last: datetime | None) -> bool:
+    """Whether this incremental run lists every Id: never done (or not since this cursor format),
+    `reconcile_days` passed, or the window starts far enough back that the Recycle Bin may have
+    purged deletions queryAll would have reported."""
+    assert win.since is not None
+    if last is None or win.signpost - last >= timedelta(days=cfg.reconcile_days):
+        return True
+    return win.signpost - win.since >= timedelta(days=RECYCLE_BIN_DAYS)
 
 
 def read_changed(api: SalesforceAPI, cfg: SalesforceSourceConfig, observer: Observer, win: Window,

@@ -19,6 +19,10 @@ BASE_FIELDS: tuple[str, ...] = (
 )
 
 ID_BATCH = 200  # ids per `IN (...)` query: keeps the GET URL well under Salesforce's 16 KB limit
+# Deleted records stay in the Recycle Bin (and visible to queryAll) for about 15 days, then are
+# purged (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm):
+# a window starting longer ago than this may have missed deletions, so the ids are reconciled.
+RECYCLE_BIN_DAYS = 14
 
 
 def select_fields(cfg: SalesforceSourceConfig) -> list[str]:
@@ -67,14 +71,33 @@ def make_cursor(signpost: datetime, fingerprint: str) -> str:
 
 
 def parse_cursor(cursor: str | None) -> tuple[datetime | None, str | None]:
+    """(signpost, fingerprint) of `<signpost>;q=<fingerprint>[;r=<last reconciled>]`."""
     if not cursor:
         return None, None
     stamp, _, rest = cursor.partition(";q=")
-    try:
-        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
+    when = _stamp(stamp)
+    if when is None:
         return None, None
-    return when, rest or None
+    return when, rest.split(";", 1)[0] or None
+
+
+def reconciled_at(cursor: str | None) -> datetime | None:
+    """When the stored ids were last compared with the org's (`;r=` of the cursor); None: never
+    (or a cursor written before ids were reconciled)."""
+    _, _, stamp = (cursor or "").partition(";r=")
+    return _stamp(stamp.split(";", 1)[0]) if stamp else None
+
+
+def with_reconciled(cursor: str, when: datetime | None) -> str:
+    """The cursor with the time the ids were last reconciled."""
+    return f"{cursor};r={soql_literal(when)}" if when else cursor
+
+
+def _stamp(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 CURSOR = CursorFormat(make_cursor, parse_cursor)
@@ -85,6 +108,22 @@ def by_ids(api: SalesforceAPI, template: str, ids: list[str]) -> Iterator[dict]:
         literal = ", ".join(soql_literal(x) for x in ids[i:i + ID_BATCH])
         for page in api.query(template.replace("{ids}", literal)):
             yield from page
+
+
+def current_ids(api: SalesforceAPI, user_where: str | None, page: int) -> set[str]:
+    """Every opportunity Id the org has now (and `where` matches): keyset pages over Id,
+    `WHERE Id > :last ORDER BY Id LIMIT <page>`, one query (one batch) each: no query locator is
+    held open however many ids there are."""
+    out: set[str] = set()
+    last: str | None = None
+    while True:
+        conds = [f"({user_where})" if user_where else None, f"Id > {soql_literal(last)}" if last else None]
+        soql = f"{opportunity_soql(['Id'], *conds)} ORDER BY Id LIMIT {page}"
+        got = [str(r["Id"]) for rows in api.query(soql) for r in rows]
+        out.update(got)
+        if len(got) < page or got[-1] == last:
+            return out
+        last = got[-1]
 
 
 def gone_ids(api: SalesforceAPI, since: datetime, signpost: datetime, user_where: str | None) -> set[str]:
