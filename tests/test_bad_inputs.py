@@ -534,3 +534,19 @@ def test_an_xlsx_whose_cells_reach_past_the_limit_is_refused_before_calamine(tmp
     assert len(frame) == 2
     with pytest.raises(SourceDataError, match=r"reaches cell I200 \(200 rows x 9 columns = 1,800 cells.*max_cells \(1,000\)"):
         read_excel_text(str(path), sheet=None, what="source 'x'", limits=ReadLimits(max_cells=1000))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_the_reader_itself_refuses_anything_but_a_regular_file_without_blocking(tmp_path: Path, kind: str) -> None:
+    """The run's preflight refuses these first (exit 2); the reader holds too when a file is swapped later."""
+    import os
+
+    from connectors.sources.files import read_bytes
+
+    path = {"fifo": tmp_path / "p.csv", "device": Path("/dev/zero"), "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    started = time.perf_counter()
+    with pytest.raises(SourceDataError, match="is not a regular file"):
+        read_bytes(str(path), "source 's'")
+    assert time.perf_counter() - started < 5

@@ -10,6 +10,7 @@ CLI must be clean, and so must workbooks written from generated headers, sheet n
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,8 +27,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.workbook import SheetData
-from connectors.workbook.xlsx_writer import CUT_MARKER, write_workbook
+from config.workbook import SheetData, SummaryData
+from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, write_workbook
 from flows.cli import main
 from tests.golden_workbooks import BUILDERS
 from tests.test_cli_demo import AS_OF, demo_config
@@ -307,7 +308,8 @@ BASE_HEADERS = ["opportunity_id", "stage", "created_date", "amount", "name"]
 @dataclass(frozen=True)
 class Hostile:
     """A CSV source (one per raw sheet) with hostile headers, text or raw-sheet names; `broke`:
-    what the writer did with it before issue 20."""
+    what the writer did with it before issue 20; `refused`: the config check (issue 17) that now
+    stops the run first (exit 2), with this text; the writer is then checked on its own."""
 
     id: str
     extra_headers: tuple[str, ...] = ()
@@ -315,6 +317,10 @@ class Hostile:
     raw_sheets: tuple[str, ...] = ("Raw",)
     encoding: str = "utf-8"
     broke: str = ""
+    refused: str = ""
+
+    def frame(self) -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(self.csv_bytes()), dtype=str, encoding=self.encoding)
 
     def csv_bytes(self) -> bytes:
         buf = io.StringIO()
@@ -341,32 +347,38 @@ HOSTILE = [
     Hostile("300-character header", extra_headers=("H" * 300,), broke="item 4: a table column name over 255"),
     Hostile("header Deal_x0020_Name", extra_headers=("Deal_x0020_Name",),
             broke="item 5: Excel decoded _x0020_ in the table column, not in the cell"),
+    Hostile("overlapping _xHHHH_ in a header and text", extra_headers=("_x0041_x0042_",), name="_x0041_x0042_",
+            broke="xlsxwriter escapes the first of overlapping escapes only: Excel decoded the second"),
     Hostile("raw_sheet 2026", raw_sheets=("2026",), broke="item 6: table tbl2026 was a cell reference"),
-    Hostile("raw_sheet History", raw_sheets=("History",), broke="Excel reserves the sheet name History"),
+    Hostile("raw_sheet History", raw_sheets=("History",), broke="Excel reserves the sheet name History",
+            refused="sources[0].raw_sheet: 'History' is a sheet the workbook already has"),
     Hostile("lone surrogate in text", name="a\ud800b", encoding="utf-7",  # UTF-7 can carry U+D800 alone
             broke=CRASH + ": UnicodeEncodeError"),
     Hostile("two identical raw headers", extra_headers=("Note", "Note"), broke=CRASH + ": AttributeError in raw_sheets"),
     Hostile("headers differing only in case", extra_headers=("Note", "NOTE"),
             broke="xlsxwriter dropped the raw sheet's table (duplicate header)"),
     Hostile("sheets Raw-CRM and Raw_CRM", raw_sheets=("Raw-CRM", "Raw_CRM"),
-            broke=CRASH + ": DuplicateTableName tblRaw_CRM"),
+            broke=CRASH + ": DuplicateTableName tblRaw_CRM",
+            refused="sources[1].raw_sheet: 'Raw_CRM' gets the same table name (tblRaw_CRM)"),
     Hostile("31-character emoji sheet name", raw_sheets=(EMOJI * 31,),
             broke=CRASH + ": InvalidWorksheetName (62 UTF-16 units)"),
-    Hostile("raw_sheet About and Summary", raw_sheets=("About", "summary")),
+    Hostile("raw_sheet About and Summary", raw_sheets=("About", "summary"),
+            refused="sources[0].raw_sheet: 'About' is a sheet the workbook already has"),
     Hostile("16,400 columns", extra_headers=tuple(f"c{i}" for i in range(16_395)),
             broke="item 9: the raw sheet's table was dropped, cells written past XFD with no note"),
 ]
 
 
-HOSTILE_PARAMS = [pytest.param(h, id=h.id) for h in HOSTILE]
+HOSTILE_PARAMS = [pytest.param(h, id=h.id) for h in HOSTILE if not h.refused]
+REFUSED_PARAMS = [pytest.param(h, id=h.id) for h in HOSTILE if h.refused]
 
 
 @pytest.fixture(scope="module")
-def hostile_build(tmp_path_factory):
-    """Builds each case's workbook through the CLI once: (exit code, workbook path, exception)."""
-    built: dict[str, tuple[int | None, Path, BaseException | None]] = {}
+def hostile_run(tmp_path_factory):
+    """Runs each case through the CLI once: (exit code, workbook path, stderr, exception)."""
+    built: dict[str, tuple[int | None, Path, str, BaseException | None]] = {}
 
-    def build(case: Hostile) -> Path:
+    def run(case: Hostile) -> tuple[int | None, Path, str, BaseException | None]:
         if case.id not in built:
             tmp = tmp_path_factory.mktemp("hostile")
             sources = []
@@ -376,19 +388,67 @@ def hostile_build(tmp_path_factory):
                                 "encoding": case.encoding})
             (tmp / "c.yaml").write_text(yaml.safe_dump(
                 {"sources": sources, "destinations": [{"type": "file", "path": "o.xlsx"}]}))
+            err = io.StringIO()
             try:
-                code, error = main(["run", "--config", str(tmp / "c.yaml"), "--as-of", "2026-02-01",
-                                    "--no-prefect"]), None
+                with contextlib.redirect_stderr(err):
+                    code, error = main(["run", "--config", str(tmp / "c.yaml"), "--as-of", "2026-02-01",
+                                        "--no-prefect"]), None
             except Exception as exc:  # a crash: every test of the case reports it
                 code, error = None, exc
-            built[case.id] = (code, tmp / "o.xlsx", error)
-        code, path, error = built[case.id]
+            built[case.id] = (code, tmp / "o.xlsx", err.getvalue(), error)
+        return built[case.id]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def hostile_build(hostile_run):
+    """The workbook each accepted case's run wrote."""
+
+    def build(case: Hostile) -> Path:
+        code, path, stderr, error = hostile_run(case)
         if error is not None:
             raise error
-        assert code == 0 and path.is_file()
+        assert (code, path.is_file()) == (0, True), stderr
         return path
 
     return build
+
+
+@pytest.fixture(scope="module")
+def direct_build(tmp_path_factory):
+    """A refused case's raw sheets written by the writer itself (after Summary, before About,
+    as the flow orders them): (workbook, WriteStats)."""
+    built: dict[str, tuple[Path, WriteStats]] = {}
+
+    def build(case: Hostile) -> tuple[Path, WriteStats]:
+        if case.id not in built:
+            path = tmp_path_factory.mktemp("direct") / "o.xlsx"
+            summary = SummaryData("T", pd.DataFrame({"metric": ["m"], "value": [1.0]}),
+                                  pd.DataFrame({"rule": ["r"], "count": [1]}))
+            stats = write_workbook(path, sheets=[SheetData(name, case.frame()) for name in case.raw_sheets],
+                                   summary=summary, last=lambda w: SheetData(
+                                       "About", pd.DataFrame({"key": ["note"] * len(w.fixes), "value": w.fixes},
+                                                             dtype=object)))
+            built[case.id] = (path, stats)
+        return built[case.id]
+
+    return build
+
+
+@pytest.mark.parametrize("case", REFUSED_PARAMS)
+def test_hostile_config_is_refused_with_its_key(case, hostile_run):
+    code, path, stderr, error = hostile_run(case)
+    assert (error, code, path.exists()) == (None, 2, False)
+    assert case.refused in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("case", REFUSED_PARAMS)
+def test_refused_names_still_make_a_clean_workbook_from_the_writer(case, direct_build, sdk):
+    path, stats = direct_build(case)
+    assert sdk.validate(path) == []
+    assert _rules(path) == []
+    assert {s: len(t) for s, t in tables_by_sheet(path).items()} == {"Summary": 0, **dict.fromkeys(stats.sheets[1:], 1)}
 
 
 @pytest.mark.parametrize("case", HOSTILE_PARAMS)
@@ -486,10 +546,16 @@ def test_hostile_emoji_text_is_cut_at_32767_utf16_units_and_counted(hostile_buil
     assert about["cells cut at 32,767 characters"] == str(_cut_cells(path)) and _cut_cells(path) >= 2
 
 
-def test_hostile_lone_surrogate_becomes_a_replacement_character(hostile_build):
-    path = hostile_build(_case("lone surrogate in text"))
-    header, first = _cells(path, "Raw", rows=2)
-    assert first[header.index("name")] == "a\ufffdb"
+@pytest.mark.parametrize(("case_id", "shown"), [
+    ("lone surrogate in text", "a\ufffdb"),  # U+FFFD, not a crash
+    ("control and _xHHHH_ in cell text", "a\x01b_x0041_c\tz"),
+    ("overlapping _xHHHH_ in a header and text", "_x0041_x0042_"),
+])
+def test_hostile_text_reads_back_as_excel_shows_it(case_id, shown, hostile_build):
+    path = hostile_build(_case(case_id))
+    for sheet in ("Raw", "Opportunities"):
+        header, first = _cells(path, sheet, rows=2)
+        assert first[header.index("name")] == shown
 
 
 @pytest.mark.parametrize(("case_id", "header", "column"), [
@@ -498,6 +564,7 @@ def test_hostile_lone_surrogate_becomes_a_replacement_character(hostile_build):
     ("CR in a header", "Deal\rNote", "Deal Note"),
     ("300-character header", "H" * 300, "H" * 255),
     ("header Deal_x0020_Name", "Deal_x0020_Name", "Deal_x0020_Name"),
+    ("overlapping _xHHHH_ in a header and text", "_x0041_x0042_", "_x0041_x0042_"),
     ("two identical raw headers", "Note", "Note (2)"),
     ("headers differing only in case", "NOTE", "NOTE (2)"),
 ])
@@ -507,8 +574,8 @@ def test_hostile_header_is_renamed_once_and_noted(case_id, header, column, hosti
     assert cells[len(BASE_HEADERS):] == [*_case(case_id).extra_headers[:-1], column]
     assert _table_columns(path, "tblRaw") == cells
     notes = [n for n in _about_notes(path) if n.startswith("sheet 'Raw': 1 column header(s) renamed")]
-    if column == header:  # kept: only its table column name is escaped (_x005F_x0020_)
-        assert notes == []
+    if column == header or column.endswith(" (2)"):  # kept (only its table column name is escaped:
+        assert notes == []  # _x005F_x0020_), or numbered by the CSV source already (issue 17)
     else:
         [note] = notes
         assert f"{header!r}"[:20] in note and "→" in note
@@ -524,11 +591,13 @@ def test_hostile_header_is_renamed_once_and_noted(case_id, header, column, hosti
     ("raw_sheet About and Summary", {"About (2)": ["tblAbout__2_"], "summary (2)": ["tblsummary__2_"],
                                      "About": ["tblAbout"]}, "sheet 'About' is written as 'About (2)'"),
 ])
-def test_hostile_sheet_names_and_tables(case_id, tables, note, hostile_build):
-    path = hostile_build(_case(case_id))
+def test_hostile_sheet_names_and_tables(case_id, tables, note, hostile_build, direct_build):
+    case = _case(case_id)
+    path = direct_build(case)[0] if case.refused else hostile_build(case)
     found = tables_by_sheet(path)
     assert {s: found.get(s) for s in tables} == tables
-    assert any(note in n for n in _about_notes(path)), _about_notes(path)
+    notes = [v for _, v in _cells(path, "About", rows=10_000)[1:]] if case.refused else _about_notes(path)
+    assert any(note in n for n in notes), notes
 
 
 def test_hostile_columns_past_xfd_continue_on_a_sheet_noted_in_about(hostile_build):
@@ -547,7 +616,8 @@ def test_hostile_columns_past_xfd_continue_on_a_sheet_noted_in_about(hostile_bui
 # Any text: every plane, control characters, lone surrogates, `_xHHHH_`, Excel's forbidden characters.
 _CHAR = st.characters(codec=None, exclude_categories=()) | st.integers(0xD800, 0xDFFF).map(chr)  # lone surrogates too
 _TEXT = st.lists(_CHAR, max_size=40).map("".join) | st.sampled_from(
-    ["History", "history", "'", "R1C1", "A1", "tbl", "2026", "_x0041_", "Note", "NOTE", "", " ", EMOJI * 31])
+    ["History", "history", "'", "R1C1", "A1", "tbl", "2026", "_x0041_", "_x0041_x0042_", "Note", "NOTE", "", " ",
+     EMOJI * 31])
 _HEADERS = st.lists(_TEXT, min_size=1, max_size=6)
 
 

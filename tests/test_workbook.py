@@ -391,3 +391,13 @@ def test_sheet_and_table_names(wanted, sheet, table):
     got = [sheets.claim(w) for w in wanted]
     assert got == sheet
     assert [tables.claim(s) for s in got] == table
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("Deal_x0020_Name", "Deal_x005F_x0020_Name"),
+    ("_x0041_x0042_", "_x005F_x0041_x005F_x0042_"),  # the underscore that ends one escape starts the next
+    ("_x004_", "_x004_"), ("_X0041_", "_X0041_"), ("plain_x", "plain_x"),
+])
+def test_xstring_escapes_every_underscore_that_starts_an_escape(text, escaped):
+    assert names.xstring(text) == escaped
+    assert names.column_attribute(text + '&"') == escaped + "&amp;&quot;"

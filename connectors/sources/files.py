@@ -256,13 +256,18 @@ def read_bytes(path: str, what: str, *, missing: str | None = None, limits: Read
         raise SourceDataError(f"{what}: cannot read {path}: {missing or exc.strerror}") from exc
     except OSError as exc:
         raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SourceDataError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        raise SourceDataError(f"{what}: {path} is not a regular file ({kind}); a source must be a file")
     with os.fdopen(fd, "rb") as fh:
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-                        else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
-                raise SourceDataError(f"{what}: {path} is not a regular file ({kind}); a source must be a file")
             if st.st_size > cap:
                 raise SourceDataError(_too_big(what, path, st.st_size, limits))
             data = fh.read(st.st_size + 1)  # one byte more tells whether it grew meanwhile

@@ -29,7 +29,7 @@ REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\ufffe\uffff]")  # headers: TAB/LF/CR too (see the module docstring)
 _SHEET_BAD = re.compile(r"[\[\]:*?/\\\x00-\x1f\ufffe\uffff]")
-_XSTRING = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
+_XSTRING_START = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")  # every `_` that starts one, overlapping ones too
 _A1_LIKE = re.compile(r"[A-Za-z]{1,3}[0-9]+")  # any column letters + row: stricter than the grid
 _R1C1 = re.compile(r"(?:[Rr][0-9]*)?(?:[Cc][0-9]*)?")
 
@@ -68,8 +68,9 @@ def name_key(name: str) -> str:
 
 
 def xstring(text: str) -> str:
-    """`text` as an ST_Xstring that decodes back to it: a literal `_xHHHH_` becomes `_x005F_xHHHH_`."""
-    return _XSTRING.sub(r"_x005F_\1", text) if "_x" in text else text
+    """`text` as an ST_Xstring that decodes back to it: a literal `_xHHHH_` becomes `_x005F_xHHHH_`,
+    overlapping ones too (`_x0041_x0042_`: both underscores that start one are escaped)."""
+    return _XSTRING_START.sub("_x005F_", text) if "_x" in text else text
 
 
 def xml_attribute(text: str) -> str:

@@ -39,7 +39,13 @@ from xlsxwriter.utility import xl_col_to_name
 
 from config.schema import EXCEL_MAX_CELL_CHARS
 from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData
-from connectors.workbook.names import column_attribute, cut_utf16, replace_surrogates, utf16_len
+from connectors.workbook.names import (
+    column_attribute,
+    cut_utf16,
+    replace_surrogates,
+    utf16_len,
+    xstring,
+)
 from connectors.workbook.plan import (
     MAX_DATA_ROWS,
     Plan,
@@ -60,7 +66,6 @@ CHUNK_ROWS = 25_000
 SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_LITERAL_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")  # every "_" that starts one, overlapping ones too
 
 NUMBER_FORMATS: dict[str, str] = {
     "int": "#,##0",
@@ -163,8 +168,7 @@ def clean_text(t: str, stats: WriteStats | None = None) -> str:
 
 def _xstring(t: str) -> str:
     """ST_Xstring escapes: a literal `_xHHHH_` becomes `_x005F_xHHHH_`, a character XML cannot hold `_xHHHH_`."""
-    if "_x" in t:
-        t = _LITERAL_ESCAPE.sub("_x005F_", t)
+    t = xstring(t)
     if _ILLEGAL_XML.search(t):
         t = _ILLEGAL_XML.sub(lambda m: f"_x{ord(m.group(0)):04X}_", t)
     return t
@@ -695,9 +699,10 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
     head = _DIMENSION.sub(dim, head) + b"<sheetData>"
     if header_row:
-        head += header_row.group(0)
+        cells = _header_cells(header_row.group(0), [str(c) for c in frame.columns])
+        head += cells
         if sst is not None:
-            sst.references += header_row.group(0).count(b't="s"')
+            sst.references += cells.count(b't="s"')
     tail = b"</sheetData>" + tail
     blocks = _rows_xml(frame, planned.formats, styles, stats, sst)
     text = next(blocks, None)
@@ -710,6 +715,25 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     for block in blocks:
         zipper.block(block)
     zipper.end(tail)
+
+
+_OVERLAPPING = re.compile(r"_x[0-9A-Fa-f]{4}_x[0-9A-Fa-f]{4}_")  # one escape's last `_` starts the next
+
+
+def _header_cells(row: bytes, headers: list[str]) -> bytes:
+    """The layout's header row, with the cells of headers holding overlapping `_xHHHH_` runs
+    rewritten as inline strings escaped in full (names.xstring): xlsxwriter escapes only the
+    first of them, so Excel would decode the second and the cell would not match its table column."""
+    for j, h in enumerate(headers):
+        if "_x" in h and _OVERLAPPING.search(h):
+            text = xstring(h).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            space = ' xml:space="preserve"' if h[0].isspace() or h[-1].isspace() else ""
+            ref = f'<c r="{xl_col_to_name(j)}1"'
+            row = re.sub(re.escape(ref).encode() + rb'([^>]*?) t="s"><v>\d+</v></c>',
+                         lambda m, ref=ref, text=text, space=space: (
+                             f'{ref}{m.group(1).decode()} t="inlineStr"><is><t{space}>{text}</t></is></c>').encode(),
+                         row, count=1)
+    return row
 
 
 def _full_ref(planned: _Planned) -> str:
