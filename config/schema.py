@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FieldKind = Literal["text", "status", "amount", "currency", "date", "deal_type", "bool"]
+FieldKind = Literal["text", "status", "amount", "currency", "date", "deal_type", "bool", "forecast_category"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ CANONICAL_FIELDS: tuple[CanonicalField, ...] = (
     CanonicalField("deal_type", "deal_type"),
     CanonicalField("lead_source", "text"),
     CanonicalField("record_url", "text"),  # the record's page in the source, for the Actions links
+    CanonicalField("forecast_category", "forecast_category"),  # see FORECAST_CATEGORIES
     CanonicalField("budget", "bool"),
     CanonicalField("authority", "bool"),
     CanonicalField("need", "bool"),
@@ -54,7 +55,13 @@ BANT_FIELDS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
 # Stage history rows (one per stage entry), as every source hands them over.
 HISTORY_FIELDS: tuple[str, ...] = ("opportunity_id", "stage", "entered_date")
 
+# Forecast categories (docs/metrics.md "Forecast categories"): open deals take one of the first
+# four; a deal won or lost at as_of is "closed".
+FORECAST_CATEGORIES: tuple[str, ...] = ("pipeline", "best_case", "commit", "omitted", "closed")
+
 # Columns the pipeline adds to every loaded opportunity, after the canonical ones.
+# The amount as the source gave it, its currency, the rate to the reporting currency and the rate's date.
+FX_COLUMNS: tuple[str, ...] = ("original_amount", "original_currency", "fx_rate", "fx_rate_date")
 SOURCE_COLUMN = "source"
 ROW_ID_COLUMN = "row_id"  # "<source>:<opportunity_id>"
 

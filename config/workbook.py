@@ -14,10 +14,10 @@ from typing import Literal
 import pandas as pd
 
 ColumnFormat = Literal["text", "int", "number", "currency", "currency_whole", "ratio", "pct", "points", "date",
-                       "datetime", "bool", "days", "url"]
+                       "datetime", "bool", "days", "url", "rate"]
 """`currency` keeps cents, `currency_whole` shows whole units; `points` is a difference of two
 ratios in percentage points (the value is x100); `url` is a link to its own text (http/https
-only; anything else stays plain text)."""
+only; anything else stays plain text); `rate` is an exchange rate (up to 6 decimals)."""
 
 RAW_SHEETS = "<raw export sheets>"  # where the raw export sheets (`raw_sheet:` on a source) go, in source order
 SHEET_ORDER: tuple[str, ...] = (
@@ -136,12 +136,22 @@ class SummaryTable:
 
 
 @dataclass
+class SummaryBlock:
+    """A titled table of its own on the Summary sheet, under the KPIs (e.g. the forecast)."""
+
+    title: str
+    frame: pd.DataFrame  # metric, value, unit (the unit formats the value)
+    lines: list[str] = field(default_factory=list)  # shown under the table
+
+
+@dataclass
 class SummaryData:
     """The Summary sheet: title, status lines, tables and charts.
 
-    `kpis` (metric, value, previous, change, unit, ...) and `flag_counts` (rule, check,
-    severity, count) are the machine-readable facts (notifications read `kpis`); `tables` is
-    what the sheet shows. Without `tables` the sheet shows `kpis` and `flag_counts` as they are.
+    `kpis` (metric, value, previous, change, unit, ...), `flag_counts` (rule, check, severity,
+    count) and `blocks` (e.g. the forecast: metric, value, unit) are the machine-readable facts
+    (notifications read `kpis`); `tables` is what the sheet shows. Without `tables` the sheet
+    shows `kpis`, `blocks` and `flag_counts` as they are.
     """
 
     title: str
@@ -151,16 +161,23 @@ class SummaryData:
     lines: list[str] = field(default_factory=list)  # short status lines under the title
     tables: list[SummaryTable] = field(default_factory=list)
     widths: list[float] = field(default_factory=list)  # the sheet's column widths (characters); empty: from the tables
+    blocks: list[SummaryBlock] = field(default_factory=list)  # separate tables under the KPIs
 
     def shown_tables(self) -> list[SummaryTable]:
         if self.tables:
             return self.tables
-        units = self.kpis["unit"].tolist() if "unit" in self.kpis.columns else []
         unit_format: dict[str, ColumnFormat] = {"currency": "currency", "currency_per_day": "currency",
                                                  "ratio": "ratio", "pct": "pct", "count": "int", "days": "days"}
-        per_row: list[ColumnFormat | None] = [unit_format.get(str(u), "number") for u in units]
-        kpi_rows = {c: per_row for c in ("value", "previous", "change") if c in self.kpis.columns and units}
-        return [SummaryTable("", self.kpis, row_formats=kpi_rows), SummaryTable("", self.flag_counts)]
+
+        def by_unit(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, list[ColumnFormat | None]]:
+            units = frame["unit"].tolist() if "unit" in frame.columns else []
+            per_row: list[ColumnFormat | None] = [unit_format.get(str(u), "number") for u in units]
+            return {c: per_row for c in columns if c in frame.columns and units}
+
+        blocks = [SummaryTable(b.title, b.frame, row_formats=by_unit(b.frame, ("value",)), note=" ".join(b.lines) or None)
+                  for b in self.blocks]
+        return [SummaryTable("", self.kpis, row_formats=by_unit(self.kpis, ("value", "previous", "change"))),
+                *blocks, SummaryTable("", self.flag_counts)]
 
 
 def table_name(sheet: str) -> str:

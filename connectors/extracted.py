@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from config.models.finance import SourceRates
 from connectors.http.session import Observer, RetryPolicy
 from connectors.state.source_state import SourceVersion
 
@@ -45,6 +46,7 @@ class Extracted:
     base_rows: Any = None  # set by the flow: its validated copy of the rows at `delta_base`
     partial: bool = False  # `records` (history, raw) hold only the `delta_ids` still current, not every record:
     row_ids: Sequence[str] | None = None  # ... then every current record's id in row order (`_row` = position + 1)
+    rates: SourceRates | None = None  # the CRM's own exchange rates, when the source reads them
 
     @property
     def rows_read(self) -> int:

@@ -39,6 +39,7 @@ from connectors.errors import PipelineSyncError
 from connectors.extracted import Extracted
 from connectors.state import backfill as backfill_state
 from connectors.state.snapshots import save_snapshot
+from connectors.state.source_rates import load_rates
 from connectors.state.source_state import load_records
 from flows.pipeline import (
     RunContext,
@@ -55,7 +56,8 @@ from flows.pipeline import (
     validate,
 )
 from flows.reports import ReportSpec, for_report, report_rows, report_specs
-from transforms.periods import reporting_period
+from transforms.fiscal import calendar_for
+from transforms.periods import CalendarLike, as_calendar, reporting_period
 from transforms.report_filter import describe, is_filtered
 
 Every = Literal["day", "week", "month", "quarter"]
@@ -89,22 +91,24 @@ class BackfillResult:
         return [o for o in self.outcomes if o.status in ("failed", "not run")]
 
 
-def backfill_dates(start: date, end: date, every: str, fiscal_year_start_month: int = 1) -> list[date]:
-    """The as_of dates of a backfill, oldest first: every day; the last day (Sunday) of each ISO
-    week; or the last day of each month / (fiscal) quarter; only dates within start..end."""
+def backfill_dates(start: date, end: date, every: str, calendar: CalendarLike = 1) -> list[date]:
+    """The as_of dates of a backfill, oldest first: every day; the last day of each week (the
+    Sunday of an ISO week; with a week-based fiscal calendar, of its fiscal week); or the last day
+    of each month / quarter of the calendar; only dates within start..end."""
     if every not in EVERY:
         raise ValueError(f"--every must be one of {', '.join(EVERY)} (got {every!r})")
     if start > end:
         raise ValueError(f"--from {start.isoformat()} is after --to {end.isoformat()}")
     if every == "day":
         return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    cal = as_calendar(calendar)
     if every == "week":
-        first = start + timedelta(days=6 - start.weekday())
+        first = cal.week_end(start)
         return [first + timedelta(weeks=i) for i in range((end - first).days // 7 + 1)] if first <= end else []
     out: list[date] = []
     d = start
     while d <= end:
-        period_end = reporting_period(d, every, fiscal_year_start_month).full_end
+        period_end = reporting_period(d, every, cal).full_end
         if period_end <= end:
             out.append(period_end)
         d = period_end + timedelta(days=1)
@@ -144,7 +148,9 @@ def load_sources(run: RunContext, *, refetch: bool) -> tuple[list[Extracted], li
             raise PipelineSyncError(f"source '{src.name}' has no stored records yet: run 'pipeline-sync run' once, "
                                     "or backfill with --refetch to pull it now")
         stored = from_state(src, payloads)
-        extracted.append(dataclasses.replace(stored, stale=False, notes=[f"source '{src.name}': stored records"]))
+        rates = load_rates(run.engine, src.name) if getattr(src, "reads_rates", False) else None
+        extracted.append(dataclasses.replace(stored, stale=False, notes=[f"source '{src.name}': stored records"],
+                                             rates=rates))
         notes.append(f"source {src.name}: {len(payloads):,} stored records (use --refetch to pull again)")
     return extracted, notes
 
@@ -154,7 +160,7 @@ def load_sources(run: RunContext, *, refetch: bool) -> tuple[list[Extracted], li
 
 def dated_run(run: RunContext, cfg: AppConfig, as_of: date) -> RunContext:
     """`run` for one report at one date (sharing the run's engine)."""
-    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
+    period = reporting_period(as_of, cfg.period, calendar_for(cfg))
     return dataclasses.replace(for_report(run, cfg), as_of=as_of, period=period,
                                run_id=f"{run.run_id}-{as_of:%Y%m%d}", _engine=run.engine)
 
@@ -283,7 +289,7 @@ def backfill(config_path: str | Path, start: date, end: date, every: str, *, for
     write = cfg.backfill.write_workbooks
     if write and (problems := workbook_problems(cfg, specs)):
         raise ConfigError(loaded.path, problems)
-    dates = backfill_dates(start, end, every, cfg.fiscal_year_start_month)
+    dates = backfill_dates(start, end, every, calendar_for(cfg))
     if not dates:
         raise PipelineSyncError(f"no {every} end between {start.isoformat()} and {end.isoformat()}: widen the range")
     concurrency = concurrency or cfg.backfill.concurrency

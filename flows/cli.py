@@ -250,6 +250,7 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     from connectors.http.session import Observer
     from connectors.registry import extractor_for
     from transforms.canonical import canonicalize
+    from transforms.currency import rate_table
 
     loaded = _load(args.config)
     cfg = loaded.config
@@ -265,7 +266,8 @@ def cmd_check_source(args: argparse.Namespace) -> int:
     extracted = extractor_for(src.type)(src, ctx)
     res = canonicalize(extracted.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map,
                        tz=cfg.tz, date_format=getattr(src, "date_format", None),
-                       reporting_currency=cfg.inputs.currency, rates=cfg.inputs.rates,
+                       reporting_currency=cfg.inputs.currency, as_of=ctx.as_of,
+                       rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, extracted.rates),
                        decimal=getattr(src, "decimal", None))
     print(f"source {src.name} ({src.type}): {res.rows_read:,} read, {len(res.loaded):,} would load, "
           f"{len(res.rejected):,} would be rejected")

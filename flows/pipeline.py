@@ -48,6 +48,8 @@ from flows.reports import (
 from flows.stage_meter import StageTime, measured
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
+from transforms.currency import RateTable, rate_table
+from transforms.fiscal import calendar_for
 from transforms.periods import Period, reporting_period
 from transforms.report_filter import describe, is_filtered
 from transforms.workbook_layout import (
@@ -152,6 +154,7 @@ class Validated:
     sources: list[SourceReport]
     raw: list[tuple[str, pd.DataFrame]]
     by_source: dict[str, SourceRows] = field(default_factory=dict)
+    rates: dict[str, RateTable] = field(default_factory=dict)  # per source: the rates its amounts converted with
 
 
 @dataclass
@@ -200,7 +203,7 @@ def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh:
     cfg = loaded.config
     started = datetime.now(UTC)
     as_of = as_of or started.astimezone(cfg.tz).date()
-    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
+    period = reporting_period(as_of, cfg.period, calendar_for(cfg))
     state_url = cfg.state.url or default_state_url(loaded.base_dir)
     return RunContext(loaded, as_of, period, uuid.uuid4().hex[:12], started, full_refresh, state_url,
                       retry_policy=retry_policy)
@@ -215,7 +218,7 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     src = run.config.sources[index]
     observer = Observer(on_event=run.observer.on_event)
     cache = run.validated_cache if reuse and not run.full_refresh else None
-    digest = validation_digest(run.config, index)
+    digest = validation_digest(run.config, index, run.as_of)
     ctx = ExtractContext(engine=run.engine if registry.source_type(src.type).keeps_state else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
                          full_refresh=run.full_refresh, retry_policy=run.retry_policy,
@@ -255,13 +258,14 @@ def _merges(src: Any, e: Extracted) -> bool:
     return base.raw is not None and e.raw is not None and set(e.raw.columns) <= set(base.raw.columns)
 
 
-_CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
+_CODE_FILES = ("transforms/canonical.py", "transforms/currency.py", "config/schema.py")  # validate every source's rows
 
 
-def validation_digest(cfg: AppConfig, index: int) -> str:
+def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> str:
     """Names how a source's rows are validated: its config, the pipeline's stages, the timezone,
     currency and rates, and the code that shapes and validates them (every module the registry
-    names for its type). Cached rows must match it."""
+    names for its type). Cached rows must match it. With dated rates (or rates the source reads)
+    open deals convert at `as_of`'s rate, so the digest names `as_of` too."""
     src = cfg.sources[index]
     root = Path(__file__).resolve().parent.parent
     code = hashlib.sha256()
@@ -272,6 +276,7 @@ def validation_digest(cfg: AppConfig, index: int) -> str:
         "timezone": cfg.timezone, "currency": cfg.inputs.currency,
         "rates": cfg.inputs.model_dump(mode="json").get("rates"),
         "version": package_version(), "code": code.hexdigest(),
+        **({"as_of": as_of} if as_of is not None and (cfg.inputs.dated or getattr(src, "reads_rates", False)) else {}),
     }, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -292,8 +297,10 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
     by_name = {e.source: e for e in extracted}
     loaded_parts, rejected_parts, history_parts, reports = [], [], [], []
     by_source: dict[str, SourceRows] = {}
+    tables: dict[str, RateTable] = {}
     for src in cfg.sources:
         e = by_name.get(src.name)
+        tables[src.name] = rate_table(cfg.inputs.currency, cfg.inputs.rates, e.rates if e is not None else None)
         if e is None:
             reports.append(SourceReport(src.name, src.type, 0, 0, 0, 0.0, stale=True, error=failures.get(src.name)))
             continue
@@ -317,7 +324,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
     raw = [(src.raw_sheet, by_source[src.name].raw) for src in cfg.sources
            if src.raw_sheet and src.name in by_source and by_source[src.name].raw is not None]
-    return Validated(opportunities, rejected, history, reports, raw, by_source)
+    return Validated(opportunities, rejected, history, reports, raw, by_source, tables)
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -393,7 +400,8 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
     res = canonicalize(
         e.records, source=src.name, stages=cfg.pipeline.stages, stage_map=src.stage_map, tz=cfg.tz,
         date_format=getattr(src, "date_format", None), reporting_currency=cfg.inputs.currency,
-        rates=cfg.inputs.rates, decimal=getattr(src, "decimal", None),
+        rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, e.rates), as_of=run.as_of,
+        decimal=getattr(src, "decimal", None),
     )
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
@@ -408,11 +416,11 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     stale = [r.name for r in reports if r.stale]
     snapshots = load_history(run.engine, run.config.report, run.as_of)
     analytics = build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale,
-                                snapshots=snapshots)
+                                snapshots=snapshots, rates=validated.rates)
     sheets = [*analytics.sheets, opportunities_sheet(analytics.opportunities), rejected_sheet(rejected),
               *raw_sheets(validated.raw)]
     return Transformed(analytics.opportunities, rejected, history, reports, sheets, analytics.summary,
-                       len(analytics.flags), analytics, validated=validated)
+                       len(analytics.flags), analytics, about=list(analytics.about), validated=validated)
 
 
 def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Path, dict[str, int], list[str]]:
@@ -456,16 +464,22 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
     from connectors.state.source_state import save_state
 
     pending = [e for e in extracted if e.pending_state is not None]
+    rated = [e for e in extracted if e.rates is not None and not e.stale]
     if snapshots is None:
         analytics = result.analytics if result is not None else None
         snap = getattr(analytics, "snapshot", None)
         snapshots = [(run.config.report, snap)] if snap is not None else []
-    if not pending and not snapshots:
+    if not pending and not snapshots and not rated:
         return
     with run.engine.begin() as conn:
         for e in pending:
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
+        if rated:
+            from connectors.state.source_rates import save_rates
+
+            for e in rated:
+                save_rates(conn, e.source, e.rates)
         if snapshots:
             from connectors.state.snapshots import save_snapshot
 
@@ -485,7 +499,7 @@ def keep_validated(run: RunContext, extracted: list[Extracted], validated: Valid
         if e.version is None or e.reused or e.stale or rows is None or e.source not in index:
             continue
         try:
-            cache.save(e.source, validation_digest(run.config, index[e.source]), e.version, rows)
+            cache.save(e.source, validation_digest(run.config, index[e.source], run.as_of), e.version, rows)
         except (OSError, pickle.PicklingError) as exc:
             log.warning("source %s: could not keep its validated rows for the next run (%s)", e.source, exc)
 
@@ -628,4 +642,8 @@ def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
         return None
     extracted = from_state(src, payloads)
     extracted.stale = True
+    if getattr(src, "reads_rates", False):
+        from connectors.state.source_rates import load_rates
+
+        extracted.rates = load_rates(run.engine, src.name)
     return extracted

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.models import DEFAULT_STAGES
-from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
+from config.schema import FIELD_NAMES, FX_COLUMNS, ROW_ID_COLUMN, SOURCE_COLUMN
 from transforms.canonical import CanonicalResult, canonicalize
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -367,7 +367,7 @@ def test_row_numbers_default_to_data_rows_after_the_header():
 
 def test_loaded_columns_and_row_id():
     res = run([{**BASE, "owner": "Ann", "amount": "10"}])
-    assert list(res.loaded.columns) == [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN]
+    assert list(res.loaded.columns) == [*FIELD_NAMES, *FX_COLUMNS, SOURCE_COLUMN, ROW_ID_COLUMN]
     row = res.loaded.iloc[0]
     assert (row[SOURCE_COLUMN], row[ROW_ID_COLUMN], row["owner"]) == ("crm", "crm:OPP-1", "Ann")
 

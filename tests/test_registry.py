@@ -220,10 +220,10 @@ def test_registering_a_taken_name_needs_replace():
         ("csv", ["connectors/sources/files.py"]),
         ("excel", ["connectors/sources/files.py"]),
         ("hubspot", [*(f"connectors/sources/hubspot/{m}.py" for m in (
-            "extract", "__init__", "client", "deals", "incremental", "resolve", "rows", "table")),
+            "extract", "__init__", "client", "deals", "incremental", "rates", "resolve", "rows", "table")),
             "connectors/sources/incremental.py"]),
         ("salesforce", [*(f"connectors/sources/salesforce/{m}.py" for m in (
-            "__init__", "client", "extractor", "query", "rows")),
+            "__init__", "client", "extractor", "query", "rates", "rows")),
             "connectors/sources/incremental.py", "config/soql.py"]),
         ("tableau", [f"connectors/sources/tableau/{m}.py" for m in (
             "__init__", "connector", "filters", "pulled", "session", "token_lock", "values", "vds")]),

@@ -12,7 +12,10 @@ docs/metrics.md. Choices where the spec leaves room (each documented where it is
 - owner / product rows group deals without one under "(no owner)" / "(no product)";
 - point-in-time metrics (open_*, clv, stage metrics) have an empty `period_start`;
 - the Summary's "previous" is like for like: the previous period to the same day
-  (`periods.like_for_like`); "previous_full" is the whole previous period, as of its last day;
+  (`periods.like_for_like`, in the configured calendar: `fiscal.calendar_for`); "previous_full"
+  is the whole previous period, as of its last day; both convert the deals open then at that
+  day's rates;
+- Definitions and About say which calendar, fiscal period and rate rule the numbers used;
 - two small extra data sheets feed Summary charts: "Won by month" and "Flags by mistake";
 - on Actions, a source's `record_url_template` fills `record_url` where the source gave none
   (Opportunities keeps what the source gave).
@@ -20,20 +23,22 @@ docs/metrics.md. Choices where the spec leaves room (each documented where it is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from config.models import AppConfig
-from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
+from config.schema import FIELD_NAMES, FX_COLUMNS, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
-from config.workbook import ColumnFormat, SheetData, SummaryData
+from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData
 from transforms.actions import actions_frame, actions_sheet
 from transforms.changes import classify_changes
+from transforms.currency import RateTable, rate_table, reconvert, with_fx_columns
 from transforms.definitions import definitions_sheet
+from transforms.fiscal import calendar_for
 from transforms.flags import (
     ADVICE,
     DEAL_CHECKS,
@@ -42,6 +47,8 @@ from transforms.flags import (
     FlagResult,
     compute_flags,
 )
+from transforms.forecast import FORECAST_METRICS, categories_at, forecast_metrics
+from transforms.forecast import in_use as forecast_in_use
 from transforms.history import deals_as_of, prepare_history, to_days
 from transforms.labels import MISTAKES, check_format, metric_label
 from transforms.labels import THRESHOLD_FORMATS as _THRESHOLD_FORMATS
@@ -55,25 +62,26 @@ from transforms.metrics import (
     team_values,
 )
 from transforms.periods import (
+    Calendar,
+    MonthCalendar,
     Period,
-    last_months,
     like_for_like,
-    month_end,
-    month_label,
     previous_period,
+    recent_months,
     reporting_period,
 )
+from transforms.provenance import provenance_rows
 from transforms.summary import SummaryInputs, build_summary
 
 DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
-OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
+OPPORTUNITY_COLUMNS = [*FIELD_NAMES, *FX_COLUMNS, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
 # Extra data sheets for the Summary charts (near the end of config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
 FLAGS_BY_MISTAKE_SHEET = "Flags by mistake"
 RULE_TITLES = MISTAKES
 # the input columns compute_metrics reads
 _METRIC_INPUTS = ["owner", "product", "account_id", "stage", "status", "amount", "created_date", "close_date",
-                  "stage_entered_date", "deal_type"]
+                  "stage_entered_date", "deal_type", "forecast_category", SOURCE_COLUMN, *FX_COLUMNS]
 UNIT_FORMAT: dict[str, ColumnFormat] = {
     "count": "int", "currency": "currency_whole", "currency_per_day": "currency", "ratio": "ratio",
     "pct": "pct", "days": "days",
@@ -93,6 +101,7 @@ class Analytics:
     summary: SummaryData
     snapshot: SnapshotRecord
     actions: pd.DataFrame | None = None
+    about: list[tuple[str, str]] = field(default_factory=list)  # which calendar and rates the numbers used
 
 
 def _by_magnitude(formats: pd.Series, values: pd.Series) -> pd.Series:
@@ -115,25 +124,40 @@ def value_formats(units: pd.Series, values: pd.Series) -> pd.Series:
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
-                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None) -> Analytics:
-    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring)."""
+                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None,
+                    rates: Mapping[str, RateTable] | None = None) -> Analytics:
+    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring).
+
+    `rates`: per source, the rates its amounts converted with (default: `inputs.rates`); with
+    dated rates, deals are converted again at each as_of looked at (open deals take that day's rate)."""
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
+    opps = with_fx_columns(opps)
+    if rates is None:
+        rates = {str(s): rate_table(cfg.inputs.currency, cfg.inputs.rates) for s in pd.unique(opps[SOURCE_COLUMN])} \
+            if cfg.inputs.dated and SOURCE_COLUMN in opps else {}
     hist = prepare_history(opps, history, stages)
-    period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
-    deals = deals_as_of(opps, hist, stages, as_of)
+    calendar = calendar_for(cfg)
+    period = reporting_period(as_of, cfg.period, calendar)
+    deals, no_rate = reconvert(deals_as_of(opps, hist, stages, as_of), rates, as_of)
+    deals["forecast_category"] = categories_at(deals, stages)
     full = compute_metrics(deals, cfg, as_of, period)
+    forecasting = forecast_in_use(opps, stages)
+    if forecasting:
+        full = pd.concat([full, forecast_metrics(deals, cfg, period, full)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
                        previous_as_of=snapshots.previous_as_of)
     deals["flags"] = fr.deal_flags.to_numpy()
     team = team_values(full)
 
-    prev_full_period = previous_period(period, cfg.fiscal_year_start_month)
-    prev_like = like_for_like(period, cfg.fiscal_year_start_month)
+    prev_full_period = previous_period(period, calendar)
+    prev_like = like_for_like(period, calendar)
+    inputs = [c for c in _METRIC_INPUTS if c in opps.columns]
 
     def team_at(p: Period) -> dict[str, float | None]:
-        d = deals_as_of(opps, hist, stages, p.end, columns=_METRIC_INPUTS)
+        """The team's values as of `p.end`, deals open then converted at that day's rates."""
+        d, _ = reconvert(deals_as_of(opps, hist, stages, p.end, columns=inputs), rates, p.end)
         return team_values(compute_metrics(d, cfg, p.end, p, scopes=("team",)))
 
     prev_team = team_at(prev_like)
@@ -150,13 +174,14 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     funnel, funnel_note = _funnel(deals, full, cfg)
     changes = classify_changes(deals, snapshots.previous_deals, snapshots.previous_as_of if previous else None, stages)
     metrics_sheet = full[[*METRIC_COLUMNS, "note"]].copy()
-    metrics_sheet["label"] = metrics_sheet["metric"].map({m: metric_label(m, cfg) for m in UNITS}).astype(object)
+    metrics_sheet["label"] = metrics_sheet["metric"].map({m: metric_label(m, cfg) for m in (*UNITS, *FORECAST_METRICS)}).astype(object)
     checks = pd.Categorical(fr.flags["check"])  # a handful of checks over millions of rows: map each once
     value_fmt = [check_format(c) for c in checks.categories]
     thr_fmt = [_THRESHOLD_FORMATS.get(c, check_format(c)) for c in checks.categories]
     flag_value_fmt = _by_magnitude(pd.Series(np.array(value_fmt + [None], dtype=object)[checks.codes]), fr.flags["value"])
     flag_thr_fmt = _by_magnitude(pd.Series(np.array(thr_fmt + [None], dtype=object)[checks.codes]), fr.flags["threshold"])
     trends = _trends(snapshots, as_of, team)
+    about = provenance_rows(cfg, calendar, period, prev_full_period, rates, deals)
     sheets = [
         actions_sheet(actions),
         SheetData("Flags", fr.flags, {"amount": "currency_whole", "value": "number", "threshold": "number"},
@@ -177,8 +202,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
-        definitions_sheet(cfg, period, prev_like),
-        SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
+        definitions_sheet(cfg, period, prev_like, calendar=calendar, provenance=about, forecast=forecasting),
+        SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of, calendar),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency_whole"}),
         SheetData(FLAGS_BY_MISTAKE_SHEET, _flags_by_rule(fr.counts),
                   {"high": "int", "medium": "int", "low": "int", "total": "int"}),
@@ -191,9 +216,28 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
         lost=int((status == "lost").sum()), excluded=len(opps) - len(deals), stale=list(stale_sources),
         estimated=int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum()),
         funnel_note=funnel_note, trend_points=len(trends[0]), deal_bits=fr.deal_bits,
-        won_by_month_sheet=WON_BY_MONTH_SHEET, flags_by_mistake_sheet=FLAGS_BY_MISTAKE_SHEET))
+        won_by_month_sheet=WON_BY_MONTH_SHEET, flags_by_mistake_sheet=FLAGS_BY_MISTAKE_SHEET, calendar=calendar,
+        forecast=_forecast_block(full, period) if forecasting else None))
+    if no_rate:
+        summary.lines.append(f"{no_rate} deals have no rate for their currency on their rate date at this as_of: "
+                             "their amount is left out of the sums.")
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot, actions)
+                     summary, snapshot, actions, about)
+
+
+def _forecast_block(metrics: pd.DataFrame, period: Period) -> SummaryBlock:
+    """The team's forecast metrics (commit, best case, pipeline and the two forecasts)."""
+    team = metrics[(metrics["scope"] == "team") & metrics["metric"].isin(FORECAST_METRICS)]
+    frame = pd.DataFrame({"metric": pd.Series(list(team["metric"]), dtype=object),
+                          "value": team["value"].to_numpy(dtype=float),
+                          "unit": pd.Series(list(team["unit"]), dtype=object),
+                          "note": pd.Series(list(team["note"].fillna("")), dtype=object)})
+    return SummaryBlock(
+        f"Forecast for {period.label} (deals closing {period.start.isoformat()} to {period.full_end.isoformat()})",
+        frame,
+        ["forecast_commit = won_value + commit_value; forecast_best_case = forecast_commit + best_case_value; "
+         "commit/best case/pipeline: open deals with close_date in the period, by forecast category "
+         "(per owner on the Metrics sheet)."])
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:
@@ -290,20 +334,24 @@ def _trends(snapshots: SnapshotHistory, as_of: date, team: dict[str, float | Non
     return wide, formats
 
 
-def _won_by_month(deals: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    months = last_months(as_of, 12)
+def _won_by_month(deals: pd.DataFrame, as_of: date, calendar: Calendar) -> pd.DataFrame:
+    """Won deals and value per month of the calendar, the last 12 (the current one to date).
+    `month` is the calendar's label (`2026-05`, `2027-P05`); `label` is the chart's words
+    (`May 2026`, or the fiscal label), with " (to date)" on a month still running."""
+    periods = recent_months(as_of, 12, calendar)
+    words = isinstance(calendar, MonthCalendar)
     won = deals["status"].to_numpy(dtype=object) == "won"
     close = to_days(deals["close_date"])
     amount = deals["amount"].to_numpy(dtype=float)
     counts, values = [], []
-    for a, b in months:
-        m = won & (close >= np.datetime64(a, "D")) & (close <= np.datetime64(b, "D"))
+    for p in periods:
+        m = won & (close >= np.datetime64(p.start, "D")) & (close <= np.datetime64(p.end, "D"))
         counts.append(int(m.sum()))
         values.append(float(np.nansum(amount[m])))
-    labels = [f"{a:%b %Y}" + (" (to date)" if b < month_end(a) else "") for a, b in months]
-    return pd.DataFrame({"month": pd.Series([month_label(a) for a, _ in months], dtype=object),
+    labels = [(f"{p.start:%b %Y}" if words else p.label) + ("" if p.complete else " (to date)") for p in periods]
+    return pd.DataFrame({"month": pd.Series([p.label for p in periods], dtype=object),
                          "label": pd.Series(labels, dtype=object),
-                         "month_start": pd.to_datetime([a for a, _ in months]).astype("datetime64[ns]"),
+                         "month_start": pd.to_datetime([p.start for p in periods]).astype("datetime64[ns]"),
                          "won_deals": counts, "won_value": values})
 
 

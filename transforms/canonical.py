@@ -9,22 +9,25 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import date, tzinfo
 
 import numpy as np
 import pandas as pd
 from pandas.api.types import infer_dtype
 
 from config.models import StageConfig
+from config.models.finance import RateValue
 from config.schema import (
     BOOL_FIELDS,
     CANONICAL_FIELDS,
     DATE_FIELDS,
     FIELD_NAMES,
+    FX_COLUMNS,
     ROW_ID_COLUMN,
     SOURCE_COLUMN,
     TEXT_FIELDS,
 )
+from transforms.currency import RateTable, convert, rate_table
 
 ROW_COLUMN = "_row"  # the source's row number (header = row 1), set by the connector
 ERROR_COLUMN = "_error"  # a reason the connector already found (e.g. a ragged CSV row)
@@ -54,6 +57,12 @@ _DEAL_TYPES = {
     "existingbusiness": "existing",
     "new business": "new",
     "existing business": "existing",
+}
+# source values of a forecast category (case, spaces, '_' and '-' ignored) -> canonical
+_FORECAST = {
+    "pipeline": "pipeline", "bestcase": "best_case", "mostlikely": "best_case", "commit": "commit",
+    "forecast": "commit",  # Salesforce's ForecastCategory API value for Commit
+    "omitted": "omitted", "omit": "omitted", "notforecasted": "omitted", "closed": "closed", "closedwon": "closed",
 }
 
 
@@ -300,12 +309,15 @@ def canonicalize(
     tz: tzinfo,
     date_format: str | None = None,
     reporting_currency: str = "USD",
-    rates: Mapping[str, float] | None = None,
+    rates: Mapping[str, RateValue] | RateTable | None = None,
     decimal: str | None = None,
+    as_of: date | None = None,
 ) -> CanonicalResult:
     """Validate and type one source's records. `records` has canonical column names and `_row`.
 
-    `decimal`: a file source's decimal mark for text amounts (see `parse_amounts`)."""
+    `decimal`: a file source's decimal mark for text amounts (see `parse_amounts`). Amounts
+    convert to `reporting_currency` at `as_of` (transforms.currency: closed deals at the rate of
+    their close date, open deals at the rate of `as_of`); dated rates need `as_of`."""
     n = len(records)
     idx = records.index
     rows = records[ROW_COLUMN] if ROW_COLUMN in records else pd.Series(np.arange(2, n + 2), index=idx)
@@ -358,24 +370,39 @@ def canonicalize(
     cur = _text(col["currency"]).str.upper()
     cur, r = _currency_of_marks(cur, mark, _text(col["amount"]), reporting_currency.upper())
     reasons.append(r)
-    rate_table = {reporting_currency.upper(): 1.0, **{k.upper(): float(v) for k, v in (rates or {}).items()}}
-    r = pd.Series("", index=idx, dtype=object)
-    bad_code = (cur != "") & ~cur.str.match(_CURRENCY_CODE)
-    r[bad_code] = "currency '" + cur[bad_code] + "' is not an ISO 4217 code"
-    unknown_cur = (cur != "") & ~bad_code & ~cur.isin(list(rate_table))
-    r[unknown_cur] = (
-        "currency '" + cur[unknown_cur] + f"' has no rate to {reporting_currency} (add it to inputs.rates)"
-    )
-    reasons.append(r)
-    rate = cur.map(rate_table).fillna(1.0).astype(float)
-    out["amount"] = amount * rate
-    out["currency"] = reporting_currency.upper()
-    out.loc[out["amount"].isna() & (cur == ""), "currency"] = None
 
     for f in DATE_FIELDS:
         d, r = parse_dates(col[f], f, tz, date_format)
         out[f] = d
         reasons.append(r)
+
+    table = rates if isinstance(rates, RateTable) else rate_table(reporting_currency, rates)
+    r = pd.Series("", index=idx, dtype=object)
+    bad_code = (cur != "") & ~cur.str.match(_CURRENCY_CODE)
+    r[bad_code] = "currency '" + cur[bad_code] + "' is not an ISO 4217 code"
+    conv = convert(amount.to_numpy(dtype=float), cur.where(~bad_code, "").to_numpy(dtype=object),
+                   out["status"].to_numpy(dtype=object), out["close_date"].to_numpy(dtype="datetime64[D]"),
+                   as_of, table)
+    r = r.where(bad_code, pd.Series(conv.reason, index=idx, dtype=object))
+    reasons.append(r)
+    out["amount"] = conv.amount
+    out["currency"] = table.reporting
+    out.loc[out["amount"].isna() & (cur == ""), "currency"] = None
+    out["original_amount"] = amount.to_numpy(dtype=float)
+    out["original_currency"] = cur.where(cur != "", None)
+    out["fx_rate"] = conv.rate
+    out["fx_rate_date"] = conv.rate_date.astype("datetime64[ns]")
+
+    # forecast category: the source's value for deals open now (a closed deal is "closed" at every
+    # as_of it is closed by, and takes its stage's category where it was still open: analysis decides)
+    fc_txt = _text(col["forecast_category"])
+    fc = fc_txt.map({v: _FORECAST.get(re.sub(r"[\s_\-]", "", v.lower())) for v in pd.unique(fc_txt)})
+    r = pd.Series("", index=idx, dtype=object)
+    bad_fc = (fc_txt != "") & fc.isna()
+    r[bad_fc] = ("forecast_category '" + fc_txt[bad_fc]
+                 + "' is not pipeline, best case, commit, omitted or closed")
+    reasons.append(r)
+    out["forecast_category"] = fc.where(fc.notna() & (fc != "closed") & (out["status"] == "open"), None)
     r = pd.Series("", index=idx, dtype=object)
     r[_text(col["created_date"]) == ""] = "created_date is missing"
     reasons.append(r)
@@ -401,7 +428,7 @@ def canonicalize(
         reason[dup] = "duplicate opportunity_id '" + ids[dup] + "' (first seen on row " + ids[dup].map(first_row).astype(str) + ")"
 
     bad = reason != ""
-    loaded = out.loc[~bad, list(FIELD_NAMES)].copy()
+    loaded = out.loc[~bad, [*FIELD_NAMES, *FX_COLUMNS]].copy()
     loaded[SOURCE_COLUMN] = source
     loaded[ROW_ID_COLUMN] = source + ":" + loaded["opportunity_id"].astype(str)
     loaded = loaded.reset_index(drop=True)
@@ -447,6 +474,10 @@ def _join_reasons(parts: list[pd.Series], idx: pd.Index) -> pd.Series:
 def empty_opportunities() -> pd.DataFrame:
     """A zero-row frame with the loaded columns and types."""
     frame = pd.DataFrame({f.name: pd.Series(dtype=_DTYPES[f.kind]) for f in CANONICAL_FIELDS})
+    frame["original_amount"] = pd.Series(dtype=float)
+    frame["original_currency"] = pd.Series(dtype=object)
+    frame["fx_rate"] = pd.Series(dtype=float)
+    frame["fx_rate_date"] = pd.Series(dtype="datetime64[ns]")
     frame[SOURCE_COLUMN] = pd.Series(dtype=object)
     frame[ROW_ID_COLUMN] = pd.Series(dtype=object)
     return frame
@@ -460,6 +491,7 @@ _DTYPES = {
     "date": "datetime64[ns]",
     "deal_type": object,
     "bool": bool,
+    "forecast_category": object,
 }
 
 

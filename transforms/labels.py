@@ -39,6 +39,11 @@ METRICS: dict[str, tuple[str, int]] = {
     "clv": ("Customer lifetime value (CLV)", 1),
     "stage_conversion_rate": ("Stage conversion rate", 1),
     "avg_days_in_stage": ("Avg days in stage", -1),
+    "commit_value": ("Commit", 1),
+    "best_case_value": ("Best case", 1),
+    "pipeline_value": ("Pipeline (not yet commit or best case)", 1),
+    "forecast_commit": ("Forecast: won + commit", 1),
+    "forecast_best_case": ("Forecast: won + commit + best case", 1),
 }
 
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -57,12 +62,19 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "sales_velocity_per_day": "open_deals x avg_deal_size x win_rate / avg_sales_cycle_days.",
     "lead_gen_per_day": "Sum of amount of the deals created in the last N days (up to as_of), divided by N.",
     "revenue_growth_pct": "(won_value(M) - won_value(M-1)) / won_value(M-1) x 100, M = the latest complete "
-                          "calendar month on or before as_of.",
+                          "month of the fiscal calendar on or before as_of.",
     "cac": "spend(period) / new customers (distinct account_id with a deal of type new won in the period).",
     "clv": "Mean, over accounts with a won deal on or before as_of, of their total won amount.",
     "stage_conversion_rate": "Per open stage: deals that reached a later stage (won counts as every stage) / "
                              "deals that reached the stage.",
     "avg_days_in_stage": "Per open stage: mean days_in_stage (as_of - stage entry) of the deals open in it.",
+    "commit_value": "Sum of amount of the open deals in forecast category commit with close_date in the whole period.",
+    "best_case_value": "Sum of amount of the open deals in forecast category best_case with close_date in the whole "
+                       "period.",
+    "pipeline_value": "Sum of amount of the open deals in forecast category pipeline with close_date in the whole "
+                      "period (omitted deals are in none).",
+    "forecast_commit": "won_value + commit_value.",
+    "forecast_best_case": "forecast_commit + best_case_value.",
 }
 
 # check -> (rule, words for a person, Flags value format)

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from config.models import AppConfig
+from transforms.fiscal import calendar_for
 from transforms.history import to_days
-from transforms.periods import Period, latest_complete_month, month_before, month_label
+from transforms.periods import Calendar, Period, latest_complete_month, month_before, period_of
 
 NO_OWNER = "(no owner)"
 NO_PRODUCT = "(no product)"
@@ -121,6 +122,7 @@ def compute_metrics(deals: pd.DataFrame, cfg: AppConfig, as_of: date, period: Pe
     day = np.datetime64(as_of, "D")
     ps, pe = np.datetime64(period.start, "D"), np.datetime64(period.end, "D")
     window = cfg.targets.prospecting_window_days
+    calendar = calendar_for(cfg)
 
     status = deals["status"].to_numpy(dtype=object)
     is_open, won, lost = status == "open", status == "won", status == "lost"
@@ -224,16 +226,16 @@ def compute_metrics(deals: pd.DataFrame, cfg: AppConfig, as_of: date, period: Pe
         results["lead_gen_per_day", scope] = _Result(keys, lg.value / window, lg.note, lg.missing)
 
         if scope == "team":
-            results["revenue_growth_pct", scope] = _revenue_growth(won, close, amount, as_of)
+            results["revenue_growth_pct", scope] = _revenue_growth(won, close, amount, as_of, calendar)
             results["cac", scope] = _cac(deals, won_p, cfg, period)
             results["clv", scope] = _clv(deals, won, amount)
 
-    return _assemble(results, scopes, as_of, period, window)
+    return _assemble(results, scopes, as_of, period, window, calendar)
 
 
-def _revenue_growth(won: np.ndarray, close: np.ndarray, amount: np.ndarray, as_of: date) -> _Result:
-    m_start, m_end = latest_complete_month(as_of)
-    p_start, p_end = month_before(m_start)
+def _revenue_growth(won: np.ndarray, close: np.ndarray, amount: np.ndarray, as_of: date, calendar: Calendar) -> _Result:
+    m_start, m_end = latest_complete_month(as_of, calendar)
+    p_start, p_end = month_before(m_start, calendar)
     vals, notes, missing = [], [], None
 
     def month_sum(a: date, b: date) -> tuple[float, int, int]:
@@ -247,7 +249,7 @@ def _revenue_growth(won: np.ndarray, close: np.ndarray, amount: np.ndarray, as_o
     if prev_n > 0 and prev_v == 0 or cur_n > 0 and cur_v == 0:
         value, note, missing = np.nan, "the deals won in the compared months have no amount", "amount"
     elif prev == 0:
-        value, note = np.nan, f"no revenue won in {month_label(p_start)} (the base month)"
+        value, note = np.nan, f"no revenue won in {period_of(p_start, 'month', calendar).label} (the base month)"
     else:
         value = (cur - prev) / prev * 100.0
     vals.append(value)
@@ -292,8 +294,8 @@ def _clv(deals: pd.DataFrame, won: np.ndarray, amount: np.ndarray) -> _Result:
 
 
 def _assemble(results: dict[tuple[str, str], _Result], scopes: tuple[str, ...], as_of: date,
-              period: Period, window: int) -> pd.DataFrame:
-    m_start, m_end = latest_complete_month(as_of)
+              period: Period, window: int, calendar: Calendar) -> pd.DataFrame:
+    m_start, m_end = latest_complete_month(as_of, calendar)
     bounds: dict[str, tuple[date | None, date]] = {m: (period.start, period.end) for m in UNITS}
     bounds.update({m: (None, as_of) for m in _POINT_IN_TIME})
     bounds["lead_gen_per_day"] = (as_of - timedelta(days=window - 1), as_of)

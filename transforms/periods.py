@@ -4,16 +4,31 @@ The reporting period is the calendar (or fiscal) month, quarter or year containi
 from its first day to `as_of`, both inclusive. Fiscal years start on the first day of
 `fiscal_year_start_month` and are labelled by the calendar year in which they end; fiscal
 quarters count from that month (with start month 4, April-June is Q1 of the year ending next
-March). Months are always calendar months, labelled `YYYY-MM`.
+March). Months are calendar months, labelled `YYYY-MM`.
+
+The calendar is one object passed around (`Calendar`): `MonthCalendar` (a start month; an int
+given where a calendar is expected stands for it) or `transforms.fiscal.WeekCalendar` (4-4-5,
+4-5-4, 5-4-4 weeks, months labelled `YYYY-P05`). `transforms.fiscal.calendar_for(cfg)` picks the
+configured one; every period-based number takes its bounds and labels from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 PeriodKind = Literal["month", "quarter", "year"]
+
+
+class Calendar(Protocol):
+    """Period bounds and labels: (first day, last day, label) of the `kind` period containing a day."""
+
+    def bounds(self, kind: PeriodKind, d: date) -> tuple[date, date, str]: ...
+
+    def week_end(self, d: date) -> date: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -74,32 +89,75 @@ def _bounds(kind: PeriodKind, d: date, start_month: int) -> tuple[date, date, st
     return date(sy, sm, 1), date(ey, em, 1) - timedelta(days=1), f"{fy}-Q{q + 1}"
 
 
-def reporting_period(as_of: date, kind: PeriodKind = "quarter", fiscal_year_start_month: int = 1) -> Period:
+@dataclass(frozen=True)
+class MonthCalendar:
+    """Calendar months; fiscal years (and quarters) start on the first of `start_month`."""
+
+    start_month: int = 1
+
+    def bounds(self, kind: PeriodKind, d: date) -> tuple[date, date, str]:
+        return _bounds(kind, d, self.start_month)
+
+    def week_end(self, d: date) -> date:
+        """The Sunday ending the ISO week of `d`."""
+        return d + timedelta(days=6 - d.weekday())
+
+    def describe(self) -> str:
+        if self.start_month == 1:
+            return "calendar months, quarters and years"
+        return (f"calendar months; fiscal years from {date(2000, self.start_month, 1):%B} 1, "
+                "labelled by the calendar year they end in")
+
+
+CalendarLike = Calendar | int
+
+
+def as_calendar(calendar: CalendarLike | None) -> Calendar:
+    """`calendar` itself, or the month calendar an int (a fiscal year start month) stands for."""
+    if calendar is None:
+        return MonthCalendar()
+    return MonthCalendar(calendar) if isinstance(calendar, int) else calendar
+
+
+def period_of(d: date, kind: PeriodKind, calendar: CalendarLike | None = None) -> Period:
+    """The whole period of `kind` containing `d`."""
+    start, full_end, label = as_calendar(calendar).bounds(kind, d)
+    return Period(kind, start, full_end, full_end, label)
+
+
+def reporting_period(as_of: date, kind: PeriodKind = "quarter", calendar: CalendarLike = 1) -> Period:
     """The period containing `as_of`, from its first day to `as_of` (period to date)."""
-    start, full_end, label = _bounds(kind, as_of, fiscal_year_start_month)
+    start, full_end, label = as_calendar(calendar).bounds(kind, as_of)
     return Period(kind, start, as_of, full_end, label)
 
 
-def previous_period(period: Period, fiscal_year_start_month: int = 1) -> Period:
+def previous_period(period: Period, calendar: CalendarLike = 1) -> Period:
     """The whole period before `period` (ending on its last day)."""
-    before = period.start - timedelta(days=1)
-    start, full_end, label = _bounds(period.kind, before, fiscal_year_start_month)
-    return Period(period.kind, start, full_end, full_end, label)
+    return period_of(period.start - timedelta(days=1), period.kind, calendar)
 
 
-def latest_complete_month(as_of: date) -> tuple[date, date]:
-    """(first, last day) of the latest calendar month complete on `as_of` (its last day or later)."""
-    last = month_end(as_of)
-    if as_of >= last:
-        return month_start(as_of), last
-    prev_last = month_start(as_of) - timedelta(days=1)
-    return month_start(prev_last), prev_last
+def latest_complete_month(as_of: date, calendar: CalendarLike | None = None) -> tuple[date, date]:
+    """(first, last day) of the latest month (of the calendar) complete on `as_of` (its last day or later)."""
+    month = period_of(as_of, "month", calendar)
+    if as_of >= month.full_end:
+        return month.start, month.full_end
+    before = period_of(month.start - timedelta(days=1), "month", calendar)
+    return before.start, before.full_end
 
 
-def month_before(first_day: date) -> tuple[date, date]:
-    """(first, last day) of the calendar month before the month starting on `first_day`."""
-    last = first_day - timedelta(days=1)
-    return month_start(last), last
+def month_before(first_day: date, calendar: CalendarLike | None = None) -> tuple[date, date]:
+    """(first, last day) of the month (of the calendar) before the month starting on `first_day`."""
+    before = period_of(first_day - timedelta(days=1), "month", calendar)
+    return before.start, before.full_end
+
+
+def recent_months(as_of: date, n: int = 12, calendar: CalendarLike | None = None) -> list[Period]:
+    """The `n` months (of the calendar) ending with the month of `as_of`, oldest first; the last one
+    ends on `as_of` (to date)."""
+    out = [reporting_period(as_of, "month", as_calendar(calendar))]
+    while len(out) < n:
+        out.insert(0, period_of(out[0].start - timedelta(days=1), "month", calendar))
+    return out
 
 
 def last_months(as_of: date, n: int = 12) -> list[tuple[date, date]]:
@@ -112,9 +170,11 @@ def last_months(as_of: date, n: int = 12) -> list[tuple[date, date]]:
     return out
 
 
-def like_for_like(period: Period, fiscal_year_start_month: int = 1) -> Period:
+def like_for_like(period: Period, calendar: CalendarLike = 1) -> Period:
     """The previous period to the same day (shared docs/metrics.md, "Comparisons"): its first day
-    plus as many days as `period` has run, clamped to its last day (Q4 to 2026-12-06 -> Q3 to 2026-09-05)."""
-    prev = previous_period(period, fiscal_year_start_month)
+    plus as many days as `period` has run, clamped to its last day (Q4 to 2026-12-06 -> Q3 to 2026-09-05).
+    The previous period is the calendar's (`transforms.fiscal.calendar_for(cfg)`: with a 4-4-5
+    calendar, the previous 13-week quarter; a 14-week one clamps to its 13-week predecessor's end)."""
+    prev = previous_period(period, calendar)
     day = min(prev.start + (period.end - period.start), prev.full_end)
     return Period(prev.kind, prev.start, day, prev.full_end, prev.label)

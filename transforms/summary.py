@@ -1,5 +1,6 @@
 """The Summary sheet in words: what period it is, what it is compared with, the key numbers (like
-for like, coloured better / worse), the eight mistakes by name, the top deals at risk, and charts.
+for like, coloured better / worse), the forecast (when the report has forecast categories), the
+eight mistakes by name, the top deals at risk, and charts.
 
 Labels come from `transforms.labels`. Currency shows whole units from 1,000 up, ratios as %,
 changes with their sign (ratio changes in percentage points).
@@ -7,18 +8,18 @@ changes with their sign (ratio changes in percentage points).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
 from config.models import AppConfig
-from config.workbook import ChartSpec, ColumnFormat, SummaryData, SummaryTable
+from config.workbook import ChartSpec, ColumnFormat, SummaryBlock, SummaryData, SummaryTable
 from transforms.flags import DEAL_CHECKS, SEVERITY_ORDER
 from transforms.labels import MISTAKES, better, check_label, currency_symbol, metric_label
 from transforms.metrics import TEAM_METRICS, UNITS
-from transforms.periods import Period, month_end, month_label
+from transforms.periods import Calendar, MonthCalendar, Period, month_label, period_of
 
 KPI_ORDER: tuple[str, ...] = (
     "open_value", "weighted_value", "open_deals", "new_value", "new_deals", "lead_gen_per_day", "won_value",
@@ -57,6 +58,8 @@ class SummaryInputs:
     won_by_month_sheet: str
     flags_by_mistake_sheet: str
     deal_bits: np.ndarray | None = None
+    calendar: Calendar = field(default_factory=MonthCalendar)  # the run's (transforms.fiscal.calendar_for)
+    forecast: SummaryBlock | None = None  # the team's forecast metrics, when the report has forecast categories
 
 
 def counted(n: int, noun: str) -> str:
@@ -103,8 +106,10 @@ def _kpi_note(metric: str, s: SummaryInputs, notes: dict[str, str]) -> str:
         row = s.metrics[(s.metrics["metric"] == metric) & (s.metrics["scope"] == "team")]
         if len(row) and pd.notna(row["period_start"].iloc[0]):
             m = row["period_start"].iloc[0].date()
-            before = (pd.Timestamp(m) - pd.offsets.MonthBegin(1)).date()
-            return f"{m:%B %Y} vs {before:%B %Y}"
+            before = period_of(m - timedelta(days=1), "month", s.calendar)
+            if isinstance(s.calendar, MonthCalendar):
+                return f"{m:%B %Y} vs {before.start:%B %Y}"
+            return f"{period_of(m, 'month', s.calendar).label} vs {before.label}"
     if metric in ("open_value", "weighted_value", "open_deals"):
         return f"open on {day_words(s.as_of, False)} vs on {day_words(s.prev_like.end, False)}"
     if metric == "clv":
@@ -161,6 +166,34 @@ def _kpi_table(s: SummaryInputs, kpis: pd.DataFrame) -> SummaryTable:
     return SummaryTable("Key numbers", frame, row_formats=fmts,
                         better={"Change": [int(k.loc[m, "better"]) for m in rows]},
                         signed={"Change"})
+
+
+FORECAST_HOW: dict[str, str] = {
+    "commit_value": "Open deals in Commit closing in the period.",
+    "best_case_value": "Open deals in Best case closing in the period.",
+    "pipeline_value": "Open deals in Pipeline closing in the period.",
+    "forecast_commit": "Won revenue + Commit.",
+    "forecast_best_case": "Forecast (commit) + Best case.",
+}
+
+
+def _forecast_table(s: SummaryInputs, block: SummaryBlock) -> SummaryTable:
+    """The forecast block in words: one row per forecast metric, its value over the whole period."""
+    f = block.frame
+    metrics = [str(m) for m in f["metric"]]
+    values = f["value"].to_numpy(dtype=float)
+    notes = f["note"].tolist() if "note" in f.columns else [""] * len(f)
+    units = [str(u) for u in f["unit"]]
+    value_h = f"All of {s.period.label}"
+    how = [("Empty: " + str(n)) if np.isnan(v) and n else FORECAST_HOW.get(m, "")
+           for m, v, n in zip(metrics, values, notes, strict=True)]
+    frame = pd.DataFrame({"Measure": [metric_label(m, s.cfg) for m in metrics], value_h: values,
+                          "How it is counted": pd.Series(how, dtype=object)})
+    p = s.period
+    return SummaryTable(block.title, frame,
+                        row_formats={value_h: [value_format(u, v) for u, v in zip(units, values, strict=True)]},
+                        note=f"Deals closing {day_words(p.start)} to {day_words(p.full_end)}, by forecast category; "
+                             "per owner on the Metrics sheet.")
 
 
 def _mistakes_table(s: SummaryInputs) -> SummaryTable:
@@ -258,12 +291,14 @@ MONEY_AXIS = '[>=1000000]"{s}"0.0,,"M";[>=1000]"{s}"0,"K";"{s}"0'
 def _charts(s: SummaryInputs) -> list[ChartSpec]:
     sym = currency_symbol(s.cfg.inputs.currency).strip()
     axis = MONEY_AXIS.format(s=sym)
-    partial = s.as_of < month_end(s.as_of)
+    month = period_of(s.as_of, "month", s.calendar)
+    partial = s.as_of < month.full_end
+    month_words = f"{s.as_of:%B}" if isinstance(s.calendar, MonthCalendar) else month.label
     charts = [
         ChartSpec("Open pipeline by stage", "column", "Funnel", "stage", ["open_value"], lines=["open_deals"],
                   secondary=["open_deals"], x_title="Stage", y_title=f"Open value ({sym})", y_format=axis,
                   y2_title="Open deals", y2_format="#,##0", names={"open_value": "Open value", "open_deals": "Open deals"}),
-        ChartSpec("Won revenue by month" + (f" ({s.as_of:%B} to date)" if partial else ""), "column",
+        ChartSpec("Won revenue by month" + (f" ({month_words} to date)" if partial else ""), "column",
                   s.won_by_month_sheet,
                   "label", ["won_value"], y_title=f"Won revenue ({sym})", y_format=axis, muted_last=partial,
                   names={"won_value": "Won revenue"}),
@@ -281,8 +316,12 @@ def _charts(s: SummaryInputs) -> list[ChartSpec]:
 def build_summary(s: SummaryInputs) -> SummaryData:
     kpis = kpi_frame(s)
     title = f"Pipeline report '{s.cfg.report}', as of {day_words(s.as_of)}"
-    tables = [_kpi_table(s, kpis), _top_deals(s), _mistakes_table(s)]
-    return SummaryData(title, kpis, s.counts.copy(), _charts(s), _lines(s), tables, list(WIDTHS))
+    tables = [_kpi_table(s, kpis)]
+    if s.forecast is not None:
+        tables.append(_forecast_table(s, s.forecast))
+    tables += [_top_deals(s), _mistakes_table(s)]
+    blocks = [s.forecast] if s.forecast is not None else []
+    return SummaryData(title, kpis, s.counts.copy(), _charts(s), _lines(s), tables, list(WIDTHS), blocks)
 
 
 __all__ = ["SummaryInputs", "build_summary", "day_words", "kpi_frame", "money", "month_label", "value_format"]

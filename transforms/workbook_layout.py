@@ -17,6 +17,7 @@ from config.schema import (
     EXCEL_MAX_CELL_CHARS,
     EXCEL_MAX_ROWS,
     FIELD_NAMES,
+    FX_COLUMNS,
     ROW_ID_COLUMN,
     SOURCE_COLUMN,
 )
@@ -28,12 +29,18 @@ DERIVED_FORMATS: dict[str, ColumnFormat] = {
     "stage_entered_estimated": "bool",
     "probability": "ratio",
     "weighted_amount": "currency",
+    "original_amount": "number",  # in its own currency (original_currency)
+    "fx_rate": "rate",
+    "fx_rate_date": "date",
 }
 
 
 def opportunities_sheet(opps: pd.DataFrame) -> SheetData:
     """Canonical fields in the spec's order, then `source`, then derived columns."""
-    lead = [c for c in FIELD_NAMES if c in opps.columns] + [SOURCE_COLUMN]
+    lead = [c for c in FIELD_NAMES if c in opps.columns]
+    at = lead.index("currency") + 1 if "currency" in lead else len(lead)  # the original amount beside the converted
+    lead[at:at] = [c for c in FX_COLUMNS if c in opps.columns]
+    lead.append(SOURCE_COLUMN)
     derived = [c for c in opps.columns if c not in lead]
     if ROW_ID_COLUMN in derived:  # row id first among derived columns
         derived.remove(ROW_ID_COLUMN)

@@ -30,6 +30,10 @@ from config.models.destinations import (  # noqa: F401
     OneDriveDestinationConfig,
     onedrive_path_problems,
 )
+from config.models.finance import (  # noqa: F401
+    FiscalCalendarConfig,
+    SourceRates,
+)
 from config.models.operations import (  # noqa: F401
     BackfillConfig,
     NotifyConfig,

@@ -17,6 +17,7 @@ from config.models.base import (
     stage_map_problems,
 )
 from config.models.destinations import DestinationConfig
+from config.models.finance import FiscalCalendarConfig
 from config.models.operations import BackfillConfig, NotifyConfig, ReportConfig, ScheduleConfig
 from config.models.sources import SourceConfig
 
@@ -25,6 +26,7 @@ class AppConfig(StrictModel):
     timezone: str = "UTC"
     period: Literal["month", "quarter", "year"] = "quarter"
     fiscal_year_start_month: int = Field(default=1, ge=1, le=12)
+    fiscal_calendar: FiscalCalendarConfig | None = None  # 4-4-5 / 4-5-4 / 5-4-4 weeks instead of months
     report: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.\-]+$")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     targets: TargetsConfig = Field(default_factory=TargetsConfig)
@@ -60,6 +62,9 @@ class AppConfig(StrictModel):
             problems += stage_map_problems(i, src.stage_map, stages)
         if self.targets.product_mix is not None and (problem := product_mix_problem(self.targets.product_mix)):
             problems.append(problem)
+        if self.fiscal_calendar is not None and self.fiscal_year_start_month != 1:
+            problems.append("fiscal_year_start_month and fiscal_calendar are both set: a week-based calendar starts "
+                            "on fiscal_calendar.year_start; remove fiscal_year_start_month")
         if problems:
             raise ValueError("; ".join(problems))
         for sched in self.schedule:

@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from config.models.finance import DatedRate, RateValue, rate_list_problem, read_rates_file
+
 
 def _resolve_path(value: str | None, info: ValidationInfo) -> str | None:
     if value is None or value == "":
@@ -52,6 +54,8 @@ class StageConfig(StrictModel):
     status: Literal["open", "won", "lost"] = "open"
     probability: float | None = Field(default=None, ge=0, le=1)
     max_days: int | None = Field(default=None, ge=0)
+    # forecast category of open deals in this stage when the source gives none (docs/metrics.md)
+    forecast_category: Literal["pipeline", "best_case", "commit", "omitted"] | None = None
 
 
 DEFAULT_STAGES: tuple[StageConfig, ...] = (
@@ -139,7 +143,38 @@ class TargetsConfig(StrictModel):
 class InputsConfig(StrictModel):
     spend: dict[str, float] = Field(default_factory=dict)  # period label -> amount
     currency: str = "USD"  # the reporting currency
-    rates: dict[str, float] = Field(default_factory=dict)  # currency -> reporting-currency rate
+    # currency -> reporting-currency rate: one number, or a dated list [{from: 2026-01-01, rate: 1.1}, ...]
+    rates: dict[str, RateValue] = Field(default_factory=dict)
+    rates_file: RelPath | None = None  # a CSV of dated rates: currency,from,rate (merged into `rates`)
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> InputsConfig:
+        problems = [p for cur, value in self.rates.items() if (p := rate_list_problem(cur, value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.rates_file:
+            try:
+                from_file = read_rates_file(self.rates_file)
+            except ValueError as exc:
+                raise ValueError(f"rates_file: {exc}") from None
+            have = {k.upper(): k for k in self.rates}
+            for cur, rows in from_file.items():
+                if cur in have and not _same_rates(self.rates[have[cur]], rows):
+                    raise ValueError(f"rates: {cur} is in both rates and rates_file; keep one")
+                self.rates[have.get(cur, cur)] = rows
+        for value in self.rates.values():
+            if isinstance(value, list):
+                value.sort(key=lambda r: r.from_)
+        return self
+
+    @property
+    def dated(self) -> bool:
+        """Whether any rate depends on the date (a dated list)."""
+        return any(isinstance(v, list) for v in self.rates.values())
+
+
+def _same_rates(a: RateValue, b: list[DatedRate]) -> bool:
+    return isinstance(a, list) and sorted((r.from_, r.rate) for r in a) == sorted((r.from_, r.rate) for r in b)
 
 
 class StateConfig(StrictModel):

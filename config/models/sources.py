@@ -98,6 +98,7 @@ HUBSPOT_DEFAULT_FIELDS: dict[str, str] = {
     "last_activity_date": "notes_last_updated",
     "next_step_date": "notes_next_activity_date",
     "deal_type": "dealtype",
+    "forecast_category": "hs_manual_forecast_category",  # OMIT, PIPELINE, BEST_CASE, COMMIT, CLOSED
 }
 # filled by the connector itself (ids, pipelines, owners, line items), not from `fields`
 HUBSPOT_FIXED_FIELDS: frozenset[str] = frozenset(
@@ -123,6 +124,13 @@ class HubSpotSourceConfig(SourceBase):
     rate_limit_reserve: int = Field(default=5, ge=0)  # pause for the window when this few calls remain
     search_per_second: float = Field(default=4.0, gt=0)
     timeout: float = Field(default=30.0, gt=0)
+    # read the account's exchange rates (settings.currencies.read scope): deals in other currencies
+    # convert at HubSpot's own rates, dated by effectiveAt
+    exchange_rates: bool = False
+
+    @property
+    def reads_rates(self) -> bool:
+        return self.exchange_rates
 
     @model_validator(mode="after")
     def _check_fields(self) -> HubSpotSourceConfig:
@@ -163,6 +171,13 @@ class SalesforceSourceConfig(SourceBase):
     timeout: float = 30.0
     daily_api_reserve: int = Field(default=1000, ge=0)  # stop cleanly (cursor kept) when this few daily API calls remain
     reconcile_days: float = Field(default=7.0, ge=0)  # compare the stored ids with the org's this often (0: every run)
+    # multi-currency orgs: read CurrencyIsoCode and the org's rates, static (CurrencyType) or dated
+    # (DatedConversionRate, advanced currency management); none: amounts are taken as they are
+    currency_rates: Literal["none", "static", "dated"] = "none"
+
+    @property
+    def reads_rates(self) -> bool:
+        return self.currency_rates != "none"
 
     @model_validator(mode="after")
     def _check_auth(self) -> SalesforceSourceConfig:

@@ -101,6 +101,15 @@ source_cursors = sa.Table(
 )
 
 
+source_rates = sa.Table(  # the exchange rates a CRM source read last (for backfill and the stale fallback)
+    "source_rates",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON {base, origin, rates: [[currency, from | null, rate]]}
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 source_records = sa.Table(
     "source_records",
     metadata,

@@ -82,6 +82,7 @@ NUMBER_FORMATS: dict[str, str] = {
     "datetime": "yyyy-mm-dd hh:mm",
     "days": "#,##0.0",
     "points": '0.0" pts"',
+    "rate": "0.0000##",  # exchange rates: up to 6 decimals, as the CRMs keep them
 }
 MAX_LINKS = 65_530  # Excel's limit of hyperlinks on one sheet
 MAX_FORMULA_TEXT = 255  # a string literal in a formula
@@ -494,7 +495,7 @@ def _col_width(series: pd.Series, header: str, fmt: ColumnFormat) -> float:
         return max(base, 12)
     if fmt == "datetime":
         return max(base, 17)
-    if fmt in ("int", "number", "currency", "days", "ratio", "pct"):
+    if fmt in ("int", "number", "currency", "days", "ratio", "pct", "rate"):
         return max(base, 14)
     if fmt == "bool":
         return max(base, 8)

@@ -113,7 +113,7 @@ OBJECT_BATCH_MAX = 100
 STANDARD_PROPERTIES = (
     "amount", "amount_in_home_currency", "closedate", "createdate", "deal_currency_code", "dealname",
     "dealstage", "dealtype", "description", "hs_analytics_source", "hs_lastmodifieddate", "hs_object_id",
-    "hs_priority", "hubspot_owner_id", "notes_last_contacted", "notes_last_updated",
+    "hs_manual_forecast_category", "hs_priority", "hubspot_owner_id", "notes_last_contacted", "notes_last_updated",
     "notes_next_activity_date", "num_associated_contacts", "pipeline",
 )
 STAGE_PROPERTY_PREFIXES = ("hs_date_entered_", "hs_v2_date_entered_")
@@ -184,6 +184,10 @@ class FakeHubSpot:
     url_limit: int = URL_LIMIT
     association_page: int = ASSOCIATION_PAGE
     stage_property_prefix: str = "hs_date_entered_"  # the portal's stage-entry property names
+    # Settings API | Currencies (v3): the company currency and every exchange rate, historical ones
+    # included ({fromCurrencyCode, conversionRate, effectiveAt}: company units per 1 unit from then on)
+    company_currency: str = "USD"
+    exchange_rates: list[dict] = field(default_factory=list)
     count: int = 0
     window_start: float | None = None
     window_used: int = 0
@@ -371,6 +375,11 @@ class FakeHubSpot:
             return self._batch_read(req)
         if req.method == "POST" and path == "/crm/v4/associations/deals/line_items/batch/read":
             return self._association_batch(req.json())
+        if req.method == "GET" and path == "/settings/v3/currencies/company-currency":
+            return Response(200, {"currencyCode": self.company_currency, "createdAt": "2024-01-02T10:00:00Z",
+                                  "updatedAt": "2024-01-02T10:00:00Z"})
+        if req.method == "GET" and path == "/settings/v3/currencies/exchange-rates":
+            return self._exchange_rates(req)
         if req.method == "GET" and path.startswith("/crm/v4/objects/deals/") and path.endswith("/associations/line_items"):
             deal = self.deals.get(path.split("/")[5])
             if deal is None:
@@ -387,6 +396,20 @@ class FakeHubSpot:
                         "archived": False} for x in body["inputs"] if x["id"] in self.line_items]
             return Response(200, {"status": "COMPLETE", "results": results})
         return _error(404, f"Unable to route {req.method} request for {req.path}", "OBJECT_NOT_FOUND")
+
+    def _exchange_rates(self, req: Request) -> Response:
+        """GET /settings/v3/currencies/exchange-rates: paged by limit / after (paging.next.after)."""
+        limit = int(req.q("limit", "10") or 10)
+        start = int(base64.b64decode(req.q("after")).decode()) if req.q("after") else 0
+        rows = [{"id": str(1000 + i), "fromCurrencyCode": r["fromCurrencyCode"], "toCurrencyCode": self.company_currency,
+                 "conversionRate": float(r["conversionRate"]), "effectiveAt": r["effectiveAt"],
+                 "createdAt": r["effectiveAt"], "updatedAt": r["effectiveAt"], "visibleInUI": True}
+                for i, r in enumerate(self.exchange_rates)]
+        body: dict[str, Any] = {"results": rows[start:start + limit]}
+        if start + limit < len(rows):
+            after = base64.b64encode(str(start + limit).encode()).decode()
+            body["paging"] = {"next": {"after": after, "link": f"{req.path}?after={after}"}}
+        return Response(200, body)
 
     def _props(self, deal_id: str, wanted: list[str]) -> dict[str, Any]:
         """`wanted` (already cut to the properties the portal has: "If any of the specified

@@ -28,6 +28,12 @@ Switches: `faults[n]` acts on the n-th data request: "expire" (every session bec
 "busy" (403 REQUEST_LIMIT_EXCEEDED, the concurrent long-running limit), "exhaust" (another
 integration uses up the daily allocation just before this request).
 `replay_recorded_pages = True` answers every query with the recorded simple-salesforce pages.
+Currencies: `multi_currency` turns on Opportunity.CurrencyIsoCode and CurrencyType
+(`currency_types`; Object Reference "CurrencyType": not available in single-currency orgs);
+`advanced_currency` (advanced currency management) turns on DatedConversionRate (`dated_rates`,
+with `NextStartDate` filled in as the read-only day the next rate of the same IsoCode starts;
+Object Reference "DatedConversionRate"). Without them the objects answer INVALID_TYPE and the
+field INVALID_FIELD, as an org without the feature does.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ SCHEMA: dict[str, tuple[set[str], dict[str, tuple[str, set[str]]]]] = {
         {"Id", "Name", "AccountId", "Amount", "StageName", "Probability", "CloseDate", "CreatedDate",
          "LastModifiedDate", "SystemModstamp", "IsClosed", "IsWon", "OwnerId", "Type", "LeadSource",
          "LastActivityDate", "LastStageChangeDate", "NextStep", "IsDeleted", "Next_Step_Date__c",
-         "Product_Line__c", "Region__c"},
+         "Product_Line__c", "Region__c", "ForecastCategoryName", "ForecastCategory", "CurrencyIsoCode"},
         {"Account": ("Account", {"Id", "Name", "Industry"}), "Owner": ("User", {"Id", "Name"})},
     ),
     "OpportunityHistory": (
@@ -78,7 +84,12 @@ SCHEMA: dict[str, tuple[set[str], dict[str, tuple[str, set[str]]]]] = {
         {"Id", "OpportunityId", "Product2Id", "Quantity", "UnitPrice", "TotalPrice", "SystemModstamp", "IsDeleted"},
         {"Product2": ("Product2", {"Id", "Name", "Family", "ProductCode"})},
     ),
+    "CurrencyType": ({"Id", "IsoCode", "ConversionRate", "DecimalPlaces", "IsActive", "IsCorporate"}, {}),
+    "DatedConversionRate": ({"Id", "IsoCode", "ConversionRate", "StartDate", "NextStartDate"}, {}),
 }
+# the standard StageName picklist's default forecast categories (Setup > Opportunity Stages)
+STAGE_FORECAST = {"Closed Won": "Closed", "Closed Lost": "Omitted"}
+MULTI_CURRENCY_ONLY = {("Opportunity", "CurrencyIsoCode"), ("CurrencyType", None), ("DatedConversionRate", None)}
 
 
 class SoqlError(Exception):
@@ -112,6 +123,10 @@ class SalesforceFake:
     opportunities: dict[str, dict] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     line_items: list[dict] = field(default_factory=list)
+    multi_currency: bool = False
+    advanced_currency: bool = False
+    currency_types: list[dict] = field(default_factory=list)  # IsoCode, ConversionRate, IsCorporate, IsActive
+    dated_rates: list[dict] = field(default_factory=list)  # IsoCode, ConversionRate, StartDate
     # what happened
     data_requests: int = 0
     token_grants: list[str] = field(default_factory=list)
@@ -127,6 +142,8 @@ class SalesforceFake:
     def add(self, rec: dict) -> dict:
         base = {"IsDeleted": False, "IsClosed": False, "IsWon": False, "Account": None, "Owner": None}
         rec = {**base, **rec}
+        # Salesforce fills ForecastCategoryName from the stage's default (OpportunityStage) unless set
+        rec.setdefault("ForecastCategoryName", STAGE_FORECAST.get(rec.get("StageName"), "Pipeline"))
         self.opportunities[rec["Id"]] = rec
         return rec
 
@@ -264,12 +281,14 @@ class SalesforceFake:
             raise SoqlError("MALFORMED_QUERY", f"unexpected token in: {soql[:60]}")
         fields = [f.strip() for f in m.group(1).split(",")]
         obj = m.group(2)
-        if obj not in SCHEMA:
+        if obj not in SCHEMA or (obj == "CurrencyType" and not self.multi_currency) or (
+                obj == "DatedConversionRate" and not self.advanced_currency):
             raise SoqlError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
         for f in fields:
             self._check_field(obj, f)
         table = {"Opportunity": list(self.opportunities.values()), "OpportunityHistory": self.history,
-                 "OpportunityLineItem": self.line_items}[obj]
+                 "OpportunityLineItem": self.line_items, "CurrencyType": self.currency_types,
+                 "DatedConversionRate": self._dated_with_next()}[obj]
         pred = Where(m.group(3), lambda f: self._check_field(obj, f)).parse() if m.group(3) else (lambda r: True)
         rows = [r for r in table if (include_deleted or not r.get("IsDeleted")) and pred(r)]
         if m.group(4):
@@ -282,7 +301,18 @@ class SalesforceFake:
             rows = rows[:int(m.group(5))]
         return obj, [self._render(obj, r, fields) for r in rows]
 
+    def _dated_with_next(self) -> list[dict]:
+        """The dated rates with NextStartDate: the StartDate of the same IsoCode's next rate (None for the last)."""
+        out = []
+        for r in self.dated_rates:
+            later = sorted(x["StartDate"] for x in self.dated_rates if x["IsoCode"] == r["IsoCode"]
+                           and x["StartDate"] > r["StartDate"])
+            out.append({"Id": f"04w{len(out):015d}", **r, "NextStartDate": later[0] if later else None})
+        return out
+
     def _check_field(self, obj: str, path: str) -> None:
+        if (obj, path) in MULTI_CURRENCY_ONLY and not self.multi_currency:
+            raise SoqlError("INVALID_FIELD", f"No such column '{path}' on entity '{obj}'.")
         own, rels = SCHEMA[obj]
         parts = path.split(".")
         ok = (len(parts) == 1 and parts[0] in own) or (

@@ -47,6 +47,7 @@ from connectors.sources.hubspot.deals import (
     stage_text,
 )
 from connectors.sources.hubspot.incremental import Delta, Narrow, read_delta, resolution_digest
+from connectors.sources.hubspot.rates import read_rates
 from connectors.sources.hubspot.resolve import RAW_KEY, Resolver, StoredPayloads, field_properties
 from connectors.sources.hubspot.rows import frames, table_frames
 from connectors.sources.hubspot.table import DealTable
@@ -121,6 +122,7 @@ def extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, *, session: requests.
 
 def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> Extracted:
     meter = Meter(ctx.observer)
+    rates = read_rates(api, cfg, ctx.tz) if cfg.exchange_rates else None
     scope = read_scope(api, cfg)
     props = read_properties(cfg, scope)
     window = open_window(ctx, cfg.name, fingerprint(cfg, scope), CURSOR, cfg.search_overlap_seconds,
@@ -132,16 +134,21 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         if delta is None:
             reused = window.reused(cfg.name, f"{_since(window)}: nothing changed", meter)
             reused.notes += scope.notes
+            reused.rates = rates
             return reused
         if isinstance(delta, Narrow):
             notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
-            return _narrow_result(cfg, window, scope, delta, notes, meter)
+            narrow = _narrow_result(cfg, window, scope, delta, notes, meter)
+            narrow.rates = rates
+            return narrow
         table = delta.table
         notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
     else:
         table, listed = list_all(api, cfg, props, progress, scope.selected)
         notes = [*window.notes, f"full refresh: {listed} deal(s)"]
-    return _result(cfg, ctx, api, window, scope, table, delta, notes, meter)
+    result = _result(cfg, ctx, api, window, scope, table, delta, notes, meter)
+    result.rates = rates
+    return result
 
 
 def _since(window: Window) -> str:

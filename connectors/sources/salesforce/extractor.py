@@ -43,6 +43,7 @@ from connectors.sources.salesforce.query import (
     window,
     with_reconciled,
 )
+from connectors.sources.salesforce.rates import read_rates
 from connectors.sources.salesforce.rows import (
     HISTORY_KEY,
     PRODUCT_KEY,
@@ -73,6 +74,7 @@ def extract(
     api = SalesforceAPI(cfg, http)
     api.authenticate()
     api.read_limits()
+    rates = read_rates(api, cfg) if cfg.currency_rates != "none" else None
 
     fields = select_fields(cfg)
     user_where = where_clause(cfg.where)
@@ -98,10 +100,14 @@ def extract(
                                           "no longer in Salesforce (deleted and purged from the Recycle Bin) left the state"))
             log.info("Salesforce source '%s': ids reconciled, %d gone", cfg.name, len(purged))
         if same and win.holds(ctx.cached_version):
-            return win.reused(cfg.name, "nothing changed since the last run", meter)
+            reused = win.reused(cfg.name, "nothing changed since the last run", meter)
+            reused.rates = rates
+            return reused
         stored = Records((p["Id"], p) for p in source_state.load_records(ctx.engine, cfg.name))
         merged = merge(stored, changed, deletes)
-    return _result(cfg, win, fields, changed, merged, deletes, same, meter)
+    result = _result(cfg, win, fields, changed, merged, deletes, same, meter)
+    result.rates = rates
+    return result
 
 
 def _reconcile_due(cfg: SalesforceSourceConfig, win: Window, last: datetime | None) -> bool:

@@ -15,7 +15,7 @@ from connectors.sources.salesforce.client import SalesforceAPI
 BASE_FIELDS: tuple[str, ...] = (
     "Id", "Name", "AccountId", "Account.Name", "Amount", "StageName", "Probability", "CloseDate",
     "CreatedDate", "SystemModstamp", "IsClosed", "IsWon", "Owner.Name", "Type", "LeadSource",
-    "LastActivityDate", "LastStageChangeDate",
+    "LastActivityDate", "LastStageChangeDate", "ForecastCategoryName",
 )
 
 ID_BATCH = 200  # ids per `IN (...)` query: keeps the GET URL well under Salesforce's 16 KB limit
@@ -27,6 +27,8 @@ RECYCLE_BIN_DAYS = 14
 
 def select_fields(cfg: SalesforceSourceConfig) -> list[str]:
     fields = list(BASE_FIELDS)
+    if cfg.currency_rates != "none":  # CurrencyIsoCode exists in multi-currency orgs only
+        fields.append("CurrencyIsoCode")
     if cfg.next_step_field and cfg.next_step_field not in fields:
         fields.append(cfg.next_step_field)
     opp_product = opportunity_product_field(cfg)

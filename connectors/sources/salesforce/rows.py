@@ -33,6 +33,7 @@ CANONICAL: dict[str, str] = {
     "LastStageChangeDate": "stage_entered_date",
     "LastActivityDate": "last_activity_date",
     "LeadSource": "lead_source",
+    "ForecastCategoryName": "forecast_category",
 }
 HISTORY_KEY, PRODUCT_KEY = "_history", "_product"  # extra keys of a stored record
 
@@ -106,6 +107,8 @@ def to_frames(
         rec["deal_type"] = mapped or sf_type
         rec["product"] = p.get(opp_product) if opp_product else p.get(PRODUCT_KEY)
         rec["next_step_date"] = p.get(cfg.next_step_field) if cfg.next_step_field else None
+        if cfg.currency_rates != "none":
+            rec["currency"] = p.get("CurrencyIsoCode")
         rows.append(rec)
         hist += [{"opportunity_id": p.get("Id"), "stage": s, "entered_date": d} for s, d in p.get(HISTORY_KEY) or []]
         r = {f: p.get(f) for f in fields}
@@ -116,7 +119,8 @@ def to_frames(
         f"Type '{t}' ({n} opportunit{'y' if n == 1 else 'ies'}) is not in type_map: add it as new or existing"
         for t, n in sorted(unknown_types.items())
     ]
-    canon_cols = [*CANONICAL.values(), "status", "deal_type", "product", "next_step_date", "_row"]
+    canon_cols = [*CANONICAL.values(), "status", "deal_type", "product", "next_step_date",
+                  *(["currency"] if cfg.currency_rates != "none" else []), "_row"]
     records = pd.DataFrame(rows, columns=canon_cols, dtype=object)
     records["_row"] = records["_row"].astype("int64")
     history = pd.DataFrame(hist, columns=["opportunity_id", "stage", "entered_date"], dtype=object)
