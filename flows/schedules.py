@@ -179,16 +179,6 @@ class LockResult:
     holder: dict = field(default_factory=dict)  # who holds it, when not acquired: run_id, pid, since
 
 
-def _try_lock(fd: int) -> bool:
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _read_holder(path: Path) -> dict:
     try:
         return json.loads(path.read_text() or "{}")
@@ -207,6 +197,7 @@ def report_lock(path: Path, overlap: Overlap, *, run_id: str = "", poll: float =
     """
     if overlap not in ("wait", "skip"):
         raise ValueError(f"overlap must be wait or skip (got {overlap!r})")
+    from connectors.state.locks import try_lock
     from connectors.state.private import private_dir
 
     if path.parent.name == "locks":  # .state/locks: the state folder first, both private
@@ -215,7 +206,7 @@ def report_lock(path: Path, overlap: Overlap, *, run_id: str = "", poll: float =
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         told = False
-        while not _try_lock(fd):
+        while not try_lock(fd):
             holder = _read_holder(path)
             if overlap == "skip":
                 yield LockResult(False, holder)

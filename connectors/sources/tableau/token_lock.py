@@ -14,7 +14,6 @@ with its process. The file holds who has it (pid, host, source, site, since), ne
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from connectors.errors import FatalAPIError, RetriableAPIError
+from connectors.state.locks import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ def _private_dir(path: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.stat().st_uid == os.getuid():
         os.chmod(path, 0o700)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _holder(fd: int) -> dict:
@@ -104,7 +96,7 @@ def token_session_lock(state_dir: Path, server_url: str, token_name: str, *, sit
         os.fchmod(fd, 0o600)
         started = clock()
         told = False
-        while not _try_lock(fd):
+        while not try_lock(fd):
             holder = _holder(fd)
             if not told:
                 log.info("tableau source '%s': waiting for another run using token '%s' (%s)", source, token_name,
