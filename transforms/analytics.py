@@ -28,6 +28,11 @@ from config.models import AppConfig
 from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
 from config.workbook import ChartSpec, ColumnFormat, SheetData, SummaryData
+
+# issue 22: movement, slippage, targets (their modules; the hooks below are marked "issue 22")
+from transforms import movement as movement_mod
+from transforms import slippage as slippage_mod
+from transforms import targets as targets_mod
 from transforms.changes import classify_changes
 from transforms.flags import (
     ADVICE,
@@ -49,7 +54,7 @@ from transforms.metrics import (
 )
 from transforms.periods import Period, last_months, month_label, previous_period, reporting_period
 
-DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
+DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "push_count", "flags"]
 OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
 # Extra data sheets for the Summary charts (after Changes; not in config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
@@ -79,20 +84,31 @@ class Analytics:
     sheets: list[SheetData]
     summary: SummaryData
     snapshot: SnapshotRecord
+    movement: movement_mod.Movement | None = None  # issue 22: None without an earlier snapshot
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
-                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None) -> Analytics:
-    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring)."""
+                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None,
+                    field_history: pd.DataFrame | None = None) -> Analytics:
+    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring).
+
+    `field_history`: the sources' close_date / amount history (transforms.field_history), if any."""
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
     hist = prepare_history(opps, history, stages)
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
+    deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of)  # issue 22
     full = compute_metrics(deals, cfg, as_of, period)
+    # issue 22: slippage and target metrics, appended in catalogue order
+    owner_keys = sorted(full.loc[full["scope"] == "owner", "key"].unique().tolist())
+    target_rows = targets_mod.target_rows(deals, full, cfg, period)
+    full = pd.concat([full, slippage_mod.slippage_metrics(deals, snapshots, as_of, owner_keys),
+                      targets_mod.target_metrics(target_rows, cfg, period)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
-                       previous_as_of=snapshots.previous_as_of)
+                       previous_as_of=snapshots.previous_as_of,
+                       extra_rows=targets_mod.coverage_flags(target_rows, cfg, as_of, period))
     deals["flags"] = fr.deal_flags.to_numpy()
 
     prev_period = previous_period(period, cfg.fiscal_year_start_month)
@@ -109,6 +125,11 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
 
     funnel, funnel_note = _funnel(deals, full, cfg)
     changes = classify_changes(deals, snapshots.previous_deals, snapshots.previous_as_of if previous else None, stages)
+    # issue 22: the movement since the previous snapshot, and the quota sheet
+    window = (period.start, period.full_end)
+    movement = (movement_mod.compute_movement(deals, snapshots.previous_deals, snapshots.previous_as_of, as_of, window)
+                if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of else None)
+    movement_sheet, waterfall = movement_mod.movement_sheet(movement, as_of, window, period.label)
     sheets = [
         SheetData("Flags", fr.flags, {"value": "number", "threshold": "number"}, highlight="severity"),
         SheetData("Metrics", full[[*METRIC_COLUMNS, "note"]].copy(),
@@ -125,6 +146,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
+        movement_sheet,  # issue 22
+        targets_mod.targets_sheet(target_rows, period, as_of),  # issue 22
         SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency"}),
         SheetData(FLAGS_BY_RULE_SHEET, _flags_by_rule(fr.counts),
@@ -132,8 +155,11 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     ]
     summary = _summary(cfg, as_of, period, prev_period, team, prev_team, fr.counts, deals, len(opps) - len(deals),
                        stale_sources, funnel_note)
+    summary.lines.append(movement_mod.summary_line(movement, as_of))  # issue 22
+    if waterfall is not None:
+        summary.charts.insert(0, waterfall)
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot)
+                     summary, snapshot, movement)
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:

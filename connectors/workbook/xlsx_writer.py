@@ -38,7 +38,15 @@ import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
 from config.schema import EXCEL_MAX_CELL_CHARS, EXCEL_MAX_ROWS
-from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
+from config.workbook import (
+    ColumnFormat,
+    FormCell,
+    SheetData,
+    SheetForm,
+    SummaryData,
+    WaterfallSpec,
+    table_name,
+)
 
 MAX_DATA_ROWS = EXCEL_MAX_ROWS - 1  # one row is the header
 CUT_MARKER = " …[cut]"
@@ -144,7 +152,8 @@ def split_sheets(sheets: list[SheetData], stats: WriteStats, max_rows: int = MAX
         for k in range(parts):
             name = sheet.name if k == 0 else safe_sheet_name(f"{sheet.name[:26]} ({k + 1})")
             part = sheet.frame.iloc[k * max_rows : (k + 1) * max_rows]
-            out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight))
+            out.append(SheetData(name, part, sheet.formats, sheet.notes, sheet.highlight,
+                                 form=sheet.form if k == 0 else None))
         stats.notes.append(
             f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
             f"({', '.join([sheet.name] + [f'{sheet.name} ({k + 1})' for k in range(1, parts)])})"
@@ -346,8 +355,8 @@ def _with_reference(letter: str, rows: np.ndarray, cells: np.ndarray) -> list[st
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
-              sst: SharedStrings | None = None) -> Iterator[str]:
-    """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk."""
+              sst: SharedStrings | None = None, first: int = 2) -> Iterator[str]:
+    """Yield `<row>` XML for all data rows (starting at sheet row `first`, 1-based), chunk by chunk."""
     letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
     ncols = frame.shape[1]
     columns = [frame.iloc[:, j] for j in range(ncols)]
@@ -359,7 +368,7 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
         stop = min(start + CHUNK_ROWS, len(frame))
         n = stop - start
         rows = grid[:n]
-        rows[:, 0] = _wrap(list(map(str, range(start + 2, stop + 2))), '<row r="', '">')
+        rows[:, 0] = _wrap(list(map(str, range(start + first, stop + first))), '<row r="', '">')
         before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
         for j in range(ncols):
             col = columns[j]
@@ -370,7 +379,7 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
             if before_missing is not None:
                 at = np.flatnonzero(before_missing & ~missing)
                 if len(at):  # after a gap a cell says where it is
-                    cells[at] = _with_reference(letters[j], at + (start + 2), cells[at])
+                    cells[at] = _with_reference(letters[j], at + (start + first), cells[at])
             rows[:, j + 1] = cells
             before_missing = missing
         yield "".join(rows.ravel().tolist())
@@ -384,6 +393,8 @@ class _Planned:
     sheet: SheetData
     index: int  # 1-based worksheet number in the package (xl/worksheets/sheet{index}.xml)
     formats: list[ColumnFormat]
+    offset: int = 0  # rows of form cells above the table's header
+    spliced: bool = True  # False: a form alone, written whole by xlsxwriter
 
 
 def _sample_value(fmt: ColumnFormat) -> Any:
@@ -414,6 +425,8 @@ def _col_width(series: pd.Series, header: str, fmt: ColumnFormat) -> float:
 class _Layout:
     def __init__(self, workbook: xlsxwriter.Workbook, currency: str):
         self.wb = workbook
+        self.currency_code = currency_format(currency)
+        self.form_formats: dict[tuple[str, str | None], Any] = {}
         self.header = workbook.add_format({"bold": True, "text_wrap": False})
         self.formats: dict[str, Any] = {k: workbook.add_format({"num_format": v}) for k, v in NUMBER_FORMATS.items()}
         self.formats["currency"] = workbook.add_format({"num_format": currency_format(currency)})
@@ -429,39 +442,86 @@ class _Layout:
         headers = [str(c) for c in frame.columns]
         n = len(frame)
         ncols = max(1, len(headers))
+        top = 0
+        if sheet.form is not None:
+            self.form(ws, sheet.form)
+            if not headers:
+                return _Planned(sheet, self.count, formats, spliced=False)
+            top = sheet.form.height
         for j, (h, fmt) in enumerate(zip(headers, formats, strict=True)):
-            ws.write_string(0, j, h, self.header)
-            ws.set_column(j, j, _col_width(frame.iloc[:, j], h, fmt))
+            ws.write_string(top, j, h, self.header)
+            if sheet.form is None or j not in sheet.form.widths:
+                ws.set_column(j, j, _col_width(frame.iloc[:, j], h, fmt))
             sample = _sample_value(fmt)
             cell_fmt = self.formats[fmt]
             if isinstance(sample, str):
-                ws.write_string(1, j, sample, cell_fmt)
+                ws.write_string(top + 1, j, sample, cell_fmt)
             elif isinstance(sample, bool):
-                ws.write_boolean(1, j, sample, cell_fmt)
+                ws.write_boolean(top + 1, j, sample, cell_fmt)
             elif isinstance(sample, datetime):
-                ws.write_datetime(1, j, sample, cell_fmt)
+                ws.write_datetime(top + 1, j, sample, cell_fmt)
             else:
-                ws.write_number(1, j, sample, cell_fmt)
+                ws.write_number(top + 1, j, sample, cell_fmt)
         if headers:
             # Sized for the sample row only: xlsxwriter tracks every table cell in a dict, which
             # would cost gigabytes at a million rows. The real range is set when rows are spliced in.
-            ws.add_table(0, 0, 1, ncols - 1, {
-                "name": table_name(sheet.name),
+            ws.add_table(top, 0, top + 1, ncols - 1, {
+                "name": (sheet.form.table_name if sheet.form is not None else None) or table_name(sheet.name),
                 "columns": [{"header": h} for h in headers],
                 "style": "Table Style Medium 2",
             })
-        ws.freeze_panes(1, 0)
+        if sheet.form is None:  # a form's rows would all stay frozen above the table
+            ws.freeze_panes(1, 0)
         if sheet.highlight and sheet.highlight in headers and n:
             col = headers.index(sheet.highlight)
             letter = xl_col_to_name(col)
             colours = {"high": "#F8CBAD", "medium": "#FFE699", "low": "#DDEBF7"}
             for value, colour in colours.items():
-                ws.conditional_format(1, 0, n, ncols - 1, {
+                ws.conditional_format(top + 1, 0, top + n, ncols - 1, {
                     "type": "formula",
-                    "criteria": f'=${letter}2="{value}"',
+                    "criteria": f'=${letter}{top + 2}="{value}"',
                     "format": self.wb.add_format({"bg_color": colour}),
                 })
-        return _Planned(sheet, self.count, formats)
+        return _Planned(sheet, self.count, formats, offset=top)
+
+    def _cell_format(self, cell: FormCell) -> Any:
+        key = (cell.style, cell.format)
+        if key not in self.form_formats:
+            props: dict[str, Any] = {
+                "text": {}, "title": {"bold": True, "font_size": 14}, "header": {"bold": True, "bottom": 1},
+                "input": {"bg_color": "#FFF2CC", "border": 1, "locked": False}, "note": {"italic": True,
+                                                                                     "font_color": "#595959"},
+                "bold": {"bold": True}}[cell.style]
+            if cell.format == "currency":
+                props["num_format"] = self.currency_code
+            elif cell.format in NUMBER_FORMATS:
+                props["num_format"] = NUMBER_FORMATS[cell.format]
+            self.form_formats[key] = self.wb.add_format(props) if props else None
+        return self.form_formats[key]
+
+    def form(self, ws: Any, form: SheetForm) -> None:
+        """Write a form's cells (formulas with their computed values), tables and column widths."""
+        for col, width in form.widths.items():
+            ws.set_column(col, col, width)
+        for cell in form.cells:
+            fmt = self._cell_format(cell)
+            if cell.formula is not None:
+                value = cell.value
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    value = ""
+                elif isinstance(value, bool | np.bool_):
+                    value = "TRUE" if value else "FALSE"
+                elif isinstance(value, int | float | np.integer | np.floating):
+                    value = float(value)
+                ws.write_formula(cell.row, cell.col, cell.formula, fmt, value)
+            elif cell.value is None and fmt is not None:
+                ws.write_blank(cell.row, cell.col, None, fmt)
+            else:
+                _write_any(ws, cell.row, cell.col, cell.value, fmt)
+        for t in form.tables:
+            ws.add_table(t.first_row, t.first_col, max(t.last_row, t.first_row + 1), t.first_col + len(t.headers) - 1, {
+                "name": t.name, "columns": [{"header": h} for h in t.headers], "style": "Table Style Light 9",
+                "autofilter": False})
 
     def summary(self, data: SummaryData, sheet_rows: dict[str, int], sheet_columns: dict[str, list[str]]) -> None:
         ws = self.wb.add_worksheet("Summary")
@@ -498,6 +558,12 @@ class _Layout:
             row += 1
         chart_row = 1
         for spec in data.charts:
+            if isinstance(spec, WaterfallSpec):
+                from connectors.workbook.waterfall import waterfall_chart
+
+                ws.insert_chart(chart_row, 7, waterfall_chart(self.wb, spec, self.currency_code))
+                chart_row += 16
+                continue
             rows = sheet_rows.get(spec.sheet, 0)
             cols = sheet_columns.get(spec.sheet, [])
             if rows == 0 or spec.category not in cols or any(v not in cols for v in spec.values):
@@ -599,25 +665,39 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     xml = src.read(name)
     head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
     data, tail = rest.split(b"</sheetData>", 1) if b"</sheetData>" in rest else (b"", rest)
-    header_row = re.search(rb'<row r="1"[^>]*>.*?</row>', data, re.S)
-    sample = _SAMPLE_ROW.search(data)
-    styles = [m.group(1).decode() if m.group(1) else "0" for m in _CELL_STYLE.finditer(sample.group(1))] if sample else []
+    top = planned.offset
+    header_row = re.search(rb'<row r="%d"[^>]*>.*?</row>' % (top + 1), data, re.S)
+    sample = re.search(rb'<row r="%d"[^>]*>(.*?)</row>' % (top + 2), data, re.S) if top else _SAMPLE_ROW.search(data)
+    cell_style = re.compile(rb'<c r="[A-Z]+%d"(?: s="(\d+)")?' % (top + 2)) if top else _CELL_STYLE
+    styles = [m.group(1).decode() if m.group(1) else "0" for m in cell_style.finditer(sample.group(1))] if sample else []
     frame = planned.sheet.frame
     ncols = frame.shape[1]
     styles = (styles + ["0"] * ncols)[:ncols]
-    last_row = max(len(frame), 1) + 1
-    dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
+    last_row = max(len(frame), 1) + 1 + top
+    width = max(ncols, _form_width(planned.sheet.form))
+    dim = f'<dimension ref="A1:{xl_col_to_name(max(width, 1) - 1)}{last_row}"/>'.encode()
     head = _DIMENSION.sub(dim, head) + b"<sheetData>"
     if header_row:
-        head += header_row.group(0)
+        above = data[:header_row.start()]  # a form's rows
+        head += above + header_row.group(0)
         if sst is not None:
-            sst.references += header_row.group(0).count(b't="s"')
+            sst.references += (above + header_row.group(0)).count(b't="s"')
     zipper.begin(name, head)
     wrote = False
-    for block in _rows_xml(frame, planned.formats, styles, stats, sst):
+    for block in _rows_xml(frame, planned.formats, styles, stats, sst, first=top + 2):
         zipper.block(block)
         wrote = True
-    zipper.end((b"" if wrote else b'<row r="2"></row>') + b"</sheetData>" + tail)
+    zipper.end((b"" if wrote else b'<row r="%d"></row>' % (top + 2)) + b"</sheetData>" + tail)
+
+
+def _form_width(form: SheetForm | None) -> int:
+    if form is None:
+        return 0
+    return max([c.col + 1 for c in form.cells] + [t.first_col + len(t.headers) for t in form.tables] + [0])
+
+
+def _data_table_name(sheet: SheetData) -> str:
+    return (sheet.form.table_name if sheet.form is not None else None) or table_name(sheet.name)
 
 
 def _finish_late(planned: _Planned, sheet: SheetData) -> None:
@@ -631,7 +711,8 @@ def _finish_late(planned: _Planned, sheet: SheetData) -> None:
 
 def _full_ref(planned: _Planned) -> str:
     ncols = max(planned.sheet.frame.shape[1], 1)
-    return f"A1:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1}"
+    top = planned.offset
+    return f"A{top + 1}:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1 + top}"
 
 
 _TABLE_NAME = re.compile(rb'<table [^>]*?name="([^"]+)"')
@@ -687,8 +768,8 @@ def write_workbook(
             )
         planned = [layout.data_sheet(s) for s in sheets]
         wb.close()
-        by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
-        table_refs = {table_name(p.sheet.name): _full_ref(p) for p in planned}
+        by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned if p.spliced}
+        table_refs = {_data_table_name(p.sheet): _full_ref(p) for p in planned if p.spliced}
         late = planned[-1] if last is not None else None
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, \
@@ -699,7 +780,7 @@ def write_workbook(
                 if item.filename in by_part:
                     if by_part[item.filename] is late:  # every other sheet is written (xlsxwriter's order)
                         _finish_late(late, last(stats))
-                        table_refs[table_name(late.sheet.name)] = _full_ref(late)  # tables come after sheets
+                        table_refs[_data_table_name(late.sheet)] = _full_ref(late)  # tables come after sheets
                     _splice(src, zipper, item.filename, by_part[item.filename], stats, sst)
                 elif item.filename.startswith("xl/tables/"):
                     zipper.writestr(item, _resize_table(src.read(item.filename), table_refs))

@@ -1,0 +1,100 @@
+"""Slippage (shared docs/metrics.md, "Slippage"): deals whose close date keeps moving out.
+
+- `slipped_deals` / `slipped_value` (team and owner): deals open in the previous stored snapshot
+  (D0) and at as_of whose close_date now is later than at D0, and their amount now (missing
+  amounts count in the count only). Empty without an earlier snapshot.
+- `push_count` per deal: the pushes (an open deal's close_date moved later between two
+  consecutive observations) seen over its observed life. Where the source keeps field history
+  for the deal (Salesforce OpportunityHistory.CloseDate, HubSpot `closedate` history), the
+  observations are its recorded values up to as_of, then its close_date at as_of when it is
+  open; otherwise they are the stored snapshots (their pushes, kept by the snapshot store) and
+  the deal at as_of. A deal without a close_date in an observation is skipped there.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from config.snapshot_types import SnapshotHistory
+from transforms.field_history import row_ids
+from transforms.history import to_days
+from transforms.metrics import NO_OWNER, UNITS
+
+
+def slipped_mask(deals: pd.DataFrame, previous: pd.DataFrame) -> np.ndarray:
+    """Per deal at as_of: open now and in the previous snapshot, with a later close_date now."""
+    before = pd.Series(to_days(previous["close_date"]), index=previous["deal_id"].astype(str).to_numpy())
+    before = before[~before.index.duplicated(keep="last")]
+    old = before.reindex(deals["row_id"].astype(str).to_numpy()).to_numpy(dtype="datetime64[D]")
+    new = to_days(deals["close_date"])
+    is_open = deals["status"].to_numpy(dtype=object) == "open"
+    return is_open & ~np.isnat(old) & ~np.isnat(new) & (new > old)
+
+
+def push_counts(deals: pd.DataFrame, snapshots: SnapshotHistory, field_history: pd.DataFrame | None,
+                as_of: date) -> np.ndarray:
+    """`push_count` of every deal (see the module docstring), int64."""
+    ids = deals["row_id"].astype(str).to_numpy(dtype=object)
+    is_open = deals["status"].to_numpy(dtype=object) == "open"
+    now = to_days(deals["close_date"])
+    # from the stored snapshots: their pushes, then the step from the previous snapshot to now
+    stored = snapshots.pushes["deal_id"].astype(str).value_counts() if len(snapshots.pushes) else pd.Series(dtype=int)
+    counts = stored.reindex(ids, fill_value=0).to_numpy(dtype=np.int64)
+    if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of and len(snapshots.previous_deals):
+        counts = counts + slipped_mask(deals, snapshots.previous_deals).astype(np.int64)
+    if field_history is None or field_history.empty:
+        return counts
+    hist = field_history[(field_history["field"] == "close_date").to_numpy()
+                         & field_history["close_date"].notna().to_numpy()
+                         & (field_history["changed_at"] < pd.Timestamp(as_of) + pd.Timedelta(days=1)).to_numpy()]
+    if hist.empty:
+        return counts
+    pos = pd.Index(ids).get_indexer(row_ids(hist))
+    hist = hist[pos >= 0]
+    pos = pos[pos >= 0]
+    if not len(pos):
+        return counts
+    # observations: the recorded values in time order, then the deal's close_date now when it is open
+    order = np.lexsort((hist["changed_at"].to_numpy(dtype="datetime64[ns]").astype(np.int64), pos))
+    deal = pos[order]
+    value = to_days(hist["close_date"])[order]
+    has = np.unique(deal)
+    tail = has[is_open[has] & ~np.isnat(now[has])]
+    deal = np.concatenate([deal, tail])
+    value = np.concatenate([value, now[tail]])
+    step = np.lexsort((np.r_[np.zeros(len(order), np.int64), np.ones(len(tail), np.int64)], deal))
+    deal, value = deal[step], value[step]
+    same_deal = deal[1:] == deal[:-1]
+    later = same_deal & (value[1:] > value[:-1])
+    from_history = np.bincount(deal[1:][later], minlength=len(ids)).astype(np.int64)
+    counts[has] = from_history[has]
+    return counts
+
+
+def slippage_metrics(deals: pd.DataFrame, snapshots: SnapshotHistory, as_of: date, owner_keys: list[str]) -> pd.DataFrame:
+    """slipped_deals and slipped_value for the team and every owner key (long metric rows)."""
+    has_prev = snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of
+    owner = deals["owner"].astype(object).where(deals["owner"].notna(), NO_OWNER).to_numpy(dtype=object)
+    amount = deals["amount"].to_numpy(dtype=float)
+    mask = slipped_mask(deals, snapshots.previous_deals) if has_prev else np.zeros(len(deals), dtype=bool)
+    keys = [("team", "all", np.ones(len(deals), dtype=bool))] + [("owner", k, owner == k) for k in owner_keys]
+    rows = []
+    note = "" if has_prev else "no earlier snapshot of this report to compare with"
+    since = pd.Timestamp(snapshots.previous_as_of) if has_prev else pd.NaT
+    for scope, key, m in keys:
+        sel = mask & m
+        n = int(sel.sum())
+        with_amount = sel & ~np.isnan(amount)
+        value = float(amount[with_amount].sum()) if with_amount.any() else (0.0 if n == 0 else np.nan)
+        vnote = note or ("" if n == 0 or with_amount.any() else f"none of the {n} slipped deals has an amount")
+        rows.append(("slipped_deals", scope, key, float(n) if has_prev else np.nan, note))
+        rows.append(("slipped_value", scope, key, value if has_prev else np.nan, vnote))
+    frame = pd.DataFrame(rows, columns=["metric", "scope", "key", "value", "note"])
+    frame["unit"] = frame["metric"].map(UNITS)
+    frame["period_start"] = since
+    frame["period_end"] = pd.Timestamp(as_of)
+    frame["missing_input"] = None
+    return frame
