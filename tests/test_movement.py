@@ -160,7 +160,7 @@ def test_the_workbook_sheet_balances_with_formulas_and_draws_the_waterfall(runs,
     assert {"tblMovementTeam", "tblMovementOwners"} <= set(ws.tables)
     with zipfile.ZipFile(path) as z:
         charts = [z.read(n).decode() for n in z.namelist() if n.startswith("xl/charts/chart")]
-    waterfall = next(c for c in charts if "Pipeline movement" in c)
+    waterfall = next(c for c in charts if "pipeline movement since" in c)
     assert '<c:grouping val="stacked"/>' in waterfall and "<a:noFill/>" in waterfall  # the invisible base
     assert waterfall.count("<c:dLbls>") >= 3 and "Movement!$E$5:$E$14" in waterfall
 

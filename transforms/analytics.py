@@ -190,6 +190,7 @@ def _owners(metrics: pd.DataFrame, fr: FlagResult, deals: pd.DataFrame) -> tuple
             "avg_deal_size", "avg_sales_cycle_days", "sales_velocity_per_day", "lead_gen_per_day"]
     own = metrics[metrics["scope"] == "owner"].pivot(index="key", columns="metric", values="value")
     own = own.reindex(columns=cols)
+    own = own[own["open_deals"].notna()]  # issue 22: owners known only from quota_by_owner are on Targets
     keys = pd.Index(own.index, dtype=object)
     owner = deals["owner"].astype(object).to_numpy(dtype=object)
     codes = keys.get_indexer(np.where(pd.isna(owner), NO_OWNER, owner))

@@ -266,7 +266,7 @@ def movement_sheet(m: Movement | None, as_of: date, window: tuple[date, date], l
     cells.append(FormCell(lines_title, 0, f"Deals ({len(m.lines)}): one line per deal in scope at D0 or D1", style="bold"))
     form = SheetForm(cells, tables, widths={0: 16, 1: 10, 2: 14, 3: 16, 4: 16, 5: 16, 6: 16, 7: 16},
                      table_name="tblMovementDeals")
-    chart = WaterfallSpec(f"Pipeline movement {m.d0.isoformat()} to {m.d1.isoformat()} ({label})", SHEET, first, last,
+    chart = WaterfallSpec(f"{label} pipeline movement since {m.d0.isoformat()}", SHEET, first, last,
                           0, 4, 5, 6, 7)
     return SheetData(SHEET, m.lines, dict(_LINE_FORMATS), form=form), chart
 

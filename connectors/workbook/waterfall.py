@@ -24,18 +24,18 @@ def waterfall_chart(workbook: Any, spec: WaterfallSpec, currency_format: str) ->
             opts.update({"fill": {"none": True}, "border": {"none": True}})
         else:
             opts.update({"fill": {"color": colour}, "border": {"none": True},
-                         "data_labels": {"value": True, "position": "inside_end",
-                                         "num_format": (f'"{sign}"' if sign else "") + currency_format}})
+                         "data_labels": {"value": True, "position": "inside_end", "font": {"size": 8},
+                                         "num_format": (f'"{sign}"' if sign else "") + currency_format.replace(".00", "")}})
         chart.add_series(opts)
 
     series(spec.base_col, "base", None)
     series(spec.rise_col, "added", "#70AD47", "+")
     series(spec.fall_col, "taken out", "#E46C5A", "-")
     series(spec.total_col, "pipeline", "#4472C4")
-    chart.set_title({"name": spec.title})
+    chart.set_title({"name": spec.title, "name_font": {"size": 12}})
     chart.set_legend({"none": True})
     chart.set_x_axis({"num_font": {"rotation": -45}})
-    chart.set_y_axis({"num_format": currency_format, "major_gridlines": {"visible": True}})
+    chart.set_y_axis({"num_format": currency_format.replace(".00", ""), "major_gridlines": {"visible": True}})
     chart.set_chartarea({"border": {"none": True}})
     chart.set_size({"width": 560, "height": 300})
     chart.show_blanks_as("gap")
