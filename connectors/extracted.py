@@ -42,6 +42,8 @@ class Extracted:
     delta_base: str | None = None  # these rows differ from the rows at this version ...
     delta_ids: frozenset[str] | None = None  # ... only in these opportunity ids (changed, new or gone)
     base_rows: Any = None  # set by the flow: its validated copy of the rows at `delta_base`
+    # issue 22: close_date / amount history (config.schema.FIELD_HISTORY_COLUMNS), raw; None: the source keeps none
+    field_history: pd.DataFrame | None = None
 
     @property
     def rows_read(self) -> int:

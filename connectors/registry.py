@@ -74,7 +74,7 @@ _SOURCES: dict[str, SourceType] = {t.name: t for t in (
                shapes_rows=("connectors.sources.hubspot.rows",), label="HubSpot"),
     SourceType("salesforce", "config.models.sources:SalesforceSourceConfig", "connectors.sources.salesforce:extract",
                keeps_state=True, rebuilds_history="connectors.sources.salesforce:from_state",
-               shapes_rows=("config.soql",), label="Salesforce"),
+               shapes_rows=("config.soql", "connectors.sources.salesforce_history"), label="Salesforce"),
     SourceType("tableau", "config.models.sources:TableauSourceConfig", "connectors.sources.tableau:extract",
                label="Tableau"),
 )}

@@ -37,6 +37,7 @@ from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
+from transforms.field_history import canonicalize_field_history
 from transforms.periods import Period, reporting_period
 from transforms.workbook_layout import (
     about_sheet,
@@ -139,6 +140,7 @@ class Validated:
     sources: list[SourceReport]
     raw: list[tuple[str, pd.DataFrame]]
     by_source: dict[str, SourceRows] = field(default_factory=dict)
+    field_history: pd.DataFrame | None = None  # issue 22: the sources' close_date / amount history, typed
 
 
 @dataclass
@@ -223,7 +225,7 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     return extracted
 
 
-_CODE_FILES = ("transforms/canonical.py", "config/schema.py")  # validate every source's rows
+_CODE_FILES = ("transforms/canonical.py", "config/schema.py", "transforms/field_history.py")  # validate every source's rows
 
 
 def validation_digest(cfg: AppConfig, index: int) -> str:
@@ -257,6 +259,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
     loaded_parts, rejected_parts, history_parts, reports = [], [], [], []
+    field_parts: list[pd.DataFrame] = []
     by_source: dict[str, SourceRows] = {}
     for src in cfg.sources:
         e = by_name.get(src.name)
@@ -269,6 +272,8 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         rejected_parts.append(rows.rejected)
         if rows.history is not None:
             history_parts.append(rows.history)
+        if getattr(rows, "field_history", None) is not None and len(rows.field_history):
+            field_parts.append(rows.field_history)
         reports.append(SourceReport(
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
@@ -283,7 +288,8 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
     raw = [(src.raw_sheet, by_source[src.name].raw) for src in cfg.sources
            if src.raw_sheet and src.name in by_source and by_source[src.name].raw is not None]
-    return Validated(opportunities, rejected, history, reports, raw, by_source)
+    return Validated(opportunities, rejected, history, reports, raw, by_source,
+                     field_history=_stacked(field_parts) if field_parts else None)
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -306,7 +312,9 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     is_changed = ids.isin(changed).to_numpy()
     fresh = _validate_source(run, src, dataclasses.replace(
         e, records=e.records[is_changed], base_rows=None,
-        history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
+        history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)],
+        field_history=None if e.field_history is None
+        else e.field_history[e.field_history["opportunity_id"].astype(str).isin(changed)]))
     row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
@@ -322,9 +330,12 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     history = fresh.history
     if base.history is not None and history is not None:
         history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    fields = fresh.field_history
+    if getattr(base, "field_history", None) is not None and fields is not None:
+        fields = merged(base.field_history, fields).sort_values(["opportunity_id", "changed_at"], kind="stable")
     return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
                       None if history is None else history.reset_index(drop=True), e.raw if src.raw_sheet else None,
-                      len(e.records))
+                      len(e.records), None if fields is None else fields.reset_index(drop=True))
 
 
 def release_rows(extracted: list[Extracted]) -> None:
@@ -333,6 +344,7 @@ def release_rows(extracted: list[Extracted]) -> None:
     for e in extracted:
         e.records = e.records.iloc[:0]
         e.history = None
+        e.field_history = None
         e.raw = None
         e.base_rows = None
 
@@ -349,7 +361,8 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
         date_format=getattr(src, "date_format", None))
-    return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read)
+    fields = None if e.field_history is None else canonicalize_field_history(e.field_history, source=src.name, tz=cfg.tz)
+    return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read, fields)
 
 
 def analyze(run: RunContext, validated: Validated) -> Transformed:
@@ -359,7 +372,7 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     stale = [r.name for r in reports if r.stale]
     snapshots = load_history(run.engine, run.config.report, run.as_of)
     analytics = build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale,
-                                snapshots=snapshots)
+                                snapshots=snapshots, field_history=validated.field_history)
     sheets = [*analytics.sheets, opportunities_sheet(analytics.opportunities), rejected_sheet(rejected),
               *raw_sheets(validated.raw)]
     return Transformed(analytics.opportunities, rejected, history, reports, sheets, analytics.summary,

@@ -220,7 +220,7 @@ def test_registering_a_taken_name_needs_replace():
         ("csv", ["connectors/sources/files.py"]),
         ("excel", ["connectors/sources/files.py"]),
         ("hubspot", ["connectors/sources/hubspot/extract.py", "connectors/sources/hubspot/rows.py"]),
-        ("salesforce", ["connectors/sources/salesforce.py", "config/soql.py"]),
+        ("salesforce", ["connectors/sources/salesforce.py", "config/soql.py", "connectors/sources/salesforce_history.py"]),
         ("tableau", ["connectors/sources/tableau.py"]),
     ],
 )

@@ -34,6 +34,7 @@ from transforms import movement as movement_mod
 from transforms import slippage as slippage_mod
 from transforms import targets as targets_mod
 from transforms.changes import classify_changes
+from transforms.field_history import values_as_of
 from transforms.flags import (
     ADVICE,
     DEAL_CHECKS,
@@ -98,6 +99,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     hist = prepare_history(opps, history, stages)
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
+    deals = values_as_of(deals, field_history, as_of)  # issue 22: close_date / amount at a past as_of
     deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of)  # issue 22
     full = compute_metrics(deals, cfg, as_of, period)
     # issue 22: slippage and target metrics, appended in catalogue order

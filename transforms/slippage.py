@@ -42,7 +42,7 @@ def push_counts(deals: pd.DataFrame, snapshots: SnapshotHistory, field_history: 
     now = to_days(deals["close_date"])
     # from the stored snapshots: their pushes, then the step from the previous snapshot to now
     stored = snapshots.pushes["deal_id"].astype(str).value_counts() if len(snapshots.pushes) else pd.Series(dtype=int)
-    counts = stored.reindex(ids, fill_value=0).to_numpy(dtype=np.int64)
+    counts = stored.reindex(ids, fill_value=0).to_numpy(dtype=np.int64, copy=True)
     if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of and len(snapshots.previous_deals):
         counts = counts + slipped_mask(deals, snapshots.previous_deals).astype(np.int64)
     if field_history is None or field_history.empty:

@@ -35,6 +35,7 @@ from connectors.errors import FatalAPIError
 from connectors.extracted import ExtractContext, Extracted, PendingState
 from connectors.http.paging import paginate
 from connectors.http.session import HttpClient, RetryPolicy, build_session
+from connectors.sources import salesforce_history
 from connectors.state import source_state
 
 log = logging.getLogger(__name__)
@@ -433,6 +434,7 @@ def extract(
              cfg.name, "incremental" if incremental else "full", len(changed), len(deletes), len(payloads))
     return Extracted(
         source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None, notes=notes,
+        field_history=salesforce_history.field_history_frame(payloads),
         seconds=time.monotonic() - started, requests=obs.requests - before[0],
         retries=obs.retries - before[1], waited_seconds=obs.waited_seconds - before[2],
         pending_state=pending,
@@ -448,17 +450,20 @@ def from_state(cfg: SalesforceSourceConfig, payloads: list[dict]) -> Extracted:
     ordered = sorted(payloads, key=lambda p: str(p.get("Id") or ""))
     records, history, raw, notes = to_frames(ordered, cfg, select_fields(cfg))
     return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
+                     field_history=salesforce_history.field_history_frame(ordered),
                      stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run", *notes])
 
 
 def _enrich(api: SalesforceAPI, cfg: SalesforceSourceConfig, recs: dict[str, dict]) -> None:
     """Add stage history and (from line items) the product to each record, in place."""
     ids = sorted(recs)
-    history_rows = list(_by_ids(api, "SELECT OpportunityId, StageName, CreatedDate FROM OpportunityHistory"
+    history_rows = list(_by_ids(api, f"SELECT {salesforce_history.HISTORY_FIELDS} FROM OpportunityHistory"
                                      " WHERE OpportunityId IN ({ids}) ORDER BY OpportunityId, CreatedDate", ids))
     entries = stage_entries(history_rows)
+    changes = salesforce_history.field_entries(history_rows)  # issue 22: close date / amount history
     for rid, rec in recs.items():
         rec[HISTORY_KEY] = entries.get(rid, [])
+        rec[salesforce_history.FIELD_HISTORY_KEY] = changes.get(rid, [])
     product_field = _line_item_product_field(cfg)
     if product_field:
         items = _by_ids(api, f"SELECT OpportunityId, TotalPrice, {product_field} FROM OpportunityLineItem"

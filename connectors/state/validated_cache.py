@@ -26,18 +26,20 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # of the entries; bump when SourceRows changes shape
+FORMAT = 2  # of the entries; bump when SourceRows changes shape
 
 
 @dataclass
 class SourceRows:
-    """One source's rows after validation: loaded, rejected (with reasons), stage history, raw export."""
+    """One source's rows after validation: loaded, rejected (with reasons), stage history, raw export,
+    field history."""
 
     loaded: pd.DataFrame
     rejected: pd.DataFrame
     history: pd.DataFrame | None
     raw: pd.DataFrame | None
     rows_read: int
+    field_history: pd.DataFrame | None = None  # typed close_date / amount history (transforms.field_history)
 
 
 class ValidatedCache:
