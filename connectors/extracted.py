@@ -59,6 +59,8 @@ class PendingState:
     deletes: list[str] = field(default_factory=list)
     replace_all: bool = False
     version: SourceVersion | None = None  # the content version to store with these changes
+    # issue 22: close_date / amount history entries of the records read this run (connectors/state/field_history.py)
+    field_history: dict[str, list] | None = None
 
 
 @dataclass

@@ -430,6 +430,10 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
         for e in pending:
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
+            if p.field_history is not None:  # issue 22
+                from connectors.state.field_history import save_entries
+
+                save_entries(conn, e.source, p.field_history, p.deletes, p.replace_all)
         if snapshots:
             from connectors.state.snapshots import save_snapshot
 

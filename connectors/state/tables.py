@@ -123,6 +123,15 @@ source_records = sa.Table(
 )
 
 
+source_field_history = sa.Table(  # issue 22: a source's close_date / amount history kept between runs (HubSpot)
+    "source_field_history",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("record_id", sa.String(200), primary_key=True),
+    sa.Column("entries", sa.Text, nullable=False),  # JSON [[changed_at, field, value], ...] oldest first
+)
+
+
 source_versions_table = sa.Table(
     "source_versions",
     metadata,

@@ -34,6 +34,7 @@ from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
 from connectors.sources.hubspot.extract import extract
 from connectors.state.db import make_engine
+from connectors.state.field_history import save_entries
 from connectors.state.source_state import save_state
 from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
@@ -143,6 +144,8 @@ class FakeHubSpot:
     pipelines: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_PIPELINES)))
     owners: list[dict] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_OWNERS)))
     line_items: dict[str, dict] = field(default_factory=dict)
+    # deal id -> property -> recorded versions [{"value", "timestamp", "sourceType"}] (propertiesWithHistory)
+    history: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     count: int = 0
     window_start: float | None = None
     window_used: int = 0
@@ -198,6 +201,20 @@ class FakeHubSpot:
         d = self.deals[deal_id]
         d["archived"], d["archivedAt"] = True, iso(when)
         self._version += 1
+
+    def add_history(self, deal_id: str, prop: str, value: str | None, when: datetime) -> None:
+        """Record a version of a deal property (its value from `when` on)."""
+        self.history.setdefault(deal_id, {}).setdefault(prop, []).append(
+            {"value": value, "timestamp": iso(when), "sourceType": "CRM_UI", "sourceId": "userId:1"})
+
+    def _versions(self, deal_id: str, prop: str) -> list[dict]:
+        """A property's versions, most recent first (as HubSpot lists them; api-contracts.md 2.2). A
+        property without recorded versions has one: its current value since the deal's last change."""
+        recorded = self.history.get(deal_id, {}).get(prop)
+        if recorded:
+            return sorted(recorded, key=lambda v: v["timestamp"], reverse=True)
+        d = self.deals[deal_id]
+        return [{"value": d["properties"].get(prop), "timestamp": d["updatedAt"], "sourceType": "CRM_UI"}]
 
     def add_line_item(self, item_id: str, name: str, amount: str, product_id: str | None = None) -> None:
         self.line_items[item_id] = {"name": name, "amount": amount, "hs_product_id": product_id, "quantity": "1"}
@@ -288,6 +305,20 @@ class FakeHubSpot:
             return Response(200, {"results": [
                 {"toObjectId": int(i), "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 19, "label": None}]}
                 for i in deal["line_items"]]})
+        if req.method == "POST" and path == "/crm/v3/objects/deals/batch/read":
+            body = req.json()
+            with_history = body.get("propertiesWithHistory") or []
+            cap = 50 if with_history else 100  # fewer objects per request with property history (2.2)
+            if len(body.get("inputs", [])) > cap:
+                return _error(400, f"Too many inputs (max {cap})", "VALIDATION_ERROR")
+            results = []
+            for x in body["inputs"]:
+                if x["id"] in self.deals and not self.deals[x["id"]]["archived"]:
+                    obj = self._obj(x["id"], body.get("properties") or [])
+                    if with_history:
+                        obj["propertiesWithHistory"] = {p: self._versions(x["id"], p) for p in with_history}
+                    results.append(obj)
+            return Response(200, {"status": "COMPLETE", "results": results})
         if req.method == "POST" and path == "/crm/v3/objects/line_items/batch/read":
             body = req.json()
             if len(body.get("inputs", [])) > 100:
@@ -489,6 +520,8 @@ class Harness:
         ps = ex.pending_state
         with self.engine.begin() as conn:
             save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+            if ps.field_history is not None:  # as flows.pipeline.commit_state
+                save_entries(conn, ex.source, ps.field_history, ps.deletes, ps.replace_all)
 
     def requests(self, method: str, path: str) -> list[Request]:
         return [r for r in self.server.requests if r.method == method and r.path.rstrip("/") == path]

@@ -42,6 +42,7 @@ from connectors.http.session import (
     build_session,
     default_error_message,
 )
+from connectors.sources.hubspot import history as hubspot_history
 from connectors.sources.hubspot.rows import (
     HISTORY_KEY,
     LINE_ITEM_PRODUCT,
@@ -54,6 +55,7 @@ from connectors.sources.hubspot.rows import (
     frames,
     table_frames,
 )
+from connectors.state.field_history import entries_frame, load_entries
 from connectors.state.source_state import (
     SourceVersion,
     gc_paused,
@@ -720,6 +722,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
     if since is not None:
         upserts = StoredPayloads(table, resolver, _moved(ctx.engine, cfg.name, table, upserts, stored_rows))
     records, history, raw = table_frames(cfg, table, resolver)
+    fetched, field_history = _field_history(api, cfg, ctx, table, upserts.positions, deletes, incremental=since is not None)
 
     pending = None
     if ctx.engine is not None:
@@ -732,12 +735,14 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
                 previous_version, cfg.name, format_cursor(signpost, fp), resolution, len(upserts), len(deletes)),
             {"resolution": resolution, "owners": sorted(owner_ids)})
         pending = PendingState(cursor=format_cursor(signpost, fp), upserts=upserts,
-                               deletes=sorted(deletes), replace_all=since is None, version=version)
+                               deletes=sorted(deletes), replace_all=since is None, version=version,
+                               field_history=fetched)
     return Extracted(
         source=cfg.name,
         records=records,
         history=history,
         raw=raw,
+        field_history=field_history,
         seconds=time.monotonic() - started,
         notes=notes + resolver.notes(),
         requests=obs.requests - before[0],
@@ -748,3 +753,17 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
         delta_base=stored_version.version if since is not None and stored_version is not None else None,
         delta_ids=frozenset([*(table.ids[i] for i in upserts.positions), *deletes]) if since is not None else None,
     )
+
+
+def _field_history(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, table: DealTable,
+                   positions: Iterable[int], deletes: set[str], *, incremental: bool
+                   ) -> tuple[dict[str, list] | None, pd.DataFrame | None]:
+    """issue 22 (`field_history: true`): the close date / amount history of the deals read this run
+    (to store) and of every current deal (this run's, else the stored one)."""
+    if not cfg.field_history:
+        return None, None
+    fetched = hubspot_history.fetch(api, cfg, [table.ids[i] for i in positions])
+    stored = load_entries(ctx.engine, cfg.name) if incremental and ctx.engine is not None else {}
+    live = set(table.ids)  # the finished table holds exactly the current deals
+    merged = {k: v for k, v in {**stored, **fetched}.items() if k in live and k not in deletes}
+    return fetched, entries_frame(merged)
