@@ -146,8 +146,9 @@ def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1
 
     owner = np.where(here, j["new_owner"].to_numpy(dtype=object), j["old_owner"].to_numpy(dtype=object))
     owner = np.where(pd.isna(owner), NO_OWNER, owner).astype(object)
-    opp = j["opportunity_id"].to_numpy(dtype=object)
-    opp = np.where(pd.isna(opp), [r.split(":", 1)[-1] for r in j["row_id"]], opp) if len(j) else opp
+    opp = j["opportunity_id"].to_numpy(dtype=object, copy=True)
+    gone = np.flatnonzero(pd.isna(opp))
+    opp[gone] = [str(r).split(":", 1)[-1] for r in j["row_id"].to_numpy(dtype=object)[gone]]
 
     order = pd.Index(LINE_ORDER).get_indexer(cat)
     lines = pd.DataFrame({
@@ -165,20 +166,29 @@ def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1
     })
     lines = lines.sort_values(["_order", "owner", "row_id"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
+    # per owner with integer sums per code (bincount: int64 exact below 2**53 cents); team = all codes
+    codes, names = pd.factorize(owner, sort=True)
+    k = len(names)
+
+    def per_owner(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        if weights is None:
+            return np.bincount(codes[mask], minlength=k).astype(np.int64)
+        return np.bincount(codes[mask], weights=weights[mask].astype(float), minlength=k).round().astype(np.int64)
+
+    deals = {"start": per_owner(in0), "end": per_owner(in1)}
+    cents = {"start": per_owner(in0, start_c), "end": per_owner(in1, end_c)}
+    for c in CATEGORIES:
+        deals[c] = per_owner(cat == c)
+        cents[c] = per_owner(cat == c, value)
+    cents["increased"] = per_owner(has_change, np.maximum(change, 0))
+    cents["decreased"] = per_owner(has_change, np.maximum(-change, 0))
     frames, checks = [], {}
-    keys = [("team", "all", np.ones(len(j), dtype=bool))]
-    keys += [("owner", o, owner == o) for o in sorted(set(owner.tolist()))]
-    for scope, key, m in keys:
-        deals = {"start": int(in0[m].sum()), "end": int(in1[m].sum())}
-        cents = {"start": int(start_c[m].sum()), "end": int(end_c[m].sum())}
-        for c in CATEGORIES:
-            deals[c] = int((cat[m] == c).sum())
-            cents[c] = int(value[m][cat[m] == c].sum())
-        cents["increased"] = int(np.maximum(change[m & has_change], 0).sum())
-        cents["decreased"] = int(np.maximum(-change[m & has_change], 0).sum())
-        checks[scope, key] = cents["start"] + sum(SIGN[c] * cents[c] for c in CATEGORIES) - cents["end"]
+    for scope, key, idx in [("team", "all", slice(None)), *(("owner", str(n), i) for i, n in enumerate(names))]:
+        d = {r: int(np.sum(deals[r][idx])) for r in ROWS}
+        v = {r: int(np.sum(cents[r][idx])) for r in ROWS}
+        checks[scope, key] = v["start"] + sum(SIGN[c] * v[c] for c in CATEGORIES) - v["end"]
         frames.append(pd.DataFrame({"scope": scope, "key": key, "category": list(ROWS),
-                                    "deals": [deals[r] for r in ROWS], "value": [cents[r] / 100.0 for r in ROWS]}))
+                                    "deals": [d[r] for r in ROWS], "value": [v[r] / 100.0 for r in ROWS]}))
     totals = pd.concat(frames, ignore_index=True)
     totals["deals"] = totals["deals"].astype(np.int64)
     return Movement(d0, d1, window, totals, lines[LINE_COLUMNS], checks)

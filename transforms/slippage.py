@@ -80,16 +80,21 @@ def slippage_metrics(deals: pd.DataFrame, snapshots: SnapshotHistory, as_of: dat
     owner = deals["owner"].astype(object).where(deals["owner"].notna(), NO_OWNER).to_numpy(dtype=object)
     amount = deals["amount"].to_numpy(dtype=float)
     mask = slipped_mask(deals, snapshots.previous_deals) if has_prev else np.zeros(len(deals), dtype=bool)
-    keys = [("team", "all", np.ones(len(deals), dtype=bool))] + [("owner", k, owner == k) for k in owner_keys]
+    codes = pd.Index(owner_keys, dtype=object).get_indexer(owner)
+    k = len(owner_keys)
+    ok = codes >= 0
+    with_amount = mask & ~np.isnan(amount)
+    n_owner = np.bincount(codes[mask & ok], minlength=k)
+    a_owner = np.bincount(codes[with_amount & ok], minlength=k)
+    v_owner = np.bincount(codes[with_amount & ok], weights=amount[with_amount & ok], minlength=k)
     rows = []
     note = "" if has_prev else "no earlier snapshot of this report to compare with"
     since = pd.Timestamp(snapshots.previous_as_of) if has_prev else pd.NaT
-    for scope, key, m in keys:
-        sel = mask & m
-        n = int(sel.sum())
-        with_amount = sel & ~np.isnan(amount)
-        value = float(amount[with_amount].sum()) if with_amount.any() else (0.0 if n == 0 else np.nan)
-        vnote = note or ("" if n == 0 or with_amount.any() else f"none of the {n} slipped deals has an amount")
+    scopes = [("team", "all", int(mask.sum()), int(with_amount.sum()), float(amount[with_amount].sum()))]
+    scopes += [("owner", key, int(n_owner[i]), int(a_owner[i]), float(v_owner[i])) for i, key in enumerate(owner_keys)]
+    for scope, key, n, n_amount, total in scopes:
+        value = total if n_amount else (0.0 if n == 0 else np.nan)
+        vnote = note or ("" if n == 0 or n_amount else f"none of the {n} slipped deals has an amount")
         rows.append(("slipped_deals", scope, key, float(n) if has_prev else np.nan, note))
         rows.append(("slipped_value", scope, key, value if has_prev else np.nan, vnote))
     frame = pd.DataFrame(rows, columns=["metric", "scope", "key", "value", "note"])

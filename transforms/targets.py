@@ -24,6 +24,7 @@ import pandas as pd
 
 from config.models import AppConfig
 from config.workbook import FormCell, FormTable, SheetData, SheetForm
+from transforms.flags import ADVICE, _num
 from transforms.history import to_days
 from transforms.metrics import NO_OWNER, UNITS
 from transforms.movement import a1
@@ -86,10 +87,13 @@ def target_rows(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, peri
     keys = sorted(set(metrics.loc[metrics["scope"] == "owner", "key"]) | {o for o, q in by_owner.items() if label in q})
     rows = [TargetRow("team", "all", (t.quota or {}).get(label), won_by.get(("team", "all"), 0.0),
                       float(pipeline.sum()), float(weighted.sum()))]
-    for k in keys:
-        m = owner == k
+    codes = pd.Index(keys, dtype=object).get_indexer(owner)
+    ok = codes >= 0
+    pipe = np.bincount(codes[ok], weights=pipeline[ok], minlength=len(keys))
+    wpipe = np.bincount(codes[ok], weights=weighted[ok], minlength=len(keys))
+    for i, k in enumerate(keys):
         rows.append(TargetRow("owner", k, by_owner.get(k, {}).get(label), won_by.get(("owner", k), 0.0),
-                              float(pipeline[m].sum()), float(weighted[m].sum())))
+                              float(pipe[i]), float(wpipe[i])))
     return rows
 
 
@@ -124,8 +128,6 @@ def target_metrics(rows: list[TargetRow], cfg: AppConfig, period: Period) -> pd.
 
 def coverage_flags(rows: list[TargetRow], cfg: AppConfig, as_of: date, period: Period) -> list[dict]:
     """M1 low_coverage rows (team; owners only when quota_by_owner is set), as Flags rows."""
-    from transforms.flags import ADVICE, _num
-
     t = cfg.targets
     days_left = (period.full_end - as_of).days
     if days_left <= t.coverage_grace_days:
