@@ -170,7 +170,7 @@ def _dates(conn: sa.Connection, report: str) -> list[_Date]:
 
 
 def _normalise(deals: pd.DataFrame) -> pd.DataFrame:
-    """The stored columns, one row per deal_id (the last one given), sorted by deal_id."""
+    """The stored columns, one row per deal_id (the last one given), in the order given."""
     out = pd.DataFrame({
         "deal_id": deals["deal_id"].astype(str).to_numpy(dtype=object),
         "owner": deals["owner"].astype(object).where(deals["owner"].notna(), None).to_numpy(dtype=object),
@@ -179,7 +179,8 @@ def _normalise(deals: pd.DataFrame) -> pd.DataFrame:
         "amount": pd.to_numeric(deals["amount"], errors="coerce").to_numpy(dtype=float),
         "close_date": pd.to_datetime(deals["close_date"]).to_numpy(dtype="datetime64[D]").astype("datetime64[ns]"),
     })
-    out = out.drop_duplicates("deal_id", keep="last").sort_values("deal_id", kind="stable")
+    if not pd.Index(out["deal_id"]).is_unique:
+        out = out.drop_duplicates("deal_id", keep="last")
     return out.reset_index(drop=True)
 
 
@@ -201,7 +202,7 @@ def _read_date(conn: sa.Connection, report: str, d: _Date) -> pd.DataFrame:
 
 
 def _state(conn: sa.Connection, report: str, dates: list[_Date], at: date) -> pd.DataFrame:
-    """The open deals of the stored date `at` (SNAPSHOT_DEAL_COLUMNS, sorted by deal_id)."""
+    """The open deals of the stored date `at` (SNAPSHOT_DEAL_COLUMNS, one row per deal)."""
     i = next(k for k, d in enumerate(dates) if d.as_of == at)
     j = max(k for k in range(i + 1) if dates[k].kind != "delta" or k == 0)
     frames = [_read_date(conn, report, dates[k]) for k in range(j, i + 1)]
@@ -209,11 +210,10 @@ def _state(conn: sa.Connection, report: str, dates: list[_Date], at: date) -> pd
     if len(frames) > 1:
         rows = rows.drop_duplicates("deal_id", keep="last")
     rows = rows[rows["present"].to_numpy(dtype=bool)]
-    return rows.sort_values("deal_id", kind="stable")[list(SNAPSHOT_DEAL_COLUMNS)].reset_index(drop=True)
+    return rows[list(SNAPSHOT_DEAL_COLUMNS)].reset_index(drop=True)
 
 
-def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
-    x, y = a.to_numpy(), b.to_numpy()
+def _same(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     missing_x, missing_y = pd.isna(x), pd.isna(y)
     with np.errstate(invalid="ignore"):
         eq = np.asarray(x == y, dtype=bool)
@@ -221,33 +221,38 @@ def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
 
 
 def diff_deals(old: pd.DataFrame | None, new: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """(delta rows turning `old` into `new`, ids pushed: open at both with a later close_date)."""
+    """(delta rows turning `old` into `new`, ids pushed: open at both with a later close_date).
+
+    Both have one row per deal_id. Rows: the deals of `new` that are not in `old` or differ in a
+    stored column, then a tombstone (present False) for every deal of `old` not in `new`."""
     if old is None:
         rows = new.copy()
         rows.insert(1, "present", np.ones(len(rows), dtype=bool))
         return rows, []
-    j = old.merge(new, on="deal_id", how="outer", suffixes=("_old", ""), indicator=True, sort=True)
-    both = (j["_merge"] == "both").to_numpy()
-    gone = (j["_merge"] == "left_only").to_numpy()
-    changed = (j["_merge"] == "right_only").to_numpy().copy()
-    for c in ("owner", "product", "stage", "amount", "close_date"):
-        changed |= both & ~_same(j[f"{c}_old"], j[c])
-    old_close = j["close_date_old"].to_numpy(dtype="datetime64[ns]")
-    new_close = j["close_date"].to_numpy(dtype="datetime64[ns]")
-    pushed = both & ~np.isnat(old_close) & ~np.isnat(new_close) & (new_close > old_close)
-    keep = changed | gone
-    rows = pd.DataFrame({
-        "deal_id": j["deal_id"].to_numpy(dtype=object)[keep],
-        "present": ~gone[keep],
-        **{c: j[c].to_numpy(dtype=object)[keep] for c in ("owner", "product", "stage")},
-        "amount": j["amount"].to_numpy(dtype=float)[keep],
-        "close_date": new_close[keep],
-    })
+    pos = pd.Index(old["deal_id"].to_numpy(dtype=object)).get_indexer(new["deal_id"].to_numpy(dtype=object))
+    found = pos >= 0
+    at = np.where(found, pos, 0)
+    changed = ~found
+    if len(old):
+        for c in ("owner", "product", "stage", "amount", "close_date"):
+            changed |= found & ~_same(old[c].to_numpy()[at], new[c].to_numpy())
+        old_close = old["close_date"].to_numpy(dtype="datetime64[ns]")[at]
+    else:
+        old_close = np.full(len(new), np.datetime64("NaT"), dtype="datetime64[ns]")
+    new_close = new["close_date"].to_numpy(dtype="datetime64[ns]")
+    pushed = found & ~np.isnat(old_close) & ~np.isnat(new_close) & (new_close > old_close)
+    kept = np.zeros(len(old), dtype=bool)
+    kept[pos[found]] = True
+    gone = old.loc[~kept, ["deal_id"]]
+    rows = new[changed].copy()
+    rows.insert(1, "present", np.ones(len(rows), dtype=bool))
+    tombs = pd.DataFrame({"deal_id": gone["deal_id"].to_numpy(dtype=object), "present": np.zeros(len(gone), bool),
+                          "owner": None, "product": None, "stage": None, "amount": np.nan,
+                          "close_date": np.full(len(gone), np.datetime64("NaT"), dtype="datetime64[ns]")})
     for c in ("owner", "product", "stage"):
-        rows[c] = rows[c].where(rows["present"] & pd.notna(rows[c]), None)
-    rows.loc[~rows["present"], "amount"] = np.nan
-    rows.loc[~rows["present"], "close_date"] = pd.NaT
-    return rows.reset_index(drop=True), j["deal_id"].to_numpy(dtype=object)[pushed].tolist()
+        tombs[c] = tombs[c].astype(object)
+    out = pd.concat([rows, tombs], ignore_index=True) if len(tombs) else rows.reset_index(drop=True)
+    return out, new["deal_id"].to_numpy(dtype=object)[pushed].tolist()
 
 
 def _insert(conn: sa.Connection, report: str, as_of: date, kind: str, rows: pd.DataFrame, pushes: list[str]) -> None:
@@ -372,7 +377,7 @@ def load_history(engine: sa.Engine, report: str, before_or_on: date) -> Snapshot
         if prev is not None:
             state = _state(conn, report, dates, prev)
             if len(state):
-                deals = state
+                deals = state.sort_values("deal_id", kind="stable").reset_index(drop=True)
                 deals["close_date"] = deals["close_date"].astype("datetime64[ns]")
             pushes = _pushes(conn, report, [d for d in dates if d.as_of <= prev])
     metrics = pd.DataFrame({
