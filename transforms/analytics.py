@@ -100,12 +100,14 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
     deals = values_as_of(deals, field_history, as_of)  # issue 22: close_date / amount at a past as_of
-    deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of)  # issue 22
+    rows_index = slippage_mod.row_index(deals)  # issue 22: one hash table of row ids for every lookup
+    prev_at = slippage_mod.previous_positions(rows_index, snapshots.previous_deals)
+    deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of, rows_index, prev_at)
     full = compute_metrics(deals, cfg, as_of, period)
     # issue 22: slippage and target metrics, appended in catalogue order
     owner_keys = sorted(full.loc[full["scope"] == "owner", "key"].unique().tolist())
     target_rows = targets_mod.target_rows(deals, full, cfg, period)
-    full = pd.concat([full, slippage_mod.slippage_metrics(deals, snapshots, as_of, owner_keys),
+    full = pd.concat([full, slippage_mod.slippage_metrics(deals, snapshots, as_of, owner_keys, prev_at),
                       targets_mod.target_metrics(target_rows, cfg, period)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
@@ -129,7 +131,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     changes = classify_changes(deals, snapshots.previous_deals, snapshots.previous_as_of if previous else None, stages)
     # issue 22: the movement since the previous snapshot, and the quota sheet
     window = (period.start, period.full_end)
-    movement = (movement_mod.compute_movement(deals, snapshots.previous_deals, snapshots.previous_as_of, as_of, window)
+    movement = (movement_mod.compute_movement(deals, snapshots.previous_deals, snapshots.previous_as_of, as_of, window,
+                                              prev_at)
                 if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of else None)
     movement_sheet, waterfall = movement_mod.movement_sheet(movement, as_of, window, period.label)
     sheets = [

@@ -85,37 +85,53 @@ def _cents(values: np.ndarray) -> np.ndarray:
 
 
 def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1: date,
-                     window: tuple[date, date]) -> Movement:
+                     window: tuple[date, date], at: np.ndarray | None = None) -> Movement:
     """`current`: the deals at D1 (row_id, opportunity_id, name, owner, status at D1, amount,
     close_date, created_date); `previous`: the open deals of the snapshot at D0 (deal_id, owner,
-    amount, close_date)."""
+    amount, close_date); `at`: per previous deal its position in `current` (-1: absent), when
+    the caller has it."""
     w0, w1 = np.datetime64(window[0], "D"), np.datetime64(window[1], "D")
-    cur = pd.DataFrame({
-        "row_id": current["row_id"].astype(str).to_numpy(dtype=object),
-        "opportunity_id": current["opportunity_id"].astype(object).to_numpy(dtype=object),
-        "name": current["name"].astype(object).to_numpy(dtype=object),
-        "new_owner": current["owner"].astype(object).to_numpy(dtype=object),
-        "status": current["status"].astype(object).to_numpy(dtype=object),
-        "new_amount": current["amount"].to_numpy(dtype=float),
-        "new_close_date": to_days(current["close_date"]),
-        "created_date": to_days(current["created_date"]),
+    if at is None:
+        at = pd.Index(current["row_id"].astype(str).to_numpy(dtype=object)).get_indexer(
+            previous["deal_id"].astype(str).to_numpy(dtype=object))
+    old_close = to_days(previous["close_date"])
+    in_w0 = (old_close >= w0) & (old_close <= w1)  # in scope at D0 (the snapshot holds open deals)
+    new_close = to_days(current["close_date"])
+    cur_in1 = (current["status"].to_numpy(dtype=object) == "open") & (new_close >= w0) & (new_close <= w1)
+    old_of = np.full(len(current), -1, dtype=np.int64)  # per current deal: its previous row in scope at D0
+    sel = in_w0 & (at >= 0)
+    old_of[at[sel]] = np.flatnonzero(sel)
+    ci = np.flatnonzero(cur_in1 | (old_of >= 0))  # current deals in scope at D0 or D1
+    gi = np.flatnonzero(in_w0 & (at < 0))  # deals in scope at D0, absent at D1
+    oi = old_of[ci]
+    n_c, n_g = len(ci), len(gi)
+
+    def both(cur_values: np.ndarray, gone_fill: object, dtype: object = object) -> np.ndarray:
+        return np.concatenate([np.asarray(cur_values)[ci], np.full(n_g, gone_fill, dtype=dtype)])
+
+    def old(values: np.ndarray, missing: object, dtype: object = object) -> np.ndarray:
+        values = np.asarray(values)
+        got = np.where(oi >= 0, values[np.where(oi >= 0, oi, 0)] if len(values) else missing, missing)
+        return np.concatenate([got.astype(dtype), values[gi].astype(dtype)])
+
+    nat = np.datetime64("NaT", "D")
+    j = pd.DataFrame({
+        "row_id": np.concatenate([current["row_id"].astype(str).to_numpy(dtype=object)[ci],
+                                  previous["deal_id"].astype(str).to_numpy(dtype=object)[gi]]),
+        "opportunity_id": both(current["opportunity_id"].to_numpy(dtype=object), None),
+        "name": both(current["name"].to_numpy(dtype=object), None),
+        "new_owner": both(current["owner"].to_numpy(dtype=object), None),
+        "status": both(current["status"].to_numpy(dtype=object), None),
+        "new_amount": both(current["amount"].to_numpy(dtype=float), np.nan, float),
+        "new_close_date": both(new_close, nat, "datetime64[D]"),
+        "created_date": both(to_days(current["created_date"]), nat, "datetime64[D]"),
+        "old_owner": old(previous["owner"].to_numpy(dtype=object), None),
+        "old_amount": old(previous["amount"].to_numpy(dtype=float), np.nan, float),
+        "old_close_date": old(old_close, nat, "datetime64[D]"),
     })
-    prev = pd.DataFrame({
-        "row_id": previous["deal_id"].astype(str).to_numpy(dtype=object),
-        "old_owner": previous["owner"].astype(object).to_numpy(dtype=object),
-        "old_amount": previous["amount"].to_numpy(dtype=float),
-        "old_close_date": to_days(previous["close_date"]),
-    })
-    old_close = prev["old_close_date"].to_numpy()
-    prev = prev[(old_close >= w0) & (old_close <= w1)]  # in scope at D0 (the snapshot holds open deals)
-    new_close = cur["new_close_date"].to_numpy()
-    cur["in1"] = (cur["status"].to_numpy() == "open") & (new_close >= w0) & (new_close <= w1)
-    j = prev.merge(cur, on="row_id", how="outer", indicator=True, sort=True)
-    in0 = (j["_merge"] != "right_only").to_numpy()
-    here = (j["_merge"] != "left_only").to_numpy()
-    in1 = here & j["in1"].fillna(False).to_numpy(dtype=bool)
-    j = j[in0 | in1].reset_index(drop=True)
-    in0, here, in1 = in0[in0 | in1], here[in0 | in1], in1[in0 | in1]
+    in0 = np.concatenate([oi >= 0, np.ones(n_g, dtype=bool)])
+    here = np.concatenate([np.ones(n_c, dtype=bool), np.zeros(n_g, dtype=bool)])
+    in1 = np.concatenate([cur_in1[ci], np.zeros(n_g, dtype=bool)])
     status = np.where(here, j["status"].to_numpy(dtype=object), "absent")
     a0, a1 = _cents(j["old_amount"].to_numpy()), _cents(j["new_amount"].to_numpy())
     created_after = j["created_date"].to_numpy(dtype="datetime64[D]") > np.datetime64(d0, "D")
@@ -162,12 +178,12 @@ def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1
         "amount_change": np.where(has_change, change / 100.0, np.nan),
         "start_value": np.where(in0, start_c / 100.0, np.nan),
         "end_value": np.where(in1, end_c / 100.0, np.nan),
-        "_order": order,
     })
-    lines = lines.sort_values(["_order", "owner", "row_id"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
     # per owner with integer sums per code (bincount: int64 exact below 2**53 cents); team = all codes
     codes, names = pd.factorize(owner, sort=True)
+    # lines by category, then owner (within an owner: the data's order, then deals no longer in it)
+    lines = lines.take(np.lexsort((codes, order))).reset_index(drop=True)
     k = len(names)
 
     def per_owner(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -182,15 +198,19 @@ def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1
         cents[c] = per_owner(cat == c, value)
     cents["increased"] = per_owner(has_change, np.maximum(change, 0))
     cents["decreased"] = per_owner(has_change, np.maximum(-change, 0))
-    frames, checks = [], {}
-    for scope, key, idx in [("team", "all", slice(None)), *(("owner", str(n), i) for i, n in enumerate(names))]:
-        d = {r: int(np.sum(deals[r][idx])) for r in ROWS}
-        v = {r: int(np.sum(cents[r][idx])) for r in ROWS}
-        checks[scope, key] = v["start"] + sum(SIGN[c] * v[c] for c in CATEGORIES) - v["end"]
-        frames.append(pd.DataFrame({"scope": scope, "key": key, "category": list(ROWS),
-                                    "deals": [d[r] for r in ROWS], "value": [v[r] / 100.0 for r in ROWS]}))
-    totals = pd.concat(frames, ignore_index=True)
-    totals["deals"] = totals["deals"].astype(np.int64)
+    # one row per (scope, key) x ROWS: the team (all owners) first, then each owner
+    d_mat = np.vstack([np.r_[deals[r].sum(), deals[r]] for r in ROWS]).T  # (1 + k) x rows
+    v_mat = np.vstack([np.r_[cents[r].sum(), cents[r]] for r in ROWS]).T
+    sign = np.array([1] + [SIGN[c] for c in CATEGORIES] + [-1], dtype=np.int64)
+    balance = (v_mat * sign).sum(axis=1)
+    keys = ["all", *[str(n) for n in names]]
+    scopes = ["team"] + ["owner"] * k
+    checks = {(sc, key): int(b) for sc, key, b in zip(scopes, keys, balance.tolist(), strict=True)}
+    totals = pd.DataFrame({
+        "scope": pd.Series(np.repeat(scopes, len(ROWS)), dtype=object),
+        "key": pd.Series(np.repeat(np.array(keys, dtype=object), len(ROWS)), dtype=object),
+        "category": pd.Series(np.tile(np.array(ROWS, dtype=object), 1 + k), dtype=object),
+        "deals": d_mat.reshape(-1).astype(np.int64), "value": v_mat.reshape(-1) / 100.0})
     return Movement(d0, d1, window, totals, lines[LINE_COLUMNS], checks)
 
 
@@ -260,14 +280,15 @@ def movement_sheet(m: Movement | None, as_of: date, window: tuple[date, date], l
     for j, h in enumerate(own_headers):
         cells.append(FormCell(own_top, j, h, style="header"))
     keys = list(dict.fromkeys(owners["key"]))
+    n_deals = owners["deals"].to_numpy().reshape(-1, len(ROWS)).tolist()  # rows are key-major, ROWS order
+    n_value = owners["value"].to_numpy().reshape(-1, len(ROWS)).tolist()
     for i, key in enumerate(keys):
         r = own_top + 1 + i
-        block = owners[owners["key"] == key].set_index("category")
         cells.append(FormCell(r, 0, key))
         refs = {}
         for k, cat in enumerate(ROWS):
-            cells += [FormCell(r, 1 + 2 * k, int(block.loc[cat, "deals"]), "int"),
-                      FormCell(r, 2 + 2 * k, float(block.loc[cat, "value"]), "currency")]
+            cells += [FormCell(r, 1 + 2 * k, int(n_deals[i][k]), "int"),
+                      FormCell(r, 2 + 2 * k, float(n_value[i][k]), "currency")]
             refs[cat] = a1(r, 2 + 2 * k)
         f = "=" + refs["start"] + "".join(("+" if SIGN[c] > 0 else "-") + refs[c] for c in CATEGORIES) + "-" + refs["end"]
         cells.append(FormCell(r, len(own_headers) - 1, m.checks["owner", key] / 100.0, "currency", formula=f))

@@ -24,27 +24,39 @@ from transforms.history import to_days
 from transforms.metrics import NO_OWNER, UNITS
 
 
-def slipped_mask(deals: pd.DataFrame, previous: pd.DataFrame) -> np.ndarray:
+def row_index(deals: pd.DataFrame) -> pd.Index:
+    """The deals' row ids as an Index (built once: every lookup below shares its hash table)."""
+    return pd.Index(deals["row_id"].astype(str).to_numpy(dtype=object))
+
+
+def previous_positions(index: pd.Index, previous: pd.DataFrame) -> np.ndarray:
+    """Per deal of the previous snapshot: its position among the deals now (-1: not there)."""
+    return index.get_indexer(previous["deal_id"].astype(str).to_numpy(dtype=object)).astype(np.int64)
+
+
+def slipped_mask(deals: pd.DataFrame, previous: pd.DataFrame, at: np.ndarray | None = None) -> np.ndarray:
     """Per deal at as_of: open now and in the previous snapshot, with a later close_date now."""
-    before = pd.Series(to_days(previous["close_date"]), index=previous["deal_id"].astype(str).to_numpy())
-    before = before[~before.index.duplicated(keep="last")]
-    old = before.reindex(deals["row_id"].astype(str).to_numpy()).to_numpy(dtype="datetime64[D]")
+    at = previous_positions(row_index(deals), previous) if at is None else at
+    old = np.full(len(deals), np.datetime64("NaT"), dtype="datetime64[D]")
+    ok = at >= 0
+    old[at[ok]] = to_days(previous["close_date"])[ok]
     new = to_days(deals["close_date"])
     is_open = deals["status"].to_numpy(dtype=object) == "open"
     return is_open & ~np.isnat(old) & ~np.isnat(new) & (new > old)
 
 
 def push_counts(deals: pd.DataFrame, snapshots: SnapshotHistory, field_history: pd.DataFrame | None,
-                as_of: date) -> np.ndarray:
-    """`push_count` of every deal (see the module docstring), int64."""
-    ids = deals["row_id"].astype(str).to_numpy(dtype=object)
+                as_of: date, index: pd.Index | None = None, at: np.ndarray | None = None) -> np.ndarray:
+    """`push_count` of every deal (see the module docstring), int64. `index` / `at`: row_index and
+    previous_positions, when the caller has them."""
+    index = row_index(deals) if index is None else index
     is_open = deals["status"].to_numpy(dtype=object) == "open"
     now = to_days(deals["close_date"])
     # from the stored snapshots: their pushes, then the step from the previous snapshot to now
-    stored = snapshots.pushes["deal_id"].astype(str).value_counts() if len(snapshots.pushes) else pd.Series(dtype=int)
-    counts = stored.reindex(ids, fill_value=0).to_numpy(dtype=np.int64, copy=True)
+    pushed_at = index.get_indexer(snapshots.pushes["deal_id"].astype(str).to_numpy(dtype=object))
+    counts = np.bincount(pushed_at[pushed_at >= 0], minlength=len(deals)).astype(np.int64)
     if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of and len(snapshots.previous_deals):
-        counts = counts + slipped_mask(deals, snapshots.previous_deals).astype(np.int64)
+        counts = counts + slipped_mask(deals, snapshots.previous_deals, at).astype(np.int64)
     if field_history is None or field_history.empty:
         return counts
     hist = field_history[(field_history["field"] == "close_date").to_numpy()
@@ -52,7 +64,7 @@ def push_counts(deals: pd.DataFrame, snapshots: SnapshotHistory, field_history: 
                          & (field_history["changed_at"] < pd.Timestamp(as_of) + pd.Timedelta(days=1)).to_numpy()]
     if hist.empty:
         return counts
-    pos = pd.Index(ids).get_indexer(row_ids(hist))
+    pos = index.get_indexer(row_ids(hist))
     hist = hist[pos >= 0]
     pos = pos[pos >= 0]
     if not len(pos):
@@ -69,17 +81,18 @@ def push_counts(deals: pd.DataFrame, snapshots: SnapshotHistory, field_history: 
     deal, value = deal[step], value[step]
     same_deal = deal[1:] == deal[:-1]
     later = same_deal & (value[1:] > value[:-1])
-    from_history = np.bincount(deal[1:][later], minlength=len(ids)).astype(np.int64)
+    from_history = np.bincount(deal[1:][later], minlength=len(deals)).astype(np.int64)
     counts[has] = from_history[has]
     return counts
 
 
-def slippage_metrics(deals: pd.DataFrame, snapshots: SnapshotHistory, as_of: date, owner_keys: list[str]) -> pd.DataFrame:
+def slippage_metrics(deals: pd.DataFrame, snapshots: SnapshotHistory, as_of: date, owner_keys: list[str],
+                     at: np.ndarray | None = None) -> pd.DataFrame:
     """slipped_deals and slipped_value for the team and every owner key (long metric rows)."""
     has_prev = snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of
     owner = deals["owner"].astype(object).where(deals["owner"].notna(), NO_OWNER).to_numpy(dtype=object)
     amount = deals["amount"].to_numpy(dtype=float)
-    mask = slipped_mask(deals, snapshots.previous_deals) if has_prev else np.zeros(len(deals), dtype=bool)
+    mask = slipped_mask(deals, snapshots.previous_deals, at) if has_prev else np.zeros(len(deals), dtype=bool)
     codes = pd.Index(owner_keys, dtype=object).get_indexer(owner)
     k = len(owner_keys)
     ok = codes >= 0
