@@ -54,6 +54,10 @@ BANT_FIELDS: tuple[str, ...] = ("budget", "authority", "need", "timeline")
 # Stage history rows (one per stage entry), as every source hands them over.
 HISTORY_FIELDS: tuple[str, ...] = ("opportunity_id", "stage", "entered_date")
 
+# A source's own field history (Salesforce OpportunityHistory, HubSpot propertiesWithHistory), raw:
+# one row per recorded value; `field` is close_date or amount (transforms/field_history.py types them).
+FIELD_HISTORY_COLUMNS: tuple[str, ...] = ("opportunity_id", "field", "changed_at", "value")
+
 # Columns the pipeline adds to every loaded opportunity, after the canonical ones.
 SOURCE_COLUMN = "source"
 ROW_ID_COLUMN = "row_id"  # "<source>:<opportunity_id>"

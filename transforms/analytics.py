@@ -31,9 +31,15 @@ from config.models import AppConfig
 from config.schema import FIELD_NAMES, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
 from config.workbook import ColumnFormat, SheetData, SummaryData
+
+# issue 22: movement, slippage, targets (their modules; the hooks below are marked "issue 22")
+from transforms import movement as movement_mod
+from transforms import slippage as slippage_mod
+from transforms import targets as targets_mod
 from transforms.actions import actions_frame, actions_sheet
 from transforms.changes import classify_changes
 from transforms.definitions import definitions_sheet
+from transforms.field_history import values_as_of
 from transforms.flags import (
     ADVICE,
     DEAL_CHECKS,
@@ -65,7 +71,7 @@ from transforms.periods import (
 )
 from transforms.summary import SummaryInputs, build_summary
 
-DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
+DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "push_count", "flags"]
 OPPORTUNITY_COLUMNS = [*FIELD_NAMES, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
 # Extra data sheets for the Summary charts (near the end of config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
@@ -93,6 +99,7 @@ class Analytics:
     summary: SummaryData
     snapshot: SnapshotRecord
     actions: pd.DataFrame | None = None
+    movement: movement_mod.Movement | None = None  # issue 22: None without an earlier snapshot
 
 
 def _by_magnitude(formats: pd.Series, values: pd.Series) -> pd.Series:
@@ -115,17 +122,30 @@ def value_formats(units: pd.Series, values: pd.Series) -> pd.Series:
 
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
-                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None) -> Analytics:
-    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring)."""
+                    *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None,
+                    field_history: pd.DataFrame | None = None) -> Analytics:
+    """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring).
+
+    `field_history`: the sources' close_date / amount history (transforms.field_history), if any."""
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
     hist = prepare_history(opps, history, stages)
     period = reporting_period(as_of, cfg.period, cfg.fiscal_year_start_month)
     deals = deals_as_of(opps, hist, stages, as_of)
+    deals = values_as_of(deals, field_history, as_of)  # issue 22: close_date / amount at a past as_of
+    rows_index = slippage_mod.row_index(deals)  # issue 22: one hash table of row ids for every lookup
+    prev_at = slippage_mod.previous_positions(rows_index, snapshots.previous_deals)
+    deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of, rows_index, prev_at)
     full = compute_metrics(deals, cfg, as_of, period)
+    # issue 22: slippage and target metrics, appended in catalogue order
+    owner_keys = sorted(full.loc[full["scope"] == "owner", "key"].unique().tolist())
+    target_rows = targets_mod.target_rows(deals, full, cfg, period)
+    full = pd.concat([full, slippage_mod.slippage_metrics(deals, snapshots, as_of, owner_keys, prev_at),
+                      targets_mod.target_metrics(target_rows, cfg, period)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
-                       previous_as_of=snapshots.previous_as_of)
+                       previous_as_of=snapshots.previous_as_of,
+                       extra_rows=targets_mod.coverage_flags(target_rows, cfg, as_of, period))
     deals["flags"] = fr.deal_flags.to_numpy()
     team = team_values(full)
 
@@ -157,6 +177,12 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     flag_value_fmt = _by_magnitude(pd.Series(np.array(value_fmt + [None], dtype=object)[checks.codes]), fr.flags["value"])
     flag_thr_fmt = _by_magnitude(pd.Series(np.array(thr_fmt + [None], dtype=object)[checks.codes]), fr.flags["threshold"])
     trends = _trends(snapshots, as_of, team)
+    # issue 22: the movement since the previous snapshot, and the quota sheet
+    window = (period.start, period.full_end)
+    movement = (movement_mod.compute_movement(deals, snapshots.previous_deals, snapshots.previous_as_of, as_of, window,
+                                              prev_at)
+                if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of else None)
+    movement_sheet, waterfall = movement_mod.movement_sheet(movement, as_of, window, period.label)
     sheets = [
         actions_sheet(actions),
         SheetData("Flags", fr.flags, {"amount": "currency_whole", "value": "number", "threshold": "number"},
@@ -177,6 +203,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
+        movement_sheet,  # issue 22
+        targets_mod.targets_sheet(target_rows, period, as_of),  # issue 22
         definitions_sheet(cfg, period, prev_like),
         SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency_whole"}),
@@ -192,8 +220,11 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
         estimated=int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum()),
         funnel_note=funnel_note, trend_points=len(trends[0]), deal_bits=fr.deal_bits,
         won_by_month_sheet=WON_BY_MONTH_SHEET, flags_by_mistake_sheet=FLAGS_BY_MISTAKE_SHEET))
+    summary.lines.append(movement_mod.summary_line(movement, as_of))  # issue 22
+    if waterfall is not None:
+        summary.charts.append(waterfall)
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot, actions)
+                     summary, snapshot, actions, movement)
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:
@@ -224,6 +255,7 @@ def _owners(metrics: pd.DataFrame, fr: FlagResult, deals: pd.DataFrame) -> tuple
             "avg_deal_size", "avg_sales_cycle_days", "sales_velocity_per_day", "lead_gen_per_day"]
     own = metrics[metrics["scope"] == "owner"].pivot(index="key", columns="metric", values="value")
     own = own.reindex(columns=cols)
+    own = own[own["open_deals"].notna()]  # issue 22: owners known only from quota_by_owner are on Targets
     keys = pd.Index(own.index, dtype=object)
     owner = deals["owner"].astype(object).to_numpy(dtype=object)
     codes = keys.get_indexer(np.where(pd.isna(owner), NO_OWNER, owner))

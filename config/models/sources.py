@@ -123,6 +123,7 @@ class HubSpotSourceConfig(SourceBase):
     rate_limit_reserve: int = Field(default=5, ge=0)  # pause for the window when this few calls remain
     search_per_second: float = Field(default=4.0, gt=0)
     timeout: float = Field(default=30.0, gt=0)
+    field_history: bool = False  # issue 22: read closedate/amount history (propertiesWithHistory) for push_count
 
     @model_validator(mode="after")
     def _check_fields(self) -> HubSpotSourceConfig:
