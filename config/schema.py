@@ -59,6 +59,10 @@ HISTORY_FIELDS: tuple[str, ...] = ("opportunity_id", "stage", "entered_date")
 # four; a deal won or lost at as_of is "closed".
 FORECAST_CATEGORIES: tuple[str, ...] = ("pipeline", "best_case", "commit", "omitted", "closed")
 
+# A source's own field history (Salesforce OpportunityHistory, HubSpot propertiesWithHistory), raw:
+# one row per recorded value; `field` is close_date or amount (transforms/field_history.py types them).
+FIELD_HISTORY_COLUMNS: tuple[str, ...] = ("opportunity_id", "field", "changed_at", "value")
+
 # Columns the pipeline adds to every loaded opportunity, after the canonical ones.
 # The amount as the source gave it, its currency, the rate to the reporting currency and the rate's date.
 FX_COLUMNS: tuple[str, ...] = ("original_amount", "original_currency", "fx_rate", "fx_rate_date")

@@ -25,6 +25,10 @@ def empty_snapshot_deals() -> pd.DataFrame:
     })
 
 
+def empty_pushes() -> pd.DataFrame:
+    return pd.DataFrame({"deal_id": pd.Series(dtype=object), "as_of": pd.Series(dtype=object)})
+
+
 @dataclass
 class SnapshotRecord:
     """What one run stores for (report, as_of): team metrics and the deals open at as_of.
@@ -45,6 +49,7 @@ class SnapshotHistory:
     `metrics`: one row per (as_of, metric) with `value` (NaN = empty), every stored snapshot on
     or before the run's as_of. `previous_as_of` / `previous_deals`: the most recent snapshot
     strictly before the run's as_of and its open deals (None / empty frame when there is none).
+    `pushes` (deal_id, as_of): the close-date pushes between stored snapshots up to then.
     """
 
     metrics: pd.DataFrame = field(
@@ -53,6 +58,9 @@ class SnapshotHistory:
     )
     previous_as_of: date | None = None
     previous_deals: pd.DataFrame = field(default_factory=empty_snapshot_deals)
+    # One row per push seen between two consecutive stored snapshots up to `previous_as_of`:
+    # the deal was open at both and its close_date moved later (docs/metrics.md "Slippage").
+    pushes: pd.DataFrame = field(default_factory=lambda: empty_pushes())
 
     def previous_metrics(self) -> dict[str, float | None]:
         """Team metrics of the previous snapshot (empty dict when there is none)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -30,6 +30,8 @@ SHEET_ORDER: tuple[str, ...] = (
     "Products",
     "Trends",
     "Changes",
+    "Movement",
+    "Targets",
     "Opportunities",
     "Rejected",
     RAW_SHEETS,
@@ -66,7 +68,8 @@ class SheetData:
     wins over `formats` where it is not None. `widths` sets column widths (characters).
     `notes` are lines shown above nothing: they go into the About sheet, keyed by sheet.
     `highlight` names a column whose values colour the row (e.g. Flags' severity). Text in a
-    `wrap` column wraps (top-aligned), so a row grows to show it.
+    `wrap` column wraps (top-aligned), so a row grows to show it. `form`: cells written above
+    the table (Movement, Targets); with a frame without columns the sheet is the form alone.
     """
 
     name: str
@@ -77,6 +80,51 @@ class SheetData:
     row_formats: dict[str, pd.Series] = field(default_factory=dict)
     widths: dict[str, float] = field(default_factory=dict)
     wrap: set[str] = field(default_factory=set)
+    form: SheetForm | None = None
+
+
+FormStyle = Literal["text", "title", "header", "input", "note", "bold"]
+
+
+@dataclass
+class FormCell:
+    """One cell of a form: a value, or an Excel formula stored with its computed `value` (so
+    viewers that do not recalculate show it; "" = an empty result). 0-based row and column."""
+
+    row: int
+    col: int
+    value: Any = None
+    format: ColumnFormat | None = None
+    formula: str | None = None
+    style: FormStyle = "text"  # input: a cell the user is meant to edit
+
+
+@dataclass
+class FormTable:
+    """An Excel table over form cells; `first_row` is its header row (`headers`)."""
+
+    name: str
+    first_row: int
+    first_col: int
+    last_row: int
+    headers: list[str]
+
+
+@dataclass
+class SheetForm:
+    """Small blocks written cell by cell (titles, inputs, formulas, little tables) at the top of a
+    sheet; the sheet's data table, if it has one, starts two rows below the last cell and is named
+    `table_name` (default tbl<Sheet>)."""
+
+    cells: list[FormCell]
+    tables: list[FormTable] = field(default_factory=list)
+    widths: dict[int, float] = field(default_factory=dict)
+    table_name: str | None = None
+
+    @property
+    def height(self) -> int:
+        """Rows above the data table."""
+        return max((c.row for c in self.cells), default=-1) + 2
 
 
 @dataclass
@@ -145,6 +193,22 @@ class SummaryBlock:
 
 
 @dataclass
+class WaterfallSpec:
+    """A waterfall chart on the Summary from cells of another sheet (0-based rows/columns): a
+    stacked column whose `base` series is invisible; `rise`, `fall` and `total` bars carry labels."""
+
+    title: str
+    sheet: str
+    first_row: int
+    last_row: int
+    category_col: int
+    base_col: int
+    rise_col: int
+    fall_col: int
+    total_col: int
+
+
+@dataclass
 class SummaryData:
     """The Summary sheet: title, status lines, tables and charts.
 
@@ -157,7 +221,7 @@ class SummaryData:
     title: str
     kpis: pd.DataFrame  # metric, value, previous, change, unit
     flag_counts: pd.DataFrame  # rule, check, severity, count
-    charts: list[ChartSpec] = field(default_factory=list)
+    charts: list[ChartSpec | WaterfallSpec] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)  # short status lines under the title
     tables: list[SummaryTable] = field(default_factory=list)
     widths: list[float] = field(default_factory=list)  # the sheet's column widths (characters); empty: from the tables

@@ -47,6 +47,8 @@ class Extracted:
     partial: bool = False  # `records` (history, raw) hold only the `delta_ids` still current, not every record:
     row_ids: Sequence[str] | None = None  # ... then every current record's id in row order (`_row` = position + 1)
     rates: SourceRates | None = None  # the CRM's own exchange rates, when the source reads them
+    # issue 22: close_date / amount history (config.schema.FIELD_HISTORY_COLUMNS), raw; None: the source keeps none
+    field_history: pd.DataFrame | None = None
 
     @property
     def rows_read(self) -> int:
@@ -62,6 +64,8 @@ class PendingState:
     deletes: list[str] = field(default_factory=list)
     replace_all: bool = False
     version: SourceVersion | None = None  # the content version to store with these changes
+    # issue 22: close_date / amount history entries of the records read this run (connectors/state/field_history.py)
+    field_history: dict[str, list] | None = None
 
 
 @dataclass

@@ -49,6 +49,7 @@ from flows.stage_meter import StageTime, measured
 from transforms.analytics import build_analytics
 from transforms.canonical import ROW_COLUMN, canonicalize, canonicalize_history, empty_opportunities
 from transforms.currency import RateTable, rate_table
+from transforms.field_history import canonicalize_field_history
 from transforms.fiscal import calendar_for
 from transforms.periods import Period, reporting_period
 from transforms.report_filter import describe, is_filtered
@@ -155,6 +156,7 @@ class Validated:
     raw: list[tuple[str, pd.DataFrame]]
     by_source: dict[str, SourceRows] = field(default_factory=dict)
     rates: dict[str, RateTable] = field(default_factory=dict)  # per source: the rates its amounts converted with
+    field_history: pd.DataFrame | None = None  # issue 22: the sources' close_date / amount history, typed
 
 
 @dataclass
@@ -258,7 +260,8 @@ def _merges(src: Any, e: Extracted) -> bool:
     return base.raw is not None and e.raw is not None and set(e.raw.columns) <= set(base.raw.columns)
 
 
-_CODE_FILES = ("transforms/canonical.py", "transforms/currency.py", "config/schema.py")  # validate every source's rows
+# validate every source's rows
+_CODE_FILES = ("transforms/canonical.py", "transforms/currency.py", "config/schema.py", "transforms/field_history.py")
 
 
 def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> str:
@@ -296,6 +299,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
     loaded_parts, rejected_parts, history_parts, reports = [], [], [], []
+    field_parts: list[pd.DataFrame] = []
     by_source: dict[str, SourceRows] = {}
     tables: dict[str, RateTable] = {}
     for src in cfg.sources:
@@ -310,6 +314,8 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         rejected_parts.append(rows.rejected)
         if rows.history is not None:
             history_parts.append(rows.history)
+        if getattr(rows, "field_history", None) is not None and len(rows.field_history):
+            field_parts.append(rows.field_history)
         reports.append(SourceReport(
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
@@ -324,7 +330,8 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         None, source="", tz=cfg.tz, stages=cfg.pipeline.stages, stage_map={})
     raw = [(src.raw_sheet, by_source[src.name].raw) for src in cfg.sources
            if src.raw_sheet and src.name in by_source and by_source[src.name].raw is not None]
-    return Validated(opportunities, rejected, history, reports, raw, by_source, tables)
+    return Validated(opportunities, rejected, history, reports, raw, by_source, tables,
+                     field_history=_stacked(field_parts) if field_parts else None)
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -347,7 +354,9 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     is_changed = ids.isin(changed).to_numpy()
     fresh = _validate_source(run, src, dataclasses.replace(
         e, records=e.records[is_changed], base_rows=None, partial=False, row_ids=None,
-        history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)]))
+        history=None if e.history is None else e.history[e.history["opportunity_id"].astype(str).isin(changed)],
+        field_history=None if e.field_history is None
+        else e.field_history[e.field_history["opportunity_id"].astype(str).isin(changed)]))
     if e.partial and e.row_ids is not None:  # the records are the changes only: rows follow `row_ids`
         row_of = pd.Series(np.arange(1, len(e.row_ids) + 1), index=np.asarray(e.row_ids, dtype=object))
     else:
@@ -366,11 +375,15 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     history = fresh.history
     if base.history is not None and history is not None:
         history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+    fields = fresh.field_history
+    if getattr(base, "field_history", None) is not None and fields is not None:
+        fields = merged(base.field_history, fields).sort_values(["opportunity_id", "changed_at"], kind="stable")
     raw = e.raw if src.raw_sheet else None
     if raw is not None and e.partial:
         raw = _merged_raw(base.raw, raw, changed, row_of)
     return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
-                      None if history is None else history.reset_index(drop=True), raw, e.rows_read)
+                      None if history is None else history.reset_index(drop=True), raw, e.rows_read,
+                      None if fields is None else fields.reset_index(drop=True))
 
 
 def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], row_of: pd.Series) -> pd.DataFrame:
@@ -389,6 +402,7 @@ def release_rows(extracted: list[Extracted]) -> None:
     for e in extracted:
         e.records = e.records.iloc[:0]
         e.history = None
+        e.field_history = None
         e.raw = None
         e.base_rows = None
 
@@ -406,7 +420,8 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
         date_format=getattr(src, "date_format", None))
-    return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read)
+    fields = None if e.field_history is None else canonicalize_field_history(e.field_history, source=src.name, tz=cfg.tz)
+    return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read, fields)
 
 
 def analyze(run: RunContext, validated: Validated) -> Transformed:
@@ -416,7 +431,7 @@ def analyze(run: RunContext, validated: Validated) -> Transformed:
     stale = [r.name for r in reports if r.stale]
     snapshots = load_history(run.engine, run.config.report, run.as_of)
     analytics = build_analytics(opportunities, history, run.config, run.as_of, stale_sources=stale,
-                                snapshots=snapshots, rates=validated.rates)
+                                snapshots=snapshots, rates=validated.rates, field_history=validated.field_history)
     sheets = [*analytics.sheets, opportunities_sheet(analytics.opportunities), rejected_sheet(rejected),
               *raw_sheets(validated.raw)]
     return Transformed(analytics.opportunities, rejected, history, reports, sheets, analytics.summary,
@@ -475,6 +490,10 @@ def commit_state(run: RunContext, extracted: list[Extracted], result: Transforme
         for e in pending:
             p = e.pending_state
             save_state(conn, e.source, p.cursor, p.upserts, p.deletes, p.replace_all, version=p.version)
+            if p.field_history is not None:  # issue 22
+                from connectors.state.field_history import save_entries
+
+                save_entries(conn, e.source, p.field_history, p.deletes, p.replace_all)
         if rated:
             from connectors.state.source_rates import save_rates
 

@@ -29,8 +29,8 @@ ROWS = [
 def test_sheet_list_order_and_formats() -> None:
     a = run(ROWS, "2026-06-15", make_cfg(targets={"product_mix": {"P": 0.5, "Q": 0.5}}))
     names = [s.name for s in a.sheets]
-    assert names == ["Actions", "Flags", "Metrics", "Funnel", "Owners", "Products", "Trends", "Changes",
-                     "Definitions", WON_BY_MONTH_SHEET, FLAGS_BY_MISTAKE_SHEET]
+    assert names == ["Actions", "Flags", "Metrics", "Funnel", "Owners", "Products", "Trends", "Changes", "Movement",
+                     "Targets", "Definitions", WON_BY_MONTH_SHEET, FLAGS_BY_MISTAKE_SHEET]
     assert [n for n in names if n in SHEET_ORDER] == [n for n in SHEET_ORDER if n in names]
     by = {s.name: s for s in a.sheets}
     for s in a.sheets:

@@ -16,7 +16,13 @@ from python_calamine import CalamineWorkbook
 from config.loader import ConfigError, load_config
 from connectors.state.backfill import backfill_dates as backfill_table
 from connectors.state.db import make_engine
-from connectors.state.snapshots import snapshot_deals, snapshot_metrics, snapshots, stored_dates
+from connectors.state.snapshots import (
+    snapshot_deal_parts,
+    snapshot_deals,
+    snapshot_metrics,
+    snapshots,
+    stored_dates,
+)
 from flows.backfill import backfill, backfill_dates
 from flows.cli import main
 from flows.pipeline import run_pipeline
@@ -72,7 +78,7 @@ def store(folder: Path) -> dict[str, list[tuple]]:
     engine = make_engine(f"sqlite:///{folder / 'state.db'}")
     with engine.connect() as conn:
         out = {}
-        for table in (snapshots, snapshot_metrics, snapshot_deals, backfill_table):
+        for table in (snapshots, snapshot_metrics, snapshot_deals, snapshot_deal_parts, backfill_table):
             cols = [c for c in table.c if c.name not in ("saved_at", "completed_at")]
             out[table.name] = [tuple(r) for r in conn.execute(sa.select(*cols).order_by(*table.primary_key.columns))]
     return out

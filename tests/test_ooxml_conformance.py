@@ -290,6 +290,52 @@ def test_demo_has_no_unneeded_zip64(demo_workbook):
     assert [v for v in excel_rule_violations(demo_workbook) if v.rule == "zip64"] == []
 
 
+# a formula, escapes (one pair overlapping), a control character
+HOSTILE_OWNER = "=HYPERLINK(\"x\")_x0041__x0042_ _x0043_x0044_\x07" + "\u00e9" * 40
+
+
+@pytest.fixture(scope="module")
+def movement_workbook(tmp_path_factory) -> Path:
+    """Two snapshots through the analytics (tests/test_movement.py's hand case, one owner renamed
+    to hostile text, quotas set): Movement with its form, owner table, deal lines and the
+    Summary's waterfall, Targets with quota cells and formulas, and a raw sheet whose table name
+    would clash with the Movement form's."""
+    from connectors.state import snapshots as store
+    from connectors.state.db import make_engine
+    from tests.analytics_support import make_cfg, make_history, make_opps
+    from tests.test_movement import AFTER, BEFORE, D0, D1
+    from transforms.analytics import build_analytics
+
+    engine = make_engine("sqlite://")
+    cfg = make_cfg(targets={"quota": {"2026-Q2": 20000}, "quota_by_owner": {"ann": {"2026-Q2": 9000},
+                                                                             HOSTILE_OWNER: {"2026-Q2": 5000}}})
+    a = None
+    for rows, as_of in ((BEFORE, D0), (AFTER, D1)):
+        rows = [{**r, "owner": HOSTILE_OWNER if r["owner"] == "bob" else r["owner"]} for r in rows]
+        a = build_analytics(make_opps(rows), make_history([]), cfg, as_of,
+                            snapshots=store.load_history(engine, cfg.report, as_of))
+        with engine.begin() as conn:
+            store.save_snapshot(conn, cfg.report, a.snapshot)
+    assert a is not None and a.movement is not None
+    path = tmp_path_factory.mktemp("movement") / "movement.xlsx"
+    write_workbook(path, sheets=[*a.sheets, SheetData("MovementTeam", pd.DataFrame({"x": [1, 2]}))], summary=a.summary)
+    return path
+
+
+def test_movement_and_targets_workbook_is_clean(movement_workbook, sdk):
+    assert sdk.validate(movement_workbook) == []
+    assert _rules(movement_workbook) == []
+    tables = tables_by_sheet(movement_workbook)
+    assert tables["Movement"] == ["tblMovementTeam", "tblMovementOwners", "tblMovementDeals"]
+    assert tables["Targets"] == ["tblTargetsQuota"]
+    assert tables["MovementTeam"] == ["tblMovementTeam_2"]  # the form's name was claimed first
+    for sheet, cells in (("Movement", 7), ("Targets", 1)):  # form cells and deal lines: text, as given
+        shown = [v for row in _cells(movement_workbook, sheet, rows=1_000) for v in row if v and "HYPERLINK" in v]
+        assert shown == [HOSTILE_OWNER] * cells, sheet
+    found = xsd_violations(movement_workbook)
+    assert found in (None, [])
+
+
 @pytest.mark.parametrize("example", [name for name in BUILDERS if name != "demo"])
 def test_example_config_workbooks_are_clean(example, sdk, tmp_path):
     """Every config/examples/*.yaml run against its fake (tests/golden_workbooks.py builds them)."""

@@ -86,7 +86,8 @@ def test_empty_deals_snapshot(engine: sa.Engine) -> None:
     assert list(h.previous_deals.columns) == ["deal_id", "owner", "product", "stage", "amount", "close_date"]
 
 
-@pytest.mark.parametrize("table", [store.snapshots, store.snapshot_metrics, store.snapshot_deals])
+@pytest.mark.parametrize("table", [store.snapshots, store.snapshot_metrics, store.snapshot_deals,
+                                   store.snapshot_deal_parts])
 def test_tables_compile_for_postgres(table: sa.Table) -> None:
     ddl = str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
     assert f"CREATE TABLE {table.name}" in ddl
@@ -94,10 +95,11 @@ def test_tables_compile_for_postgres(table: sa.Table) -> None:
 
 
 def _deal_rows(engine: sa.Engine) -> list[tuple]:
-    """(deal_id, amount, SQLite rowid) of report r: a rewritten row gets a new rowid."""
+    """(deal_id, SQLite rowid of its block) of report r's deals: a rewritten block gets a new rowid."""
     with engine.connect() as conn:
-        return conn.exec_driver_sql(
-            "SELECT deal_id, amount, rowid FROM snapshot_deals WHERE report = 'r' ORDER BY deal_id").all()
+        blocks = conn.exec_driver_sql(
+            "SELECT data, rowid FROM snapshot_deal_parts WHERE report = 'r' ORDER BY as_of, part").all()
+    return [(i, rowid) for data, rowid in blocks for i in store.decode_deals(data)["deal_id"]]
 
 
 def test_a_rerun_with_the_same_deals_keeps_them_and_rewrites_the_metrics(engine: sa.Engine) -> None:
@@ -116,7 +118,7 @@ def test_a_rerun_with_the_same_deals_keeps_them_and_rewrites_the_metrics(engine:
         store.save_snapshot(conn, "r", changed)
     assert [r[0] for r in _deal_rows(engine)] == ["crm:a", "crm:c"]
     with engine.begin() as conn:  # snapshot rows removed by hand: the same deals are written again
-        for table in (store.snapshots, store.snapshot_deals):
+        for table in (store.snapshots, store.snapshot_deal_parts):
             conn.execute(sa.delete(table))
         store.save_snapshot(conn, "r", changed)
     assert [r[0] for r in _deal_rows(engine)] == ["crm:a", "crm:c"]

@@ -7,8 +7,8 @@ flagged deals only, so the words always agree with the Flags sheet.
 
 The next step is the one that unblocks the deal first: a deal nobody owns needs an owner; then a
 close date already passed (long past and quiet: close it lost); then a promised follow-up not kept; then a deal stalled in its stage;
-then one that is not qualified; then one much older than the sales cycle; then missing amount or
-close date; then no recent activity.
+then one that is not qualified; then one much older than the sales cycle; then one whose close
+date keeps being pushed; then missing amount or close date; then no recent activity.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ ACTION_COLUMNS = ["severity", "opportunity_id", "name", "owner", "stage", "amoun
 ACTION_FORMATS: dict[str, ColumnFormat] = {"amount": "currency_whole", "close_date": "date", "days_in_stage": "int",
                                            "record_url": "url"}
 # the order the flags are listed in, and the order that picks the next step
-FLAG_ORDER = ("past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "missing_fields", "no_activity")
-STEP_ORDER = ("no_owner", "past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "missing_fields",
+FLAG_ORDER = ("past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "pushed_repeatedly", "missing_fields",
               "no_activity")
+STEP_ORDER = ("no_owner", "past_due", "overdue_follow_up", "stalled", "unqualified", "aged", "pushed_repeatedly",
+              "missing_fields", "no_activity")
 _MISSING = ("amount", "close date", "owner")
 DEAD_PAST_DUE_DAYS = 90  # past due this long and idle past the activity limit: the step is to close it
 _SAFE_URL_VALUE = re.compile(r"^[A-Za-z0-9._~-]*$")
@@ -42,6 +43,10 @@ _SAFE_URL_VALUE = re.compile(r"^[A-Za-z0-9._~-]*$")
 
 def _days(k: int) -> str:
     return "1 day" if k == 1 else f"{k:,} days"
+
+
+def _times(k: int) -> str:
+    return "once" if k == 1 else f"{k:,} times"
 
 
 def _iso(day: int) -> str:
@@ -99,6 +104,10 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
         "aged": (lambda k, lim: f"{_days(k)} old (limit {lim:,})", (ints("aged"), limit.astype(np.int64)),
                  lambda k: f"Open {_days(k)}, over {t.max_age_factor:g} x the {avg_cycle or 0:.0f}-day sales cycle: "
                            "decide whether it will buy; if not, close it lost.", (ints("aged"),)),
+        "pushed_repeatedly": (lambda k: f"close date pushed {_times(k)} (limit {t.max_pushes})",
+                              (ints("pushed_repeatedly"),),
+                              lambda k: f"Close date pushed out {_times(k)}: agree a date with the buyer and what must "
+                                        "happen by then, or close it lost.", (ints("pushed_repeatedly"),)),
         "missing_fields": (lambda b: f"no {_listed(b, _MISSING)}", (missing,),
                            lambda b: f"Fill in the {_listed(b, _MISSING)} in the CRM so the forecast can count it.",
                            (missing,)),

@@ -34,10 +34,22 @@ from config.models import AppConfig
 from config.schema import FIELD_NAMES, FX_COLUMNS, ROW_ID_COLUMN, SOURCE_COLUMN
 from config.snapshot_types import SNAPSHOT_DEAL_COLUMNS, SnapshotHistory, SnapshotRecord
 from config.workbook import ColumnFormat, SheetData, SummaryBlock, SummaryData
+
+# issue 22: movement, slippage, targets (their modules; the hooks below are marked "issue 22")
+from transforms import movement as movement_mod
+from transforms import slippage as slippage_mod
+from transforms import targets as targets_mod
 from transforms.actions import actions_frame, actions_sheet
 from transforms.changes import classify_changes
-from transforms.currency import RateTable, rate_table, reconvert, with_fx_columns
+from transforms.currency import (
+    RateTable,
+    amounts_from_original,
+    rate_table,
+    reconvert,
+    with_fx_columns,
+)
 from transforms.definitions import definitions_sheet
+from transforms.field_history import values_as_of
 from transforms.fiscal import calendar_for
 from transforms.flags import (
     ADVICE,
@@ -73,7 +85,7 @@ from transforms.periods import (
 from transforms.provenance import provenance_rows
 from transforms.summary import SummaryInputs, build_summary
 
-DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "flags"]
+DERIVED_COLUMNS = ["days_in_stage", "age_days", "stage_entered_estimated", "push_count", "flags"]
 OPPORTUNITY_COLUMNS = [*FIELD_NAMES, *FX_COLUMNS, SOURCE_COLUMN, ROW_ID_COLUMN, *DERIVED_COLUMNS]
 # Extra data sheets for the Summary charts (near the end of config.workbook.SHEET_ORDER).
 WON_BY_MONTH_SHEET = "Won by month"
@@ -102,6 +114,7 @@ class Analytics:
     snapshot: SnapshotRecord
     actions: pd.DataFrame | None = None
     about: list[tuple[str, str]] = field(default_factory=list)  # which calendar and rates the numbers used
+    movement: movement_mod.Movement | None = None  # issue 22: None without an earlier snapshot
 
 
 def _by_magnitude(formats: pd.Series, values: pd.Series) -> pd.Series:
@@ -125,11 +138,13 @@ def value_formats(units: pd.Series, values: pd.Series) -> pd.Series:
 
 def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, as_of: date,
                     *, stale_sources: Sequence[str] = (), snapshots: SnapshotHistory | None = None,
-                    rates: Mapping[str, RateTable] | None = None) -> Analytics:
+                    rates: Mapping[str, RateTable] | None = None,
+                    field_history: pd.DataFrame | None = None) -> Analytics:
     """Every metric, flag, sheet and the snapshot for `as_of` (see the module docstring).
 
     `rates`: per source, the rates its amounts converted with (default: `inputs.rates`); with
-    dated rates, deals are converted again at each as_of looked at (open deals take that day's rate)."""
+    dated rates, deals are converted again at each as_of looked at (open deals take that day's rate).
+    `field_history`: the sources' close_date / amount history (transforms.field_history), if any."""
     stages = cfg.pipeline.stages
     snapshots = snapshots or SnapshotHistory()
     opps = with_fx_columns(opps)
@@ -139,15 +154,26 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     hist = prepare_history(opps, history, stages)
     calendar = calendar_for(cfg)
     period = reporting_period(as_of, cfg.period, calendar)
-    deals, no_rate = reconvert(deals_as_of(opps, hist, stages, as_of), rates, as_of)
+    deals = deals_as_of(opps, hist, stages, as_of)
+    deals = _values_at(deals, field_history, as_of, cfg)  # issue 22: close_date / amount at a past as_of
+    deals, no_rate = reconvert(deals, rates, as_of)
     deals["forecast_category"] = categories_at(deals, stages)
+    rows_index = slippage_mod.row_index(deals)  # issue 22: one hash table of row ids for every lookup
+    prev_at = slippage_mod.previous_positions(rows_index, snapshots.previous_deals)
+    deals["push_count"] = slippage_mod.push_counts(deals, snapshots, field_history, as_of, rows_index, prev_at)
     full = compute_metrics(deals, cfg, as_of, period)
+    # issue 22: slippage and target metrics, appended in catalogue order
+    owner_keys = sorted(full.loc[full["scope"] == "owner", "key"].unique().tolist())
+    target_rows = targets_mod.target_rows(deals, full, cfg, period)
+    full = pd.concat([full, slippage_mod.slippage_metrics(deals, snapshots, as_of, owner_keys, prev_at),
+                      targets_mod.target_metrics(target_rows, cfg, period)], ignore_index=True)
     forecasting = forecast_in_use(opps, stages)
     if forecasting:
         full = pd.concat([full, forecast_metrics(deals, cfg, period, full)], ignore_index=True)
     previous = snapshots.previous_metrics() if snapshots.previous_as_of and snapshots.previous_as_of < as_of else {}
     fr = compute_flags(deals, full, cfg, as_of, period, stale_sources=stale_sources, previous=previous,
-                       previous_as_of=snapshots.previous_as_of)
+                       previous_as_of=snapshots.previous_as_of,
+                       extra_rows=targets_mod.coverage_flags(target_rows, cfg, as_of, period))
     deals["flags"] = fr.deal_flags.to_numpy()
     team = team_values(full)
 
@@ -182,6 +208,12 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     flag_thr_fmt = _by_magnitude(pd.Series(np.array(thr_fmt + [None], dtype=object)[checks.codes]), fr.flags["threshold"])
     trends = _trends(snapshots, as_of, team)
     about = provenance_rows(cfg, calendar, period, prev_full_period, rates, deals)
+    # issue 22: the movement since the previous snapshot (W: the whole period of the run's calendar)
+    window = (period.start, period.full_end)
+    movement = (movement_mod.compute_movement(deals, snapshots.previous_deals, snapshots.previous_as_of, as_of, window,
+                                              prev_at)
+                if snapshots.previous_as_of is not None and snapshots.previous_as_of < as_of else None)
+    movement_sheet, waterfall = movement_mod.movement_sheet(movement, as_of, window, period.label)
     sheets = [
         actions_sheet(actions),
         SheetData("Flags", fr.flags, {"amount": "currency_whole", "value": "number", "threshold": "number"},
@@ -202,6 +234,8 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
                                        "old_close_date": "date", "new_close_date": "date"},
                   notes=[f"Compared with the snapshot of {snapshots.previous_as_of.isoformat()}." if previous
                          else "No earlier snapshot of this report: nothing to compare."]),
+        movement_sheet,  # issue 22
+        targets_mod.targets_sheet(target_rows, period, as_of),  # issue 22
         definitions_sheet(cfg, period, prev_like, calendar=calendar, provenance=about, forecast=forecasting),
         SheetData(WON_BY_MONTH_SHEET, _won_by_month(deals, as_of, calendar),
                   {"month_start": "date", "won_deals": "int", "won_value": "currency_whole"}),
@@ -217,27 +251,57 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
         estimated=int((deals["stage_entered_estimated"].to_numpy(dtype=bool) & (status == "open")).sum()),
         funnel_note=funnel_note, trend_points=len(trends[0]), deal_bits=fr.deal_bits,
         won_by_month_sheet=WON_BY_MONTH_SHEET, flags_by_mistake_sheet=FLAGS_BY_MISTAKE_SHEET, calendar=calendar,
-        forecast=_forecast_block(full, period) if forecasting else None))
+        forecast=_forecast_block(full, period) if forecasting else None, quota=_quota_block(full, period)))
     if no_rate:
         summary.lines.append(f"{no_rate} deals have no rate for their currency on their rate date at this as_of: "
                              "their amount is left out of the sums.")
+    summary.lines.append(movement_mod.summary_line(movement, as_of))  # issue 22
+    if waterfall is not None:
+        summary.charts.append(waterfall)
     return Analytics(opportunities.reset_index(drop=True), len(opps) - len(deals), metrics, fr.flags, sheets,
-                     summary, snapshot, actions, about)
+                     summary, snapshot, actions, about, movement)
 
 
-def _forecast_block(metrics: pd.DataFrame, period: Period) -> SummaryBlock:
-    """The team's forecast metrics (commit, best case, pipeline and the two forecasts)."""
-    team = metrics[(metrics["scope"] == "team") & metrics["metric"].isin(FORECAST_METRICS)]
+def _values_at(deals: pd.DataFrame, field_history: pd.DataFrame | None, as_of: date, cfg: AppConfig) -> pd.DataFrame:
+    """issue 22 with issue 23: close_date / amount as the sources' history has them at `as_of`. A
+    recorded amount is in the deal's own currency: it replaces original_amount and converts at the
+    deal's rate (sources with dated rates convert again at `as_of` in `reconvert`)."""
+    if not all(c in deals.columns for c in FX_COLUMNS):
+        return values_as_of(deals, field_history, as_of)
+    out = values_as_of(deals, field_history, as_of, amount_column="original_amount")
+    return deals if out is deals else amounts_from_original(deals, out, cfg.inputs.currency)
+
+
+def _team_block(metrics: pd.DataFrame, names: Sequence[str], title: str, lines: list[str]) -> SummaryBlock:
+    """The team's values of `names` (in the metrics' order) as a Summary block."""
+    team = metrics[(metrics["scope"] == "team") & metrics["metric"].isin(names)]
     frame = pd.DataFrame({"metric": pd.Series(list(team["metric"]), dtype=object),
                           "value": team["value"].to_numpy(dtype=float),
                           "unit": pd.Series(list(team["unit"]), dtype=object),
                           "note": pd.Series(list(team["note"].fillna("")), dtype=object)})
-    return SummaryBlock(
+    return SummaryBlock(title, frame, lines)
+
+
+def _forecast_block(metrics: pd.DataFrame, period: Period) -> SummaryBlock:
+    """The team's forecast metrics (commit, best case, pipeline and the two forecasts)."""
+    return _team_block(
+        metrics, FORECAST_METRICS,
         f"Forecast for {period.label} (deals closing {period.start.isoformat()} to {period.full_end.isoformat()})",
-        frame,
         ["forecast_commit = won_value + commit_value; forecast_best_case = forecast_commit + best_case_value; "
          "commit/best case/pipeline: open deals with close_date in the period, by forecast category "
          "(per owner on the Metrics sheet)."])
+
+
+def _quota_block(metrics: pd.DataFrame, period: Period) -> SummaryBlock | None:
+    """issue 22 beside issue 23: the team's quota, attainment, gap and coverage for the period, when
+    targets.quota has the period's label (None otherwise)."""
+    quota = metrics[(metrics["scope"] == "team") & (metrics["metric"] == "quota")]["value"]
+    if not len(quota) or pd.isna(quota.iloc[0]):
+        return None
+    return _team_block(
+        metrics, targets_mod.TARGET_METRICS, f"Quota for {period.label}",
+        ["attainment = won_value / quota; gap_to_quota = max(quota - won_value, 0); coverage = "
+         "period_pipeline_value / gap_to_quota (per owner, with editable quotas, on the Targets sheet)."])
 
 
 def _funnel(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig) -> tuple[pd.DataFrame, str]:
@@ -268,6 +332,7 @@ def _owners(metrics: pd.DataFrame, fr: FlagResult, deals: pd.DataFrame) -> tuple
             "avg_deal_size", "avg_sales_cycle_days", "sales_velocity_per_day", "lead_gen_per_day"]
     own = metrics[metrics["scope"] == "owner"].pivot(index="key", columns="metric", values="value")
     own = own.reindex(columns=cols)
+    own = own[own["open_deals"].notna()]  # issue 22: owners known only from quota_by_owner are on Targets
     keys = pd.Index(own.index, dtype=object)
     owner = deals["owner"].astype(object).to_numpy(dtype=object)
     codes = keys.get_indexer(np.where(pd.isna(owner), NO_OWNER, owner))

@@ -219,6 +219,23 @@ def reconvert(deals: pd.DataFrame, tables: Mapping[str, RateTable], as_of: date)
     return out, lost
 
 
+def amounts_from_original(before: pd.DataFrame, after: pd.DataFrame, reporting: str) -> pd.DataFrame:
+    """`after` (= `before` with some `original_amount`s replaced, e.g. by a field history's value at
+    an earlier as_of) with `amount` = original_amount x the row's fx_rate where it changed (a row
+    without a rate in the reporting currency, or none, takes 1). Sources with dated rates convert
+    again in `reconvert`, which reads original_amount."""
+    old = before["original_amount"].to_numpy(dtype=float)
+    new = after["original_amount"].to_numpy(dtype=float)
+    moved = np.flatnonzero(~((old == new) | (np.isnan(old) & np.isnan(new))))
+    if not len(moved):
+        return after
+    rate = after["fx_rate"].to_numpy(dtype=float)[moved]
+    cur = after["original_currency"].to_numpy(dtype=object)[moved]
+    home = pd.Series(cur, dtype=object).fillna("").isin(["", reporting.upper()]).to_numpy()
+    rate = np.where(np.isnan(rate) & home, 1.0, rate)
+    out = after if after is not before else after.copy()
+    out.iloc[moved, out.columns.get_loc("amount")] = new[moved] * rate
+    return out
 
 
 def with_fx_columns(opps: pd.DataFrame) -> pd.DataFrame:
@@ -234,4 +251,4 @@ def with_fx_columns(opps: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = ["Converted", "RateTable", "convert", "rate_dates", "rate_table", "reconvert", "with_fx_columns"]
+__all__ = ["Converted", "RateTable", "amounts_from_original", "convert", "rate_dates", "rate_table", "reconvert", "with_fx_columns"]

@@ -44,6 +44,12 @@ def _metric_in_force(metric: str, cfg: AppConfig, period: Period) -> str:
     if metric in ("new_deals", "new_value", "won_deals", "won_value", "lost_deals", "lost_value", "avg_deal_size",
                   "win_rate", "avg_sales_cycle_days", "sales_velocity_per_day"):
         return f"period {period.label}: {period.start.isoformat()} to {period.end.isoformat()}"
+    if metric == "quota":
+        quota = (cfg.targets.quota or {}).get(period.label)
+        return (f"{period.label}: {sym}{quota:,.0f} (targets.quota)" if quota is not None
+                else f"no team quota for {period.label} (targets.quota)")
+    if metric in ("period_pipeline_value", "coverage", "weighted_coverage"):
+        return f"closing in {period.label}: {period.start.isoformat()} to {period.full_end.isoformat()}"
     return ""
 
 

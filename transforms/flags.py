@@ -48,6 +48,7 @@ DEAL_CHECKS: tuple[tuple[str, str, str], ...] = (
     ("overdue_follow_up", "M4", "medium"),
     ("no_activity", "M4", "low"),
     ("missing_fields", "M5", "medium"),
+    ("pushed_repeatedly", "M4", "medium"),  # needs deals["push_count"] (transforms.slippage)
 )
 
 
@@ -185,17 +186,25 @@ def deal_check_masks(deals: pd.DataFrame, cfg: AppConfig, as_of: date, avg_cycle
     m = is_open & (missing > 0)
     out["missing_fields"] = (m, count.astype(float), np.zeros(n), maker(
         lambda b: " is open but has no " + ", ".join(f for i, f in enumerate(fields) if b >> i & 1) + ".", missing))
+
+    # M4 pushed_repeatedly (docs/metrics.md "Slippage")
+    pushes = deals["push_count"].to_numpy(dtype=np.int64) if "push_count" in deals else np.zeros(n, np.int64)
+    m = is_open & (pushes >= t.max_pushes)
+    out["pushed_repeatedly"] = (m, pushes.astype(float), np.full(n, float(t.max_pushes)), maker(
+        lambda k: f"'s close date has been pushed out {k} times (limit {t.max_pushes}).", pushes))
     return out
 
 
 def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as_of: date, period: Period,
                   *, stale_sources: Sequence[str] = (), previous: Mapping[str, float | None] | None = None,
-                  previous_as_of: date | None = None) -> FlagResult:
-    """Run every check of the spec over the deals at `as_of` and the metrics table."""
+                  previous_as_of: date | None = None, extra_rows: Sequence[dict] = ()) -> FlagResult:
+    """Run every check of the spec over the deals at `as_of` and the metrics table.
+
+    `extra_rows`: Flags rows computed elsewhere (e.g. M1 low_coverage, transforms.targets)."""
     t = cfg.targets
     team = metrics[metrics["scope"] == "team"].set_index("metric")
     tv = {m: (None if pd.isna(v) else float(v)) for m, v in team["value"].items()}
-    rows: list[dict] = []
+    rows: list[dict] = list(extra_rows)
     is_open = deals["status"].to_numpy(dtype=object) == "open"
     n_open = int(is_open.sum())
 

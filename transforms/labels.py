@@ -44,6 +44,14 @@ METRICS: dict[str, tuple[str, int]] = {
     "pipeline_value": ("Pipeline (not yet commit or best case)", 1),
     "forecast_commit": ("Forecast: won + commit", 1),
     "forecast_best_case": ("Forecast: won + commit + best case", 1),
+    "slipped_deals": ("Deals slipped (close date pushed)", -1),
+    "slipped_value": ("Slipped pipeline", -1),
+    "quota": ("Quota", 0),
+    "attainment": ("Quota attainment", 1),
+    "gap_to_quota": ("Gap to quota", -1),
+    "period_pipeline_value": ("Pipeline closing this period", 1),
+    "coverage": ("Pipeline coverage", 1),
+    "weighted_coverage": ("Weighted pipeline coverage", 1),
 }
 
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -75,11 +83,22 @@ METRIC_DEFINITIONS: dict[str, str] = {
                       "period (omitted deals are in none).",
     "forecast_commit": "won_value + commit_value.",
     "forecast_best_case": "forecast_commit + best_case_value.",
+    "slipped_deals": "Deals open at the previous snapshot (D0) and at as_of whose close_date at as_of is later than "
+                     "it was at D0 (a push since the previous snapshot).",
+    "slipped_value": "Sum of amount at as_of of the slipped deals.",
+    "quota": "The period's quota from config (targets.quota, targets.quota_by_owner); editable on Targets.",
+    "attainment": "won_value / quota.",
+    "gap_to_quota": "max(quota - won_value, 0).",
+    "period_pipeline_value": "Sum of amount of the open deals whose close_date is in the whole period (first to "
+                             "last day).",
+    "coverage": "period_pipeline_value / gap_to_quota (empty when the gap is 0 or there is no quota).",
+    "weighted_coverage": "Sum of amount x stage probability of the open deals closing in the period / gap_to_quota.",
 }
 
 # check -> (rule, words for a person, Flags value format)
 CHECKS: dict[str, tuple[str, str, ColumnFormat]] = {
     "low_lead_gen": ("M1", "Too little new pipeline", "currency"),
+    "low_coverage": ("M1", "Too little pipeline for the quota", "number"),
     "unqualified": ("M2", "Not qualified (BANT)", "int"),
     "stalled": ("M3", "Stalled in its stage", "int"),
     "stage_share": ("M3", "Too many deals in one stage", "ratio"),
@@ -87,6 +106,7 @@ CHECKS: dict[str, tuple[str, str, ColumnFormat]] = {
     "aged": ("M4", "Older than usual", "int"),
     "overdue_follow_up": ("M4", "Follow-up overdue", "int"),
     "no_activity": ("M4", "No recent activity", "int"),
+    "pushed_repeatedly": ("M4", "Close date pushed repeatedly", "int"),
     "missing_fields": ("M5", "Missing amount, close date or owner", "int"),
     "missing_share": ("M5", "Too many deals with missing fields", "ratio"),
     "source_stale": ("M5", "Source not refreshed this run", "number"),
@@ -147,6 +167,11 @@ def check_definitions(cfg: AppConfig) -> list[tuple[str, str, str, str, str, str
         ("M1", "low_lead_gen", "owner", "medium",
          f"An active owner's own new pipeline per day over the last {w} days is below the owner target "
          "(active: owns a deal open at as_of or closed in the period).", owner_target),
+        ("M1", "low_coverage", "team, owner", "high",
+         "Pipeline coverage (open pipeline closing in the period / gap to quota) is below the minimum while more "
+         "than the grace days of the period are left (owners only with targets.quota_by_owner).",
+         f"{t.min_coverage:g}x with more than {t.coverage_grace_days} days left (targets.min_coverage, "
+         "targets.coverage_grace_days)"),
         ("M2", "unqualified", "deal", "medium",
          f"An open deal in a stage after {p.qualification_stage} has a BANT score (budget, authority, need, "
          "timeline: how many are true) below the minimum.", f"score {p.qualification.min_score} of 4"),
@@ -164,6 +189,9 @@ def check_definitions(cfg: AppConfig) -> list[tuple[str, str, str, str, str, str
          "next step date < as_of"),
         ("M4", "no_activity", "deal", "low", "An open deal has had no activity (as_of - last_activity_date) for longer "
          "than the limit.", f"{t.max_inactive_days} days (targets.max_inactive_days)"),
+        ("M4", "pushed_repeatedly", "deal", "medium", "An open deal's close date has been pushed to a later date at "
+         "least this often (push_count: pushes seen between stored snapshots and in the source's field history).",
+         f"{t.max_pushes} pushes (targets.max_pushes)"),
         ("M5", "missing_fields", "deal", "medium", "An open deal misses its amount, close date or owner.",
          "any of the three missing"),
         ("M5", "missing_share", "team", "high", "The share of open deals with missing fields is above the maximum.",

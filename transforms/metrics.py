@@ -54,6 +54,16 @@ CATALOGUE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("clv", "currency", ("team",)),
     ("stage_conversion_rate", "ratio", ("stage",)),
     ("avg_days_in_stage", "days", ("stage",)),
+    # "Slippage" and "Targets, attainment and coverage": computed by transforms.slippage and
+    # transforms.targets (build_analytics appends their rows), not by compute_metrics
+    ("slipped_deals", "count", ("team", "owner")),
+    ("slipped_value", "currency", ("team", "owner")),
+    ("quota", "currency", ("team", "owner")),
+    ("attainment", "ratio", ("team", "owner")),
+    ("gap_to_quota", "currency", ("team", "owner")),
+    ("period_pipeline_value", "currency", ("team", "owner")),
+    ("coverage", "ratio", ("team", "owner")),
+    ("weighted_coverage", "ratio", ("team", "owner")),
 )
 UNITS = {m: u for m, u, _ in CATALOGUE}
 TEAM_METRICS: tuple[str, ...] = tuple(m for m, _, s in CATALOGUE if "team" in s)

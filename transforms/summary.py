@@ -1,5 +1,6 @@
 """The Summary sheet in words: what period it is, what it is compared with, the key numbers (like
-for like, coloured better / worse), the forecast (when the report has forecast categories), the
+for like, coloured better / worse), the forecast (when the report has forecast categories) with
+the period's quota, attainment and coverage beside it (when targets.quota has the period), the
 eight mistakes by name, the top deals at risk, and charts.
 
 Labels come from `transforms.labels`. Currency shows whole units from 1,000 up, ratios as %,
@@ -60,6 +61,7 @@ class SummaryInputs:
     deal_bits: np.ndarray | None = None
     calendar: Calendar = field(default_factory=MonthCalendar)  # the run's (transforms.fiscal.calendar_for)
     forecast: SummaryBlock | None = None  # the team's forecast metrics, when the report has forecast categories
+    quota: SummaryBlock | None = None  # issue 22: the team's quota, attainment and coverage, when the period has a quota
 
 
 def counted(n: int, noun: str) -> str:
@@ -177,23 +179,41 @@ FORECAST_HOW: dict[str, str] = {
 }
 
 
-def _forecast_table(s: SummaryInputs, block: SummaryBlock) -> SummaryTable:
-    """The forecast block in words: one row per forecast metric, its value over the whole period."""
-    f = block.frame
+QUOTA_HOW: dict[str, str] = {
+    "quota": "targets.quota for the period (editable on the Targets sheet).",
+    "attainment": "Won revenue to date / quota.",
+    "gap_to_quota": "Quota - won revenue to date (0 once reached).",
+    "period_pipeline_value": "Open deals closing in the period.",
+    "coverage": "Pipeline closing this period / gap to quota.",
+    "weighted_coverage": "The same, with amount x stage probability.",
+}
+
+
+def _forecast_table(s: SummaryInputs, forecast: SummaryBlock | None, quota: SummaryBlock | None) -> SummaryTable:
+    """The forecast and the quota in words, in one table (the forecast beside the quota it is
+    measured against): one row per metric, its value over the whole period (attainment: to date)."""
+    blocks = [b for b in (forecast, quota) if b is not None]
+    f = pd.concat([b.frame for b in blocks], ignore_index=True)
     metrics = [str(m) for m in f["metric"]]
     values = f["value"].to_numpy(dtype=float)
     notes = f["note"].tolist() if "note" in f.columns else [""] * len(f)
     units = [str(u) for u in f["unit"]]
     value_h = f"All of {s.period.label}"
-    how = [("Empty: " + str(n)) if np.isnan(v) and n else FORECAST_HOW.get(m, "")
+    how = [("Empty: " + str(n)) if np.isnan(v) and n else FORECAST_HOW.get(m, QUOTA_HOW.get(m, ""))
            for m, v, n in zip(metrics, values, notes, strict=True)]
     frame = pd.DataFrame({"Measure": [metric_label(m, s.cfg) for m in metrics], value_h: values,
                           "How it is counted": pd.Series(how, dtype=object)})
     p = s.period
-    return SummaryTable(block.title, frame,
+    closing = f"Deals closing {day_words(p.start)} to {day_words(p.full_end)}"
+    if forecast is None:
+        title, note = blocks[0].title, f"{closing}; per owner on the Targets sheet."
+    else:
+        title = forecast.title if quota is None else forecast.title.replace("Forecast for", "Forecast and quota for", 1)
+        note = f"{closing}, by forecast category; per owner on the Metrics sheet" + (
+            "." if quota is None else " (quota and coverage per owner on the Targets sheet).")
+    return SummaryTable(title, frame,
                         row_formats={value_h: [value_format(u, v) for u, v in zip(units, values, strict=True)]},
-                        note=f"Deals closing {day_words(p.start)} to {day_words(p.full_end)}, by forecast category; "
-                             "per owner on the Metrics sheet.")
+                        note=note)
 
 
 def _mistakes_table(s: SummaryInputs) -> SummaryTable:
@@ -317,10 +337,10 @@ def build_summary(s: SummaryInputs) -> SummaryData:
     kpis = kpi_frame(s)
     title = f"Pipeline report '{s.cfg.report}', as of {day_words(s.as_of)}"
     tables = [_kpi_table(s, kpis)]
-    if s.forecast is not None:
-        tables.append(_forecast_table(s, s.forecast))
+    if s.forecast is not None or s.quota is not None:
+        tables.append(_forecast_table(s, s.forecast, s.quota))
     tables += [_top_deals(s), _mistakes_table(s)]
-    blocks = [s.forecast] if s.forecast is not None else []
+    blocks = [b for b in (s.forecast, s.quota) if b is not None]
     return SummaryData(title, kpis, s.counts.copy(), _charts(s), _lines(s), tables, list(WIDTHS), blocks)
 
 

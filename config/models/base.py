@@ -138,6 +138,12 @@ class TargetsConfig(StrictModel):
     min_existing_share: float = Field(default=0.2, ge=0, le=1)
     product_mix: dict[str, float] | None = None
     product_mix_tolerance: float = Field(default=0.15, ge=0, le=1)
+    # issue 22 (docs/metrics.md "Slippage", "Targets, attainment and coverage")
+    max_pushes: int = Field(default=3, ge=1)  # M4 pushed_repeatedly: push_count >= this
+    quota: dict[str, Annotated[float, Field(ge=0)]] | None = None  # period label -> team quota
+    quota_by_owner: dict[str, dict[str, Annotated[float, Field(ge=0)]]] | None = None  # owner -> label -> quota
+    min_coverage: float = Field(default=3.0, gt=0)  # M1 low_coverage: coverage below this
+    coverage_grace_days: int = Field(default=14, ge=0)  # ... with more than this many days left in the period
 
 
 class InputsConfig(StrictModel):

@@ -127,6 +127,7 @@ class HubSpotSourceConfig(SourceBase):
     # read the account's exchange rates (settings.currencies.read scope): deals in other currencies
     # convert at HubSpot's own rates, dated by effectiveAt
     exchange_rates: bool = False
+    field_history: bool = False  # issue 22: read closedate/amount history (propertiesWithHistory) for push_count
 
     @property
     def reads_rates(self) -> bool:

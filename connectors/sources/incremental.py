@@ -79,13 +79,15 @@ class Window:
             return SourceVersion(previous, detail or {})
         return SourceVersion(source_state.new_version(previous, source, self.cursor, *basis), detail or {})
 
-    def pending(self, upserts: Any, deletes: Iterable[str], version: SourceVersion) -> PendingState | None:
-        """The cursor and record changes for the flow to commit when the run succeeds; None
-        when nothing is kept. A full read replaces every stored record."""
+    def pending(self, upserts: Any, deletes: Iterable[str], version: SourceVersion,
+                field_history: dict[str, list] | None = None) -> PendingState | None:
+        """The cursor and record changes (and the close date / amount history of the records read,
+        if the source keeps it) for the flow to commit when the run succeeds; None when nothing
+        is kept. A full read replaces every stored record."""
         if not self.keeps_state:
             return None
         return PendingState(cursor=self.cursor, upserts=upserts, deletes=list(deletes),
-                            replace_all=not self.incremental, version=version)
+                            replace_all=not self.incremental, version=version, field_history=field_history)
 
     def reused(self, source: str, note: str, meter: Meter) -> Extracted:
         """Nothing changed since the rows the flow holds: no rows, only the cursor moves on."""

@@ -69,7 +69,7 @@ snapshot_metrics = sa.Table(
 )
 
 
-snapshot_deals = sa.Table(
+snapshot_deals = sa.Table(  # read only: how versions before issue 22 stored each snapshot's deals
     "snapshot_deals",
     metadata,
     sa.Column("report", sa.String(200), primary_key=True),
@@ -80,6 +80,19 @@ snapshot_deals = sa.Table(
     sa.Column("stage", sa.String(200), nullable=True),
     sa.Column("amount", sa.Float, nullable=True),
     sa.Column("close_date", sa.Date, nullable=True),
+)
+
+
+snapshot_deal_parts = sa.Table(  # the open deals of each snapshot, by change (connectors/state/snapshots.py)
+    "snapshot_deal_parts",
+    metadata,
+    sa.Column("report", sa.String(200), primary_key=True),
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True),  # 0, 1, ...: blocks of at most 250k deals
+    sa.Column("kind", sa.String(8), nullable=False),  # "full": every open deal; "delta": changes since the date before
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # columnar, zlib (see snapshots.encode_deals)
+    sa.Column("pushes", sa.LargeBinary, nullable=True),  # part 0: packed ids of deals pushed since the date before
 )
 
 
@@ -116,6 +129,15 @@ source_records = sa.Table(
     sa.Column("source", sa.String(200), primary_key=True),
     sa.Column("record_id", sa.String(200), primary_key=True),
     sa.Column("payload", sa.Text, nullable=False),  # JSON object of raw values
+)
+
+
+source_field_history = sa.Table(  # issue 22: a source's close_date / amount history kept between runs (HubSpot)
+    "source_field_history",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("record_id", sa.String(200), primary_key=True),
+    sa.Column("entries", sa.Text, nullable=False),  # JSON [[changed_at, field, value], ...] oldest first
 )
 
 

@@ -31,19 +31,22 @@ from connectors.state.private import check_private_file, private_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # of the entries; bump when SourceRows changes shape (1 was a pickle: never read again)
+FORMAT = 3  # of the entries; bump when SourceRows changes shape (1 was a pickle: never read again; 2 had no
+# field history)
 MAX_ENTRY_BYTES = 8 << 30  # a header naming a larger data file is not believed
 
 
 @dataclass
 class SourceRows:
-    """One source's rows after validation: loaded, rejected (with reasons), stage history, raw export."""
+    """One source's rows after validation: loaded, rejected (with reasons), stage history, raw export,
+    field history."""
 
     loaded: pd.DataFrame
     rejected: pd.DataFrame
     history: pd.DataFrame | None
     raw: pd.DataFrame | None
     rows_read: int
+    field_history: pd.DataFrame | None = None  # typed close_date / amount history (transforms.field_history)
 
 
 class ValidatedCache:
@@ -95,8 +98,8 @@ class ValidatedCache:
             log.warning("validated rows of source %s do not match their checksum; rebuilding them", source)
             return None
         try:
-            (loaded, rejected, history, raw), extra = frames.load(data)
-            rows = SourceRows(loaded, rejected, history, raw, int(extra["rows_read"]))
+            (loaded, rejected, history, raw, field_history), extra = frames.load(data)
+            rows = SourceRows(loaded, rejected, history, raw, int(extra["rows_read"]), field_history)
         except Exception as exc:  # noqa: BLE001 - a checksummed entry we cannot read is a miss, never a crash
             log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, type(exc).__name__)
             return None
@@ -110,7 +113,7 @@ class ValidatedCache:
         format cannot hold exactly are not kept (the next run validates them again)."""
         head, path = self._paths(source)
         try:
-            data = frames.dump([rows.loaded, rows.rejected, rows.history, rows.raw],
+            data = frames.dump([rows.loaded, rows.rejected, rows.history, rows.raw, rows.field_history],
                                {"source": source, "digest": digest, "version": version, "rows_read": rows.rows_read})
         except frames.Unsupported as exc:
             log.info("source %s: validated rows not kept for the next run (%s)", source, exc)

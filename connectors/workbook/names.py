@@ -141,7 +141,11 @@ class TableNames:
         self._taken: set[str] = set()
 
     def claim(self, sheet: str) -> str:
-        base = _break_xstring(table_name(sheet), ".")
+        return self.claim_name(table_name(sheet))
+
+    def claim_name(self, wanted: str) -> str:
+        """`wanted` as a table name (a sheet's form names its own tables), made unique the same way."""
+        base = _break_xstring(wanted, ".")
         if is_cell_reference(base):
             base = "tbl_" + base[3:]
         base = cut_utf16(base, MAX_NAME)

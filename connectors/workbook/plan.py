@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from config.schema import EXCEL_MAX_ROWS
-from config.workbook import ColumnFormat, SheetData, SummaryData, table_name
+from config.workbook import (
+    ChartSpec,
+    ColumnFormat,
+    SheetData,
+    SummaryData,
+    WaterfallSpec,
+    table_name,
+)
 from connectors.workbook.names import SheetNames, TableNames, clean_headers, is_cell_reference
 
 MAX_COLS = 16_384  # XFD
@@ -90,7 +97,7 @@ def _clean_sheet(sheet: SheetData, name: str, fixes: list[str]) -> tuple[SheetDa
     clean = SheetData(name, frame, dict(zip(headers, formats, strict=True)), list(sheet.notes), highlight,
                       {renamed[c]: f for c, f in sheet.row_formats.items() if c in renamed},
                       {renamed[c]: w for c, w in sheet.widths.items() if c in renamed},
-                      {renamed[c] for c in sheet.wrap if c in renamed})
+                      {renamed[c] for c in sheet.wrap if c in renamed}, sheet.form)
     return clean, given
 
 
@@ -109,7 +116,7 @@ def _split_columns(sheet: SheetData, given_name: str, names: SheetNames, fixes: 
         parts.append(SheetData(name, frame, formats, list(sheet.notes) if k == 0 else [], highlight,
                                {c: f for c, f in sheet.row_formats.items() if c in formats},
                                {c: w for c, w in sheet.widths.items() if c in formats},
-                               {c for c in sheet.wrap if c in formats}))
+                               {c for c in sheet.wrap if c in formats}, sheet.form if k == 0 else None))
         if k:
             fixes.append(f"sheet {given_name!r}: {ncols:,} columns are more than a sheet holds ({MAX_COLS:,}); "
                          f"columns {start + 1:,}-{stop:,} are on sheet {name!r} (same rows)")
@@ -131,7 +138,8 @@ def split_rows(sheets: list[SheetData], notes: list[str], names: SheetNames | No
         for k, name in enumerate(part_names):
             rows = slice(k * max_rows, (k + 1) * max_rows)
             out.append(SheetData(name, sheet.frame.iloc[rows], sheet.formats, sheet.notes, sheet.highlight,
-                                 {c: f.iloc[rows] for c, f in sheet.row_formats.items()}, sheet.widths, sheet.wrap))
+                                 {c: f.iloc[rows] for c, f in sheet.row_formats.items()}, sheet.widths, sheet.wrap,
+                                 sheet.form if k == 0 else None))
         notes.append(f"{sheet.name}: {n:,} rows are more than one sheet holds; split into {parts} sheets "
                      f"({', '.join(part_names)})")
     return out
@@ -165,9 +173,16 @@ def plan_sheets(sheets: list[SheetData], *, summary: bool, late: SheetData | Non
         plan.late_columns, plan.late_formats = given, column_formats(late)
         plan.sheets.append(clean)
     tables = TableNames()
-    for sheet in plan.sheets:
-        name = tables.claim(sheet.name)
-        default = table_name(sheet.name)
+    for i, sheet in enumerate(plan.sheets):
+        form = sheet.form
+        if form is not None:  # a form's own tables, then its data table, under the names it asks for
+            named = [dataclasses.replace(t, name=tables.claim_name(t.name)) for t in form.tables]
+            form = dataclasses.replace(form, tables=named) if named != form.tables else form
+            if form is not sheet.form:
+                plan.sheets[i] = sheet = dataclasses.replace(sheet, form=form)
+        wanted = form.table_name if form is not None and form.table_name else None
+        name = tables.claim_name(wanted) if wanted else tables.claim(sheet.name)
+        default = wanted or table_name(sheet.name)
         if name != default:
             why = "would be read as a cell reference" if is_cell_reference(default) else "is taken"
             plan.fixes.append(f"sheet {sheet.name!r}: its table is named {name} ({default} {why})")
@@ -184,17 +199,20 @@ def finish_late(plan: Plan, sheet: SheetData) -> SheetData:
                          "`last` must return the same columns for any WriteStats")
     frame = sheet.frame.set_axis(list(laid_out.frame.columns), axis=1)
     return SheetData(laid_out.name, frame, laid_out.formats, list(sheet.notes), laid_out.highlight,
-                     laid_out.row_formats, laid_out.widths, laid_out.wrap)
+                     laid_out.row_formats, laid_out.widths, laid_out.wrap, laid_out.form)
 
 
 def map_charts(plan: Plan, summary: SummaryData) -> SummaryData:
     """`summary` with its charts pointing at the written sheet and column names (a chart whose
     sheet or columns are not written keeps its names and is skipped by the layout)."""
-    charts = []
+    charts: list[ChartSpec | WaterfallSpec] = []
     for spec in summary.charts:
         src = plan.sources.get(spec.sheet)
         if src is None:
             charts.append(spec)
+            continue
+        if isinstance(spec, WaterfallSpec):  # draws from the sheet's form cells, by position
+            charts.append(dataclasses.replace(spec, sheet=src.name))
             continue
         col = src.columns.get
         charts.append(dataclasses.replace(spec, sheet=src.name, category=col(spec.category, spec.category),

@@ -5,7 +5,8 @@ Each table cell gets its number format from the table (per column, or per row), 
 show + / -, "better" columns get conditional formats (green when the change is good, red when it
 is bad, whichever way is up), links become hyperlinks (http/https only). Charts get axis titles
 and number formats, lines over bars on a second axis, stacked bars, and a lighter last bar for a
-period still running. Printed landscape, one page wide, the title row repeated.
+period still running. A waterfall (`WaterfallSpec`, connectors/workbook/waterfall.py) draws from
+a sheet's form cells. Printed landscape, one page wide, the title row repeated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from config.workbook import ChartSpec, ColumnFormat, SummaryData, SummaryTable
+from config.workbook import ChartSpec, ColumnFormat, SummaryData, SummaryTable, WaterfallSpec
+from connectors.workbook.waterfall import waterfall_chart
 
 GOOD = {"bg_color": "#C6EFCE", "font_color": "#006100"}
 BAD = {"bg_color": "#FFC7CE", "font_color": "#9C0006"}
@@ -176,14 +178,17 @@ class SummaryWriter:
 
     # ---------------------------------------------------------------- charts
 
-    def _charts(self, ws: Any, charts: list[ChartSpec], row: int, widths: list[float],
+    def _charts(self, ws: Any, charts: list[ChartSpec | WaterfallSpec], row: int, widths: list[float],
                 frames: dict[str, pd.DataFrame]) -> None:
         total_px = sum(int(w * 7 + 5) for w in widths) or 900
         per_row = 2 if total_px >= 900 else 1
         width = max(420, (total_px - 20 * per_row) // per_row)
         placed = 0
         for spec in charts:
-            chart = self._chart(spec, frames)
+            if isinstance(spec, WaterfallSpec):
+                chart = waterfall_chart(self.wb, spec, self.number_format("currency") or "#,##0.00")
+            else:
+                chart = self._chart(spec, frames)
             if chart is None:
                 continue
             chart.set_size({"width": width, "height": int(CHART_ROWS * 20)})

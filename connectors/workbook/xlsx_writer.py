@@ -13,7 +13,13 @@ stays at the frames plus two chunks of XML.
 
 Text is always a string cell (inline or shared), never a formula: a value starting with `=`,
 `+`, `-` or `@` stays text. The one formula the writer makes is HYPERLINK() for a `url` column
-past Excel's 65,530 hyperlinks a sheet (its URL escaped, its value cached).
+past Excel's 65,530 hyperlinks a sheet (its URL escaped, its value cached). The workbook's own
+formulas (Targets, Movement) come as `SheetForm` cells the transforms built, each stored with its
+computed value.
+
+A sheet may carry a form (`SheetData.form`): cells, small tables and formulas written by
+xlsxwriter above its data table, which then starts below them (a form without a frame is the
+whole sheet). A waterfall (`WaterfallSpec`) on the Summary draws from such cells.
 
 Sheets come in `config.workbook.SHEET_ORDER`; every sheet prints landscape, one page wide, with
 its header row repeated. A column may take its format per row (`SheetData.row_formats`): each
@@ -33,7 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,7 @@ import xlsxwriter
 from xlsxwriter.utility import xl_col_to_name
 
 from config.schema import EXCEL_MAX_CELL_CHARS
-from config.workbook import ColumnFormat, SheetData, SummaryData, order_sheets
+from config.workbook import ColumnFormat, FormCell, SheetData, SheetForm, SummaryData, order_sheets
 from connectors.workbook.names import (
     column_attribute,
     cut_utf16,
@@ -88,6 +94,12 @@ MAX_LINKS = 65_530  # Excel's limit of hyperlinks on one sheet
 MAX_FORMULA_TEXT = 255  # a string literal in a formula
 HYPERLINK_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/hyperlink"
 _SAMPLE_URL = "https://example.invalid/"
+# the look of each SheetForm cell style
+FORM_STYLES: dict[str, dict[str, Any]] = {
+    "text": {}, "title": {"bold": True, "font_size": 14}, "header": {"bold": True, "bottom": 1},
+    "input": {"bg_color": "#FFF2CC", "border": 1, "locked": False},
+    "note": {"italic": True, "font_color": "#595959"}, "bold": {"bold": True},
+}
 
 
 def currency_format(code: str, decimals: int = 2) -> str:
@@ -408,10 +420,11 @@ def _formula_cells(urls: np.ndarray, style: str) -> list[str]:
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
               sst: SharedStrings | None = None, row_formats: list[np.ndarray | None] | None = None,
               alt_styles: list[dict[str, str]] | None = None,
-              links: list[np.ndarray | None] | None = None, heights: np.ndarray | None = None) -> Iterator[str]:
-    """Yield `<row>` XML for all data rows (starting at sheet row 2), chunk by chunk. `row_formats`
-    (per column: a format per row, or None), `alt_styles` (their styles) and `links` (per `url`
-    column: `link_plan`) and `heights` (points per row, 0: the default) are optional."""
+              links: list[np.ndarray | None] | None = None, heights: np.ndarray | None = None,
+              first: int = 2) -> Iterator[str]:
+    """Yield `<row>` XML for all data rows (starting at sheet row `first`, 1-based), chunk by chunk.
+    `row_formats` (per column: a format per row, or None), `alt_styles` (their styles) and `links`
+    (per `url` column: `link_plan`) and `heights` (points per row, 0: the default) are optional."""
     letters = [xl_col_to_name(j) for j in range(frame.shape[1])]
     ncols = frame.shape[1]
     row_formats = row_formats or [None] * ncols
@@ -426,10 +439,10 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
         stop = min(start + CHUNK_ROWS, len(frame))
         n = stop - start
         rows = grid[:n]
-        rows[:, 0] = _wrap(list(map(str, range(start + 2, stop + 2))), '<row r="', '">')
+        rows[:, 0] = _wrap(list(map(str, range(start + first, stop + first))), '<row r="', '">')
         if heights is not None:
             tall = np.flatnonzero(heights[start:stop] > 0)
-            rows[tall, 0] = [f'<row r="{start + 2 + i}" ht="{h:g}" customHeight="1">'
+            rows[tall, 0] = [f'<row r="{start + first + i}" ht="{h:g}" customHeight="1">'
                              for i, h in zip(tall.tolist(), heights[start:stop][tall].tolist(), strict=True)]
         before_missing: np.ndarray | None = None  # per row: is the previous column's cell missing?
         for j in range(ncols):
@@ -450,7 +463,7 @@ def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str
             if before_missing is not None:
                 at = np.flatnonzero(before_missing & ~missing)
                 if len(at):  # after a gap a cell says where it is
-                    cells[at] = _with_reference(letters[j], at + (start + 2), cells[at])
+                    cells[at] = _with_reference(letters[j], at + (start + first), cells[at])
             rows[:, j + 1] = cells
             before_missing = missing
         yield "".join(rows.ravel().tolist())
@@ -466,6 +479,8 @@ class _Planned:
     formats: list[ColumnFormat]
     table: str  # its table's name
     alts: dict[int, list[str]] = field(default_factory=dict)  # column -> formats of its scratch cells (rows 3, 4, ...)
+    offset: int = 0  # rows of form cells above the table's header
+    spliced: bool = True  # False: a form alone, written whole by xlsxwriter
     _links: tuple[pd.DataFrame, list[np.ndarray | None]] | None = None
 
     def row_formats(self) -> list[np.ndarray | None]:
@@ -516,7 +531,8 @@ class _Layout:
         self.formats["bool"] = None
         self.formats["url"] = None  # the sample is a hyperlink: xlsxwriter's hyperlink style
         self._top: dict[tuple[str, bool], Any] = {}
-        self.overlapping: list[str] = []  # Summary texts with overlapping _xHHHH_ runs (see _fix_overlapping)
+        self.overlapping: list[str] = []  # Summary / form texts with overlapping _xHHHH_ runs (see _fix_overlapping)
+        self.form_formats: dict[tuple[str, str | None], Any] = {}
         self.currency = currency
         self.count = 0
 
@@ -534,8 +550,9 @@ class _Layout:
             self._top[key] = self.wb.add_format(spec)
         return self._top[key]
 
-    def data_sheet(self, sheet: SheetData, table: str) -> _Planned:
-        """`sheet` as planned (plan.py: its name and headers are clean) with its table `table`."""
+    def data_sheet(self, sheet: SheetData, table: str, stats: WriteStats) -> _Planned:
+        """`sheet` as planned (plan.py: its name and headers are clean) with its table `table`,
+        below its form's cells when it has one."""
         ws = self.wb.add_worksheet(sheet.name)
         self.count += 1
         frame = sheet.frame
@@ -543,62 +560,118 @@ class _Layout:
         formats = [sheet.formats.get(h) or infer_format(frame.iloc[:, j]) for j, h in enumerate(headers)]
         n = len(frame)
         ncols = max(1, len(headers))
+        top = 0
+        if sheet.form is not None:
+            self.form(ws, sheet.form, stats)
+            if not headers:
+                ws.set_landscape()
+                ws.fit_to_pages(1, 0)
+                ws.repeat_rows(0)
+                return _Planned(sheet, self.count, formats, table, spliced=False)
+            top = sheet.form.height
         alts: dict[int, list[str]] = {}
         for j, (h, fmt) in enumerate(zip(headers, formats, strict=True)):
-            ws.write_string(0, j, h, self.header)
-            ws.set_column(j, j, sheet.widths.get(h) or _col_width(frame.iloc[:, j], h, fmt))
+            ws.write_string(top, j, h, self.header)
+            if sheet.form is None or j not in sheet.form.widths:
+                ws.set_column(j, j, sheet.widths.get(h) or _col_width(frame.iloc[:, j], h, fmt))
             if h in sheet.row_formats:  # a scratch cell per other format fixes its style (dropped when rows are spliced)
                 alts[j] = sorted({str(f) for f in pd.unique(sheet.row_formats[h].dropna())} - {fmt})
                 for k, alt in enumerate(alts[j]):
-                    ws.write_number(2 + k, j, 0, self.top(alt) if sheet.wrap else self.formats[alt])
+                    ws.write_number(top + 2 + k, j, 0, self.top(alt) if sheet.wrap else self.formats[alt])
             sample = _sample_value(fmt)
             cell_fmt = self.top(fmt, wrap=h in sheet.wrap) if sheet.wrap else self.formats[fmt]
             if fmt == "url":
-                ws.write_url(1, j, _SAMPLE_URL, cell_fmt, string="x")
+                ws.write_url(top + 1, j, _SAMPLE_URL, cell_fmt, string="x")
             elif isinstance(sample, str):
-                ws.write_string(1, j, sample, cell_fmt)
+                ws.write_string(top + 1, j, sample, cell_fmt)
             elif isinstance(sample, bool):
-                ws.write_boolean(1, j, sample, cell_fmt)
+                ws.write_boolean(top + 1, j, sample, cell_fmt)
             elif isinstance(sample, datetime):
-                ws.write_datetime(1, j, sample, cell_fmt)
+                ws.write_datetime(top + 1, j, sample, cell_fmt)
             else:
-                ws.write_number(1, j, sample, cell_fmt)
+                ws.write_number(top + 1, j, sample, cell_fmt)
         if headers:
             # Sized for the sample row only: xlsxwriter tracks every table cell in a dict, which
             # would cost gigabytes at a million rows. The real range is set when rows are spliced in.
-            ws.add_table(0, 0, 1, ncols - 1, {
+            ws.add_table(top, 0, top + 1, ncols - 1, {
                 "name": table,
                 "columns": [{"header": h} for h in headers],
                 "style": "Table Style Medium 2",
             })
-        ws.freeze_panes(1, 0)
+        if sheet.form is None:  # a form's rows would all stay frozen above the table
+            ws.freeze_panes(1, 0)
         ws.set_landscape()
         ws.fit_to_pages(1, 0)
-        ws.repeat_rows(0)
+        ws.repeat_rows(0)  # the header, or a form's title
         if sheet.highlight and sheet.highlight in headers and n:
             col = headers.index(sheet.highlight)
             letter = xl_col_to_name(col)
             colours = {"high": "#F8CBAD", "medium": "#FFE699", "low": "#DDEBF7"}
             for value, colour in colours.items():
-                ws.conditional_format(1, 0, n, ncols - 1, {
+                ws.conditional_format(top + 1, 0, top + n, ncols - 1, {
                     "type": "formula",
-                    "criteria": f'=${letter}2="{value}"',
+                    "criteria": f'=${letter}{top + 2}="{value}"',
                     "format": self.wb.add_format({"bg_color": colour}),
                 })
-        return _Planned(sheet, self.count, formats, table, alts)
+        return _Planned(sheet, self.count, formats, table, alts, offset=top)
+
+    def _form_format(self, cell: FormCell) -> Any:
+        key = (cell.style, cell.format)
+        if key not in self.form_formats:
+            props: dict[str, Any] = dict(FORM_STYLES[cell.style])
+            code = self.number_format(cell.format) if cell.format else None
+            if code:
+                props["num_format"] = code
+            self.form_formats[key] = self.wb.add_format(props) if props else None
+        return self.form_formats[key]
+
+    def clean(self, text: str, stats: WriteStats) -> str:
+        """Text xlsxwriter writes as it is (Summary, forms): cut to a cell, overlapping `_xHHHH_`
+        runs noted (xlsxwriter escapes only the first of each: fixed in the shared strings)."""
+        text = clean_text(text, stats)
+        if "_x" in text and _OVERLAPPING.search(text):
+            self.overlapping.append(text)
+        return text
+
+    def form(self, ws: Any, form: SheetForm, stats: WriteStats) -> None:
+        """A form's column widths, cells (formulas with their computed values) and small tables."""
+        for col, width in form.widths.items():
+            ws.set_column(col, col, width)
+        for cell in form.cells:
+            fmt = self._form_format(cell)
+            value = cell.value
+            if cell.formula is not None:
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    value = ""
+                elif isinstance(value, bool | np.bool_):
+                    value = "TRUE" if value else "FALSE"
+                elif isinstance(value, int | float | np.integer | np.floating):
+                    value = float(value)
+                else:
+                    value = self.clean(str(value), stats)
+                ws.write_formula(cell.row, cell.col, cell.formula, fmt, value)
+            elif value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+                if fmt is not None:
+                    ws.write_blank(cell.row, cell.col, None, fmt)
+            elif isinstance(value, bool | np.bool_):
+                ws.write_boolean(cell.row, cell.col, bool(value), fmt)
+            elif isinstance(value, int | float | np.integer | np.floating):
+                ws.write_number(cell.row, cell.col, float(value), fmt)
+            elif isinstance(value, datetime | date | pd.Timestamp):
+                ws.write_datetime(cell.row, cell.col, pd.Timestamp(value).to_pydatetime().replace(tzinfo=None), fmt)
+            else:
+                ws.write_string(cell.row, cell.col, self.clean(str(value), stats), fmt)
+        for t in form.tables:
+            ws.add_table(t.first_row, t.first_col, max(t.last_row, t.first_row + 1), t.first_col + len(t.headers) - 1, {
+                "name": t.name, "columns": [{"header": self.clean(h, stats)} for h in t.headers],
+                "style": "Table Style Light 9", "autofilter": False})
 
     def summary(self, data: SummaryData, frames: dict[str, pd.DataFrame], stats: WriteStats) -> None:
         """The Summary sheet; its charts draw from `frames` (by sheet name), their caches too; its
         cells cut at Excel's limit are counted in `stats`."""
         self.count += 1
-
-        def clean(text: str) -> str:
-            text = clean_text(text, stats)
-            if "_x" in text and _OVERLAPPING.search(text):  # xlsxwriter escapes only the first: fixed in the SST
-                self.overlapping.append(text)
-            return text
-
-        write_summary(self.wb, data, self.number_format, frames, cache=_chart_cache, clean=clean)
+        write_summary(self.wb, data, self.number_format, frames, cache=_chart_cache,
+                      clean=lambda text: self.clean(text, stats))
 
     def number_format(self, fmt: ColumnFormat) -> str | None:
         if fmt == "currency":
@@ -722,30 +795,33 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     xml = src.read(name)
     head, rest = xml.split(b"<sheetData>", 1) if b"<sheetData>" in xml else xml.split(b"<sheetData/>", 1)
     data, tail = rest.split(b"</sheetData>", 1) if b"</sheetData>" in rest else (b"", rest)
-    header_row = re.search(rb'<row r="1"[^>]*>.*?</row>', data, re.S)
-    sample = _SAMPLE_ROW.search(data)
-    styles = [m.group(1).decode() if m.group(1) else "0" for m in _CELL_STYLE.finditer(sample.group(1))] if sample else []
+    top = planned.offset  # rows of the sheet's form above the header
+    header_row = re.search(rb'<row r="%d"[^>]*>.*?</row>' % (top + 1), data, re.S)
+    sample = re.search(rb'<row r="%d"[^>]*>(.*?)</row>' % (top + 2), data, re.S) if top else _SAMPLE_ROW.search(data)
+    cell_style = re.compile(rb'<c r="[A-Z]+%d"(?: s="(\d+)")?' % (top + 2)) if top else _CELL_STYLE
+    styles = [m.group(1).decode() if m.group(1) else "0" for m in cell_style.finditer(sample.group(1))] if sample else []
     frame = planned.sheet.frame
     ncols = frame.shape[1]
     styles = (styles + ["0"] * ncols)[:ncols]
     scratch = {(m.group(1).decode(), int(m.group(2))): (m.group(3) or b"0").decode() for m in _ANY_CELL.finditer(data)}
-    alt_styles = [{f: scratch.get((xl_col_to_name(j), 3 + k), styles[j]) for k, f in enumerate(planned.alts.get(j, []))}
-                  for j in range(ncols)]
+    alt_styles = [{f: scratch.get((xl_col_to_name(j), top + 3 + k), styles[j])
+                   for k, f in enumerate(planned.alts.get(j, []))} for j in range(ncols)]
     links = planned.links()
-    last_row = max(len(frame), 1) + 1
-    dim = f'<dimension ref="A1:{xl_col_to_name(max(ncols, 1) - 1)}{last_row}"/>'.encode()
+    last_row = max(len(frame), 1) + 1 + top
+    width = max(ncols, _form_width(planned.sheet.form))
+    dim = f'<dimension ref="A1:{xl_col_to_name(max(width, 1) - 1)}{last_row}"/>'.encode()
     head = _DIMENSION.sub(dim, head) + b"<sheetData>"
     if header_row:
-        cells = _header_cells(header_row.group(0), [str(c) for c in frame.columns])
-        head += cells
+        cells = data[:header_row.start()] + _header_cells(header_row.group(0), [str(c) for c in frame.columns], top + 1)
+        head += cells  # a form's rows, then the header
         if sst is not None:
             sst.references += cells.count(b't="s"')
-    refs, _ = _hyperlinks(links)
+    refs, _ = _hyperlinks(links, first=top + 2)
     tail = b"</sheetData>" + _HYPERLINKS.sub(refs.encode(), tail, count=1)
     blocks = _rows_xml(frame, planned.formats, styles, stats, sst, planned.row_formats(), alt_styles, links,
-                       _row_heights(planned))
+                       _row_heights(planned), first=top + 2)
     text = next(blocks, None)
-    first = b'<row r="2"></row>' if text is None else text.encode("utf-8")
+    first = b'<row r="%d"></row>' % (top + 2) if text is None else text.encode("utf-8")
     del text
     estimate = len(head) + len(tail) + len(first) * max(1, math.ceil(len(frame) / CHUNK_ROWS))
     zipper.begin(name, head, zip64 or estimate * ZIP64_MARGIN > ZIP64_LIMIT)
@@ -754,6 +830,13 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     for block in blocks:
         zipper.block(block)
     zipper.end(tail)
+
+
+def _form_width(form: SheetForm | None) -> int:
+    """Columns a form's cells and tables span (0 without a form)."""
+    if form is None:
+        return 0
+    return max([c.col + 1 for c in form.cells] + [t.first_col + len(t.headers) for t in form.tables] + [0])
 
 
 def _row_heights(planned: _Planned) -> np.ndarray | None:
@@ -775,9 +858,10 @@ _HYPERLINKS = re.compile(rb"<hyperlinks>.*?</hyperlinks>", re.S)
 _SAMPLE_REL = re.compile(rb'<Relationship [^>]*Target="' + re.escape(_SAMPLE_URL.encode()) + rb'"[^>]*/>')
 
 
-def _hyperlinks(links: list[np.ndarray | None], frame: pd.DataFrame | None = None) -> tuple[str, str]:
-    """(`<hyperlinks>` of the sheet, its relationships) for the rows `link_plan` made hyperlinks;
-    ("", "") without any. With `frame`, the relationships carry the URLs."""
+def _hyperlinks(links: list[np.ndarray | None], frame: pd.DataFrame | None = None, first: int = 2) -> tuple[str, str]:
+    """(`<hyperlinks>` of the sheet, its relationships) for the rows `link_plan` made hyperlinks
+    (data rows from sheet row `first`); ("", "") without any. With `frame`, the relationships
+    carry the URLs."""
     refs: list[str] = []
     rels: list[str] = []
     k = 0
@@ -789,7 +873,7 @@ def _hyperlinks(links: list[np.ndarray | None], frame: pd.DataFrame | None = Non
         urls = frame.iloc[rows, j].tolist() if frame is not None else [None] * len(rows)
         for r, url in zip(rows.tolist(), urls, strict=True):
             k += 1
-            refs.append(f'<hyperlink ref="{letter}{r + 2}" r:id="rIdL{k}"/>')
+            refs.append(f'<hyperlink ref="{letter}{r + first}" r:id="rIdL{k}"/>')
             if url is not None:
                 target = url.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
                 rels.append(f'<Relationship Id="rIdL{k}" Type="{HYPERLINK_REL}" Target="{target}" TargetMode="External"/>')
@@ -800,7 +884,7 @@ def _hyperlinks(links: list[np.ndarray | None], frame: pd.DataFrame | None = Non
 
 def _sheet_rels(xml: bytes, planned: _Planned) -> bytes:
     """The sheet's relationships with the layout's sample hyperlink replaced by the real ones."""
-    _, rels = _hyperlinks(planned.links(), planned.sheet.frame)
+    _, rels = _hyperlinks(planned.links(), planned.sheet.frame, planned.offset + 2)
     xml = _SAMPLE_REL.sub(b"", xml)
     return xml.replace(b"</Relationships>", rels.encode() + b"</Relationships>")
 
@@ -809,29 +893,38 @@ _OVERLAPPING = re.compile(r"_x[0-9A-Fa-f]{4}_x[0-9A-Fa-f]{4}_")  # one escape's 
 
 
 _XLSXWRITER_ESCAPE = re.compile(r"(_x[0-9a-fA-F]{4}_)")  # how xlsxwriter escapes a literal _xHHHH_ (no overlaps)
+_XLSXWRITER_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")  # ... and then these characters, as _xHHHH_
+
+
+def _xlsxwriter_controls(t: str) -> str:
+    t = _XLSXWRITER_CONTROL.sub(lambda m: f"_x{ord(m.group(0)):04X}_", t)
+    return t.replace("\ufffe", "_xFFFE_").replace("\uffff", "_xFFFF_")
 
 
 def _fix_overlapping(sst: bytes, texts: list[str]) -> bytes:
-    """The layout's shared strings with the Summary's texts that hold overlapping `_xHHHH_` runs
-    escaped in full (names.xstring) where xlsxwriter escaped only the first of each run."""
+    """The layout's shared strings with the texts xlsxwriter wrote (Summary, forms) that hold
+    overlapping `_xHHHH_` runs escaped in full (names.xstring) where xlsxwriter escaped only the
+    first of each run; control characters stay escaped as xlsxwriter escaped them."""
     def xml(t: str) -> bytes:
         return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").encode("utf-8")
 
     for text in dict.fromkeys(texts):
-        wrong, right = xml(_XLSXWRITER_ESCAPE.sub(r"_x005F\1", text)), xml(xstring(text))
+        wrong = xml(_xlsxwriter_controls(_XLSXWRITER_ESCAPE.sub(r"_x005F\1", text)))
+        right = xml(_xlsxwriter_controls(xstring(text)))
         sst = sst.replace(b">" + wrong + b"</t>", b">" + right + b"</t>")
     return sst
 
 
-def _header_cells(row: bytes, headers: list[str]) -> bytes:
+def _header_cells(row: bytes, headers: list[str], number: int = 1) -> bytes:
     """The layout's header row, with the cells of headers holding overlapping `_xHHHH_` runs
     rewritten as inline strings escaped in full (names.xstring): xlsxwriter escapes only the
-    first of them, so Excel would decode the second and the cell would not match its table column."""
+    first of them, so Excel would decode the second and the cell would not match its table column.
+    `number`: the header's sheet row (1-based)."""
     for j, h in enumerate(headers):
         if "_x" in h and _OVERLAPPING.search(h):
             text = xstring(h).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             space = ' xml:space="preserve"' if h[0].isspace() or h[-1].isspace() else ""
-            ref = f'<c r="{xl_col_to_name(j)}1"'
+            ref = f'<c r="{xl_col_to_name(j)}{number}"'
             row = re.sub(re.escape(ref).encode() + rb'([^>]*?) t="s"><v>\d+</v></c>',
                          lambda m, ref=ref, text=text, space=space: (
                              f'{ref}{m.group(1).decode()} t="inlineStr"><is><t{space}>{text}</t></is></c>').encode(),
@@ -841,7 +934,8 @@ def _header_cells(row: bytes, headers: list[str]) -> bytes:
 
 def _full_ref(planned: _Planned) -> str:
     ncols = max(planned.sheet.frame.shape[1], 1)
-    return f"A1:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1}"
+    top = planned.offset
+    return f"A{top + 1}:{xl_col_to_name(ncols - 1)}{max(len(planned.sheet.frame), 1) + 1 + top}"
 
 
 _TABLE_NAME = re.compile(rb'<table [^>]*?name="([^"]+)"')
@@ -909,11 +1003,12 @@ def _write(target: Path, sheets: list[SheetData], summary: SummaryData | None, c
         layout = _Layout(wb, currency)
         if summary is not None:
             layout.summary(map_charts(plan, summary), {s.name: s.frame for s in plan.sheets}, stats)
-        planned = [layout.data_sheet(s, t) for s, t in zip(plan.sheets, plan.tables, strict=True)]
+        planned = [layout.data_sheet(s, t, stats) for s, t in zip(plan.sheets, plan.tables, strict=True)]
         wb.close()
-        by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in planned}
-        by_rels = {f"xl/worksheets/_rels/sheet{p.index}.xml.rels": p for p in planned if "url" in p.formats}
-        tables = {p.table: (_full_ref(p), [str(c) for c in p.sheet.frame.columns]) for p in planned}
+        spliced = [p for p in planned if p.spliced]  # a form alone is written whole by xlsxwriter
+        by_part = {f"xl/worksheets/sheet{p.index}.xml": p for p in spliced}
+        by_rels = {f"xl/worksheets/_rels/sheet{p.index}.xml.rels": p for p in spliced if "url" in p.formats}
+        tables = {p.table: (_full_ref(p), [str(c) for c in p.sheet.frame.columns]) for p in spliced}
         late = planned[-1] if last is not None else None
         final_tmp = work / "final.xlsx"
         with zipfile.ZipFile(layout_path) as src, \

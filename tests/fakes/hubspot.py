@@ -44,6 +44,7 @@ from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
 from connectors.sources.hubspot.extract import extract
 from connectors.state.db import make_engine
+from connectors.state.field_history import save_entries
 from connectors.state.source_state import save_state
 from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
@@ -107,6 +108,7 @@ ASSOCIATION_PAGE = 500
 # Object batch reads (POST /crm/v3/objects/{type}/batch/read) take at most 100 inputs
 # (https://developers.hubspot.com/docs/guides/crm/using-object-apis).
 OBJECT_BATCH_MAX = 100
+HISTORY_BATCH_MAX = 50  # ... and at most 50 with propertiesWithHistory (api-contracts.md 2.2, unverified there)
 # Default deal properties every portal has (https://knowledge.hubspot.com/crm-deals/hubspots-default-deal-properties);
 # per stage HubSpot adds the stage calculated properties, "Date entered [stage ID]" among them
 # (https://knowledge.hubspot.com/properties/stage-calculated-properties).
@@ -188,6 +190,8 @@ class FakeHubSpot:
     # included ({fromCurrencyCode, conversionRate, effectiveAt}: company units per 1 unit from then on)
     company_currency: str = "USD"
     exchange_rates: list[dict] = field(default_factory=list)
+    # deal id -> property -> recorded versions [{"value", "timestamp", "sourceType"}] (propertiesWithHistory)
+    history: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     count: int = 0
     window_start: float | None = None
     window_used: int = 0
@@ -245,6 +249,20 @@ class FakeHubSpot:
         d = self.deals[deal_id]
         d["archived"], d["archivedAt"] = True, iso(when)
         self._version += 1
+
+    def add_history(self, deal_id: str, prop: str, value: str | None, when: datetime) -> None:
+        """Record a version of a deal property (its value from `when` on)."""
+        self.history.setdefault(deal_id, {}).setdefault(prop, []).append(
+            {"value": value, "timestamp": iso(when), "sourceType": "CRM_UI", "sourceId": "userId:1"})
+
+    def _versions(self, deal_id: str, prop: str) -> list[dict]:
+        """A property's versions, most recent first (as HubSpot lists them; api-contracts.md 2.2). A
+        property without recorded versions has one: its current value since the deal's last change."""
+        recorded = self.history.get(deal_id, {}).get(prop)
+        if recorded:
+            return sorted(recorded, key=lambda v: v["timestamp"], reverse=True)
+        d = self.deals[deal_id]
+        return [{"value": d["properties"].get(prop), "timestamp": d["updatedAt"], "sourceType": "CRM_UI"}]
 
     def add_line_item(self, item_id: str, name: str, amount: str, product_id: str | None = None) -> None:
         self.line_items[item_id] = {"name": name, "amount": amount, "hs_product_id": product_id, "quantity": "1"}
@@ -418,12 +436,15 @@ class FakeHubSpot:
         return {p: have.get(p) for p in dict.fromkeys([*wanted, *ALWAYS])}
 
     def _batch_read(self, req: Request) -> Response:
-        """POST /crm/v3/objects/deals/batch/read: at most 100 inputs; ids not found (or archived,
-        unless archived=true) come back as errors in a 207 (BatchResponseSimplePublicObjectWithErrors)."""
+        """POST /crm/v3/objects/deals/batch/read: at most 100 inputs (50 with `propertiesWithHistory`:
+        fewer objects per request with property history, api-contracts.md 2.2); ids not found (or
+        archived, unless archived=true) come back as errors in a 207 (BatchResponseSimplePublicObjectWithErrors)."""
         body = req.json()
         inputs = body.get("inputs") or []
-        if len(inputs) > OBJECT_BATCH_MAX:
-            return _error(400, f"Too many inputs: {len(inputs)} (max {OBJECT_BATCH_MAX})", "VALIDATION_ERROR")
+        with_history = body.get("propertiesWithHistory") or []
+        cap = HISTORY_BATCH_MAX if with_history else OBJECT_BATCH_MAX
+        if len(inputs) > cap:
+            return _error(400, f"Too many inputs: {len(inputs)} (max {cap})", "VALIDATION_ERROR")
         archived = req.q("archived", "false") == "true"
         wanted = self._known(body.get("properties") or [])
         found, missing = [], []
@@ -432,7 +453,10 @@ class FakeHubSpot:
             if d is None or d["archived"] != archived:
                 missing.append(str(x["id"]))
             else:
-                found.append(self._obj(str(x["id"]), wanted))
+                obj = self._obj(str(x["id"]), wanted)
+                if with_history:
+                    obj["propertiesWithHistory"] = {p: self._versions(str(x["id"]), p) for p in with_history}
+                found.append(obj)
         out: dict[str, Any] = {"status": "COMPLETE", "results": found, "startedAt": iso(T0), "completedAt": iso(T0)}
         if not missing:
             return Response(200, out)
@@ -664,6 +688,8 @@ class Harness:
         ps = ex.pending_state
         with self.engine.begin() as conn:
             save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+            if ps.field_history is not None:  # as flows.pipeline.commit_state
+                save_entries(conn, ex.source, ps.field_history, ps.deletes, ps.replace_all)
 
     def requests(self, method: str, path: str) -> list[Request]:
         return [r for r in self.server.requests if r.method == method and r.path.rstrip("/") == path]

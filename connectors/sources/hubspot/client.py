@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 LINE_ITEM_BATCH = 100  # inputs per object batch read (https://developers.hubspot.com/docs/guides/crm/using-object-apis)
 DEAL_BATCH = 100  # the same rule for POST /crm/v3/objects/deals/batch/read
+HISTORY_BATCH = 50  # ... which takes fewer objects with propertiesWithHistory (api-contracts.md 2.2)
 ASSOCIATION_BATCH = 1_000  # ids per v4 associations batch read, since 2025-02-10
 # (https://developers.hubspot.com/changelog/bug-fix-batch-read-limit-for-hubspot-associations-api)
 OWNER_PAGE = 500
@@ -203,6 +204,17 @@ class HubSpotApi:
             body = {"properties": properties, "inputs": [{"id": x} for x in ids[i:i + DEAL_BATCH]]}
             for d in self.post("/crm/v3/objects/deals/batch/read", body).get("results") or []:
                 out[str(d["id"])] = d.get("properties") or {}
+        return out
+
+    def deal_histories(self, ids: list[str], properties: list[str]) -> dict[str, dict[str, list[dict]]]:
+        """Deal id -> property -> its recorded versions (`propertiesWithHistory`), by batch read of
+        HISTORY_BATCH deals. Ids HubSpot cannot find are left out."""
+        out: dict[str, dict[str, list[dict]]] = {}
+        for i in range(0, len(ids), HISTORY_BATCH):
+            body = {"inputs": [{"id": x} for x in ids[i:i + HISTORY_BATCH]], "properties": ["hs_object_id"],
+                    "propertiesWithHistory": properties}
+            for d in self.post("/crm/v3/objects/deals/batch/read", body).get("results") or []:
+                out[str(d["id"])] = d.get("propertiesWithHistory") or {}
         return out
 
     def search(self, body: dict) -> dict:

@@ -17,8 +17,10 @@ time is read from the property the portal has for it (`hs_date_entered_<id>`, or
 GET URL under client.MAX_URL: the properties that do not fit are read per page by batch read.
 
 Modules: client (HTTP calls, rate limits), deals (reading pipelines, deals, owners), incremental
-(the delta), table (deals held as columns), resolve (deal -> row), rows (the frames). Memory: an
-incremental run reads the stored deals a chunk at a time; a full pull of 1M deals peaks at ~1.2 GB.
+(the delta), table (deals held as columns), resolve (deal -> row), rows (the frames), history
+(close date / amount history, `field_history: true`), rates (the account's exchange rates,
+`exchange_rates: true`). Memory: an incremental run reads the stored deals a chunk at a time; a
+full pull of 1M deals peaks at ~1.2 GB.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import requests
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext, Extracted, PendingState
 from connectors.http.session import RetryPolicy
+from connectors.sources.hubspot import history
 from connectors.sources.hubspot.client import OWNER_PAGE, HubSpotApi, make_api
 from connectors.sources.hubspot.deals import (
     Progress,
@@ -138,7 +141,7 @@ def _extract(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi) -> 
             return reused
         if isinstance(delta, Narrow):
             notes = [*window.notes, f"{_since(window)}: {delta.changed} changed, {len(delta.deletes)} archived deal(s)"]
-            narrow = _narrow_result(cfg, window, scope, delta, notes, meter)
+            narrow = _narrow_result(cfg, ctx, api, window, scope, delta, notes, meter)
             narrow.rates = rates
             return narrow
         table = delta.table
@@ -170,44 +173,52 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
         assert ctx.engine is not None
         upserts = StoredPayloads(table, resolver, delta.moved(ctx.engine, cfg.name, upserts))
         deletes = delta.deletes
-    records, history, raw = table_frames(cfg, table, resolver)
-    pending = _pending(cfg, window, scope, owners, owner_ids, upserts, deletes) if window.keeps_state else None
+    records, history_frame, raw = table_frames(cfg, table, resolver)
+    fetched, field_history = history.field_history(api, cfg, ctx.engine, (table.ids[i] for i in upserts.positions),
+                                                   table.ids, deletes, with_stored=delta is not None)
+    pending = (_pending(cfg, window, scope, owners, owner_ids, upserts, deletes, fetched)
+               if window.keeps_state else None)
     return Extracted(
-        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
-        **meter.counts(), pending_state=pending,
+        source=cfg.name, records=records, history=history_frame, raw=raw, field_history=field_history,
+        notes=[*notes, *resolver.notes(), *scope.notes], **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **window.delta(chain((table.ids[i] for i in upserts.positions), deletes)),
     )
 
 
-def _narrow_result(cfg: HubSpotSourceConfig, window: Window, scope: Scope, narrow: Narrow, notes: list[str],
-                   meter: Meter) -> Extracted:
+def _narrow_result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, window: Window, scope: Scope,
+                   narrow: Narrow, notes: list[str], meter: Meter) -> Extracted:
     """Only the changed deals' frames (`partial`), every current id in row order, and the changes
     to commit: the flow merges them into the validated rows it holds of the stored version."""
     table = narrow.table
     resolver = Resolver(cfg, scope.pipelines, scope.stages, narrow.owners, entered_names=scope.entered)
     upserts = StoredPayloads(table, resolver, range(len(table)))
-    records, history, raw = table_frames(cfg, table, resolver)
-    pending = (_pending(cfg, window, scope, narrow.owners, narrow.owner_ids, upserts, narrow.deletes)
+    records, history_frame, raw = table_frames(cfg, table, resolver)
+    # the changed deals' close date / amount history; the flow merges it with the rows it holds
+    fetched, field_history = history.field_history(api, cfg, ctx.engine, table.ids, table.ids, narrow.deletes,
+                                                   with_stored=False)
+    pending = (_pending(cfg, window, scope, narrow.owners, narrow.owner_ids, upserts, narrow.deletes, fetched)
                if window.keeps_state else None)
     return Extracted(
-        source=cfg.name, records=records, history=history, raw=raw, notes=[*notes, *resolver.notes(), *scope.notes],
-        **meter.counts(), pending_state=pending,
+        source=cfg.name, records=records, history=history_frame, raw=raw, field_history=field_history,
+        notes=[*notes, *resolver.notes(), *scope.notes], **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         partial=True, row_ids=narrow.row_ids, **window.delta(chain(table.ids, narrow.deletes)),
     )
 
 
 def _pending(cfg: HubSpotSourceConfig, window: Window, scope: Scope, owners: dict[str, tuple[str, str | None]],
-             owner_ids: set[str], upserts: StoredPayloads, deletes: set[str]) -> PendingState | None:
+             owner_ids: set[str], upserts: StoredPayloads, deletes: set[str],
+             field_history: dict[str, list] | None = None) -> PendingState | None:
     """The changes to commit, with the rows' version: kept when nothing changed, neither a deal
-    nor how pipelines, stages and the deals' owners (`owner_ids`) resolve."""
+    nor how pipelines, stages and the deals' owners (`owner_ids`) resolve; and the close date /
+    amount history of the deals read (`field_history`, None: not read)."""
     resolution = resolution_digest(scope, owners)
     stored = window.stored
     same = not upserts and not deletes and stored is not None and stored.detail.get("resolution") == resolution
     version = window.version(same, cfg.name, resolution, len(upserts), len(deletes),
                              detail={"resolution": resolution, "owners": sorted(owner_ids)})
-    return window.pending(upserts, sorted(deletes), version)
+    return window.pending(upserts, sorted(deletes), version, field_history=field_history)
 
 
 def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:

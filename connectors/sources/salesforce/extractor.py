@@ -31,6 +31,7 @@ from connectors.sources.incremental import Meter, Records, Window, deleted_ids, 
 from connectors.sources.salesforce.client import SalesforceAPI
 from connectors.sources.salesforce.query import (
     CURSOR,
+    OPPORTUNITY_HISTORY_SOQL,
     RECYCLE_BIN_DAYS,
     by_ids,
     current_ids,
@@ -45,8 +46,11 @@ from connectors.sources.salesforce.query import (
 )
 from connectors.sources.salesforce.rates import read_rates
 from connectors.sources.salesforce.rows import (
+    FIELD_HISTORY_KEY,
     HISTORY_KEY,
     PRODUCT_KEY,
+    field_entries,
+    field_history_frame,
     flatten,
     main_product,
     stage_entries,
@@ -156,6 +160,7 @@ def _result(cfg: SalesforceSourceConfig, win: Window, fields: list[str], changed
              cfg.name, "incremental" if win.incremental else "full", len(changed), len(deletes), len(payloads))
     return Extracted(
         source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
+        field_history=field_history_frame(payloads),
         notes=[*win.notes, *type_notes], **meter.counts(), pending_state=pending,
         version=pending.version.version if pending is not None and pending.version else None,
         **win.delta([*changed, *deletes]),
@@ -168,17 +173,20 @@ def from_state(cfg: SalesforceSourceConfig, payloads: list[dict]) -> Extracted:
     ordered = sorted(payloads, key=lambda p: str(p.get("Id") or ""))
     records, history, raw, notes = to_frames(ordered, cfg, select_fields(cfg))
     return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
-                     stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run", *notes])
+                     field_history=field_history_frame(ordered), stale=True,
+                     notes=[f"source '{cfg.name}' failed; data from an earlier run", *notes])
 
 
 def _enrich(api: SalesforceAPI, cfg: SalesforceSourceConfig, recs: dict[str, dict]) -> None:
-    """Add stage history and (from line items) the product to each record, in place."""
+    """Add stage history, close date / amount history and (from line items) the product to each
+    record, in place."""
     ids = sorted(recs)
-    history_rows = list(by_ids(api, "SELECT OpportunityId, StageName, CreatedDate FROM OpportunityHistory"
-                                    " WHERE OpportunityId IN ({ids}) ORDER BY OpportunityId, CreatedDate", ids))
+    history_rows = list(by_ids(api, OPPORTUNITY_HISTORY_SOQL, ids))
     entries = stage_entries(history_rows)
+    changes = field_entries(history_rows)  # issue 22: close date / amount history
     for rid, rec in recs.items():
         rec[HISTORY_KEY] = entries.get(rid, [])
+        rec[FIELD_HISTORY_KEY] = changes.get(rid, [])
     product_field = line_item_product_field(cfg)
     if product_field:
         items = by_ids(api, f"SELECT OpportunityId, TotalPrice, {product_field} FROM OpportunityLineItem"

@@ -23,6 +23,12 @@ ID_BATCH = 200  # ids per `IN (...)` query: keeps the GET URL well under Salesfo
 # purged (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm):
 # a window starting longer ago than this may have missed deletions, so the ids are reconciled.
 RECYCLE_BIN_DAYS = 14
+# What the stage history read selects from OpportunityHistory: each row holds the values after a
+# change of Amount, Probability, StageName or CloseDate (Salesforce Object Reference,
+# "OpportunityHistory"; api-contracts.md 3.4), so one query gives the stage entries and the close
+# date / amount history (issue 22: slippage).
+OPPORTUNITY_HISTORY_SOQL = ("SELECT OpportunityId, StageName, CreatedDate, CloseDate, Amount FROM OpportunityHistory"
+                            " WHERE OpportunityId IN ({ids}) ORDER BY OpportunityId, CreatedDate")
 
 
 def select_fields(cfg: SalesforceSourceConfig) -> list[str]:

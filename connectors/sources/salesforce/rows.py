@@ -1,5 +1,6 @@
-"""Salesforce opportunities as rows: flattened records, stage entries, the main product, and the
-frames (records, history, raw) built from the stored payloads."""
+"""Salesforce opportunities as rows: flattened records, stage entries, close date / amount
+history, the main product, and the frames (records, history, raw, field history) built from the
+stored payloads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from config.models import SalesforceSourceConfig
+from config.schema import FIELD_HISTORY_COLUMNS
 from connectors.sources.salesforce.query import line_item_product_field, opportunity_product_field
 
 DEFAULT_TYPE_MAP: dict[str, str] = {
@@ -36,6 +38,7 @@ CANONICAL: dict[str, str] = {
     "ForecastCategoryName": "forecast_category",
 }
 HISTORY_KEY, PRODUCT_KEY = "_history", "_product"  # extra keys of a stored record
+FIELD_HISTORY_KEY = "_field_history"  # ... [[CreatedDate, CloseDate, Amount], ...] (issue 22)
 
 
 def flatten(record: dict, fields: Iterable[str]) -> dict[str, Any]:
@@ -64,6 +67,41 @@ def stage_entries(rows: Iterable[dict]) -> dict[str, list[list[str]]]:
                 entries.append([stage, r.get("CreatedDate")])
         out[opp] = entries
     return out
+
+
+def field_entries(rows: Iterable[dict]) -> dict[str, list[list]]:
+    """OpportunityHistory rows -> per opportunity [[CreatedDate, CloseDate, Amount], ...] for the
+    rows where CloseDate or Amount changed (the first row always counts), in time order."""
+    by_opp: dict[str, list[dict]] = {}
+    for r in rows:
+        by_opp.setdefault(r.get("OpportunityId"), []).append(r)
+    out: dict[str, list[list]] = {}
+    for opp, items in by_opp.items():
+        items.sort(key=lambda r: (r.get("CreatedDate") or "", r.get("Id") or ""))
+        entries: list[list] = []
+        for r in items:
+            entry = [r.get("CreatedDate"), r.get("CloseDate"), r.get("Amount")]
+            if not entries or entries[-1][1:] != entry[1:]:
+                entries.append(entry)
+        out[opp] = entries
+    return out
+
+
+def field_history_frame(payloads: Iterable[dict]) -> pd.DataFrame:
+    """Stored records -> raw field-history rows (config.schema.FIELD_HISTORY_COLUMNS: opportunity_id,
+    field, changed_at, value), one per change of close_date or amount; transforms/field_history.py
+    types them."""
+    rows: list[tuple] = []
+    for p in payloads:
+        opp = p.get("Id")
+        last_close, last_amount = object(), object()
+        for created, close, amount in p.get(FIELD_HISTORY_KEY) or []:
+            if close != last_close:
+                rows.append((opp, "close_date", created, close))
+            if amount != last_amount:
+                rows.append((opp, "amount", created, amount))
+            last_close, last_amount = close, amount
+    return pd.DataFrame(rows, columns=list(FIELD_HISTORY_COLUMNS), dtype=object)
 
 
 def main_product(rows: Iterable[dict], field: str) -> dict[str, Any]:
