@@ -138,8 +138,10 @@ def test_recorded_view_csv_through_real_client(srv, fake, overview, policy):
 
 
 def test_view_missing_required_field_is_a_clear_error_and_still_signs_out(srv, fake, policy):
-    cfg = make_cfg(srv, view=OPP_VIEW, columns={"Opportunity ID": "opportunity_id", "Stage": "stage"})
-    with pytest.raises(SourceDataError, match=r"created_date.*Columns available: Opportunity ID, Opportunity Name, Region"):
+    fake.add_view("9f1c2d3e-4b5a-4c6d-8e7f-001122334477", "Sales Pipeline", "Undated",
+                  b"Opportunity ID,Stage,Region,Amount\nOPP-1,Won,East,\"$1,200\"\n")
+    cfg = make_cfg(srv, view="Sales Pipeline/Undated", columns={"Opportunity ID": "opportunity_id", "Stage": "stage"})
+    with pytest.raises(SourceDataError, match=r"created_date.*Columns available: Opportunity ID, Stage, Region, Amount"):
         extract(cfg, make_ctx(), policy=policy)
     assert fake.sign_outs == 1 and fake.live_sessions() == []
 

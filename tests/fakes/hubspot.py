@@ -449,7 +449,7 @@ def seed_demo(fake: FakeHubSpot) -> None:
     no close date, no owner, last changed in 2023), then owners (one archived), both pipelines, an unmapped stage."""
     for deal_id, created, modified, name, amount in (
             ("201", "2023-03-14T10:02:03.120Z", "2023-03-14T10:02:03.870Z", "Wayne pilot", "640"),
-            ("202", "2023-03-14T11:40:12.004Z", "2023-03-14T11:40:15.532Z", "Tyrell (2022-09-01)", "2750")):
+            ("202", "2023-03-14T11:40:12.004Z", "2023-03-14T11:40:15.532Z", "Tyrell (2022-09-01)", "3093")):
         fake.add_deal(deal_id, datetime.fromisoformat(modified), createdate=created, dealname=name, amount=amount,
                       dealstage="qualifiedtobuy", closedate=None)
     fake.add_deal("101", T0, dealname="Acme renewal", amount="12500", dealstage="contractsent",
