@@ -322,8 +322,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     for row in partner.itertuples(index=False):
         ws.append(list(row))
     wb.save(out / "partner-deals.xlsx")
+    config_path = write_demo_config(out)
     print(f"demo data: {len(deals):,} deals, {len(history):,} stage history rows -> {out}/")
+    print(f"demo config: {config_path} (pipeline-sync run --config {config_path})")
     return EXIT_OK
+
+
+def write_demo_config(folder: Path) -> Path:
+    """The bundled config/demo.yaml, its paths pointed at the demo files in `folder`, as folder/demo.yaml.
+
+    The installed package carries config/demo.yaml, whose paths (../out/demo/...) only fit a
+    checkout; this copy reads the files beside it and writes the workbook there too.
+    """
+    import config
+
+    text = (Path(config.__file__).parent / "demo.yaml").read_text(encoding="utf-8")
+    text = text.replace("../out/demo/", "").replace("../out/pipeline.xlsx", "pipeline.xlsx")
+    path = folder / "demo.yaml"
+    path.write_text("# Written by `pipeline-sync demo-data`: config/demo.yaml reading the files in this folder.\n"
+                    + text, encoding="utf-8")
+    return path
 
 
 def _echo(message: str) -> None:

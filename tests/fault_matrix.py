@@ -222,7 +222,7 @@ class World:
     # -- fakes and config
 
     def fresh(self) -> Fakes:
-        hub = hubspot_fake.FakeHubSpot.from_samples(clock=lambda: 0.0)
+        hub = hubspot_fake.FakeHubSpot(clock=lambda: 0.0)
         hubspot_fake.seed_demo(hub)
         sf = SalesforceFake()
         seed_salesforce(sf)

@@ -480,7 +480,7 @@ def _hubspot_world(folder: Path) -> tuple[Any, Any]:
     from tests.fakes import hubspot as fake
     from tests.fakes.server import FakeServer
 
-    hub = fake.FakeHubSpot.from_samples(clock=lambda: 0.0)
+    hub = fake.FakeHubSpot(clock=lambda: 0.0)
     fake.seed_demo(hub)
     return hub, FakeServer(hub, folder)
 

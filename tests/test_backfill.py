@@ -261,7 +261,7 @@ def test_crm_sources_come_from_the_stored_state_unless_refetch(tmp_path):
     from tests.fakes.hubspot import TOKEN, FakeHubSpot, seed_demo
     from tests.fakes.server import FakeServer
 
-    hub = FakeHubSpot.from_samples(clock=lambda: 0.0)
+    hub = FakeHubSpot(clock=lambda: 0.0)
     seed_demo(hub)
     cfg = yaml.safe_load((REPO / "config" / "examples" / "hubspot.yaml").read_text())
     cfg["destinations"] = [{"type": "file", "path": "out/pipeline-{as_of}.xlsx"}]

@@ -116,3 +116,24 @@ def test_validate_and_failure_exit_codes(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"config error in {cfg}:", f"  - sources[0].path (s): file not found: {tmp_path / 'missing.csv'}"]
     assert not (tmp_path / "o.xlsx").exists()
+
+
+def test_demo_data_writes_a_config_that_runs_from_any_folder(tmp_path, monkeypatch, capsys):
+    """An installed package has no out/ beside config/: demo-data writes a config for its own folder."""
+    folder = tmp_path / "x"
+    assert main(["demo-data", "--out", str(folder), "--as-of", AS_OF.isoformat()]) == 0
+    written = folder / "demo.yaml"
+    assert f"demo config: {written}" in capsys.readouterr().out
+    cfg = yaml.safe_load(written.read_text())
+    bundled = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    assert [s["path"] for s in cfg["sources"]] == ["deals.csv", "partner-deals.xlsx"]
+    assert cfg["sources"][0]["stage_history"]["path"] == "stage_history.csv"
+    assert cfg["destinations"] == [{"type": "file", "path": "pipeline.xlsx"}]
+    assert {k: v for k, v in cfg.items() if k not in ("sources", "destinations")} == \
+        {k: v for k, v in bundled.items() if k not in ("sources", "destinations")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", "--config", str(written), "--as-of", AS_OF.isoformat(), "--no-prefect"]) == 0
+    assert "source crm_export: " in capsys.readouterr().out
+    assert (folder / "pipeline.xlsx").is_file() and not list(elsewhere.iterdir())

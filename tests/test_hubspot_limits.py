@@ -38,14 +38,15 @@ def url_length(req) -> int:
 
 def add_big_pipeline(hub, n: int) -> list[str]:
     """A pipeline of `n` stages with HubSpot's nine-digit custom stage ids, and five deals in it
-    that entered its first, a middle and its last stage. Returns the stage ids."""
+    that entered its first, a middle and its last stage (800..804: seed_demo has 101..105, 201, 202).
+    Returns the stage ids."""
     ids = [str(100_000_000 + i) for i in range(n)]
     hub.pipelines.append({"id": BIG, "label": "Enterprise", "displayOrder": 2, "archived": False, "stages": [
         {"id": sid, "label": f"Step {i}", "displayOrder": i,
          "metadata": {"isClosed": "true" if i == n - 1 else "false", "probability": "1.0" if i == n - 1 else "0.5"}}
         for i, sid in enumerate(ids)]})
     for k in range(5):
-        hub.add_deal(f"20{k}", T0, pipeline=BIG, dealstage=ids[-1], dealname=f"Big {k}", amount="100",
+        hub.add_deal(f"80{k}", T0, pipeline=BIG, dealstage=ids[-1], dealname=f"Big {k}", amount="100",
                      hubspot_owner_id="69864216", **{f"hs_date_entered_{ids[0]}": "2026-01-02T00:00:00.000Z",
                                                      f"hs_date_entered_{ids[n // 2]}": "2026-02-02T00:00:00.000Z",
                                                      f"hs_date_entered_{ids[-1]}": "2026-03-02T00:00:00.000Z"})
@@ -63,10 +64,10 @@ def test_hundreds_of_stages_never_make_a_url_hubspot_refuses(h: Harness, n_stage
     assert all(url_length(r) <= h.hub.url_limit for r in h.server.requests)
     recs = by_id(ex.records)
     assert len(recs) == 12
-    big = recs["203"]
+    big = recs["803"]
     assert (big["stage"], big["status"], big["stage_entered_date"]) == (f"Step {n_stages - 1}", "won",
                                                                         "2026-03-02T00:00:00.000Z")
-    hist = ex.history[ex.history["opportunity_id"] == "203"]
+    hist = ex.history[ex.history["opportunity_id"] == "803"]
     assert hist[["stage", "entered_date"]].to_numpy().tolist() == [
         ["Step 0", "2026-01-02T00:00:00.000Z"], [f"Step {n_stages // 2}", "2026-02-02T00:00:00.000Z"],
         [f"Step {n_stages - 1}", "2026-03-02T00:00:00.000Z"]]
@@ -86,21 +87,21 @@ def test_a_deal_archived_between_its_list_page_and_the_batch_read_is_left_out(h:
     add_big_pipeline(h.hub, 300)
 
     def archive_during_the_batch_read(req) -> None:
-        if req.path == BATCH and "202" in {x["id"] for x in req.json()["inputs"]}:
-            h.hub.archive("202", RUN1)
+        if req.path == BATCH and "802" in {x["id"] for x in req.json()["inputs"]}:
+            h.hub.archive("802", RUN1)
 
     h.hub.on_request = archive_during_the_batch_read
     ex = h.run(started=RUN1, state=False)
-    assert "202" not in set(ex.records["opportunity_id"]) and len(ex.records) == 11
+    assert "802" not in set(ex.records["opportunity_id"]) and len(ex.records) == 11
 
 
 def test_incremental_search_reads_every_property_of_a_big_portal(h: Harness):
     add_big_pipeline(h.hub, 500)
     h.commit(h.run(started=RUN1))
-    h.hub.update("203", RUN1 + timedelta(minutes=5), amount="999")
+    h.hub.update("803", RUN1 + timedelta(minutes=5), amount="999")
     ex = h.run(started=RUN2)
-    assert by_id(ex.records)["203"]["amount"] == "999"
-    assert len(ex.history[ex.history["opportunity_id"] == "203"]) == 3
+    assert by_id(ex.records)["803"]["amount"] == "999"
+    assert len(ex.history[ex.history["opportunity_id"] == "803"]) == 3
 
 
 # ----------------------------------------------------------------------------- stage-entry property names

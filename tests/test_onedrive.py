@@ -20,8 +20,9 @@ from connectors.http import msal_auth
 from connectors.registry import PublishContext
 from connectors.state.db import make_engine
 from tests.fakes.entra import FakeEntra
-from tests.fakes.graph import FIXTURES, FakeGraph
+from tests.fakes.graph import FakeGraph
 from tests.fakes.server import FakeServer, Request, Response
+from tests.shared_fixtures import recorded_bytes
 
 CHUNK = 327_680
 USER = "adele@contoso.com"
@@ -207,7 +208,7 @@ def test_409_at_commit_with_replace_is_recovered_with_an_explicit_commit(env: En
 ])
 def test_next_expected_ranges_of_the_recorded_samples(sample: str, expected: tuple) -> None:
     resp = requests.Response()
-    resp.status_code, resp._content = 202, (FIXTURES / sample).read_bytes()
+    resp.status_code, resp._content = 202, recorded_bytes("msgraph", sample)
     assert upload._next_range(resp) == expected
 
 

@@ -3,7 +3,7 @@
 Three layers, each proved to catch what it claims on files broken on purpose:
 - Microsoft's Open XML SDK validator (tests/ooxml/validator.py, the `conformance` extra);
 - the Excel rules the SDK does not check (tests/ooxml/excel_rules.py);
-- the ISO/IEC 29500-4 schemas from the shared standards folder, when it is there.
+- the ISO/IEC 29500-4 schemas from ../shared/standards/ (skipped without it, failing under CI).
 Then the demo workbook, every example config and a corpus of hostile sources built through the
 CLI must be clean, and so must workbooks written from generated headers, sheet names and text.
 """
@@ -14,7 +14,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 import zipfile
 from collections.abc import Callable
@@ -31,12 +30,13 @@ from config.workbook import SheetData, SummaryData
 from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, write_workbook
 from flows.cli import main
 from tests.golden_workbooks import BUILDERS
+from tests.shared_fixtures import STANDARDS, absent, in_ci
 from tests.test_cli_demo import AS_OF, demo_config
 
 
 def _unavailable(reason: str) -> None:
     """Skip with a one-line reason; in CI (env CI set) a missing validator is a failure."""
-    if os.environ.get("CI"):
+    if in_ci():
         pytest.fail(f"conformance checks cannot run in CI: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
@@ -58,6 +58,13 @@ try:
     from tests.ooxml.validator import FRAMEWORK, SdkUnavailable, ensure_layout, load_validator
 except ImportError as exc:  # lxml missing: the conformance extra is not installed
     _unavailable(f"{exc.name} is not installed (pip install -e '.[conformance]')")
+
+
+def _require_schemas() -> None:
+    """The ISO/IEC 29500-4 schemas or a one-line skip (a failure under CI: tests/shared_fixtures.py)."""
+    if xsd_dir() is None:
+        absent(f"ISO/IEC 29500-4 schemas not found ($OOXML_XSD_DIR or {STANDARDS / 'ooxml-xsd'})")
+
 
 # Rules a known writer bug still breaks (each with a strict xfail that checks it once); none today.
 OPEN_RULES: set[str] = set()
@@ -251,8 +258,7 @@ def test_sdk_reports_a_file_that_is_no_package(tmp_path, sdk):
 
 
 def test_xsd_catches_an_undeclared_attribute(base, tmp_path):
-    if xsd_dir() is None:
-        pytest.skip("ISO/IEC 29500-4 schemas not found (../shared/standards/ooxml-xsd)")
+    _require_schemas()
     assert xsd_violations(base) == []
     broken = rewrite(base, tmp_path / "broken.xlsx", {SHEET1: sub(r"<sheetData>", '<sheetData bogus="1">')})
     found = xsd_violations(broken)
@@ -280,10 +286,8 @@ def test_demo_breaks_no_excel_rule(demo_workbook):
 
 
 def test_demo_passes_the_schemas(demo_workbook):
-    found = xsd_violations(demo_workbook)
-    if found is None:
-        pytest.skip("ISO/IEC 29500-4 schemas not found (../shared/standards/ooxml-xsd)")
-    assert found == []
+    _require_schemas()
+    assert xsd_violations(demo_workbook) == []
 
 
 def test_demo_has_no_unneeded_zip64(demo_workbook):

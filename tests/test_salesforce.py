@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.fakes.salesforce import (
     run,
     running_fake,
 )
+from tests.shared_fixtures import recorded_text
 from transforms.canonical import canonicalize, canonicalize_history
 
 
@@ -216,11 +218,14 @@ def test_product_from_an_opportunity_field(fake: SalesforceFake) -> None:
 
 def test_recorded_pages_replay_and_absolute_next_url_stays_on_the_instance(fake: SalesforceFake) -> None:
     """simple-salesforce's recorded query/queryAll pages (absolute nextRecordsUrl on example.com)."""
+    pages = {name: json.loads(recorded_text("salesforce", name)) for name in (
+        "query_page1_nextRecordsUrl.json", "query_page2_done.json",
+        "queryAll_page1_nextRecordsUrl.json", "queryAll_page2_done.json")}
     srv = fake.server
     cfg = make_cfg(fake)
     api = SalesforceAPI(cfg, HttpClient(build_session(srv.ca_path), policy=FAST))
     api.authenticate()
-    fake.replay_recorded_pages = True
+    fake.recorded_pages = pages
     assert list(api.query("SELECT Id FROM Opportunity")) == [[{"ID": "1"}], [{"ID": "2"}]]
     assert list(api.query("SELECT Id FROM Opportunity", include_deleted=True)) == [[{"ID": "1"}], [{"ID": "2"}]]
     assert [r.path for r in srv.requests[-4:]] == [

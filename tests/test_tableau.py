@@ -20,12 +20,11 @@ from connectors.http.session import Observer, RetryPolicy
 from connectors.sources.tableau import extract
 from tests.fakes.server import FakeServer
 from tests.fakes.tableau import (
-    OVERVIEW_VIEW,
     FakeTableau,
     Fault,
     opportunities_csv,
-    recorded,
 )
+from tests.shared_fixtures import recorded_bytes, recorded_text
 from transforms.canonical import canonicalize
 
 OPP_VIEW = "9f1c2d3e-4b5a-4c6d-8e7f-001122334455"
@@ -75,6 +74,15 @@ def policy(sleeps: list[float]) -> RetryPolicy:
     return RetryPolicy(max_attempts=3, backoff_base=0.01, jitter=False, sleep=sleeps.append)
 
 
+@pytest.fixture
+def overview(fake: FakeTableau) -> str:
+    """The recorded Superstore views (two recorded list pages) and the Overview view's recorded export; its id."""
+    fake.add_recorded_views([recorded_text("tableau", f"queryset_slicing_page_{n}.xml") for n in (1, 2)])
+    view = next(v for v in fake.views if v.content_url == "Superstore/sheets/Overview")
+    fake.view_data[view.id] = recorded_bytes("tableau", "populate_csv.csv")
+    return view.id
+
+
 def make_cfg(srv: FakeServer, **over: Any) -> TableauSourceConfig:
     data: dict[str, Any] = {"type": "tableau", "name": "tableau", "server_url": srv.url, "site": "Samples",
                             "token_name": "etl-bot", "token_secret": SECRET, "view": "Sales Pipeline/Opportunities",
@@ -121,13 +129,13 @@ def test_view_by_name_maps_parses_and_signs_out(srv, fake, policy):
     assert res.loaded["amount"].sum() == pytest.approx(sum(float(r[4].strip("$").replace(",", "")) for r in rows[1:]))
 
 
-def test_recorded_view_csv_through_real_client(srv, fake, policy):
+def test_recorded_view_csv_through_real_client(srv, fake, overview, policy):
     """The recorded Superstore export: every cell reaches `raw` untouched; numbers parse."""
     cfg = make_cfg(srv, view="Superstore/Overview", raw_sheet="Superstore",
                    columns={"Region": "opportunity_id", "Measure Names": "stage", "Sales": "amount",
                             "Profit": "created_date"})
     out = extract(cfg, make_ctx(), policy=policy)
-    rows = csv_rows(recorded("populate_csv.csv"))
+    rows = csv_rows(fake.view_data[overview])
     assert out.raw.columns.tolist() == rows[0]
     assert out.raw.values.tolist() == rows[1:]
     assert out.records["amount"].tolist()[::6] == [311784.0, 422611.0, 515262.0, 571239.0]
@@ -136,8 +144,10 @@ def test_recorded_view_csv_through_real_client(srv, fake, policy):
 
 
 def test_view_missing_required_field_is_a_clear_error_and_still_signs_out(srv, fake, policy):
-    cfg = make_cfg(srv, view=OVERVIEW_VIEW, columns={"Region": "opportunity_id", "Measure Names": "stage"})
-    with pytest.raises(SourceDataError, match=r"created_date.*Columns available: Measure Names, Region, Profit Ratio"):
+    fake.add_view("9f1c2d3e-4b5a-4c6d-8e7f-001122334477", "Sales Pipeline", "Undated",
+                  b"Opportunity ID,Stage,Region,Amount\nOPP-1,Won,East,\"$1,200\"\n")
+    cfg = make_cfg(srv, view="Sales Pipeline/Undated", columns={"Opportunity ID": "opportunity_id", "Stage": "stage"})
+    with pytest.raises(SourceDataError, match=r"created_date.*Columns available: Opportunity ID, Stage, Region, Amount"):
         extract(cfg, make_ctx(), policy=policy)
     assert fake.sign_outs == 1 and fake.live_sessions() == []
 
@@ -170,14 +180,14 @@ def test_paged_lookup_finds_the_view_on_page_two(srv, fake, policy):
     assert all(p["filter"] == ["name:eq:Opportunities"] and p["pageSize"] == ["100"] for p in pages)
 
 
-def test_lookup_matches_the_recorded_content_url(srv, fake, policy):
+def test_lookup_matches_the_recorded_content_url(srv, fake, overview, policy):
     """'Superstore/Overview' matches the recorded view's contentUrl without asking for the workbook."""
     extract(make_cfg(srv, view="Superstore/Overview", columns={"Region": "opportunity_id",
                      "Measure Names": "stage", "Profit": "created_date"}), make_ctx(), policy=policy)
     assert not [r for r in srv.requests if "/workbooks/" in r.path]
     # the recorded list entry has no sheetType, so the single-view answer is asked for it
-    assert [r.path.rsplit("/", 1)[-1] for r in srv.requests if "/views/" in r.path][:1] == [OVERVIEW_VIEW]
-    assert [r.path.rsplit("/", 2)[-2] for r in srv.requests if r.path.endswith("/data")] == [OVERVIEW_VIEW]
+    assert [r.path.rsplit("/", 1)[-1] for r in srv.requests if "/views/" in r.path][:1] == [overview]
+    assert [r.path.rsplit("/", 2)[-2] for r in srv.requests if r.path.endswith("/data")] == [overview]
 
 
 @pytest.mark.parametrize(("view", "message"), [

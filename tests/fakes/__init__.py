@@ -1,6 +1,2 @@
-"""Fake services for tests, and where the shared recorded samples live."""
-
-from pathlib import Path
-
-# ../shared beside the repository (CI lays a copy there); the recorded real API samples.
-REAL_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real"
+"""Fake services for tests, on 127.0.0.1. They need nothing from ../shared: the recorded samples
+there are replayed by the tests that ask for them through tests/shared_fixtures.py."""

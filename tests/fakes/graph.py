@@ -5,8 +5,10 @@ folder creation, simple upload (4 MiB cap, so bigger files must use sessions), u
 with the real rules (pieces in order, multiples of 320 KiB except the last, same total, no
 Authorization header, nextExpectedRanges, GET status, DELETE, explicit commit through
 `@microsoft.graph.sourceUrl`), quoted eTags and If-Match (412), locks (423), nameAlreadyExists
-(409), throttling (429/503 + Retry-After). Error bodies use the Graph envelope and the recorded
-samples in ../shared/fixtures/real/msgraph/.
+(409), throttling (429/503 + Retry-After). Bodies follow Microsoft's pages: the error envelope
+(https://learn.microsoft.com/graph/errors) and the upload session answers
+(https://learn.microsoft.com/graph/api/driveitem-createuploadsession); tests/test_recorded_samples.py
+checks them against the recorded samples in ../shared/fixtures/real/msgraph/ when that is there.
 
 eTag and cTag follow the driveItem resource page
 (https://learn.microsoft.com/graph/api/resources/driveitem): the eTag is "for the entire item
@@ -26,7 +28,6 @@ changed since the caller last read it", concepts/errors.md); `on_chunk(n)` runs 
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import threading
@@ -35,18 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import Request, Response
 
-FIXTURES = REAL_FIXTURES / "msgraph"
 CHUNK_UNIT = 320 * 1024
 SIMPLE_MAX = 4 * 1024 * 1024
 FRAGMENT_MAX = 60 * 1024 * 1024
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def fixture(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text())
+SESSION_EXPIRES = "2026-12-31T09:21:55.523Z"  # an upload session's expirationDateTime (ISO 8601, UTC)
+NAME_EXISTS = ("Another file exists with the same name as the uploaded session. Commit the session to a new "
+               "name, or with @microsoft.graph.conflictBehavior replace, through @microsoft.graph.sourceUrl.")
 
 
 def gerror(status: int, code: str, message: str, inner: str | None = None,
@@ -351,9 +351,8 @@ class FakeGraph:
                                              req.headers.get("if-match"), body.get("fileSize"),
                                              target.ctag if target is not None else None)
         self.created_sessions += 1
-        sample = fixture("createUploadSession_200.json")
         return Response(200, {"uploadUrl": f"{self.base}/up/{token}?tempauth=fake{token[:6]}",
-                              "expirationDateTime": sample["expirationDateTime"]})
+                              "expirationDateTime": SESSION_EXPIRES})
 
     def _upload_url(self, req: Request) -> Response:
         token = req.path.split("/")[2]
@@ -395,9 +394,8 @@ class FakeGraph:
             return gerror(400, "invalidRequest", "Fragments other than the last must be multiples of 320 KiB",
                           "fragmentLengthMismatch")
         if start < len(sess.data):
-            body = fixture("error_invalidRange.json")
-            body["error"]["innerError"]["code"] = "fragmentOverlap"
-            return Response(416, body)
+            return gerror(416, "invalidRange", "The uploaded fragment overlaps with data already received.",
+                          "fragmentOverlap")
         if start > len(sess.data):
             return gerror(416, "invalidRange", "Fragment out of order", "fragmentOutOfOrder")
         keep = self.drops.pop(self.chunk_puts, None)
@@ -410,9 +408,8 @@ class FakeGraph:
         return self._commit(sess, req.body)
 
     def _status(self, sess: UploadSession) -> dict:
-        sample = fixture("uploadChunk_202_nextExpectedRanges.json")
         complete = sess.total is not None and len(sess.data) >= sess.total
-        return {"expirationDateTime": sample["expirationDateTime"],
+        return {"expirationDateTime": SESSION_EXPIRES,
                 "nextExpectedRanges": [] if complete else [f"{len(sess.data)}-"]}
 
     def _commit(self, sess: UploadSession, last: bytes) -> Response:
@@ -431,7 +428,7 @@ class FakeGraph:
         sess.data += last
         if self.commit_conflict > 0 or (target is not None and sess.conflict == "fail"):
             self.commit_conflict = max(0, self.commit_conflict - 1)
-            return Response(409, fixture("uploadChunk_final_409_nameAlreadyExists.json"))
+            return gerror(409, "nameAlreadyExists", NAME_EXISTS)
         name = self._free_name(drive, parent, sess.name) if target and sess.conflict == "rename" else sess.name
         item = self._write(drive, parent.id, name, bytes(sess.data))
         del self.sessions[sess.token]
@@ -447,7 +444,7 @@ class FakeGraph:
         target = drive.child(parent.id, name)
         behaviour = body.get("@microsoft.graph.conflictBehavior", "fail")
         if target is not None and behaviour == "fail":
-            return Response(409, fixture("uploadChunk_final_409_nameAlreadyExists.json"))
+            return gerror(409, "nameAlreadyExists", NAME_EXISTS)
         bad = self._precondition(req.headers.get("if-match"), target)  # this PUT's own header, not the session's
         if bad:
             return bad

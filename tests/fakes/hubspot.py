@@ -3,8 +3,9 @@
 Follows ../shared/docs/api-contracts.md section 2: Bearer auth with the documented 401
 envelope, string-typed properties, `paging.next.after` that is absent on the last page,
 search capped at `search_cap` results (400 beyond), rate-limit headers on non-search answers
-and a 10-second window enforced against an injected clock. Seeded from the recorded sample
-../shared/fixtures/real/hubspot/dlt_deals_data.json.
+and a 10-second window enforced against an injected clock. `seed_demo` gives it seven deals;
+`from_page` seeds it with a recorded deals page instead (tests/test_recorded_samples.py replays
+../shared/fixtures/real/hubspot/dlt_deals_data.json through it).
 
 Also as HubSpot does (issue 19): a GET whose URL is longer than `url_limit` (8,192 characters)
 answers 414 before anything else; the deal property list (`GET /crm/v3/properties/deals`) names a
@@ -46,10 +47,8 @@ from connectors.sources.hubspot.extract import extract
 from connectors.state.db import make_engine
 from connectors.state.field_history import save_entries
 from connectors.state.source_state import save_state
-from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 
-FIXTURES = REAL_FIXTURES / "hubspot"
 TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
 
 # HubSpot's default deal pipeline (ids are words), plus a custom one (numeric-string ids) whose
@@ -209,10 +208,10 @@ class FakeHubSpot:
     # ------------------------------------------------------------------ data
 
     @classmethod
-    def from_samples(cls, clock: Callable[[], float], **kw: Any) -> FakeHubSpot:
-        """Seeded with the recorded deals page (two 'qualifiedtobuy' deals in 'default')."""
+    def from_page(cls, page: dict[str, Any], clock: Callable[[], float], **kw: Any) -> FakeHubSpot:
+        """Seeded with the deals of one list/search answer ({"results": [{"id", "properties", ...}]})."""
         fake = cls(clock=clock, **kw)
-        for d in json.loads((FIXTURES / "dlt_deals_data.json").read_text())["results"]:
+        for d in page["results"]:
             fake.deals[d["id"]] = {"properties": dict(d["properties"]), "archived": False, "line_items": [],
                                    "createdAt": d["createdAt"], "updatedAt": d["updatedAt"]}
         return fake
@@ -645,7 +644,13 @@ STAGE_MAP = {
 
 
 def seed_demo(fake: FakeHubSpot) -> None:
-    """Five deals on top of the recorded two: owners (one archived), both pipelines, an unmapped stage."""
+    """Seven deals: two plain ones as HubSpot's own samples look (201, 202: 'qualifiedtobuy' in 'default',
+    no close date, no owner, last changed in 2023), then owners (one archived), both pipelines, an unmapped stage."""
+    for deal_id, created, modified, name, amount in (
+            ("201", "2023-03-14T10:02:03.120Z", "2023-03-14T10:02:03.870Z", "Wayne pilot", "640"),
+            ("202", "2023-03-14T11:40:12.004Z", "2023-03-14T11:40:15.532Z", "Tyrell (2022-09-01)", "3093")):
+        fake.add_deal(deal_id, datetime.fromisoformat(modified), createdate=created, dealname=name, amount=amount,
+                      dealstage="qualifiedtobuy", closedate=None)
     fake.add_deal("101", T0, dealname="Acme renewal", amount="12500", dealstage="contractsent",
                   closedate="2026-06-30T00:00:00Z", hubspot_owner_id="69864216", dealtype="existingbusiness",
                   deal_currency_code="USD", notes_last_updated="2026-11-18T16:05:00.000Z",
@@ -697,9 +702,9 @@ class Harness:
 
 @contextmanager
 def demo_harness(tmp_path: Path, **fake_options: Any) -> Iterator[Harness]:
-    """The recorded deals plus `seed_demo` on HTTPS, with a fake clock, as a Harness."""
+    """`seed_demo` on HTTPS, with a fake clock, as a Harness."""
     clock = FakeClock()
-    hub = FakeHubSpot.from_samples(clock.now, **fake_options)
+    hub = FakeHubSpot(clock=clock.now, **fake_options)
     seed_demo(hub)
     with FakeServer(hub, tmp_path) as srv:
         yield Harness(hub, srv, clock, tmp_path)
@@ -708,7 +713,7 @@ def demo_harness(tmp_path: Path, **fake_options: Any) -> Iterator[Harness]:
 @contextmanager
 def demo_server(tmp_path: Path) -> Iterator[tuple[FakeHubSpot, FakeServer]]:
     """The same seeded fake for whole-flow tests; its rate window never rolls (190 calls)."""
-    hub = FakeHubSpot.from_samples(clock=lambda: 0.0)
+    hub = FakeHubSpot(clock=lambda: 0.0)
     seed_demo(hub)
     with FakeServer(hub, tmp_path) as srv:
         yield hub, srv

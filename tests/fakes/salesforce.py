@@ -3,9 +3,10 @@
 It implements what the connector uses, the way Salesforce does it:
 - POST /services/oauth2/token for client credentials (id/secret in the form or as Basic) and the
   JWT bearer flow (RS256 signature checked with the test's public key, iss/sub/aud/exp checked);
-  the success body is the recorded `oauth_token_success.json` with this fake's instance_url;
-  failures replay the recorded `oauth_error_*.json` bodies.
-- GET /services/data/ (versions), /vXX.X/limits (recorded `limits.json`), /vXX.X/query and
+  the success and error bodies are those of api-contracts.md section 3.1 (the recorded
+  oauth_*.json samples in ../shared/fixtures/real/salesforce/ have the same keys:
+  tests/test_recorded_samples.py).
+- GET /services/data/ (versions), /vXX.X/limits (section 3.5, from this fake's counters), /vXX.X/query and
   /queryAll with a small SOQL evaluator (SELECT fields FROM object WHERE ... ORDER BY ...),
   paging through `nextRecordsUrl` (relative, `done`, `totalSize`) at `page_size` rows.
 - Error arrays `[{"message", "errorCode"}]`, `Sforce-Limit-Info: api-usage=n/max` on every data
@@ -27,7 +28,8 @@ Switches: `faults[n]` acts on the n-th data request: "expire" (every session bec
 401 INVALID_SESSION_ID), "503", "500", "drop" (connection closed), "truncate" (half a body),
 "busy" (403 REQUEST_LIMIT_EXCEEDED, the concurrent long-running limit), "exhaust" (another
 integration uses up the daily allocation just before this request).
-`replay_recorded_pages = True` answers every query with the recorded simple-salesforce pages.
+`recorded_pages = {...}` (bodies a test read from the recorded simple-salesforce pages) answers
+every query with them instead.
 Currencies: `multi_currency` turns on Opportunity.CurrencyIsoCode and CurrencyType
 (`currency_types`; Object Reference "CurrencyType": not available in single-currency orgs);
 `advanced_currency` (advanced currency management) turns on DatedConversionRate (`dated_rates`,
@@ -39,7 +41,6 @@ field INVALID_FIELD, as an org without the feature does.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -59,10 +60,8 @@ from config.models import SalesforceSourceConfig
 from connectors.extracted import ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
 from connectors.sources.salesforce import extract
-from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import FakeServer, Request, Response
 
-RECORDED = REAL_FIXTURES / "salesforce"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SF_DATETIME = "%Y-%m-%dT%H:%M:%S.%f%z"
 
@@ -102,8 +101,9 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return Response(status, [{"message": message, "errorCode": code}], headers=headers or {})
 
 
-def recorded(name: str) -> Any:
-    return json.loads((RECORDED / name).read_text())
+def oauth_error(code: str, description: str) -> Response:
+    """A token endpoint refusal: 400 {"error", "error_description"} (api-contracts.md 3.1)."""
+    return Response(400, {"error": code, "error_description": description})
 
 
 @dataclass
@@ -119,7 +119,7 @@ class SalesforceFake:
     api_max: int = 15000
     api_used: int = 0
     faults: dict[int, str] = field(default_factory=dict)
-    replay_recorded_pages: bool = False
+    recorded_pages: dict[str, Any] | None = None  # sample name -> body, e.g. "query_page1_nextRecordsUrl.json"
     opportunities: dict[str, dict] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     line_items: list[dict] = field(default_factory=list)
@@ -183,24 +183,27 @@ class SalesforceFake:
             if auth.startswith("Basic "):
                 cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
             if cid != self.client_id:
-                return Response(400, recorded("oauth_error_invalid_client_id.json"))
+                return oauth_error("invalid_client_id", "client identifier invalid")
             if secret != self.client_secret:
-                return Response(400, {"error": "invalid_client", "error_description": "invalid client credentials"})
+                return oauth_error("invalid_client", "invalid client credentials")
         elif grant == JWT_GRANT:
             try:
                 claims = jwt.decode(form.get("assertion", ""), self.public_key_pem, algorithms=["RS256"],
                                     audience=self.jwt_audience, issuer=self.client_id,
                                     options={"require": ["exp", "iss", "sub", "aud"]})
             except (jwt.PyJWTError, ValueError):
-                return Response(400, recorded("oauth_error_invalid_grant.json"))
+                return oauth_error("invalid_grant", "user hasn't approved this consumer")
             if claims["sub"] != self.username:
-                return Response(400, recorded("oauth_error_invalid_grant.json"))
+                return oauth_error("invalid_grant", "user hasn't approved this consumer")
         else:
-            return Response(400, {"error": "unsupported_grant_type", "error_description": "grant type not supported"})
+            return oauth_error("unsupported_grant_type", "grant type not supported")
         token = "00DFAKE!" + secrets.token_urlsafe(24)
         self._tokens.add(token)
         self.issued_tokens.append(token)
-        body = {**recorded("oauth_token_success.json"), "access_token": token, "instance_url": self.instance_url}
+        issued = int(datetime.now(UTC).timestamp() * 1000)
+        body = {"access_token": token, "scope": "api", "instance_url": self.instance_url,
+                "id": f"{self.instance_url}/id/00DFAKE0000000001/005FAKE0000000001", "token_type": "Bearer",
+                "issued_at": str(issued), "signature": base64.b64encode(secrets.token_bytes(32)).decode()}
         return Response(200, body)
 
     def _data(self, req: Request) -> Response:
@@ -232,19 +235,19 @@ class SalesforceFake:
     def _route(self, req: Request) -> Response:
         if req.path.rstrip("/") == "/services/data":
             return Response(200, [{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in self.versions])
-        if self.replay_recorded_pages and req.path.startswith("/query"):
-            return Response(200, recorded("query_page2_done.json" if req.path.startswith("/query/") else "queryAll_page2_done.json"))
+        if self.recorded_pages is not None and req.path.startswith("/query"):
+            return Response(200, self.recorded_pages["query_page2_done.json" if req.path.startswith("/query/")
+                                                     else "queryAll_page2_done.json"])
         m = re.fullmatch(r"/services/data/v(\d+\.\d)/(query|queryAll|limits)(?:/([\w-]+))?/?", req.path)
         if not m or m.group(1) not in self.versions:
             return error(404, "NOT_FOUND", "The requested resource does not exist")
         version, kind, locator = m.groups()
-        if kind == "limits":  # the recorded answer, with this org's daily allocation
-            body = recorded("limits.json")
-            body["DailyApiRequests"] = {**body["DailyApiRequests"], "Max": self.api_max,
-                                        "Remaining": max(0, self.api_max - self.api_used)}
-            return Response(200, body)
-        if self.replay_recorded_pages:
-            return Response(200, recorded("query_page1_nextRecordsUrl.json" if kind == "query" else "queryAll_page1_nextRecordsUrl.json"))
+        if kind == "limits":
+            return Response(200, {"DailyApiRequests": {"Max": self.api_max,
+                                                       "Remaining": max(0, self.api_max - self.api_used)}})
+        if self.recorded_pages is not None:
+            return Response(200, self.recorded_pages["query_page1_nextRecordsUrl.json" if kind == "query"
+                                                     else "queryAll_page1_nextRecordsUrl.json"])
         if locator:
             if locator not in self._locators:
                 return error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")

@@ -1,8 +1,11 @@
 """A Tableau Server fake (REST API + VizQL Data Service); the requests it answers: docs/api-contracts.md.
 
-Serve it with tests.fakes.server.FakeServer. It replays the recorded samples in
-../shared/fixtures/real/tableau/: the sign-in answer (token and site swapped in), the sign-in
-error, the view elements of the recorded view pages and the recorded view-data CSV.
+Serve it with tests.fakes.server.FakeServer. Its bodies follow the REST API reference
+(https://help.tableau.com/current/api/rest_api/en-us/REST/rest_api_ref_authentication.htm: the
+sign-in answer `<credentials token><site id contentUrl/><user id/></credentials>`, errors as
+`<error code><summary/><detail/></error>`); tests/test_recorded_samples.py checks them against the
+recorded samples in ../shared/fixtures/real/tableau/ when that folder is there, and
+`add_recorded_views` serves the recorded view pages' <view> elements verbatim.
 Rules, each from Tableau's own pages (cited where they are applied):
 - one session per personal access token: a new sign-in ends the older session, on any site
   (https://help.tableau.com/current/server/en-us/security_personal_access_tokens.htm);
@@ -35,24 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from tests.fakes import REAL_FIXTURES
 from tests.fakes.server import Request, Response
 
-RECORDED = REAL_FIXTURES / "tableau"
 NS = "http://tableau.com/api"
-RECORDED_TOKEN = "eIX6mvFsqyansa4KqEI1UwOpS8ggRs2l"
-RECORDED_SITE_ID = "6b7179ba-b82b-4f0f-91ed-812074ac5da6"
+SAMPLES_SITE_ID = "6b7179ba-b82b-4f0f-91ed-812074ac5da6"  # the site "Samples"
 DEFAULT_SITE_ID = "0c6a8b51-1f3e-4d0a-9a43-5e2d7c1b9f00"
-SUPERSTORE_WB = "6d13b0ca-043d-4d42-8c9d-3f3313ea3a00"
-SAFARI_WB = "3cc6cd06-89ce-4fdc-b935-5294135d6d42"
-OVERVIEW_VIEW = "fd252f73-593c-4c4e-8584-c032b8022adc"
+USER_ID = "1a96d216-e9b8-497b-a82a-0b899a965e01"
 _VIEW_ELEMENT = re.compile(r"<view .*?</view>", re.DOTALL)
 _API_PATH = re.compile(r"^/api/(\d+\.\d+)/(.*)$")
 VDS_PREFIX = "/api/v1/vizql-data-service/"
-
-
-def recorded(name: str) -> bytes:
-    return (RECORDED / name).read_bytes()
 
 
 def _attr(xml: str, name: str) -> str | None:
@@ -63,6 +57,10 @@ def _attr(xml: str, name: str) -> str | None:
 @dataclass
 class FakeView:
     xml: str  # the <view> element as served (recorded ones verbatim)
+
+    @property
+    def content_url(self) -> str:
+        return _attr(self.xml, "contentUrl") or ""
 
     @property
     def id(self) -> str:
@@ -135,7 +133,7 @@ class FakeTableau:
     """The app: call it with a Request. Inspect `sessions`, `sign_ins`, `sign_outs`, `data_queries`."""
 
     tokens: dict[str, str] = field(default_factory=lambda: {"etl-bot": "pat-secret-1"})
-    sites: dict[str, str] = field(default_factory=lambda: {"Samples": RECORDED_SITE_ID, "": DEFAULT_SITE_ID})
+    sites: dict[str, str] = field(default_factory=lambda: {"Samples": SAMPLES_SITE_ID, "": DEFAULT_SITE_ID})
     max_api: str = "3.27"
     vds_enabled: bool = True
     vds_queries_per_hour: int | None = None  # the site's cap: 100 per Creator license (vds_limitations.html)
@@ -143,7 +141,7 @@ class FakeTableau:
     session_ttl_requests: int | None = None  # a session expires after this many authenticated calls
     faults: list[Fault] = field(default_factory=list)
     views: list[FakeView] = field(default_factory=list)
-    workbooks: dict[str, str] = field(default_factory=lambda: {SUPERSTORE_WB: "Superstore", SAFARI_WB: "SafariSample"})
+    workbooks: dict[str, str] = field(default_factory=dict)  # id -> name
     view_data: dict[str, bytes] = field(default_factory=dict)
     datasources: dict[str, FakeDatasource] = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
@@ -153,18 +151,24 @@ class FakeTableau:
     data_queries: list[dict[str, str]] = field(default_factory=list)
     vds_queries: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        if not self.views:
-            seen: set[str] = set()
-            for page in ("queryset_slicing_page_1.xml", "queryset_slicing_page_2.xml"):
-                for el in _VIEW_ELEMENT.findall(recorded(page).decode()):
-                    v = FakeView(el)
-                    if v.id not in seen:
-                        seen.add(v.id)
-                        self.views.append(v)
-        self.view_data.setdefault(OVERVIEW_VIEW, recorded("populate_csv.csv"))
-
     # ------------------------------------------------------------------ helpers for tests
+
+    def add_recorded_views(self, pages: list[str]) -> list[FakeView]:
+        """The <view> elements of recorded "Query Views for Site" pages, served verbatim (each once).
+
+        Their workbooks are named after the first part of the view's contentUrl ("Superstore/sheets/Overview").
+        """
+        added: list[FakeView] = []
+        seen = {v.id for v in self.views}
+        for page in pages:
+            for el in _VIEW_ELEMENT.findall(page):
+                v = FakeView(el)
+                if v.id not in seen:
+                    seen.add(v.id)
+                    self.views.append(v)
+                    self.workbooks.setdefault(v.workbook_id, v.content_url.split("/", 1)[0])
+                    added.append(v)
+        return added
 
     def add_view(self, view_id: str, workbook: str, name: str, csv_body: bytes | None = None,
                  sheet_type: str = "worksheet", workbook_id: str | None = None) -> FakeView:
@@ -195,8 +199,8 @@ class FakeTableau:
             return self._error(req, 404, "404000", "Resource Not Found", f"Unknown resource '{req.path}'")
         version, rest = m.groups()
         if tuple(map(int, version.split("."))) > tuple(map(int, self.max_api.split("."))):
-            body = recorded("server_info_404.xml").replace(b"/2.4/serverInfo", f"/{version}/{rest}".encode())
-            return Response(404, body, {"Content-Type": "application/xml"})
+            return self._error(None, 404, "404003", "Resource Not Found",
+                               f"Unknown resource '/{version}/{rest}' specified in URI.")
         if rest == "serverinfo" and req.method == "GET":
             return self._xml(f'<serverInfo><productVersion build="20253.0">2025.3.0</productVersion>'
                              f'<restApiVersion>{self.max_api}</restApiVersion></serverInfo>')
@@ -253,7 +257,7 @@ class FakeTableau:
             if self._wants_json(req):
                 return Response(401, {"error": {"summary": "Signin Error",
                                                 "detail": "Error signing in to Tableau Server", "code": "401001"}})
-            return Response(401, recorded("auth_sign_in_error.xml"), {"Content-Type": "application/xml"})
+            return self._error(None, 401, "401001", "Signin Error", "Error signing in to Tableau Server")
         for old in self.sessions:  # one session per PAT, on any site: this sign-in ends the earlier one
             if old.pat == name and old.alive:
                 old.alive = False
@@ -264,12 +268,10 @@ class FakeTableau:
         self.sign_ins += 1
         if self._wants_json(req):
             return Response(200, {"credentials": {
-                "site": {"id": site_id, "contentUrl": site_url}, "user": {"id": "1a96d216-e9b8-497b-a82a-0b899a965e01"},
+                "site": {"id": site_id, "contentUrl": site_url}, "user": {"id": USER_ID},
                 "token": token, "estimatedTimeToExpiration": "239:59:59"}})
-        body = (recorded("auth_sign_in.xml").decode()
-                .replace(RECORDED_TOKEN, token).replace(RECORDED_SITE_ID, site_id)
-                .replace('contentUrl="Samples"', f'contentUrl="{site_url}"'))
-        return Response(200, body.encode(), {"Content-Type": "application/xml"})
+        return self._xml(f'<credentials token="{token}" estimatedTimeToExpiration="239:59:59">'
+                         f'<site id="{site_id}" contentUrl="{_esc(site_url)}" /><user id="{USER_ID}" /></credentials>')
 
     def _session(self, req: Request) -> Session | Response:
         token = req.headers.get("x-tableau-auth")
@@ -366,8 +368,7 @@ class FakeTableau:
 
     def _vds(self, req: Request, endpoint: str) -> Response:
         if not self.vds_enabled:
-            body = recorded("server_info_404.xml").replace(b"/2.4/serverInfo", req.path.encode())
-            return Response(404, body, {"Content-Type": "application/xml"})
+            return self._error(None, 404, "404003", "Resource Not Found", f"Unknown resource '{req.path}' specified in URI.")
         if endpoint == "simple-request" and req.method == "GET":
             return Response(200, "Hello from VizQL Data Service")
         session = self._session(req)
@@ -439,7 +440,7 @@ class FakeTableau:
 
 
 def _workbook_xml(wid: str, name: str) -> str:
-    """A <workbook> element in the shape of the recorded workbook_get_page_*.xml."""
+    """A <workbook> element as "Query Workbooks for Site" lists it (the recorded workbook_get_page_*.xml shape)."""
     return (f'<workbook id="{wid}" name="{_esc(name)}" contentUrl="{_esc(name.replace(" ", ""))}" showTabs="false" '
             f'size="1" createdAt="2016-08-03T20:34:04Z" updatedAt="2016-08-04T17:56:41Z">'
             f'<project id="ee8c6e70-43b6-11e6-af4f-f7b0d8e20760" name="default" />'

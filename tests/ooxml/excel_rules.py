@@ -37,6 +37,8 @@ from typing import IO, NamedTuple
 
 from lxml import etree
 
+from tests.shared_fixtures import STANDARDS
+
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
@@ -418,10 +420,8 @@ def excel_rule_violations(path: str | os.PathLike[str]) -> list[Violation]:
 
 
 def xsd_dir() -> Path | None:
-    """The shared ISO/IEC 29500-4 schemas: $OOXML_XSD_DIR, ../shared beside the repo, or /work/shared."""
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (os.environ.get("OOXML_XSD_DIR"), repo.parent / "shared" / "standards" / "ooxml-xsd",
-                      "/work/shared/standards/ooxml-xsd"):
+    """The ISO/IEC 29500-4 schemas: $OOXML_XSD_DIR, else ../shared/standards/ooxml-xsd beside the clone."""
+    for candidate in (os.environ.get("OOXML_XSD_DIR"), STANDARDS / "ooxml-xsd"):
         if candidate and (Path(candidate) / "ISO-IEC29500-4" / "sml.xsd").is_file():
             return Path(candidate)
     return None
