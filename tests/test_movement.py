@@ -163,6 +163,8 @@ def test_the_workbook_sheet_balances_with_formulas_and_draws_the_waterfall(runs,
     waterfall = next(c for c in charts if "pipeline movement since" in c)
     assert '<c:grouping val="stacked"/>' in waterfall and "<a:noFill/>" in waterfall  # the invisible base
     assert waterfall.count("<c:dLbls>") >= 3 and "Movement!$E$5:$E$14" in waterfall
+    assert "Movement!$I$5:$I$14" in waterfall  # the bars are named in words, not metrics.md's codes
+    assert [wv.cell(r, 9).value for r in (5, 7, 14)] == ["Start", "Pulled in", "End"]
 
 
 # ----------------------------------------------------------------------------- random pairs

@@ -217,7 +217,10 @@ def compute_movement(current: pd.DataFrame, previous: pd.DataFrame, d0: date, d1
 # ----------------------------------------------------------------------------- the sheet
 
 _TEAM_HEADERS = ["category", "sign", "deals", "value", "chart: base", "chart: added", "chart: taken out",
-                 "chart: pipeline"]
+                 "chart: pipeline", "chart: label"]
+_CHART_LABELS = {"start": "Start", "created": "Created", "pulled_in": "Pulled in", "increased": "Increased",
+                 "decreased": "Decreased", "won": "Won", "lost": "Lost", "pushed_out": "Pushed out",
+                 "removed": "Removed", "end": "End"}  # the waterfall's bars in words; column A keeps metrics.md's names
 _TEAM_TOP = 3  # header row of the team table
 
 
@@ -250,6 +253,7 @@ def movement_sheet(m: Movement | None, as_of: date, window: tuple[date, date], l
         cells += [FormCell(r, 0, cat, style="bold" if sign is None else "text"), FormCell(r, 1, sign),
                   FormCell(r, 2, int(team.loc[cat, "deals"]), "int"), FormCell(r, 3, v, "currency")]
         value_refs[cat] = a1(r, 3)
+        cells.append(FormCell(r, 8, _CHART_LABELS[cat]))
         if cat in ("start", "end"):
             cells.append(FormCell(r, 7, v, "currency"))
             running = v
@@ -295,10 +299,10 @@ def movement_sheet(m: Movement | None, as_of: date, window: tuple[date, date], l
     tables.append(FormTable("tblMovementOwners", own_top, 0, own_top + max(len(keys), 1), own_headers))
     lines_title = own_top + max(len(keys), 1) + 2
     cells.append(FormCell(lines_title, 0, f"Deals ({len(m.lines)}): one line per deal in scope at D0 or D1", style="bold"))
-    form = SheetForm(cells, tables, widths={0: 16, 1: 10, 2: 14, 3: 16, 4: 16, 5: 16, 6: 16, 7: 16},
+    form = SheetForm(cells, tables, widths={0: 16, 1: 10, 2: 14, 3: 16, 4: 16, 5: 16, 6: 16, 7: 16, 8: 14},
                      table_name="tblMovementDeals")
     chart = WaterfallSpec(f"{label} pipeline movement since {m.d0.isoformat()}", SHEET, first, last,
-                          0, 4, 5, 6, 7)
+                          8, 4, 5, 6, 7)
     return SheetData(SHEET, m.lines, dict(_LINE_FORMATS), form=form), chart
 
 
@@ -307,6 +311,7 @@ def summary_line(m: Movement | None, as_of: date) -> str:
         return f"Movement: no earlier snapshot of this report before {as_of.isoformat()}."
     t = {c: m.value(c) for c in ROWS}
     ok = "balanced" if m.checks["team", "all"] == 0 else "NOT balanced"
-    return (f"Movement since {m.d0.isoformat()}: period pipeline {t['start']:,.2f} -> {t['end']:,.2f} "
-            f"(+{t['created'] + t['pulled_in'] + t['increased']:,.2f} added, "
-            f"-{t['decreased'] + t['won'] + t['lost'] + t['pushed_out'] + t['removed']:,.2f} taken out; {ok}).")
+    return (f"Movement since {m.d0.isoformat()}: this period's pipeline {t['start']:,.0f} -> {t['end']:,.0f} "
+            f"(+{t['created'] + t['pulled_in'] + t['increased']:,.0f} added, "
+            f"-{t['decreased'] + t['won'] + t['lost'] + t['pushed_out'] + t['removed']:,.0f} taken out; {ok}; "
+            "the Movement sheet has every deal).")
