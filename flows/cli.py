@@ -275,11 +275,8 @@ def cmd_check_source(args: argparse.Namespace) -> int:
         print(f"  stage history rows: {len(extracted.history):,}")
     for note in extracted.notes:
         print(f"  note: {note}")
-    if len(res.rejected):
-        top = res.rejected["reason"].str.split("; ").explode().str.replace(r"'[^']*'", "'…'", regex=True).value_counts()
-        print("  rejection reasons:")
-        for reason, n in top.head(10).items():
-            print(f"    {n:>6,}  {reason}")
+    for line in rejection_summary(res.rejected):
+        print(line)
     if len(res.loaded) and args.sample > 0:
         import pandas as pd
 
@@ -287,6 +284,23 @@ def cmd_check_source(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(res.loaded[cols].head(args.sample).to_string(index=False))
     return EXIT_OK
+
+
+def rejection_summary(rejected, reasons: int = 10, rows: int = 5) -> list[str]:
+    """The check-source lines for rejected rows: each kind of reason (values masked) with its count, the
+    file rows it was found on (header = row 1) and the first such row's reason in full."""
+    if not len(rejected):
+        return []
+    each = rejected[["row", "reason"]].assign(reason=rejected["reason"].str.split("; ")).explode("reason")
+    each["kind"] = each["reason"].str.replace(r"'[^']*'", "'…'", regex=True)
+    lines = ["  rejection reasons (row = the line in the source, header = row 1):"]
+    groups = sorted(each.groupby("kind", sort=False), key=lambda kv: (-len(kv[1]), kv[0]))
+    for kind, group in groups[:reasons]:
+        shown = ", ".join(str(r) for r in group["row"].head(rows))
+        more = f" and {len(group) - rows:,} more" if len(group) > rows else ""
+        lines.append(f"    {len(group):>6,}  {kind}  ({'row' if len(group) == 1 else 'rows'} {shown}{more})")
+        lines.append(f"            e.g. row {group['row'].iloc[0]}: {group['reason'].iloc[0]}")
+    return lines
 
 
 def cmd_login(args: argparse.Namespace) -> int:

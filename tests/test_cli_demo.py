@@ -137,3 +137,30 @@ def test_demo_data_writes_a_config_that_runs_from_any_folder(tmp_path, monkeypat
     assert main(["run", "--config", str(written), "--as-of", AS_OF.isoformat(), "--no-prefect"]) == 0
     assert "source crm_export: " in capsys.readouterr().out
     assert (folder / "pipeline.xlsx").is_file() and not list(elsewhere.iterdir())
+
+
+def test_check_source_names_the_rows_of_bad_values(tmp_path, capsys):
+    """check-source shows each kind of rejection with its count, the file rows it was found on and one
+    full reason (issue 21: 'check-source names the rows of the bad values it shows')."""
+    import pandas as pd
+
+    cfg_path = demo_config(tmp_path, str(tmp_path / "unused.xlsx"))
+    deals_csv = tmp_path / "demo" / "deals.csv"
+    deals = pd.read_csv(deals_csv, dtype=str, keep_default_na=False)
+    bad_amount = [2, 5, 9, 11, 13, 17, 20]  # data-row positions; file row = position + 2 (header is row 1)
+    for i in bad_amount:
+        deals.loc[i, "Amount"] = f"lots{i}"
+    deals.loc[7, "Close Date"] = "someday"
+    deals.to_csv(deals_csv, index=False)
+    capsys.readouterr()
+    assert main(["check-source", "--config", str(cfg_path), "--source", "crm_export", "--sample", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    amount = next(line for line in out if "is not a number" in line and "(rows " in line)
+    rows = [i + 2 for i in bad_amount]
+    count = int(amount.split()[0])
+    assert count >= 7  # ours, plus the demo's own deliberately bad amounts further down the file
+    assert f"(rows {', '.join(map(str, rows[:5]))} and {count - 5} more)" in amount
+    example = out[out.index(amount) + 1]
+    assert example.strip().startswith(f"e.g. row {rows[0]}:") and "lots2" in example
+    close = next(line for line in out if line.lstrip().startswith("1  close_date"))
+    assert close.endswith("(row 9)")
