@@ -17,11 +17,11 @@ An applied upload answered 5xx (or a dropped connection) is not taken for someon
 conditional simple PUT (If-Match, or conflictBehavior fail / rename) is not resent blindly, where
 it would meet its own new eTag (412) or name (409), nor is a conditional upload session started
 over once its session is gone (a commit applied, then answered 5xx, deletes it). The file is read
-back and its
-`file.hashes.quickXorHash` compared with the hash of the bytes sent (quickxor.py; Graph: "can be
-used to determine if the contents of the file change", resources/hashes): equal, our write landed
-and its cTag is recorded as ours; the cTag read before the upload, it was not applied and is sent
-again; anything else is someone else's content, a conflict as before.
+back: the cTag read before the upload means it was not applied (sent again, If-Match the eTag just
+read); a `file.hashes.quickXorHash` and size equal to those of the bytes sent (quickxor.py; Graph:
+the hash "can be used to determine if the contents of the file change", resources/hashes) mean our
+write landed (its cTag is recorded as ours); anything else is someone else's content, a conflict
+as before.
 
 A 409 at the commit of a session is told apart by its code: `nameAlreadyExists` (a file with the
 name appeared) or `resourceModified` (the file changed since it was read: a person's concurrent
