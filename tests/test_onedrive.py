@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import random
 from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -15,10 +17,12 @@ import sqlalchemy as sa
 from config.models import OneDriveDestinationConfig
 from connectors.destinations import onedrive
 from connectors.destinations.onedrive import upload
+from connectors.destinations.onedrive.quickxor import quickxor_hash
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http import msal_auth
 from connectors.registry import PublishContext
 from connectors.state.db import make_engine
+from tests.fakes import graph as fake_graph
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph import FakeGraph
 from tests.fakes.server import FakeServer, Request, Response
@@ -96,6 +100,7 @@ def blob(size: int, seed: int = 1) -> bytes:
 
 
 SMALL = blob(50_000)
+OURS = random.Random(19).randbytes(50_000)  # blobs of one length share a quickXorHash (bytes 160 apart XOR together)
 LARGE = blob(1_500_000)  # five 320 KiB pieces (4 full + 1 partial)
 
 
@@ -288,6 +293,109 @@ def test_fail_if_changed_does_not_overwrite_a_file_created_meanwhile(env: Env) -
     with pytest.raises(DestinationError, match="nameAlreadyExists"):
         env.publish(env.cfg(conflict="fail_if_changed"), LARGE)
     assert env.stored() == theirs and not env.graph.sessions
+
+
+# ----------------------------------------------------------------------------- applied, then answered 5xx
+
+
+def quickxor_as_documented(data: bytes) -> str:
+    """The pseudocode of https://learn.microsoft.com/onedrive/developer/code-snippets/quickxorhash, step by
+    step (slow): a block is 20 bytes, read here as a big-endian number."""
+    width = 160
+
+    def rotate(block: int, n: int) -> int:  # left by n bits
+        n %= width
+        return ((block << n) | (block >> (width - n))) & ((1 << width) - 1)
+
+    def reverse(block: int) -> int:  # 00010203... => ...03020100
+        return int.from_bytes(block.to_bytes(20, "big")[::-1], "big")
+
+    def extend64(i: int) -> int:  # the lower 64 bits from i, in little-endian byte order
+        return int.from_bytes(i.to_bytes(8, "little"), "big")
+
+    ret = 0
+    for i, byte in enumerate(data):
+        ret ^= rotate(byte, i * 11)  # extend8(byte): the lower 8 bits
+    return base64.b64encode((extend64(len(data)) ^ reverse(ret)).to_bytes(20, "big")).decode()
+
+
+@pytest.mark.parametrize("size", [0, 1, 11, 159, 160, 161, 320, 1_000, 4_099])
+def test_quickxor_hash_is_the_documented_algorithm(size: int) -> None:
+    data = os.urandom(size)
+    assert quickxor_hash(data) == quickxor_as_documented(data) == fake_graph.quickxor_hash(data)
+
+
+def test_quickxor_hash_of_a_published_vector_and_of_a_large_file() -> None:
+    # 'hello world': the value the quickxorhash project (a C port of Microsoft's snippet) publishes
+    assert quickxor_hash(b"hello world") == quickxor_as_documented(b"hello world") == "aCgDG9jwBhDc4Q1yawMZAAAAAAA="
+    assert quickxor_hash(LARGE) == fake_graph.quickxor_hash(LARGE)  # the fake's bit-by-bit version
+    assert quickxor_hash(LARGE) != quickxor_hash(LARGE[:-1] + b"y")
+    assert quickxor_hash(SMALL) != quickxor_hash(OURS)  # the uploads below are told apart
+
+
+@pytest.mark.parametrize("status", [503, 504])
+@pytest.mark.parametrize("existing", [True, False], ids=["replace-with-if-match", "new-file"])
+def test_an_applied_upload_answered_5xx_is_read_back_as_ours(env: Env, status: int, existing: bool) -> None:
+    """conflict: fail_if_changed. Resent blindly, the PUT would meet its own new eTag (412) or name (409)."""
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    if existing:
+        env.publish(cfg, SMALL, engine=engine)
+    env.server.requests.clear()
+    env.graph.fail_simple_put(status, applied=True)
+    res = env.publish(cfg, OURS, engine=engine)
+    assert env.stored() == OURS and len(env.graph_requests("PUT")) == 1  # landed once, never resent
+    item = env.graph.file(DRIVE, REMOTE)
+    assert res.item_id == item.id
+    with engine.connect() as conn:  # its cTag is recorded as ours
+        assert conn.execute(sa.select(upload.published.c.ctag)).scalar_one() == item.ctag
+    assert (5.0 in env.sleeps) == (status == 503)  # the 503's Retry-After waited out before the read-back
+    env.publish(cfg, SMALL, engine=engine)  # the next run: no edit by anyone, so no conflict
+    assert env.stored() == SMALL
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["ours-then-theirs", "only-theirs"])
+def test_someone_elses_save_read_back_after_a_5xx_is_a_conflict(env: Env, applied: bool) -> None:
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    env.publish(cfg, SMALL, engine=engine)
+    theirs = b"saved by a colleague while our upload timed out"
+    env.server.requests.clear()
+    env.graph.fail_simple_put(504, applied=applied, then=lambda: env.graph.edit(DRIVE, REMOTE, theirs))
+    with pytest.raises(DestinationError, match="changed by someone else"):
+        env.publish(cfg, OURS, engine=engine)
+    assert env.stored() == theirs and len(env.graph_requests("PUT")) == 1
+
+
+def test_an_upload_read_back_as_not_applied_is_sent_again_with_the_etag_just_read(env: Env) -> None:
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    env.publish(cfg, SMALL, engine=engine)
+    env.server.requests.clear()
+    env.graph.fail_simple_put(503, applied=False, then=lambda: setattr(item, "version", item.version + 1))
+    item = env.graph.file(DRIVE, REMOTE)  # OneDrive's own processing changes the eTag meanwhile
+    env.publish(cfg, OURS, engine=engine)
+    assert env.stored() == OURS
+    puts = env.graph_requests("PUT")
+    assert len(puts) == 2 and puts[0].headers["if-match"] != puts[1].headers["if-match"]
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["replace-with-if-match", "new-file"])
+def test_a_session_commit_applied_then_answered_504_is_read_back_as_ours(env: Env, existing: bool) -> None:
+    """The commit deleted the session: started over, the upload would meet its own eTag (412) or name (409)."""
+    engine = make_engine(f"sqlite:///{env.tmp / 'state.db'}")
+    cfg = env.cfg(conflict="fail_if_changed")
+    if existing:
+        env.publish(cfg, SMALL, engine=engine)
+    ours = random.Random(20).randbytes(len(LARGE))
+    env.graph.commit_then_fail = 1
+    res = env.publish(cfg, ours, engine=engine)
+    item = env.graph.file(DRIVE, REMOTE)
+    assert env.stored() == ours and env.graph.created_sessions == 1 and res.item_id == item.id
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(upload.published.c.ctag)).scalar_one() == item.ctag
+    env.publish(cfg, LARGE, engine=engine)  # the next run: no conflict
+    assert env.stored() == LARGE
 
 
 # ----------------------------------------------------------------------------- locks

@@ -7,15 +7,18 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import openpyxl
+import pandas as pd
 import pytest
 from openpyxl.worksheet.table import Table
 
 from config.models import OneDriveDestinationConfig
+from config.workbook import SheetData
 from connectors.destinations import onedrive
 from connectors.destinations.onedrive import workbook_api as onedrive_workbook
 from connectors.errors import DestinationError, PipelineSyncError, RetriableAPIError
 from connectors.http import msal_auth
 from connectors.http.session import build_session
+from connectors.workbook.xlsx_writer import write_workbook
 from tests.fakes.entra import FakeEntra
 from tests.fakes.graph_workbook import NON_IDEMPOTENT, FakeGraphWorkbook, Formula, Sheet
 from tests.fakes.server import FakeServer, Request, Response
@@ -376,3 +379,65 @@ def test_update_sheets_on_a_missing_file_writes_no_file_and_returns_none(env: En
     assert env.graph.file(DRIVE, REMOTE) is None
     assert not [r for r in env.server.requests if r.method == "PUT" or "createUploadSession" in r.path]
     assert not env.graph.workbook_calls
+
+
+# ----------------------------------------------------------------------------- tables the writer renamed (issue 20)
+
+RAW = ("2026", "Raw-CRM", "Raw_CRM")
+RAW_TABLES = {"tbl_2026": "2026", "tblRaw_CRM": "Raw-CRM", "tblRaw_CRM_2": "Raw_CRM"}  # names.TableNames'
+
+
+def raw_rows(sheet: str, n: int, seed: int) -> list[list]:
+    return [[f"{sheet}-{seed}-{i}", 100 * seed + i] for i in range(n)]
+
+
+def deliver_raw(env: Env, n: int, seed: int) -> onedrive.PublishResult:
+    """The xlsx writer's workbook of the raw sheets `2026`, `Raw-CRM`, `Raw_CRM`, delivered."""
+    path = env.tmp / "raw.xlsx"
+    frames = [SheetData(s, pd.DataFrame(raw_rows(s, n, seed), columns=["ID", "Amount"])) for s in RAW]
+    write_workbook(path, sheets=frames)
+    return onedrive.deliver(env.cfg, path, remote_path=REMOTE, sleep=env.sleeps.append)
+
+
+def test_the_writers_table_names_are_read_from_the_rendered_file(tmp_path: Path) -> None:
+    path = tmp_path / "raw.xlsx"
+    write_workbook(path, sheets=[SheetData(s, pd.DataFrame(raw_rows(s, 2, 1), columns=["ID", "Amount"])) for s in RAW])
+    staged = onedrive_workbook.read_staged(path)
+    assert {s.table: s.name for s in staged} == RAW_TABLES
+    assert [s.rows for s in staged] == [[["ID", "Amount"], *raw_rows(s, 2, 1)] for s in RAW]
+
+
+def test_renamed_tables_are_found_and_refreshed_in_place_twice(env: Env) -> None:
+    """`2026` (its table is not `tbl2026`, a cell reference) and `Raw-CRM` + `Raw_CRM` (one `tblRaw_CRM`)."""
+    first = deliver_raw(env, 5, 1)
+    assert "whole rendered workbook was uploaded" in first.note
+    assert {t.name: t.sheet.name for t in env.book.tables} == RAW_TABLES
+    for n, seed in ((3, 2), (8, 3)):  # shrink, then grow past the first size
+        res = deliver_raw(env, n, seed)
+        assert res.note is None and res.item_id == first.item_id
+        for table, sheet in RAW_TABLES.items():
+            assert env.book.table_rows(table) == [["ID", "Amount"], *raw_rows(sheet, n, seed)], table
+        assert {t.name: t.sheet.name for t in env.book.tables} == RAW_TABLES
+    calls = env.graph.workbook_calls
+    assert not [c for c in calls if c.startswith(("DELETE", "PATCH tables")) or c.endswith(("tables/add", "worksheets/add"))]
+    assert calls.count("POST tables('tbl_2026')/rows/add") == calls.count("POST tables('tblRaw_CRM_2')/rows/add") == 1
+
+
+def test_a_table_an_older_version_named_is_renamed_and_a_failure_puts_the_old_name_back(env: Env) -> None:
+    """A workbook uploaded before table names were cleaned has `tbl2026` on sheet `2026`."""
+    deliver_raw(env, 5, 1)
+    env.book.table("tbl_2026").name = "tbl2026"
+    item = env.graph.file(DRIVE, REMOTE)
+    start, old = copy.deepcopy(env.graph.books[item.id][1]), env.book.state()
+    writes = env.graph.writes
+    res = deliver_raw(env, 7, 2)
+    assert res.note == "the table tbl2026 on '2026' is now named tbl_2026, as the workbook names it"
+    assert env.book.table_rows("tbl_2026") == [["ID", "Amount"], *raw_rows("2026", 7, 2)]
+    assert {t.name: t.sheet.name for t in env.book.tables} == RAW_TABLES
+    steps = env.graph.writes - writes
+    for k in (1, 2, 3, steps):  # the rename, the writes after it, the last write
+        env.graph.books[item.id] = (item.content_version, copy.deepcopy(start))
+        env.graph.fail_at(k, applied=True)
+        with pytest.raises(PipelineSyncError, match="was undone"):
+            deliver_raw(env, 7, 2)
+        assert env.book.state() == old, f"step {k} of {steps}"

@@ -18,16 +18,29 @@ processing such as metadata promotion), so after every upload this fake changes 
 leaves the cTag (`background_etag_change`, on by default). If-Match takes either tag
 (driveitem-createuploadsession.md: "the eTag (or cTag) provided").
 
+A file's `file.hashes.quickXorHash` is computed from its bytes (`quickxor_hash` below, written from
+Microsoft's description of the algorithm, not from the project's connectors/.../quickxor.py): "Hashes
+of the file's binary content" (https://learn.microsoft.com/graph/api/resources/file), the
+quickXorHash "can be used to determine if the contents of the file change" and is "the only value
+that is guaranteed to be available" on both OneDrive kinds (https://learn.microsoft.com/graph/api/resources/hashes).
+
 Switches (each a countdown of requests it affects): `lock(path, times)`, `throttle(times, ...)`,
 `drop_chunk(nth, keep)`, `chunk_failures[nth]`, `commit_conflict` (409 nameAlreadyExists at a
 commit), `commit_edit_status` (what a commit answers when the file's content changed after the
 session was created with If-Match: 412, or 409 `resourceModified`, "The resource being updated has
 changed since the caller last read it", concepts/errors.md); `on_chunk(n)` runs test code
-(another user's edit, a lock, a lost session) when the nth piece arrives. `edit(path, data)` plays another user saving the file.
+(another user's edit, a lock, a lost session) when the nth piece arrives. `fail_simple_put(status,
+applied, then)`: the next simple PUT that passes its checks is applied (or not), then `then()` runs
+(another user's save, say), then it answers 503 serviceNotAvailable (Retry-After 5) or 504
+gatewayTimeout (`commit_then_fail`: the same for a session's commit, whose session is then gone): a
+504 is a proxy that "didn't receive a timely response from the upstream server"
+(https://learn.microsoft.com/graph/errors), which may have done the work all the same. `edit(path, data)` plays another user saving the file.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import re
 import secrets
 import threading
@@ -35,6 +48,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
+
+import numpy as np
 
 from tests.fakes.server import Request, Response
 
@@ -56,6 +71,25 @@ def gerror(status: int, code: str, message: str, inner: str | None = None,
     if inner:
         err["innerError"]["code"] = inner
     return Response(status, {"error": err}, headers=headers or {})
+
+
+@functools.lru_cache(maxsize=32)
+def quickxor_hash(data: bytes) -> str:
+    """QuickXorHash as https://learn.microsoft.com/onedrive/developer/code-snippets/quickxorhash describes it,
+    bit by bit: bit j of byte i is XORed into bit (11 * i + j) mod 160 of a 160-bit block (byte i rotated
+    left by 11 * i bits; the block read little-endian after its bytes are reversed), then the length, 64
+    bits little-endian, into the block's last 8 bytes ("the least significant bits" of the reversed block)."""
+    parity = np.zeros(160, dtype=np.int64)
+    step = 1 << 16
+    for start in range(0, len(data), step):
+        chunk = np.frombuffer(data, dtype=np.uint8, count=min(step, len(data) - start), offset=start)
+        bits = np.unpackbits(chunk, bitorder="little").reshape(-1, 8).astype(bool)
+        where = (11 * np.arange(start, start + len(chunk), dtype=np.int64)[:, None] + np.arange(8)) % 160
+        parity += np.bincount(where[bits], minlength=160)
+    block = bytearray(np.packbits((parity & 1).astype(np.uint8), bitorder="little").tobytes())
+    for k, b in enumerate(len(data).to_bytes(8, "little")):
+        block[12 + k] ^= b
+    return base64.b64encode(bytes(block)).decode("ascii")
 
 
 @dataclass
@@ -145,6 +179,8 @@ class FakeGraph:
         self.chunk_failures: dict[int, tuple[int, str]] = {}  # nth chunk PUT -> (status, Retry-After)
         self.on_chunk: Callable[[int], None] | None = None  # called with n before the nth chunk PUT is judged
         self.chunk_puts = 0
+        self.simple_put_failures: list[tuple[int, bool, Callable[[], None] | None]] = []
+        self.commit_then_fail = 0  # a session's commit is applied, then answered 504 (once)
         self.created_sessions = 0
         self.deleted_sessions = 0
         self._lock = threading.RLock()
@@ -189,6 +225,10 @@ class FakeGraph:
 
     def throttle(self, times: int = 1, status: int = 429, retry_after: str = "7") -> None:
         self.throttles += [(status, retry_after)] * times
+
+    def fail_simple_put(self, status: int, applied: bool, then: Callable[[], None] | None = None) -> None:
+        """The next simple PUT is applied (or not), then `then()` runs, then it answers `status` (503 or 504)."""
+        self.simple_put_failures.append((status, applied, then))
 
     def drop_chunk(self, nth: int, keep: int) -> None:
         """On the nth chunk PUT, store only `keep` bytes of it, then drop the connection."""
@@ -329,6 +369,15 @@ class FakeGraph:
         locked = self._locked(drive, parent, name)
         if locked:
             return locked
+        if self.simple_put_failures:
+            status, applied, then = self.simple_put_failures.pop(0)
+            if applied:
+                self._uploaded(drive, self._write(drive, parent.id, name, req.body), 200)
+            if then is not None:
+                then()
+            if status == 503:
+                return gerror(503, "serviceNotAvailable", "Service unavailable", None, {"Retry-After": "5"})
+            return gerror(504, "gatewayTimeout", "The operation timed out", "gatewayTimeoutUncategorized")
         item = self._write(drive, parent.id, name, req.body)
         return self._uploaded(drive, item, 200 if target else 201)
 
@@ -432,7 +481,11 @@ class FakeGraph:
         name = self._free_name(drive, parent, sess.name) if target and sess.conflict == "rename" else sess.name
         item = self._write(drive, parent.id, name, bytes(sess.data))
         del self.sessions[sess.token]
-        return self._uploaded(drive, item, 200 if target and name == sess.name else 201)
+        done = self._uploaded(drive, item, 200 if target and name == sess.name else 201)
+        if self.commit_then_fail:
+            self.commit_then_fail -= 1
+            return gerror(504, "gatewayTimeout", "The operation timed out", "gatewayTimeoutUncategorized")
+        return done
 
     def _commit_from_source(self, req: Request, drive: Drive, parent: Item, name: str) -> Response:
         body = req.json() or {}
@@ -492,7 +545,7 @@ class FakeGraph:
         if item.folder:
             body["folder"] = {"childCount": sum(1 for i in drive.items.values() if i.parent == item.id)}
         else:
-            body["file"] = {"mimeType": XLSX_MIME, "hashes": {"quickXorHash": "fake"}}
+            body["file"] = {"mimeType": XLSX_MIME, "hashes": {"quickXorHash": quickxor_hash(item.content)}}
         return body
 
 

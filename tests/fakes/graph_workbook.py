@@ -82,7 +82,9 @@ def parse_address(address: str) -> tuple[str | None, int, int, int, int]:
 
 
 def address(sheet: str, r1: int, c1: int, r2: int, c2: int) -> str:
-    name = f"'{sheet}'" if not sheet.isalnum() else sheet
+    """`Sheet!A1:B2`, the sheet name quoted when it is not a plain name (`'2026'!A1`, `'Raw-CRM'!A1`)."""
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", sheet)
+    name = sheet if plain else "'" + sheet.replace("'", "''") + "'"
     return f"{name}!{get_column_letter(c1)}{r1}:{get_column_letter(c2)}{r2}"
 
 

@@ -13,6 +13,16 @@ itself after an upload (metadata only). When the cTag is unchanged the upload ca
 with the eTag just read, so a save by someone in between is answered 412 and nothing is
 overwritten. Rows written before the cTag was kept fall back to comparing the eTag.
 
+An applied upload answered 5xx (or a dropped connection) is not taken for someone else's edit: a
+conditional simple PUT (If-Match, or conflictBehavior fail / rename) is not resent blindly, where
+it would meet its own new eTag (412) or name (409), nor is a conditional upload session started
+over once its session is gone (a commit applied, then answered 5xx, deletes it). The file is read
+back: the cTag read before the upload means it was not applied (sent again, If-Match the eTag just
+read); a `file.hashes.quickXorHash` and size equal to those of the bytes sent (quickxor.py; Graph:
+the hash "can be used to determine if the contents of the file change", resources/hashes) mean our
+write landed (its cTag is recorded as ours); anything else is someone else's content, a conflict
+as before.
+
 A 409 at the commit of a session is told apart by its code: `nameAlreadyExists` (a file with the
 name appeared) or `resourceModified` (the file changed since it was read: a person's concurrent
 edit). With `conflict: replace` either is recovered by committing the finished session explicitly
@@ -45,11 +55,13 @@ from connectors.destinations.onedrive.graph import (
     item_path,
     resolve_drive,
 )
+from connectors.destinations.onedrive.quickxor import quickxor_hash
 from connectors.errors import DestinationError, FatalAPIError, RetriableAPIError
 from connectors.http.msal_auth import GraphAuth
 from connectors.http.session import (
     RETRY_STATUSES,
     TRANSIENT_EXCEPTIONS,
+    OutcomeUnknown,
     default_error_message,
     pause_before_retry,
     retry_after_seconds,
@@ -62,6 +74,7 @@ SIMPLE_UPLOAD_MAX = 4 * 1024 * 1024
 LOCK_BACKOFF_START = 30.0  # seconds; doubled per 423, capped at LOCK_BACKOFF_MAX
 LOCK_BACKOFF_MAX = 300.0
 SESSION_RESTARTS = 2  # upload sessions started over after the service lost one (404)
+UNSURE_TRIES = 3  # sends of one conditional simple PUT whose earlier sends were read back as not applied
 
 
 class _Locked(Exception):
@@ -70,6 +83,10 @@ class _Locked(Exception):
 
 class _SessionGone(Exception):
     """The upload session is gone (404): start over."""
+
+
+class _NotOurs(Exception):
+    """Read back after an upload whose outcome was unknown, the file holds content this tool did not send."""
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -98,35 +115,92 @@ class _Uploader:
     def __init__(self, g: GraphApi, drive_id: str, parent_id: str, data: bytes, locks: _LockPolicy):
         self.g, self.drive_id, self.parent_id, self.data, self.locks = g, drive_id, parent_id, data, locks
         self.chunk_size = g.cfg.chunk_size
+        self._quickxor: str | None = None
+        self._etag_now: str | None = None  # the eTag read back after a PUT that was not applied
 
     def upload(self, name: str, behaviour: str, if_match: str | None, item_id: str | None,
-               recover_conflicts: bool = False) -> requests.Response:
+               recover_conflicts: bool = False, known_ctag: str | None = None) -> requests.Response:
         """Upload; returns the committing response (2xx driveItem, or 409/412 for the caller).
 
         `recover_conflicts` (conflict: replace only) commits a session over a 409 at its commit.
+        `known_ctag`: the cTag of the file as read before the upload (None: there was no file).
         """
         if len(self.data) <= min(SIMPLE_UPLOAD_MAX, self.chunk_size):
-            return self._simple(name, behaviour, if_match, item_id)
+            return self._simple(name, behaviour, if_match, item_id, known_ctag)
         for _ in range(SESSION_RESTARTS + 1):
             try:
                 return self._session(name, behaviour, if_match, recover_conflicts and if_match is None)
             except _SessionGone:
+                if if_match is not None or behaviour != "replace":  # a commit answered 5xx may have landed
+                    found = self._read_back(name, item_id, known_ctag)
+                    if found is not None:
+                        return found
+                    if_match = self._etag_now if if_match else None
                 log.warning("onedrive: the upload session expired or was lost; starting the upload again")
         raise RetriableAPIError(f"Microsoft Graph lost the upload session {SESSION_RESTARTS + 1} times; try again later")
 
-    def _simple(self, name: str, behaviour: str, if_match: str | None, item_id: str | None) -> requests.Response:
-        if if_match and item_id:
-            path, params = f"/drives/{self.drive_id}/items/{item_id}/content", {}
-        else:
-            path = item_path(self.drive_id, self.parent_id, name) + "/content"
-            params = {"@microsoft.graph.conflictBehavior": behaviour}
-        headers = {"Content-Type": "application/octet-stream"} | ({"If-Match": if_match} if if_match else {})
-        while True:
-            resp = self.g.call("PUT", path, params=params, data=self.data, headers=headers,
-                               allow=frozenset({409, 412, 423}))
-            if resp.status_code != 423:
-                return resp
-            self.locks.on_locked()
+    def _simple(self, name: str, behaviour: str, if_match: str | None, item_id: str | None,
+                known_ctag: str | None) -> requests.Response:
+        """PUT the bytes. A conditional PUT (If-Match, or conflictBehavior fail / rename) is not resent
+        after an unknown outcome (a 5xx, a dropped connection) before the file is read back: a resend
+        of an applied PUT would meet our own new eTag (412) or name (409) and look like someone
+        else's edit. The read-back tells them apart by the content hash (`_read_back`)."""
+        conditional = if_match is not None or behaviour != "replace"
+        for attempt in range(1, UNSURE_TRIES + 1):
+            if if_match and item_id:
+                path, params = f"/drives/{self.drive_id}/items/{item_id}/content", {}
+            else:
+                path = item_path(self.drive_id, self.parent_id, name) + "/content"
+                params = {"@microsoft.graph.conflictBehavior": behaviour}
+            headers = {"Content-Type": "application/octet-stream"} | ({"If-Match": if_match} if if_match else {})
+            try:
+                while True:
+                    resp = self.g.call("PUT", path, params=params, data=self.data, headers=headers,
+                                       allow=frozenset({409, 412, 423}), repeat_safe=not conditional)
+                    if resp.status_code != 423:
+                        return resp
+                    self.locks.on_locked()
+            except OutcomeUnknown as exc:
+                policy = self.g.policy
+                pause_before_retry(policy, self.g.http.observer, "Microsoft Graph upload", attempt,
+                                   f"{exc}; reading the file back first",
+                                   None if exc.wait is None else min(exc.wait, policy.retry_after_max))
+                found = self._read_back(name, item_id, known_ctag)
+                if found is not None:
+                    return found
+                if_match = self._etag_now if if_match else None  # not applied: the file is as it was read
+        raise RetriableAPIError(f"Microsoft Graph: the upload of {name} failed {UNSURE_TRIES} times without being "
+                                "applied; try again later")
+
+    def _read_back(self, name: str, item_id: str | None, known_ctag: str | None) -> requests.Response | None:
+        """After a PUT whose outcome is unknown: None when it was not applied (no file, or the cTag
+        read before the upload); the file's driveItem when it holds our bytes (its
+        `file.hashes.quickXorHash` and size are those of what we sent); _NotOurs otherwise. (The hash
+        is not cryptographic: it only tells our write from another save, which cannot aim at it.)"""
+        where = f"/drives/{self.drive_id}/items/{item_id}" if item_id else item_path(self.drive_id, self.parent_id, name)
+        resp = self.g.call("GET", where, allow=frozenset({404}))
+        if resp.status_code == 404:
+            log.info("onedrive: the upload of %s had not been applied (no file); sending it again", name)
+            return None
+        item = resp.json()
+        if known_ctag is not None and item.get("cTag") == known_ctag:
+            log.info("onedrive: the upload of %s had not been applied (content unchanged); sending it again", name)
+            self._etag_now = item.get("eTag")
+            return None
+        theirs = ((item.get("file") or {}).get("hashes") or {}).get("quickXorHash")
+        if theirs is not None and theirs == self.quickxor and int(item.get("size", -1)) == len(self.data):
+            log.info("onedrive: the upload of %s had been applied (its quickXorHash and size are ours)", name)
+            return resp
+        if theirs is None:
+            log.warning("onedrive: %s changed and Graph gives no quickXorHash for it: it cannot be told apart "
+                        "from someone else's save", name)
+        raise _NotOurs()
+
+    @property
+    def quickxor(self) -> str:
+        if self._quickxor is None:
+            self._quickxor = quickxor_hash(self.data)
+        return self._quickxor
 
     def _session(self, name: str, behaviour: str, if_match: str | None, recover: bool) -> requests.Response:
         create = item_path(self.drive_id, self.parent_id, name) + "/createUploadSession"
@@ -326,21 +400,29 @@ def upload_workbook(cfg: OneDriveDestinationConfig, workbook: Path, *, remote_pa
     uploader = _Uploader(g, drive_id, parent_id, data, _LockPolicy(cfg.on_locked, cfg.lock_wait_max, sleep))
     note, written = None, remote_path
     try:
-        resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None,
-                               recover_conflicts=cfg.conflict == "replace")
-    except _Locked:
-        if cfg.on_locked != "sibling":
-            raise DestinationError(_locked_message(remote_path, cfg)) from None
-        sib = sibling_name(name, now())
-        written = "/" + "/".join([*folders, sib])
-        log.warning("onedrive: %s is locked; writing %s next to it", remote_path, sib)
-        uploader.locks = _LockPolicy("fail", 0, sleep)
         try:
-            resp = uploader.upload(sib, "rename", None, None)
+            resp = uploader.upload(name, behaviour, if_match, current["id"] if current else None,
+                                   recover_conflicts=cfg.conflict == "replace",
+                                   known_ctag=current.get("cTag") if current else None)
         except _Locked:
-            raise DestinationError(f"{remote_path} is locked and so is the sibling {written}; nothing was written") from None
-        note = (f"{remote_path} was locked (open in Excel or checked out), so the refreshed workbook was "
-                f"written next to it as {written}")
+            if cfg.on_locked != "sibling":
+                raise DestinationError(_locked_message(remote_path, cfg)) from None
+            sib = sibling_name(name, now())
+            written = "/" + "/".join([*folders, sib])
+            log.warning("onedrive: %s is locked; writing %s next to it", remote_path, sib)
+            uploader.locks = _LockPolicy("fail", 0, sleep)
+            try:
+                resp = uploader.upload(sib, "rename", None, None)
+            except _Locked:
+                raise DestinationError(f"{remote_path} is locked and so is the sibling {written}; nothing was "
+                                       "written") from None
+            note = (f"{remote_path} was locked (open in Excel or checked out), so the refreshed workbook was "
+                    f"written next to it as {written}")
+    except _NotOurs:  # read back after an unknown outcome: someone else's content, not ours
+        if if_match is not None and written == remote_path:  # the file itself, not a sibling
+            raise _changed(remote_path) from None
+        raise DestinationError(f"{written}: a file with this name appeared while uploading (its content is not "
+                               f"what this tool sent); with conflict: {cfg.conflict} it was not overwritten") from None
     if resp.status_code == 412 or (resp.status_code == 409 and error_code(resp) == "resourceModified"):
         raise _changed(remote_path)
     if resp.status_code == 409:

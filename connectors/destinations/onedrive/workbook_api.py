@@ -1,9 +1,12 @@
 """`mode: update_sheets`: refresh the managed sheets of a workbook in place (Graph Excel API, section 6).
 
 The tool never replaces the file. In a persistChanges workbook session it rewrites only the
-sheets the rendered workbook has (creating missing ones), resizes their tables `tbl<Sheet>` in
-place so users' structured references keep working, and never writes to any other sheet (users'
-pivots, formulas, charts). Values go in row blocks that fit the request limit, one request at a
+sheets the rendered workbook has (creating missing ones), resizes their tables in place so users'
+structured references keep working, and never writes to any other sheet (users' pivots,
+formulas, charts). A sheet's table has the name the xlsx writer gave it in the rendered file
+(staged.py: never recomputed from the sheet name, so `tbl_2026` of sheet `2026` and
+`tblRaw_CRM_2` of `Raw_CRM` are found); a managed table at A1 under another name (an older
+version's `tbl2026`) is refreshed and renamed to it when that name is free. Values go in row blocks that fit the request limit, one request at a
 time (workbook_session.py).
 
 What a failure leaves. Each write of a persistChanges session is saved at once, so before the
@@ -32,20 +35,15 @@ caller (the package's `deliver`) uploads the whole rendered workbook instead.
 from __future__ import annotations
 
 import logging
-import re
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import openpyxl
 import requests
 
 from config.models import OneDriveDestinationConfig
-from config.workbook import table_name
 from connectors.destinations.onedrive.graph import (
     PublishResult,
     check_path,
@@ -54,8 +52,8 @@ from connectors.destinations.onedrive.graph import (
     item_path,
     resolve_drive,
 )
+from connectors.destinations.onedrive.staged import StagedSheet, read_staged
 from connectors.destinations.onedrive.workbook_session import (
-    Formula,
     Workbook,
     blocks,
     is_text,
@@ -73,74 +71,7 @@ MAX_BLOCK_ROWS = 5_000
 SESSION_WAIT_MAX = 600.0  # seconds a long-running createSession may take
 MAX_SAVED_CELLS = 5_000_000  # a managed sheet larger than this is not refreshed (it could not be undone)
 WORKBOOK_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_EXCEL_EPOCH = datetime(1899, 12, 30)
 Area = tuple[int, int, int, int]
-
-
-@dataclass
-class StagedSheet:
-    """One sheet of the rendered workbook: its rows (header first when it has a table)."""
-
-    name: str
-    rows: list[list[Any]]
-    formats: list[str | None]  # per column of the data rows; None = General
-    table: str | None  # tbl<Sheet> when the sheet's data is an Excel table
-
-    @property
-    def width(self) -> int:
-        return max((len(r) for r in self.rows), default=1) or 1
-
-
-def _cell_value(cell: Any) -> Any:
-    """A value for the Graph `values` array: dates as serial numbers, formulas as Formula, text as it is."""
-    v = cell.value
-    if v is None:
-        return ""
-    if getattr(cell, "data_type", None) == "f":
-        return Formula(v)  # a formula of the rendered workbook
-    if isinstance(v, datetime):
-        return (v.replace(tzinfo=None) - _EXCEL_EPOCH).total_seconds() / 86400
-    if isinstance(v, date):
-        return (datetime(v.year, v.month, v.day) - _EXCEL_EPOCH).days
-    return v  # text is written into "@" cells (workbook_session.write): never a formula or a number
-
-
-def _format(cell: Any) -> str | None:
-    fmt = getattr(cell, "number_format", None)
-    return None if not fmt or fmt == "General" else fmt
-
-
-def read_staged(path: Path) -> list[StagedSheet]:
-    """Read the rendered workbook's sheets (values, formats, which ones are tables)."""
-    with zipfile.ZipFile(path) as z:
-        tables = set()
-        for name in z.namelist():
-            if name.startswith("xl/tables/") and name.endswith(".xml"):
-                m = re.search(rb'\sdisplayName="([^"]+)"', z.read(name))
-                if m:
-                    tables.add(m.group(1).decode())
-    book = openpyxl.load_workbook(path, read_only=True)
-    try:
-        sheets = []
-        for ws in book.worksheets:
-            rows: list[list[Any]] = []
-            formats: list[str | None] = []
-            for row in ws.iter_rows():
-                values = [_cell_value(c) for c in row]
-                while values and values[-1] == "":
-                    values.pop()
-                rows.append(values)
-                if len(rows) == 2:  # the first data row carries the column formats
-                    formats = [_format(c) for c in row]
-            while rows and not rows[-1]:
-                rows.pop()
-            tbl = table_name(ws.title)
-            width = max((len(r) for r in rows), default=1) or 1
-            rows = [r + [""] * (width - len(r)) for r in rows] or [[""]]
-            sheets.append(StagedSheet(ws.title, rows, (formats + [None] * width)[:width], tbl if tbl in tables else None))
-        return sheets
-    finally:
-        book.close()
 
 
 # ----------------------------------------------------------------------------- what a managed sheet holds
@@ -223,6 +154,8 @@ class _Refresh:
             return _Saved(s.name, exists=False)
         tables = self.tables_on(name)
         table = next((t for t in tables if s.table and t.name.lower() == s.table.lower()), None)
+        if table is None and s.table:  # the same table under another name (an older writer's, or a user's)
+            table = next((t for t in tables if t.area[:2] == (1, 1)), None)
         at = (table.area[0], table.area[1]) if table else (1, 1)
         new_area = (at[0], at[1], at[0] + len(s.rows) - 1, at[1] + s.width - 1)
         box = _bbox(self.wb.used(name, values_only=False), table.area if table else None, new_area)
@@ -313,8 +246,21 @@ class _Refresh:
             self.new_table(s, name, at=(1, 1))
             return
         rows = _table_rows(s)
-        self.resize(name, table.name, len(rows) - 1)
+        self.resize(name, self.rename(table, s.table, name), len(rows) - 1)
         self.wb.write(name, table.area[0], table.area[1], rows, _table_formats(s, rows))
+
+    def rename(self, table: _TableAt, wanted: str, sheet: str) -> str:
+        """Give the managed `table` the name the writer gave it (`wanted`) when it has another and that
+        name is free; the name it has now."""
+        if table.name.lower() == wanted.lower():
+            return table.name
+        if wanted.lower() in {t["name"].lower() for t in self.wb.call("GET", "tables").json()["value"]}:
+            self.notes.append(f"the table on '{sheet}' is refreshed as {table.name}: the name {wanted} is used by "
+                              "another table")
+            return table.name
+        self.wb.call("PATCH", f"tables('{table.name}')", json={"name": wanted})  # idempotent: a rename by name
+        self.notes.append(f"the table {table.name} on '{sheet}' is now named {wanted}, as the workbook names it")
+        return wanted
 
     def new_table(self, s: StagedSheet, sheet: str, at: tuple[int, int]) -> None:
         r1, c1 = at
@@ -349,7 +295,9 @@ class _Refresh:
         old = saved.table
         current = next((t for t in tables if old is not None and t.id == old.id), None)
         if old is not None and current is not None:
-            self.resize(saved.name, current.name, old.rows)
+            if current.name != old.name:  # renamed by the refresh
+                self.wb.call("PATCH", f"tables('{current.name}')", json={"name": old.name})
+            self.resize(saved.name, old.name, old.rows)
         assert saved.box is not None
         self.wb.write(saved.name, saved.box[0], saved.box[1], saved.values, saved.formats)
         if old is not None and current is None:  # rebuilt: put the old table back, with its name
