@@ -162,7 +162,7 @@ def test_hubspot_exchange_rates_and_forecast_categories(tmp_path: Path) -> None:
                                       hs_manual_forecast_category="COMMIT")  # open 12500 EUR: 1.3
         d["102"]["properties"].update(deal_currency_code="EUR")  # won 8000.50 EUR on 2026-10-15: 1.1
         d["105"]["properties"].update(closedate="2026-12-20T12:00:00Z", hs_manual_forecast_category="BEST_CASE")
-        d["6744192456"]["properties"].update(closedate="2026-12-01T12:00:00Z", hs_manual_forecast_category="OMIT")
+        d["201"]["properties"].update(closedate="2026-12-01T12:00:00Z", hs_manual_forecast_category="OMIT")
         cfg = yaml.safe_load((EXAMPLES / "hubspot.yaml").read_text())
         cfg["sources"][0].update(base_url=srv.url, ca_bundle=srv.ca_path, exchange_rates=True)
         cfg["destinations"] = [{"type": "file", "path": "out/pipeline-{as_of}.xlsx"}]
@@ -176,8 +176,8 @@ def test_hubspot_exchange_rates_and_forecast_categories(tmp_path: Path) -> None:
     assert opps.loc["101", ["amount", "fx_rate", "forecast_category"]].tolist() == [16250.0, 1.3, "commit"]
     assert opps.loc["102", ["amount", "fx_rate"]].tolist() == [pytest.approx(8800.55), 1.1]
     assert opps.loc["105", "forecast_category"] == "best_case"
-    assert opps.loc["6744192456", "forecast_category"] == "omitted"
-    assert opps.loc["6744457152", "forecast_category"] == "pipeline"  # no category, no close date
+    assert opps.loc["201", "forecast_category"] == "omitted"
+    assert opps.loc["202", "forecast_category"] == "pipeline"  # no category, no close date
     # 2026-Q4: won 8800.55 (102) + 0 (103 won 09-01 is Q3); commit 16250 (101); best case 7000 (105)
     assert metric(book, "won_value") == cents(8800.55)
     assert metric(book, "commit_value") == cents(16250.00)
