@@ -3,7 +3,7 @@
 `notify:` targets choose events: `failure` (report, step, one-sentence error, run link),
 `success` (the digest: KPIs against the previous snapshot, new and resolved flags, top pushed
 and slipped deals, run health, workbook link) and `flags_changed` (the digest, only when flags
-appeared or resolved). `connectors.alerts.send` scrubs every payload (no configured secret, no
+appeared or resolved). `connectors.alerts.send` redacts every payload (no configured secret, no
 apprise URL is ever sent) and never logs a target URL.
 """
 
