@@ -455,9 +455,11 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
     def about(written: WriteStats) -> SheetData:  # built after the other sheets are written
         extra = [*about_extra, *([("cells cut at 32,767 characters", written.cut_cells)] if written.cut_cells else []),
                  *result.about]
-        return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
-                           timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                           sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
+        sheet = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
+                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
+                            sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
+        sheet.frame = sheet.frame.map(redact)  # errors, notes and paths may quote a `${...}` value or a URL password
+        return sheet
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)

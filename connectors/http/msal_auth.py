@@ -38,6 +38,7 @@ from msal.exceptions import MsalServiceError
 from config.models import OneDriveDestinationConfig
 from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.http.session import build_session
+from connectors.redact import redact
 from connectors.state.private import check_private_file, private_dir
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,9 @@ def _status(exc: Exception) -> str:
 
 
 def _first_line(text: str, limit: int = 300) -> str:
-    return (text or "").strip().splitlines()[0][:limit] if (text or "").strip() else ""
+    """The first line of `text`, redacted before it is cut to `limit` (half a secret is not recognised)."""
+    text = redact(text or "").strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def _oauth_error(cfg: OneDriveDestinationConfig, result: dict[str, Any], what: str) -> str:
