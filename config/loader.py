@@ -263,11 +263,12 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
         problems += [c for c in _cross_key_problems(data) if not any(c in q for q in problems)]
     secrets = {s for s in [*used, *_secret_values(data), *_url_passwords(data)] if len(s) >= redact.MIN_LENGTH}
     redact.register(secrets)
+    redact.install_log_redaction()  # every later log record of this process: no secret, whoever logs it
     if problems or config is None:
         raise ConfigError(p, [redact.redact(q, secrets) for q in problems])
     problems = _path_clash_problems(config, p)
-    if problems:
-        raise ConfigError(p, problems)
+    if problems:  # they quote paths, which may hold a `${...}` value
+        raise ConfigError(p, [redact.redact(q, secrets) for q in problems])
     return LoadedConfig(
         config=config,
         path=p,

@@ -1,8 +1,9 @@
 """Send alerts through apprise (Slack, Teams, email, generic webhooks), never with a secret.
 
-`send` scrubs the title and body first: every configured secret value and every target's apprise
-URL (and the token-like parts apprise keeps in it) is replaced by ***. Target URLs are never
-logged, only their index and scheme. What to say and to whom is flows.notify's.
+`send` passes the title and body through the project's one redactor (`connectors.redact.redact`:
+every registered `${...}` value and every URL password), with the secrets the caller names and
+every target's apprise URL (and the token-like parts apprise keeps in it) as extra values to mask.
+Target URLs are never logged, only their index and scheme. What to say and to whom is flows.notify's.
 """
 
 from __future__ import annotations
@@ -12,15 +13,9 @@ import re
 from collections.abc import Iterable, Sequence
 
 from config.models import NotifyConfig
+from connectors.redact import redact
 
 log = logging.getLogger(__name__)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by ***, longest first (a secret inside another)."""
-    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(s, "***")
-    return text
 
 
 def url_secrets(url: str) -> set[str]:
@@ -32,17 +27,18 @@ def url_secrets(url: str) -> set[str]:
 
 
 def secrets_of(targets: Sequence[NotifyConfig], config_secrets: Iterable[str]) -> tuple[str, ...]:
-    """Everything a payload must never contain: the config's secrets and the target URLs (and their tokens)."""
+    """What the redactor masks in a payload besides the registered secrets: the given secrets and
+    the target URLs (and their tokens)."""
     return tuple({*config_secrets, *(s for t in targets for s in url_secrets(t.url))})
 
 
-def send(targets: Sequence[NotifyConfig], events: set[str], title: str, body: str, *, secrets: Iterable[str],
+def send(targets: Sequence[NotifyConfig], events: set[str], title: str, body: str, *, secrets: Iterable[str] = (),
          kind: str = "info") -> list[int]:
     """Send to every target that subscribed to any of `events`; returns the indexes that succeeded."""
     import apprise
 
-    secrets = tuple(secrets_of(targets, secrets))
-    title, body = scrub(title, secrets), scrub(body, secrets)
+    extra = secrets_of(targets, secrets)
+    title, body = redact(title, extra), redact(body, extra)
     notify_type = {"failure": apprise.NotifyType.FAILURE, "success": apprise.NotifyType.SUCCESS}.get(
         kind, apprise.NotifyType.INFO)
     sent = []

@@ -436,7 +436,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"pipeline-sync: {args.command} failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except SQLAlchemyError as exc:  # e.g. the state database locked by another program
-        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        from connectors.redact import redact
+
+        detail = " ".join(redact(str(getattr(exc, "orig", None) or exc)).split())[:300]  # redacted before the cut
         print(f"pipeline-sync: {args.command} failed: state database: {detail}; nothing was committed",
               file=sys.stderr)
         return EXIT_FAILURE

@@ -3,7 +3,7 @@
 `notify:` targets choose events: `failure` (report, step, one-sentence error, run link),
 `success` (the digest: KPIs against the previous snapshot, new and resolved flags, top pushed
 and slipped deals, run health, workbook link) and `flags_changed` (the digest, only when flags
-appeared or resolved). `connectors.alerts.send` scrubs every payload (no configured secret, no
+appeared or resolved). `connectors.alerts.send` redacts every payload (no configured secret, no
 apprise URL is ever sent) and never logs a target URL.
 """
 
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from config.models import NotifyConfig
 from connectors.alerts import send
+from connectors.redact import redact
 from connectors.state import digest_flags
 
 # the KPIs a digest shows, in order (the artifacts show every team metric)
@@ -367,8 +368,9 @@ def _iso(d: date | None) -> str:
 
 
 def one_sentence(exc: BaseException, limit: int = 300) -> str:
-    """The error as one sentence: its type and the first line of its message, shortened."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    """The error as one sentence: its type and the first line of its message (redacted, then shortened)."""
+    full = redact(str(exc)).strip()
+    text = full.splitlines()[0] if full else ""
     text = re.sub(r"\s+", " ", text)
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"

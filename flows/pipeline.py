@@ -89,6 +89,7 @@ class SourceReport:
     waited_seconds: float = 0.0
     reused: bool = False  # unchanged since the last run: its validated rows were reused
     validated_rows: int = 0  # records validated this run (the others came validated from the last run)
+    notes: tuple[str, ...] = ()  # what the connector said about this run (Extracted.notes), each once: About
 
     @property
     def reconciles(self) -> bool:
@@ -322,7 +323,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
             retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None,
             validated_rows=0 if e.reused_rows is not None else (
                 int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum())
-                if _delta_applies(e) else len(e.records))))
+                if _delta_applies(e) else len(e.records)), notes=tuple(dict.fromkeys(e.notes))))
     opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
     rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
@@ -454,9 +455,11 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
     def about(written: WriteStats) -> SheetData:  # built after the other sheets are written
         extra = [*about_extra, *([("cells cut at 32,767 characters", written.cut_cells)] if written.cut_cells else []),
                  *result.about]
-        return about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
-                           timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                           sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
+        sheet = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
+                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
+                            sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
+        sheet.frame = sheet.frame.map(redact)  # errors, notes and paths may quote a `${...}` value or a URL password
+        return sheet
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)

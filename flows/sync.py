@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.models import AppConfig
 from connectors.errors import PipelineSyncError, RetriableAPIError
+from connectors.redact import redact, redact_exception
 from flows.pipeline import RunResult, Step, StepWrapper, result_summary, run_pipeline
 from flows.reports import MAX_THREADS, Call, FanOut, outcome, thread_fan_out
 
@@ -33,11 +35,26 @@ def _only_retriable(task_: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def _redacting(step: Step) -> Step:
+    """`step`, whose exceptions leave it redacted (Prefect keeps their text in the task run's state)."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return step(*args, **kwargs)
+        except Exception as exc:
+            redact_exception(exc)
+            raise
+
+    return run
+
+
 def as_task(step: Step, name: str) -> Step:
-    """Wrap one pipeline step as a task; customer data is never persisted as a Prefect result."""
+    """Wrap one pipeline step as a task; customer data is never persisted as a Prefect result, and
+    no secret in an exception reaches the task's state."""
     retried = name.startswith(RETRIED_STEPS)
     return task(
-        step,
+        _redacting(step),
         name=name,
         retries=2 if retried else 0,
         retry_delay_seconds=[30, 120] if retried else 0,
@@ -239,6 +256,7 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
         summary = sync_report(config_path, as_of, full_refresh, schedule_index, reports=reports,
                               fan_out=prefect_fan_out)
     except Exception as exc:
+        redact_exception(exc)  # the flow run's state keeps its text
         announce(f"failed: {type(exc).__name__}")
         raise
     announce(f"skipped: {summary['skipped']}" if "skipped" in summary else
@@ -258,8 +276,8 @@ def _served_run_announcer() -> Any:
         return lambda what: None
     name = f"{deployment.name or 'deployment'} run {flow_run.name or flow_run.id}"
 
-    def announce(what: str) -> None:
-        print(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {name}: {what}", flush=True)
+    def announce(what: str) -> None:  # this process's stdout is not the CLI's redacting one
+        print(redact(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {name}: {what}"), flush=True)
 
     return announce
 
@@ -301,6 +319,7 @@ def sync_report(config_path: str, as_of: date | None = None, full_refresh: bool 
             result = run_pipeline(config_path, as_of, full_refresh=full_refresh, wrap=steps, loaded=loaded,
                                   fan_out=fan_out, **kwargs)
         except Exception as exc:
+            redact_exception(exc)
             try:
                 if cfg.notify:
                     notify_failure(cfg.notify, report=target, step=steps.failed_step(), error=exc,

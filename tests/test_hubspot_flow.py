@@ -64,3 +64,30 @@ def test_example_config_runs_and_the_second_run_is_incremental(fake, tmp_path: P
     assert amounts["101"] == 20000.0 and "104" not in amounts
     engine = make_engine("sqlite:///" + str(tmp_path / ".state" / "pipeline-sync.db"))
     assert get_cursor(engine, "hubspot_main") is not None
+
+
+def about_rows(output: str) -> list[tuple[str, str]]:
+    sheet = openpyxl.load_workbook(output, read_only=True)["About"]
+    return [(k, v) for k, v in sheet.iter_rows(min_row=2, values_only=True)]
+
+
+def test_a_stage_without_is_closed_is_named_in_about_under_its_source(fake, tmp_path: Path) -> None:
+    # GET /crm/v3/pipelines/deals gives each stage a free-form `metadata` object; for deals only
+    # `probability` is required (https://developers.hubspot.com/docs/api/crm/pipelines, "Create a
+    # pipeline": "metadata: ... For deals, probability is required"; the reference shows `"metadata": {}`
+    # at https://developers.hubspot.com/docs/api-reference/latest/crm/pipelines/get-pipelines), so a
+    # stage may come without isClosed.
+    hub, srv = fake
+    renewals = next(p for p in hub.pipelines if p["label"] == "Renewals")
+    del renewals["stages"][0]["metadata"]["isClosed"]
+    path = write_config(srv, tmp_path)
+    note = "1 HubSpot deal stage(s) without isClosed metadata are counted as open: Renewals / Renewal Due"
+    seen = []
+    for _ in range(2):  # a full refresh, then an incremental run (into the same file: read each at once)
+        rows = about_rows(run_flow(path).outputs[0])
+        keys = [k for k, _ in rows]
+        assert keys.index("source hubspot_main: note") > keys.index("source hubspot_main: rows read")
+        assert [v for k, v in rows if k == "note" and "isClosed" in str(v)] == []  # under the source only
+        seen.append([v for k, v in rows if k == "source hubspot_main: note"])
+    assert seen[0] == ["full refresh: 7 deal(s)", note]
+    assert len(seen[1]) == 2 and seen[1][0].startswith("incremental since ") and seen[1][1] == note

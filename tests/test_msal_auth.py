@@ -199,3 +199,59 @@ def test_a_cache_readable_by_others_is_tightened(server, entra, tmp_path, caplog
 def test_login_is_only_for_delegated(server, entra) -> None:
     with pytest.raises(FatalAPIError, match="auth: delegated"):
         msal_auth.device_code_login(make_cfg(server, entra))
+
+
+# ----------------------------------------------------------------------------- a cache others could plant
+
+
+@pytest.mark.parametrize(("target", "mode", "what", "fix"), [
+    ("folder", 0o777, "token cache folder", "chmod 700"),
+    ("folder", 0o770, "token cache folder", "chmod 700"),
+    ("file", 0o666, "token cache", "chmod 600"),
+    ("file", 0o620, "token cache", "chmod 600"),
+], ids=["folder-0777", "folder-0770", "file-0666", "file-0620"])
+def test_a_cache_or_folder_others_can_write_is_refused_before_any_request(server, entra, tmp_path, target, mode,
+                                                                           what, fix) -> None:
+    from connectors.state.private import StateFolderError
+
+    cfg = delegated(server, entra, tmp_path)
+    msal_auth.device_code_login(cfg, echo=lambda m: None)
+    path = Path(cfg.token_cache)
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700  # created owner-only
+    os.chmod(path.parent if target == "folder" else path, mode)
+    server.requests.clear()
+    for attempt in (lambda: msal_auth.acquire_token(cfg), lambda: msal_auth.device_code_login(cfg, echo=print)):
+        with pytest.raises(StateFolderError) as info:
+            attempt()
+        message = str(info.value)
+        named = path.parent if target == "folder" else path
+        assert message.startswith(f"{what} {named} is writable by others (mode {mode:04o})") and fix in message
+        assert "\n" not in message
+    assert token_requests(server) == []  # refused before msal read it or asked Entra for anything
+
+
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_a_cache_or_folder_another_user_owns_is_refused(server, entra, tmp_path, target) -> None:
+    from connectors.state.private import StateFolderError
+
+    if os.geteuid() != 0:
+        pytest.skip("making a file another user's takes chown, which needs root")
+    cfg = delegated(server, entra, tmp_path)
+    msal_auth.device_code_login(cfg, echo=lambda m: None)
+    path = Path(cfg.token_cache)
+    os.chown(path.parent if target == "folder" else path, 4242, 4242)
+    with pytest.raises(StateFolderError, match=r"not owned by you \(uid 4242, you are 0\).*remove it") as info:
+        msal_auth.acquire_token(cfg)
+    assert str(info.value).startswith(("token cache folder " if target == "folder" else "token cache ")
+                                      + str(path.parent if target == "folder" else path))
+
+
+def test_a_new_cache_folder_is_created_owner_only_whatever_the_umask(server, entra, tmp_path) -> None:
+    cfg = delegated(server, entra, tmp_path, token_cache=str(tmp_path / "deep" / "cache" / "msal.json"))
+    old = os.umask(0)
+    try:
+        msal_auth.device_code_login(cfg, echo=lambda m: None)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "deep" / "cache").st_mode & 0o777 == 0o700
+    assert os.stat(tmp_path / "deep" / "cache" / "msal.json").st_mode & 0o777 == 0o600

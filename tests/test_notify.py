@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from config.models import NotifyConfig
-from connectors.alerts import scrub, url_secrets
-from flows.artifacts import artifact_key, flag_rows, kpi_markdown, workbook_url
+from connectors.alerts import url_secrets
+from connectors.redact import redact
+from flows.artifacts import artifact_key, artifact_specs, flag_rows, kpi_markdown, workbook_url
 from flows.notify import (
     CurrentFlags,
     FlagLine,
@@ -241,8 +242,50 @@ def test_pushed_and_slipped_are_ranked_by_amount():
     assert [(m.name, str(m.old_close), str(m.new_close)) for m in slipped] == [("Out", "2026-12-30", "2027-02-01")]
 
 
-def test_scrub_replaces_longest_secret_first():
-    assert scrub("a abcdef b abc", ["abc", "abcdef"]) == "a *** b ***"
+def test_extra_secrets_are_masked_longest_first():
+    assert redact("a abcdef b abc", ["abc", "abcdef"]) == "a *** b ***"
+
+
+def _env_secret(tmp_path: Path, name: str) -> str:
+    """A value that reaches the tool only through `${...}` in a config (registered by load_config)."""
+    from config.loader import load_config
+
+    secret = f"envsecret-{name}-5c81e0"
+    (tmp_path / "c.yaml").write_text("sources: [{name: s, type: csv, path: d.csv}]\n"
+                                     "destinations: [{type: file, path: 'out/${DEST_PART}.xlsx'}]\n")
+    assert secret in load_config(tmp_path / "c.yaml", env={"DEST_PART": secret}).secrets
+    return secret
+
+
+@pytest.mark.parametrize("where", ["flag message", "workbook URL userinfo", "workbook path", "failure text"])
+def test_a_secret_from_env_reaches_neither_the_alert_payload_nor_the_artifacts(tmp_path, receiver, where):
+    from flows.notify import Digest, RunHealth, notify_success
+
+    secret = _env_secret(tmp_path, where.replace(" ", "-"))
+    flag = FlagLine("M4|aged|deal|s:1", "M4", "high", f"s:1 owner note {secret} left in a deal field")
+    workbooks = {"workbook URL userinfo": [f"https://pipeline:{secret}@contoso.sharepoint.com/Sales/p.xlsx"],
+                 "workbook path": [f"/srv/out/{secret}/pipeline 2026.xlsx"]}.get(where, ["/srv/out/pipeline.xlsx"])
+    digest = Digest("sales", date(2026, 11, 27), "2026-Q4", "USD", [], date(2026, 11, 20), 1,
+                    [flag] if where == "flag message" else [], [], [], [], RunHealth(1, 1, 0, 1.0), workbooks,
+                    has_previous_flags=True)
+    flags = flag_frame(("M4", "aged", "deal", "s:1", "high", flag.message if where == "flag message" else "old"))
+    targets = [NotifyConfig(url=receiver.url("ok"), on=["success", "failure"])]
+    if where == "failure text":
+        error = RuntimeError(f"cannot write out/{secret}.xlsx: permission denied")
+        assert notify_failure(targets, report="sales", step="publish-file-0", error=error, run_url=None,
+                              secrets=()) == [0]
+    else:
+        assert notify_success(targets, digest, secrets=()) == [0]  # the redactor knows it without being told
+    [(_, body, raw)] = receiver.received
+    assert secret not in raw.decode() and "***" in body["message"]
+    specs = artifact_specs(digest, flags)
+    assert secret not in repr(specs)
+    shown = {"flag message": specs[1][1]["table"][0]["message"], "workbook URL userinfo": specs[2][1]["link"],
+             "workbook path": specs[2][1]["link"]}
+    assert shown.get(where) == {
+        "flag message": "s:1 owner note *** left in a deal field",
+        "workbook URL userinfo": "https://pipeline:***@contoso.sharepoint.com/Sales/p.xlsx",
+        "workbook path": "file:///srv/out/%2A%2A%2A/pipeline%202026.xlsx"}.get(where)
 
 
 def test_token_parts_of_apprise_urls_count_as_secrets():
@@ -267,6 +310,13 @@ def test_artifact_content():
     md = kpi_markdown(d, [KpiChange("open_value", 1200.0, 1000.0, "currency")])
     assert "_change vs the snapshot of 2026-11-20_" in md
     assert "| open_value | 1,200 EUR | 1,000 EUR | +200 EUR |" in md
+    d.workbooks = ["/tmp/out/pipeline.xlsx", "https://contoso.sharepoint.com/x.xlsx"]
+    specs = artifact_specs(d, flags)
+    assert [(kind, kw["key"]) for kind, kw in specs] == [("markdown", "sales-kpis"), ("table", "sales-flags"),
+                                                         ("link", "sales-workbook"), ("link", "sales-workbook-2")]
+    assert specs[1][1]["description"] == "sales: 3 flags" and [r["rule"] for r in specs[1][1]["table"]] == ["M4", "M3", "M1"]
+    assert (specs[2][1]["link"], specs[2][1]["link_text"]) == ("file:///tmp/out/pipeline.xlsx", "pipeline.xlsx")
+    assert artifact_specs(d, None)[1][1]["table"] == [{"rule": None, "message": "flag details are in the workbook's Flags sheet"}]
 
 
 def test_a_bad_notify_url_is_named_without_echoing_it(tmp_path):

@@ -285,3 +285,105 @@ def test_yaml_cannot_build_python_objects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "c.yaml")
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+# ----------------------------------------------------------------------------- redaction outside the CLI's streams
+
+
+def _registered(tmp_path: Path, value: str) -> None:
+    """`value` reaches the tool through `${...}` (load_config registers it and installs log redaction)."""
+    (tmp_path / "r.yaml").write_text("sources: [{name: s, type: csv, path: d.csv}]\n"
+                                     "destinations: [{type: file, path: 'out/${PART}/p.xlsx'}]\n")
+    assert value in load_config(tmp_path / "r.yaml", env={"PART": value}).secrets
+
+
+def test_log_records_are_redacted_whatever_handler_they_reach(tmp_path: Path) -> None:
+    import io
+
+    secret, password = "Zq7kP2wX-log-31f0", "pw-not-from-env-88"
+    _registered(tmp_path, secret)
+    # a logger and handler configured after the config was loaded (as Prefect configures its API handlers)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("prefect.flow_runs.redaction-test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        try:
+            raise DestinationError(f"cannot write out/{secret}/p.xlsx")
+        except DestinationError as exc:
+            logger.error("publish to https://svc:%s@host/x failed: %s", password, exc, exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert secret not in text and password not in text
+    assert text.startswith("ERROR prefect.flow_runs.redaction-test: publish to https://svc:***@host/x failed: "
+                           "cannot write out/***/p.xlsx\nTraceback")
+    assert text.rstrip().endswith("DestinationError: cannot write out/***/p.xlsx")
+
+
+def test_an_error_is_redacted_before_it_is_cut_to_one_sentence(tmp_path: Path) -> None:
+    from flows.notify import one_sentence
+
+    secret = "Zq7kP2wX-cut-5e9a1c"
+    _registered(tmp_path, secret)
+    sentence = one_sentence(RuntimeError("x" * 290 + secret + " tail"))  # the 300-character cut falls inside it
+    assert secret[:6] not in sentence and "***" in sentence
+
+
+def test_an_exception_and_its_causes_are_redacted_in_place(tmp_path: Path) -> None:
+    from connectors.redact import redact_exception
+
+    secret = "Zq7kP2wX-exc-77b2"
+    _registered(tmp_path, secret)
+    try:
+        try:
+            raise PermissionError(13, "Permission denied", f"/srv/out/{secret}/p.xlsx")
+        except OSError as low:
+            raise DestinationError(f"cannot write /srv/out/{secret}/p.xlsx ({low.strerror})") from low
+    except DestinationError as exc:
+        caught = exc
+    assert redact_exception(caught) is caught
+    assert str(caught) == "cannot write /srv/out/***/p.xlsx (Permission denied)"
+    assert str(caught.__cause__) == "[Errno 13] Permission denied: '/srv/out/***/p.xlsx'"
+
+
+def test_prefect_steps_leave_their_exceptions_redacted(tmp_path: Path) -> None:
+    from flows.sync import _redacting
+
+    secret = "Zq7kP2wX-step-4d0e"
+    _registered(tmp_path, secret)
+
+    def publish(run: object, index: int) -> str:
+        raise DestinationError(f"cannot write out/{secret}/p.xlsx")
+
+    step = _redacting(publish)
+    assert step.__name__ == "publish" and list(__import__("inspect").signature(step).parameters) == ["run", "index"]
+    with pytest.raises(DestinationError, match=r"^cannot write out/\*\*\*/p\.xlsx$"):
+        step(None, 0)
+
+
+def test_a_path_clash_error_does_not_quote_the_secret_in_the_path(tmp_path: Path) -> None:
+    secret = "Zq7kP2wX-clash-0a6b"
+    (tmp_path / secret).mkdir()
+    (tmp_path / secret / "d.csv").write_text("opportunity_id\n")
+    (tmp_path / "c.yaml").write_text("sources: [{name: s, type: csv, path: '${PART}/d.csv'}]\n"
+                                     "destinations: [{type: file, path: '${PART}/d.csv'}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml", env={"PART": str(tmp_path / secret)})
+    assert err.value.problems and secret not in err.value.render() and "***" in err.value.render()
+
+
+def test_an_error_body_echoing_a_secret_is_redacted_before_it_is_cut(tmp_path: Path) -> None:
+    from connectors.http.session import default_error_message
+    from tests.fakes.server import FakeServer, Response
+
+    secret = "Zq7kP2wX-body-c3d8aa"
+    _registered(tmp_path, secret)
+    body = "proxy error " + "." * 455 + f" Authorization: Bearer {secret} rejected"  # the 500-character cut is inside it
+    with FakeServer(lambda req: Response(502, body), tmp_path) as server:
+        resp = build_session(ca_bundle=server.ca_path).get(server.url + "/x", timeout=5)
+    message = default_error_message(resp)
+    assert resp.status_code == 502 and message.startswith("proxy error ...")
+    assert secret[:6] not in message

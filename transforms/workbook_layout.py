@@ -120,7 +120,8 @@ def about_sheet(
     extra: Sequence[tuple[str, Any]] = (),
     notes: Sequence[str] = (),
 ) -> SheetData:
-    """Key/value facts about the run; per source rows read = loaded + rejected."""
+    """Key/value facts about the run; per source rows read = loaded + rejected, then what its
+    connector noted (each note once, e.g. HubSpot stages counted as open for want of isClosed)."""
     rows: list[tuple[str, str]] = [
         ("run id", run_id),
         ("as_of", as_of.isoformat()),
@@ -148,6 +149,7 @@ def about_sheet(
             rows.append((f"{p}: stale", s.error or "returned no rows this run"))
         if getattr(s, "reused", False):
             rows.append((f"{p}: unchanged", "nothing changed since the last run; its validated rows were reused"))
+        rows += [(f"{p}: note", n) for n in dict.fromkeys(getattr(s, "notes", ()))]
     rows += [(k, str(v)) for k, v in extra]
     rows += [("note", n) for n in notes]
     frame = pd.DataFrame(rows, columns=["key", "value"])

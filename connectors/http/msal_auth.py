@@ -2,7 +2,10 @@
 
 App-only uses the client-credentials grant (unattended schedules). Delegated signs in once with
 the device-code flow (`pipeline-sync login --config PATH`) and keeps msal's token cache in a file
-created owner-only (0600), so scheduled runs reuse the refresh token silently.
+created owner-only (0600) in a folder created owner-only (0700), so scheduled runs reuse the
+refresh token silently. A cache or its folder that another user owns, or that group/others may
+write, is refused as the state folder is (connectors.state.private: StateFolderError naming the
+path and the fix): a planted cache would hand the run someone else's account.
 
 msal fetches the authority's OpenID configuration when an application object is built, so apps are
 built only when a token is needed. Its HTTP goes through `connectors.http.session.build_session` (a
@@ -35,6 +38,8 @@ from msal.exceptions import MsalServiceError
 from config.models import OneDriveDestinationConfig
 from connectors.errors import FatalAPIError, RetriableAPIError
 from connectors.http.session import build_session
+from connectors.redact import redact
+from connectors.state.private import check_private_file, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +84,17 @@ def _login_hint() -> str:
 # ----------------------------------------------------------------------------- token cache file
 
 
+def _private_folder(path: Path) -> None:
+    """The cache's folder: created 0700 if missing, refused if someone else owns it or may write it."""
+    private_dir(path.parent, tighten=path.parent.name == ".state", what="token cache folder")
+
+
 def load_cache(path: Path) -> msal.SerializableTokenCache:
-    """Read the cache file if it exists; a file others can read is tightened to 0600 (with a warning)."""
+    """Read the cache file if it exists (it and its folder private, else StateFolderError); a file
+    others can read but not write is tightened to 0600 (with a warning)."""
     cache = msal.SerializableTokenCache()
-    if path.exists():
+    _private_folder(path)
+    if check_private_file(path, "token cache"):
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             log.warning("token cache %s was readable by others (mode %o); setting it to 0600", path, mode)
@@ -96,8 +108,9 @@ def load_cache(path: Path) -> msal.SerializableTokenCache:
 
 
 def save_cache(cache: msal.SerializableTokenCache, path: Path) -> None:
-    """Write the cache atomically into a file that only its owner can read or write (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write the cache atomically into a file that only its owner can read or write (0600), in a
+    private folder (0700)."""
+    _private_folder(path)
     fd, tmp = tempfile.mkstemp(prefix=".msal-cache-", dir=path.parent)  # mkstemp creates 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -199,7 +212,9 @@ def _status(exc: Exception) -> str:
 
 
 def _first_line(text: str, limit: int = 300) -> str:
-    return (text or "").strip().splitlines()[0][:limit] if (text or "").strip() else ""
+    """The first line of `text`, redacted before it is cut to `limit` (half a secret is not recognised)."""
+    text = redact(text or "").strip()
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def _oauth_error(cfg: OneDriveDestinationConfig, result: dict[str, Any], what: str) -> str:

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import requests
 
 from connectors.errors import FatalAPIError, RetriableAPIError
+from connectors.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def pause_before_retry(policy: RetryPolicy, observer: Observer, service: str, at
 
 def default_error_message(response: requests.Response) -> str:
     """The API's own message, from the common JSON/XML envelopes, else the start of the body."""
-    text = response.text[:2000] if response.content else ""
+    text = redact(response.text)[:2000] if response.content else ""  # redacted before the cut
     try:
         body = response.json()
     except ValueError:

@@ -22,13 +22,14 @@ def _problem(path: Path, st: os.stat_result, what: str) -> str | None:
                 f"have planted it; remove it (or run as its owner)")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return (f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}): anyone could plant "
-                f"files the next run trusts; check its contents, then chmod {'700' if what == 'state folder' else '600'} it")
+                f"files the next run trusts; check its contents, then chmod {'700' if stat.S_ISDIR(st.st_mode) else '600'} it")
     return None
 
 
-def private_dir(path: Path, *, tighten: bool = True) -> Path:
+def private_dir(path: Path, *, tighten: bool = True, what: str = "state folder") -> Path:
     """`path` as a folder only this user can write: created 0700 if missing (its parents normally),
-    else checked; `tighten` also drops group/other read bits of an existing folder we own."""
+    else checked; `tighten` also drops group/other read bits of an existing folder we own.
+    `what` names the folder in the error (e.g. "token cache folder")."""
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,10 +38,10 @@ def private_dir(path: Path, *, tighten: bool = True) -> Path:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise StateFolderError(f"state folder {path}: {exc.strerror}") from exc
+        raise StateFolderError(f"{what} {path}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
-        raise StateFolderError(f"state folder {path} is not a folder; move it away")
-    if (problem := _problem(path, st, "state folder")) is not None:
+        raise StateFolderError(f"{what} {path} is not a folder; move it away")
+    if (problem := _problem(path, st, what)) is not None:
         raise StateFolderError(problem)
     if tighten and stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)
