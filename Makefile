@@ -30,16 +30,22 @@ test: $(DEV)
 
 # Every runtime dependency at its declared floor at once (pins generated from pyproject.toml's `>=`
 # by tests/floors.py, never written by hand), the test tools as the dev extra declares them, then
-# the tests that drive each library over real HTTP against the fakes or through real files.
+# the tests that drive each library for real: tableauserverclient, requests, PyJWT and msal over
+# HTTP against the fakes (Tableau, Salesforce, HubSpot, Entra, Graph); pandas, numpy, openpyxl,
+# xlsxwriter and python-calamine on real files; pydantic and PyYAML (config), SQLAlchemy (state),
+# cronsim (schedules), apprise (alerts to a local receiver) and Prefect (the flow on its server).
 FLOORS := .venv-floors
 FLOORS_OK := $(FLOORS)/.installed
-FLOOR_TOOLS := pytest pytest-timeout trustme hypothesis
+FLOOR_TOOLS := pytest pytest-timeout trustme
 FLOOR_TESTS := tests/test_floors.py \
-	tests/test_tableau.py tests/test_tableau_units.py \
+	tests/test_tableau.py tests/test_tableau_units.py tests/test_tableau_lock.py \
 	tests/test_salesforce.py tests/test_salesforce_limits.py tests/test_salesforce_incremental.py \
+	tests/test_salesforce_flow.py tests/test_hubspot.py tests/test_hubspot_flow.py \
+	tests/test_http.py tests/test_paging.py tests/test_recorded_samples.py \
 	tests/test_msal_auth.py tests/test_onedrive.py tests/test_onedrive_workbook.py \
-	tests/test_http.py tests/test_paging.py tests/test_hubspot.py \
-	tests/test_files.py tests/test_local_file.py tests/test_xlsx_writer_readback.py tests/test_config.py
+	tests/test_files.py tests/test_local_file.py tests/test_xlsx_writer_readback.py \
+	tests/test_config.py tests/test_snapshots.py tests/test_schedules.py tests/test_notify.py \
+	tests/test_flow_prefect.py
 
 $(FLOORS_OK): pyproject.toml tests/floors.py
 	rm -rf $(FLOORS)
