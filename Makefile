@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: install run test lint bench faults screenshots clean
+.PHONY: install run test test-floors lint bench faults screenshots clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,38 @@ run: $(RUNTIME)
 test: $(DEV)
 	$(BIN)/python -m pytest -q
 
+# Every runtime dependency at its declared floor at once (pins generated from pyproject.toml's `>=`
+# by tests/floors.py, never written by hand), the test tools as the dev extra declares them, then
+# the tests that drive each library for real: tableauserverclient, requests, PyJWT and msal over
+# HTTP against the fakes (Tableau, Salesforce, HubSpot, Entra, Graph); pandas, numpy, openpyxl,
+# xlsxwriter and python-calamine on real files; pydantic and PyYAML (config), SQLAlchemy (state),
+# cronsim (schedules), apprise (alerts to a local receiver) and Prefect (the flow on its server).
+FLOORS := .venv-floors
+FLOORS_OK := $(FLOORS)/.installed
+FLOOR_TOOLS := pytest pytest-timeout trustme
+FLOOR_TESTS := tests/test_floors.py \
+	tests/test_tableau.py tests/test_tableau_units.py tests/test_tableau_lock.py \
+	tests/test_salesforce.py tests/test_salesforce_limits.py tests/test_salesforce_incremental.py \
+	tests/test_salesforce_flow.py tests/test_hubspot.py tests/test_hubspot_flow.py \
+	tests/test_http.py tests/test_paging.py tests/test_recorded_samples.py \
+	tests/test_msal_auth.py tests/test_onedrive.py tests/test_onedrive_workbook.py \
+	tests/test_files.py tests/test_local_file.py tests/test_xlsx_writer_readback.py \
+	tests/test_config.py tests/test_snapshots.py tests/test_schedules.py tests/test_notify.py \
+	tests/test_flow_prefect.py
+
+$(FLOORS_OK): pyproject.toml tests/floors.py
+	rm -rf $(FLOORS)
+	$(PY) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install --quiet --upgrade pip
+	$(PY) -m tests.floors constraints > $(FLOORS)/constraints.txt
+	$(PY) -m tests.floors tools $(FLOOR_TOOLS) > $(FLOORS)/tools.txt
+	$(FLOORS)/bin/python -m pip install --quiet -e . -r $(FLOORS)/tools.txt -c $(FLOORS)/constraints.txt
+	touch $(FLOORS_OK)
+
+test-floors: $(FLOORS_OK)
+	$(FLOORS)/bin/python -m tests.floors check
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
 lint: $(DEV)
 	$(BIN)/ruff check .
 
@@ -46,6 +78,6 @@ screenshots: $(DEV)
 
 # The demo's state is config/.state (state lives in .state/ beside each config, or state.url).
 clean:
-	rm -rf $(VENV) out .state config/.state .pytest_cache build *.egg-info
-	@echo "removed .venv, out/, build files and the demo's state (config/.state);" \
+	rm -rf $(VENV) $(FLOORS) out .state config/.state .pytest_cache build *.egg-info
+	@echo "removed .venv, .venv-floors, out/, build files and the demo's state (config/.state);" \
 	      "your own configs keep their state in .state/ beside each config (or state.url)"
