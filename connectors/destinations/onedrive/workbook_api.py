@@ -24,8 +24,11 @@ honoured, never on 500 (workbook-error-handling.md: internalServerErrorUncategor
 expected to resend"; msgraph-sdk-python-core's RetryHandler retries 429, 503 and 504).
 
 Text cells get the Text number format "@" before their value, so Excel keeps them exactly (no
-formula from "=...", no number from "00123", no apostrophe); dates go as serial numbers with the
-column's date format. When the file does not exist yet, `update_sheets` returns None and the
+formula from "=...", no number from "00123", no apostrophe); every other cell gets the number format
+the rendered workbook gives it (currency, %, dates, integer counts; per column and per row, as the
+local file has them: the range's `numberFormat` grid, "Excel's number format code for the given
+cell", https://learn.microsoft.com/graph/api/resources/range, set by PATCH,
+https://learn.microsoft.com/graph/api/range-update); dates go as serial numbers with their format. When the file does not exist yet, `update_sheets` returns None and the
 caller (the package's `deliver`) uploads the whole rendered workbook instead.
 """
 
@@ -83,8 +86,12 @@ class StagedSheet:
 
     name: str
     rows: list[list[Any]]
-    formats: list[str | None]  # per column of the data rows; None = General
+    formats: list[list[str | None]]  # per cell, as `rows` (the writer's per-column and per-row formats); None = General
     table: str | None  # tbl<Sheet> when the sheet's data is an Excel table
+
+    def format_at(self, i: int, j: int) -> str | None:
+        """The number format of row `i`, column `j` (0-based; None: General, or outside the sheet)."""
+        return self.formats[i][j] if i < len(self.formats) and j < len(self.formats[i]) else None
 
     @property
     def width(self) -> int:
@@ -111,7 +118,10 @@ def _format(cell: Any) -> str | None:
 
 
 def read_staged(path: Path) -> list[StagedSheet]:
-    """Read the rendered workbook's sheets (values, formats, which ones are tables)."""
+    """Read the rendered workbook's sheets (values, every cell's number format, which ones are tables).
+
+    Formats are read per cell: the writer formats a column by its unit and some columns row by row
+    (Metrics' value: count, currency, ratio %), and forms (Summary, Targets, Movement) cell by cell."""
     with zipfile.ZipFile(path) as z:
         tables = set()
         for name in z.namelist():
@@ -124,20 +134,20 @@ def read_staged(path: Path) -> list[StagedSheet]:
         sheets = []
         for ws in book.worksheets:
             rows: list[list[Any]] = []
-            formats: list[str | None] = []
+            formats: list[list[str | None]] = []
             for row in ws.iter_rows():
                 values = [_cell_value(c) for c in row]
                 while values and values[-1] == "":
                     values.pop()
                 rows.append(values)
-                if len(rows) == 2:  # the first data row carries the column formats
-                    formats = [_format(c) for c in row]
+                formats.append([_format(c) for c in row[:len(values)]])
             while rows and not rows[-1]:
                 rows.pop()
             tbl = table_name(ws.title)
             width = max((len(r) for r in rows), default=1) or 1
             rows = [r + [""] * (width - len(r)) for r in rows] or [[""]]
-            sheets.append(StagedSheet(ws.title, rows, (formats + [None] * width)[:width], tbl if tbl in tables else None))
+            formats = [f + [None] * (width - len(f)) for f in formats[:len(rows)]] or [[None]]
+            sheets.append(StagedSheet(ws.title, rows, formats, tbl if tbl in tables else None))
         return sheets
     finally:
         book.close()
@@ -186,10 +196,18 @@ def _table_rows(s: StagedSheet) -> list[list[Any]]:
 
 
 def _table_formats(s: StagedSheet, rows: list[list[Any]]) -> list[list[str | None]]:
-    """Text cells "@"; the header's other cells General; data cells their column's format (else General)."""
+    """Text cells "@"; the header's other cells General; data cells the rendered cell's format (else General)."""
     header = ["@" if is_text(v) else "General" for v in rows[0]]
-    return [header] + [["@" if is_text(v) else (f or "General") for v, f in zip(row, s.formats, strict=True)]
-                       for row in rows[1:]]
+    return [header] + [["@" if is_text(v) else (s.format_at(i, j) or "General") for j, v in enumerate(row)]
+                       for i, row in enumerate(rows[1:], start=1)]
+
+
+def _sheet_formats(s: StagedSheet, saved: _Saved) -> list[list[str | None]]:
+    """A sheet without a managed table (Summary, forms): text cells "@", the others the rendered
+    cell's format (else General); an empty cell keeps its format unless it was Text (then General)."""
+    return [["@" if is_text(v) else (s.format_at(i, j) or "General") if v != "" else
+             ("General" if saved.format_at(1 + i, 1 + j) == "@" else None)
+             for j, v in enumerate(row)] for i, row in enumerate(s.rows)]
 
 
 def _bbox(*areas: Area | None) -> Area:
@@ -297,9 +315,7 @@ class _Refresh:
             self.notes.append(f"sheet '{s.name}' was missing from the workbook (deleted or renamed); recreated it")
         if s.table is None:
             self.wb.clear(name, self.wb.used(name, values_only=True))
-            formats = [["General" if not is_text(v) and saved.format_at(1 + i, 1 + j) == "@" else None
-                        for j, v in enumerate(row)] for i, row in enumerate(s.rows)]
-            self.wb.write(name, 1, 1, s.rows, formats)  # the sheet keeps its own number formats
+            self.wb.write(name, 1, 1, s.rows, _sheet_formats(s, saved))  # each cell's format, as rendered
             return
         table = saved.table
         if table is not None and table.width != s.width:
