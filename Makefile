@@ -21,8 +21,10 @@ $(DEV): pyproject.toml | $(BIN)/python
 
 install: $(DEV)
 
+# The demo files, 13 weekly snapshots before today in config/.state (Trends, Changes and Movement have
+# history; weeks already there are skipped), then the run.
 run: $(RUNTIME)
-	$(BIN)/pipeline-sync demo-data --out out/demo
+	$(BIN)/pipeline-sync demo-data --out out/demo --history-weeks 13 --config config/demo.yaml
 	$(BIN)/pipeline-sync run --config config/demo.yaml
 
 test: $(DEV)

@@ -2,8 +2,8 @@
 
     python docs/screenshots.py [--as-of 2026-05-20] [--out docs/img] [--keep DIR]
 
-Builds the demo in a temp folder exactly as `make run` does (demo-data, then the run), after a
-weekly backfill of the 13 weeks before as_of so Trends and Changes have history, then prints the
+Builds the demo in a temp folder exactly as `make run` does (demo-data with the 13 weekly
+snapshots before as_of, so Trends, Changes and Movement have history, then the run), then prints the
 workbook to PDF with LibreOffice (headless) and turns the Summary's pages (numbers and top deals;
 mistakes and charts) and the first Actions page into PNG with pdftoppm. Exits 0 with a message, writing nothing, where LibreOffice
 (Debian: libreoffice-calc) or pdftoppm (poppler-utils) is not installed.
@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -53,10 +53,9 @@ def build_demo(work: Path, as_of: date) -> Path:
     (work / "state").mkdir(mode=0o700)
     path = work / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    steps = [
-        ["demo-data", "--out", str(work / "demo"), "--as-of", as_of.isoformat()],
-        ["backfill", "--config", str(path), "--from", (as_of - timedelta(weeks=13)).isoformat(),
-         "--to", (as_of - timedelta(days=1)).isoformat(), "--every", "week"],
+    steps = [  # as `make run` does: the demo files and 13 weekly snapshots before as_of, then the run
+        ["demo-data", "--out", str(work / "demo"), "--as-of", as_of.isoformat(), "--history-weeks", "13",
+         "--config", str(path)],
         ["run", "--config", str(path), "--as-of", as_of.isoformat(), "--no-prefect"],
     ]
     for args in steps:

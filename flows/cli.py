@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "so the demo always looks current.")
     demo.add_argument("--out", default="out/demo", help="folder to write into (default out/demo)")
     demo.add_argument("--as-of", type=_as_of, help="anchor date (default: today)")
+    demo.add_argument("--history-weeks", type=int, default=0, metavar="N",
+                      help="also store the weekly snapshots of the N weeks before as_of (a backfill), so the first "
+                      "run's Trends, Changes and Movement have history; dates already stored are skipped (default 0)")
+    demo.add_argument("--config", help="with --history-weeks: the config whose state gets the snapshots; it must read "
+                      "the files in --out (default: the demo.yaml written into --out)")
 
     login = sub.add_parser("login", help="sign in once (device code) for a delegated OneDrive destination",
                            description="Device-code sign-in for destinations with auth: delegated; the token cache is "
@@ -318,17 +323,25 @@ def cmd_login(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_HISTORY_WEEKS = 104  # the demo's deals span 18 months: older snapshots would be empty
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     import openpyxl
 
     from transforms.demo_data import generate_demo, generate_partner_deals
 
+    if not 0 <= args.history_weeks <= MAX_HISTORY_WEEKS:
+        print(f"pipeline-sync: demo-data: --history-weeks must be 0 to {MAX_HISTORY_WEEKS} "
+              f"(got {args.history_weeks})", file=sys.stderr)
+        return EXIT_CONFIG
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    deals, history = generate_demo(args.as_of or date.today())
+    anchor = args.as_of or date.today()
+    deals, history = generate_demo(anchor)
     deals.to_csv(out / "deals.csv", index=False)
     history.to_csv(out / "stage_history.csv", index=False)
-    partner = generate_partner_deals(args.as_of or date.today())
+    partner = generate_partner_deals(anchor)
     wb = openpyxl.Workbook()  # the partner team's weekly export
     ws = wb.active
     ws.title = "Deals"
@@ -339,6 +352,40 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     config_path = write_demo_config(out)
     print(f"demo data: {len(deals):,} deals, {len(history):,} stage history rows -> {out}/")
     print(f"demo config: {config_path} (pipeline-sync run --config {config_path})")
+    if args.history_weeks:
+        return demo_history(Path(args.config) if args.config else config_path, out, args.history_weeks, args.as_of)
+    return EXIT_OK
+
+
+def demo_history(config_path: Path, folder: Path, weeks: int, as_of: date | None) -> int:
+    """The weekly snapshots of the `weeks` weeks before as_of (default: today in the config's time
+    zone, as a run takes it) in the state of `config_path`, whose sources must read `folder`.
+
+    A backfill of snapshots only (flows.backfill): the week ends (Sundays) strictly before as_of,
+    so the run on as_of compares with the last of them; dates already stored are skipped.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from config.loader import ConfigError
+    from flows.backfill import backfill, outcome_table
+    from flows.preflight import source_files
+
+    loaded = _load(str(config_path))
+    here = folder.resolve()
+    if elsewhere := [f"{key} ({name}): {path} is not in {here}" for key, name, path in source_files(loaded.config)
+                     if not Path(path).resolve().is_relative_to(here)]:
+        raise ConfigError(loaded.path, [*elsewhere, "--history-weeks: give a --config that reads the demo files "
+                                        "in --out, or leave --config out to use the demo.yaml written there"])
+    end = (as_of or datetime.now(UTC).astimezone(loaded.config.tz).date()) - timedelta(days=1)
+    start = end - timedelta(weeks=weeks) + timedelta(days=1)
+    result = backfill(config_path, start, end, "week", loaded=loaded)
+    if result.failed:
+        print(outcome_table(result), file=sys.stderr)
+        return EXIT_FAILURE
+    done = sum(o.status == "done" for o in result.outcomes)
+    print(f"demo history: {len(result.outcomes)} weekly snapshots {result.dates[0].isoformat()} .. "
+          f"{result.dates[-1].isoformat()} in the state of {loaded.path} ({done} computed, "
+          f"{len(result.outcomes) - done} already there) in {result.seconds:.1f}s")
     return EXIT_OK
 
 

@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 6, 30)
 
 
-def demo_config(tmp: Path, destination: str, as_of: date = AS_OF) -> Path:
-    """The bundled demo config reading the demo files from `tmp/demo` (written by `demo-data` for `as_of`)."""
+def demo_config(tmp: Path, destination: str, as_of: date = AS_OF, history_weeks: int = 0) -> Path:
+    """The bundled demo config reading the demo files from `tmp/demo` (written by `demo-data` for `as_of`,
+    with `history_weeks` weekly snapshots before it in the config's state)."""
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     for src in cfg["sources"]:
         src["path"] = str(tmp / "demo" / Path(src["path"]).name)
@@ -26,7 +27,8 @@ def demo_config(tmp: Path, destination: str, as_of: date = AS_OF) -> Path:
     cfg["destinations"] = [{"type": "file", "path": destination}]
     cfg_path = tmp / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", as_of.isoformat()]) == 0
+    history = ["--history-weeks", str(history_weeks), "--config", str(cfg_path)] if history_weeks else []
+    assert main(["demo-data", "--out", str(tmp / "demo"), "--as-of", as_of.isoformat(), *history]) == 0
     return cfg_path
 
 
@@ -164,3 +166,76 @@ def test_check_source_names_the_rows_of_bad_values(tmp_path, capsys):
     assert example.strip().startswith(f"e.g. row {rows[0]}:") and "lots2" in example
     close = next(line for line in out if line.lstrip().startswith("1  close_date"))
     assert close.endswith("(row 9)")
+
+
+HISTORY_SUNDAYS = [date(2026, 6, 14), date(2026, 6, 21), date(2026, 6, 28)]  # the 3 week ends before AS_OF (a Tuesday)
+
+
+def _rows(book: Path, sheet: str) -> list[tuple]:
+    return list(openpyxl.load_workbook(book, read_only=True)[sheet].iter_rows(values_only=True))
+
+
+@pytest.fixture(scope="module")
+def demo_with_history(tmp_path_factory):
+    """demo-data --history-weeks 3, the run, then both again (what a second `make run` does)."""
+    tmp = tmp_path_factory.mktemp("history")
+    book = tmp / "out.xlsx"
+    cfg_path = demo_config(tmp, str(book), history_weeks=3)
+    run = ["run", "--config", str(cfg_path), "--as-of", AS_OF.isoformat(), "--no-prefect"]
+    assert main(run) == 0
+    first = {s: _rows(book, s) for s in ("Trends", "Changes", "Movement")}
+    demo_config(tmp, str(book), history_weeks=3)
+    assert main(run) == 0
+    return first, {s: _rows(book, s) for s in ("Trends", "Changes", "Movement")}
+
+
+def test_demo_history_fills_trends_changes_and_movement(demo_with_history):
+    first, _ = demo_with_history
+    trends = first["Trends"]
+    assert trends[0][:3] == ("as_of", "open_deals", "open_value")
+    assert [r[0].date() for r in trends[1:]] == [*HISTORY_SUNDAYS, AS_OF]
+    assert all(r[1] > 100 and r[2] > 1_000_000 for r in trends[1:])  # every snapshot holds the open pipeline
+    changes = first["Changes"]
+    assert changes[0][0] == "change" and len(changes) > 1
+    assert {r[0] for r in changes[1:]} <= {"new", "won", "lost", "pushed", "pulled_in", "increased", "decreased",
+                                           "stage_forward", "stage_backward", "removed"}
+    movement = first["Movement"]
+    assert movement[0][0].endswith("from the snapshot of 2026-06-28 (D0) to 2026-06-30 (D1)")
+    head = next(i for i, r in enumerate(movement) if r[:4] == ("category", "sign", "deals", "value"))
+    team = {r[0]: r for r in movement[head + 1:head + 11]}
+    assert list(team) == ["start", "created", "pulled_in", "increased", "decreased", "won", "lost", "pushed_out",
+                          "removed", "end"]
+    assert team["start"][3] > 0 and team["start"][2] > 10
+    moved = sum((1 if team[c][1] == "+" else -1) * team[c][3] for c in list(team)[1:-1])
+    assert team["start"][3] + moved == pytest.approx(team["end"][3], abs=0.005)  # balances to the cent
+    assert any(team[c][2] for c in list(team)[1:-1]), "something moved between D0 and D1"
+
+
+def test_demo_history_twice_adds_nothing(demo_with_history, capsys):
+    first, second = demo_with_history
+    assert second["Trends"] == first["Trends"]  # no duplicated dates
+    assert second["Movement"][0] == first["Movement"][0]
+    assert second["Changes"] == first["Changes"]
+
+
+def test_demo_history_refuses_a_config_reading_other_files(tmp_path, capsys):
+    other = tmp_path / "mine.yaml"
+    (tmp_path / "d.csv").write_text("opportunity_id,stage,created_date,amount\n1,Proposal,2026-01-05,100\n")
+    other.write_text("sources: [{name: s, type: csv, path: d.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n")
+    args = ["demo-data", "--out", str(tmp_path / "demo"), "--as-of", AS_OF.isoformat(), "--history-weeks", "2"]
+    assert main([*args, "--config", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"sources[0].path (s): {tmp_path / 'd.csv'} is not in {tmp_path / 'demo'}" in err
+    assert not (tmp_path / ".state").exists()  # nothing stored
+    assert main([*args[:-1], "-1"]) == 2
+    assert "--history-weeks must be 0 to 104 (got -1)" in capsys.readouterr().err
+
+
+def test_make_run_stores_the_history_first():
+    """`make run` asks demo-data for the weekly snapshots, into the state of the config it then runs."""
+    recipe = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    steps = [line.split()[1:] for line in recipe]
+    assert [s[0] for s in steps] == ["demo-data", "run"]
+    demo, run = steps
+    assert int(demo[demo.index("--history-weeks") + 1]) >= 2
+    assert demo[demo.index("--config") + 1] == run[run.index("--config") + 1] == "config/demo.yaml"

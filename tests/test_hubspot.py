@@ -67,7 +67,8 @@ def test_full_run_maps_every_deal(h):
                     ("102", "Closed Won", "2026-10-15T08:00:00.000Z")]
     assert ex.raw is None  # no raw_sheet configured
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in h.server.requests)
-    assert ex.requests == len(h.server.requests) == 5  # pipelines, properties, 1 deals page, owners, archived owners
+    assert ex.requests == len(h.server.requests) == 6  # pipelines, properties, 1 deals page, owners, archived owners,
+    # account details (the record links)
     assert ("page", {"source": "hubspot_main", "records": 7, "pages": 1}) in h.events
 
 

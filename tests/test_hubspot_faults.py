@@ -102,8 +102,8 @@ def test_a_run_failing_half_way_leaves_cursor_and_state(h, mode):
 
 
 @pytest.mark.parametrize(("rate_max", "reserve", "waits"), [
-    (6, 2, [10.0, 10.0]),  # 10 requests: pause when 2 calls are left, twice
-    (6, 0, [10.0]),        # pause only when none is left
+    (6, 2, [10.0, 10.0, 10.0]),  # 13 requests (the last: account details): pause when 2 calls are left
+    (6, 0, [10.0, 10.0]),        # pause only when none is left
     (190, 5, []),          # plenty of room: no pause
 ])
 def test_paces_by_rate_limit_headers_without_hitting_429(h, rate_max, reserve, waits):

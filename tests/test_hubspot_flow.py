@@ -91,3 +91,57 @@ def test_a_stage_without_is_closed_is_named_in_about_under_its_source(fake, tmp_
         seen.append([v for k, v in rows if k == "source hubspot_main: note"])
     assert seen[0] == ["full refresh: 7 deal(s)", note]
     assert len(seen[1]) == 2 and seen[1][0].startswith("incremental since ") and seen[1][1] == note
+
+
+DETAILS = "/account-info/v3/details"
+ACTED_ON = ["101", "105", "202", "201"]  # the fake's open deals with a flag, most severe first
+
+
+def _links(book: Path) -> dict[str, tuple[object, str | None]]:
+    """Actions: opportunity id -> (the record_url cell's value, its hyperlink target)."""
+    rows = list(openpyxl.load_workbook(book)["Actions"].iter_rows())
+    head = [c.value for c in rows[0]]
+    at, link = head.index("opportunity_id"), head.index("record_url")
+    return {r[at].value: (r[link].value, r[link].hyperlink.target if r[link].hyperlink else None) for r in rows[1:]}
+
+
+@pytest.mark.parametrize("domain", ["app.hubspot.com", "app-eu1.hubspot.com"])  # uiDomain: EU portals differ
+def test_actions_link_each_deal_to_its_hubspot_record(fake, tmp_path: Path, domain: str) -> None:
+    hub, srv = fake
+    hub.ui_domain, hub.portal_id = domain, 146013
+    path = write_config(srv, tmp_path)
+    links = _links(run_flow(path).outputs[0])
+    assert list(links) == ACTED_ON
+    for deal, (value, target) in links.items():
+        expected = f"https://{domain}/contacts/146013/record/0-3/{deal}"
+        assert value == expected and target == expected
+    assert len([r for r in srv.requests if r.path == DETAILS]) == 1  # one request a run
+
+    changed = datetime.now(UTC) - timedelta(seconds=2)  # an incremental run that builds rows: asks again
+    hub.update("105", changed, amount="7500")
+    srv.requests.clear()
+    again = _links(run_flow(path).outputs[0])
+    assert again == links and len([r for r in srv.requests if r.path == DETAILS]) == 1
+    srv.requests.clear()  # nothing changed: the rows (and their links) are reused, nothing asked
+    assert _links(run_flow(path).outputs[0]) == links and not [r for r in srv.requests if r.path == DETAILS]
+
+
+def test_a_token_without_the_account_scope_gives_no_links_and_a_note(fake, tmp_path: Path, caplog) -> None:
+    hub, srv = fake
+    hub.forbidden = {DETAILS}  # HubSpot's 403 MISSING_SCOPES
+    result = run_flow(write_config(srv, tmp_path))
+    assert (result.sources[0].rows_loaded, result.sources[0].stale) == (7, False)  # the run goes on
+    assert _links(result.outputs[0]) == dict.fromkeys(ACTED_ON, (None, None))
+    assert ("hubspot_main': no links to the deal records: the token may not read the account details "
+            f"(HTTP 403 on {DETAILS})") in caplog.text
+
+
+def test_a_record_url_template_on_the_source_wins(fake, tmp_path: Path) -> None:
+    hub, srv = fake
+    path = write_config(srv, tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"][0]["record_url_template"] = "https://crm.example.com/hs/{opportunity_id}"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    links = _links(run_flow(path).outputs[0])
+    assert links == {d: (f"https://crm.example.com/hs/{d}",) * 2 for d in ACTED_ON}
+    assert not [r for r in srv.requests if r.path == DETAILS]

@@ -204,13 +204,16 @@ def test_stored_state_rebuilds_the_frames_without_hubspot(h):
     payloads = load_records(h.engine, "hubspot_main")
     stale = from_state(cfg, payloads)
     assert stale.stale and stale.notes == ["source 'hubspot_main' failed; data from an earlier run"]
-    pd.testing.assert_frame_equal(stale.records, ex.records)
+    # the record links need the account details (a request): rows rebuilt from stored state have none
+    assert ex.records["record_url"].str.startswith("https://app.hubspot.com/contacts/2519445/record/0-3/").all()
+    live = ex.records.drop(columns="record_url")
+    pd.testing.assert_frame_equal(stale.records, live)
     pd.testing.assert_frame_equal(stale.history, ex.history)
     pd.testing.assert_frame_equal(stale.raw, ex.raw)
     # the flow's generic fallback (payloads as rows) canonicalizes the same deals
     generic = pd.DataFrame.from_records(payloads)
     generic["_row"] = range(1, len(generic) + 1)
     a = canonicalize(generic, source=cfg.name, stages=list(DEFAULT_STAGES), stage_map=cfg.stage_map, tz=UTC)
-    b = canonicalize(ex.records, source=cfg.name, stages=list(DEFAULT_STAGES), stage_map=cfg.stage_map, tz=UTC)
+    b = canonicalize(live, source=cfg.name, stages=list(DEFAULT_STAGES), stage_map=cfg.stage_map, tz=UTC)
     pd.testing.assert_frame_equal(a.loaded, b.loaded)
     assert list(a.rejected["reason"]) == list(b.rejected["reason"])

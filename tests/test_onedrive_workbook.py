@@ -441,3 +441,54 @@ def test_a_table_an_older_version_named_is_renamed_and_a_failure_puts_the_old_na
         with pytest.raises(PipelineSyncError, match="was undone"):
             deliver_raw(env, 7, 2)
         assert env.book.state() == old, f"step {k} of {steps}"
+
+
+# ----------------------------------------------------------------------------- number formats of a real workbook
+
+DEALS = [dict(opportunity_id=f"o{i}", name=f"Deal {i}", owner="ann" if i % 2 else "bo",
+              stage="Proposal" if i % 3 else "Won", amount=1000 * (i + 1) + 0.5, created_date="2026-04-01",
+              close_date="2026-05-10" if i % 3 else "2026-05-02", stage_entered_date="2026-04-05") for i in range(8)]
+
+
+def rendered(path: Path, as_of: str, deals: list[dict]) -> Path:
+    """The workbook the pipeline writes (xlsx writer) for `deals` at `as_of`."""
+    from connectors.workbook.xlsx_writer import write_workbook
+    from tests.analytics_support import make_cfg, run
+
+    a = run(deals, as_of, make_cfg(targets={"new_pipeline_per_day": 100}))
+    write_workbook(path, sheets=a.sheets, summary=a.summary, currency="USD")
+    return path
+
+
+def local_formats(path: Path) -> dict[str, dict[tuple[int, int], str]]:
+    """Sheet -> (row, col) -> number format of every cell holding a number, date or formula."""
+    out: dict[str, dict[tuple[int, int], str]] = {}
+    for ws in openpyxl.load_workbook(path).worksheets:
+        out[ws.title] = {(c.row, c.column): c.number_format for row in ws.iter_rows() for c in row
+                         if c.value is not None and (not isinstance(c.value, str) or c.data_type == "f")}
+    return out
+
+
+def test_a_refresh_gives_every_cell_the_number_format_of_the_local_workbook(env: Env) -> None:
+    """Per column (currency, dates, integer counts) and per row (Metrics' value by its unit), on
+    table sheets and on the Summary and Targets forms, after values whose formats changed."""
+    onedrive.deliver(env.cfg, rendered(env.tmp / "first.xlsx", "2026-06-15", DEALS), remote_path=REMOTE,
+                     sleep=env.sleeps.append)  # a new file: uploaded whole
+    bigger = [dict(d, amount=d["amount"] * 3 - 0.5) for d in DEALS]  # amounts lose their cents: other formats
+    second = rendered(env.tmp / "second.xlsx", "2026-06-16", bigger)
+    result = onedrive.deliver(env.cfg, second, remote_path=REMOTE, sleep=env.sleeps.append)
+    assert result.note is None  # refreshed in place, no sheet rebuilt
+    want = local_formats(second)
+    book = env.book
+    for sheet, cells in want.items():
+        got = book.sheet(sheet).formats
+        assert {k: got.get(k, "General") for k in cells} == cells, sheet
+    local = openpyxl.load_workbook(second)
+    value = next(c.column for c in local["Metrics"][1] if c.value == "value")
+    metrics = {f for (r, c), f in want["Metrics"].items() if c == value}  # one format per row, by its unit
+    assert {"#,##0", '"$"#,##0', "0.0%", "#,##0.0"} <= metrics
+    col = {c.value: c.column for c in local["Actions"][1]}
+    assert book.sheet("Actions").formats[(2, col["amount"])] == '"$"#,##0'
+    assert book.sheet("Actions").formats[(2, col["close_date"])] == "yyyy-mm-dd"
+    assert book.sheet("Actions").formats[(2, col["days_in_stage"])] == "#,##0"
+    assert book.sheet("Actions").cells[(2, col["close_date"])] == (date(2026, 5, 10) - date(1899, 12, 30)).days

@@ -430,6 +430,10 @@ class FakeGraphWorkbook(FakeGraph):
         return gerror(400, "invalidRequest", f"Unsupported {req.method} {rest}")
 
     def _patch(self, sheet: Sheet, r1: int, c1: int, r2: int, c2: int, body: dict) -> Response:
+        """PATCH range (https://learn.microsoft.com/graph/api/range-update): `values` and `numberFormat`
+        are grids of the range's shape; numberFormat holds "Excel's number format code for the given
+        cell" (workbookRange, https://learn.microsoft.com/graph/api/resources/range), one per cell, so a
+        column or a single row may differ from the next. A null entry: this fake leaves that cell as it is."""
         grids = {k: body[k] for k in ("values", "numberFormat") if k in body}
         if not grids:
             return gerror(400, "invalidRequest", "Nothing to update", "invalidArgument")

@@ -1,4 +1,4 @@
-"""A fake HubSpot CRM v3 (deals, search, pipelines, owners, line items) for tests/fakes/server.py.
+"""A fake HubSpot CRM v3 (deals, search, pipelines, owners, line items, account details) for tests/fakes/server.py.
 
 Follows ../shared/docs/api-contracts.md section 2: Bearer auth with the documented 401
 envelope, string-typed properties, `paging.next.after` that is absent on the last page,
@@ -189,6 +189,11 @@ class FakeHubSpot:
     # included ({fromCurrencyCode, conversionRate, effectiveAt}: company units per 1 unit from then on)
     company_currency: str = "USD"
     exchange_rates: list[dict] = field(default_factory=list)
+    # Account information API: GET /account-info/v3/details, the portal's id and the domain of its
+    # app (app.hubspot.com; EU portals app-eu1.hubspot.com), for links to the deal records
+    portal_id: int = 2519445
+    ui_domain: str = "app.hubspot.com"
+    data_hosting_location: str = "na1"
     # deal id -> property -> recorded versions [{"value", "timestamp", "sourceType"}] (propertiesWithHistory)
     history: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
     count: int = 0
@@ -397,6 +402,8 @@ class FakeHubSpot:
                                   "updatedAt": "2024-01-02T10:00:00Z"})
         if req.method == "GET" and path == "/settings/v3/currencies/exchange-rates":
             return self._exchange_rates(req)
+        if req.method == "GET" and path == "/account-info/v3/details":
+            return Response(200, self._account_details())
         if req.method == "GET" and path.startswith("/crm/v4/objects/deals/") and path.endswith("/associations/line_items"):
             deal = self.deals.get(path.split("/")[5])
             if deal is None:
@@ -413,6 +420,18 @@ class FakeHubSpot:
                         "archived": False} for x in body["inputs"] if x["id"] in self.line_items]
             return Response(200, {"status": "COMPLETE", "results": results})
         return _error(404, f"Unable to route {req.method} request for {req.path}", "OBJECT_NOT_FOUND")
+
+    def _account_details(self) -> dict[str, Any]:
+        """GET /account-info/v3/details ("Retrieve account details", scope `oauth`:
+        https://developers.hubspot.com/docs/api-reference/legacy/account/account-information/get-account-details;
+        fields as the current version documents them,
+        https://developers.hubspot.com/docs/api-reference/latest/account/account-information/get-account-details).
+        A token without the scope gets the 403 MISSING_SCOPES answer (`forbidden`)."""
+        return {"portalId": self.portal_id, "accountType": "STANDARD", "timeZone": "US/Eastern",
+                "companyCurrency": self.company_currency, "additionalCurrencies": sorted(
+                    {r["fromCurrencyCode"] for r in self.exchange_rates if r.get("fromCurrencyCode")}),
+                "utcOffset": "-05:00", "utcOffsetMilliseconds": -18_000_000, "uiDomain": self.ui_domain,
+                "dataHostingLocation": self.data_hosting_location}
 
     def _exchange_rates(self, req: Request) -> Response:
         """GET /settings/v3/currencies/exchange-rates: paged by limit / after (paging.next.after)."""

@@ -37,8 +37,12 @@ class StagedSheet:
 
     name: str
     rows: list[list[Any]]
-    formats: list[str | None]  # per column of the data rows; None = General
+    formats: list[list[str | None]]  # per cell, as `rows` (the writer's per-column and per-row formats); None = General
     table: str | None  # the name of the sheet's table, as the writer wrote it, when its data is one
+
+    def format_at(self, i: int, j: int) -> str | None:
+        """The number format of row `i`, column `j` (0-based; None: General, or outside the sheet)."""
+        return self.formats[i][j] if i < len(self.formats) and j < len(self.formats[i]) else None
 
     @property
     def width(self) -> int:
@@ -101,21 +105,23 @@ def sheet_tables(path: Path) -> dict[str, list[tuple[str, Area]]]:
 
 
 def read_staged(path: Path) -> list[StagedSheet]:
-    """Read the rendered workbook's sheets (values, formats, and the table each one's data is)."""
+    """Read the rendered workbook's sheets (values, every cell's number format, the table each one's data is).
+
+    Formats are read per cell: the writer formats a column by its unit and some columns row by row
+    (Metrics' value: count, currency, ratio %), and forms (Summary, Targets, Movement) cell by cell."""
     tables = sheet_tables(path)
     book = openpyxl.load_workbook(path, read_only=True)
     try:
         sheets = []
         for ws in book.worksheets:
             rows: list[list[Any]] = []
-            formats: list[str | None] = []
+            formats: list[list[str | None]] = []
             for row in ws.iter_rows():
                 values = [_cell_value(c) for c in row]
                 while values and values[-1] == "":
                     values.pop()
                 rows.append(values)
-                if len(rows) == 2:  # the first data row carries the column formats
-                    formats = [_format(c) for c in row]
+                formats.append([_format(c) for c in row[:len(values)]])
             while rows and not rows[-1]:
                 rows.pop()
             table = next(((name, area) for name, area in tables.get(ws.title, []) if area[:2] == (1, 1)), None)
@@ -123,7 +129,9 @@ def read_staged(path: Path) -> list[StagedSheet]:
             if table is not None:  # the table's rows, blank ones at its end included
                 rows += [[] for _ in range(table[1][2] - len(rows))]
             rows = [r + [""] * (width - len(r)) for r in rows] or [[""]]
-            sheets.append(StagedSheet(ws.title, rows, (formats + [None] * width)[:width], table[0] if table else None))
+            formats = [f + [None] * (width - len(f)) for f in formats[:len(rows)]]
+            formats += [[None] * width for _ in range(len(rows) - len(formats))]
+            sheets.append(StagedSheet(ws.title, rows, formats, table[0] if table else None))
         return sheets
     finally:
         book.close()

@@ -27,9 +27,12 @@ honoured, never on 500 (workbook-error-handling.md: internalServerErrorUncategor
 expected to resend"; msgraph-sdk-python-core's RetryHandler retries 429, 503 and 504).
 
 Text cells get the Text number format "@" before their value, so Excel keeps them exactly (no
-formula from "=...", no number from "00123", no apostrophe); dates go as serial numbers with the
-column's date format. When the file does not exist yet, `update_sheets` returns None and the
-caller (the package's `deliver`) uploads the whole rendered workbook instead.
+formula from "=...", no number from "00123", no apostrophe); every other cell gets the number format
+the rendered workbook gives it (currency, %, dates, integer counts; per column and per row, as the
+local file has them: the range's `numberFormat` grid, "Excel's number format code for the given
+cell", https://learn.microsoft.com/graph/api/resources/range, set by PATCH,
+https://learn.microsoft.com/graph/api/range-update); dates go as serial numbers with their format.
+When the file does not exist yet, `update_sheets` returns None and the caller (the package's `deliver`) uploads the whole rendered workbook instead.
 """
 
 from __future__ import annotations
@@ -117,10 +120,18 @@ def _table_rows(s: StagedSheet) -> list[list[Any]]:
 
 
 def _table_formats(s: StagedSheet, rows: list[list[Any]]) -> list[list[str | None]]:
-    """Text cells "@"; the header's other cells General; data cells their column's format (else General)."""
+    """Text cells "@"; the header's other cells General; data cells the rendered cell's format (else General)."""
     header = ["@" if is_text(v) else "General" for v in rows[0]]
-    return [header] + [["@" if is_text(v) else (f or "General") for v, f in zip(row, s.formats, strict=True)]
-                       for row in rows[1:]]
+    return [header] + [["@" if is_text(v) else (s.format_at(i, j) or "General") for j, v in enumerate(row)]
+                       for i, row in enumerate(rows[1:], start=1)]
+
+
+def _sheet_formats(s: StagedSheet, saved: _Saved) -> list[list[str | None]]:
+    """A sheet without a managed table (Summary, forms): text cells "@", the others the rendered
+    cell's format (else General); an empty cell keeps its format unless it was Text (then General)."""
+    return [["@" if is_text(v) else (s.format_at(i, j) or "General") if v != "" else
+             ("General" if saved.format_at(1 + i, 1 + j) == "@" else None)
+             for j, v in enumerate(row)] for i, row in enumerate(s.rows)]
 
 
 def _bbox(*areas: Area | None) -> Area:
@@ -230,9 +241,7 @@ class _Refresh:
             self.notes.append(f"sheet '{s.name}' was missing from the workbook (deleted or renamed); recreated it")
         if s.table is None:
             self.wb.clear(name, self.wb.used(name, values_only=True))
-            formats = [["General" if not is_text(v) and saved.format_at(1 + i, 1 + j) == "@" else None
-                        for j, v in enumerate(row)] for i, row in enumerate(s.rows)]
-            self.wb.write(name, 1, 1, s.rows, formats)  # the sheet keeps its own number formats
+            self.wb.write(name, 1, 1, s.rows, _sheet_formats(s, saved))  # each cell's format, as rendered
             return
         table = saved.table
         if table is not None and table.width != s.width:

@@ -74,11 +74,14 @@ def sheet_path(name: str) -> str:
     return f"worksheets('{quote(name.replace(chr(39), chr(39) * 2), safe='')}')"
 
 
-def blocks(rows: list[list[Any]], max_bytes: int, max_rows: int) -> list[tuple[int, int]]:
-    """(start, stop) row slices whose JSON stays under `max_bytes` (format matrix included) and `max_rows`."""
+def blocks(rows: list[list[Any]], max_bytes: int, max_rows: int,
+           formats: list[list[str | None]] | None = None) -> list[tuple[int, int]]:
+    """(start, stop) row slices whose JSON stays under `max_bytes` (format matrix included: `formats`,
+    else counted as large as the values) and `max_rows`."""
     out, start, size = [], 0, 0
     for i, row in enumerate(rows):
-        n = 2 * len(json.dumps(row, default=str)) + 8
+        values = len(json.dumps(row, default=str))
+        n = values + (len(json.dumps(formats[i])) if formats is not None else values) + 8
         if i > start and (size + n > max_bytes or i - start >= max_rows):
             out.append((start, i))
             start, size = i, 0
@@ -191,7 +194,7 @@ class Workbook:
         Per block: formats first (text cells "@"), then values, then the final format of text cells
         that must not stay "@" (restoring a saved cell). Every request is a PATCH of fixed addresses.
         """
-        for a, b in blocks(values, self.max_bytes, self.max_rows):
+        for a, b in blocks(values, self.max_bytes, self.max_rows, formats):
             vals, fmts = values[a:b], formats[a:b]
             where = f"{sheet_path(sheet)}/range(address='{ref(r1 + a, c1, r1 + b - 1, c1 + len(vals[0]) - 1)}')"
             first = [[TEXT_FORMAT if is_text(v) else f for v, f in zip(row, frow, strict=True)]

@@ -19,7 +19,8 @@ GET URL under client.MAX_URL: the properties that do not fit are read per page b
 Modules: client (HTTP calls, rate limits), deals (reading pipelines, deals, owners), incremental
 (the delta), table (deals held as columns), resolve (deal -> row), rows (the frames), history
 (close date / amount history, `field_history: true`), rates (the account's exchange rates,
-`exchange_rates: true`). Memory: an incremental run reads the stored deals a chunk at a time; a
+`exchange_rates: true`), links (each deal's `record_url`: one account-details request on a run that
+builds rows). Memory: an incremental run reads the stored deals a chunk at a time; a
 full pull of 1M deals peaks at ~1.2 GB.
 """
 
@@ -37,7 +38,7 @@ import requests
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext, Extracted, PendingState
 from connectors.http.session import RetryPolicy
-from connectors.sources.hubspot import history
+from connectors.sources.hubspot import history, links
 from connectors.sources.hubspot.client import OWNER_PAGE, HubSpotApi, make_api
 from connectors.sources.hubspot.deals import (
     Progress,
@@ -174,6 +175,7 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
         upserts = StoredPayloads(table, resolver, delta.moved(ctx.engine, cfg.name, upserts))
         deletes = delta.deletes
     records, history_frame, raw = table_frames(cfg, table, resolver)
+    notes = [*notes, *links.link_records(api, cfg, records)]  # record_url: one account-details request
     fetched, field_history = history.field_history(api, cfg, ctx.engine, (table.ids[i] for i in upserts.positions),
                                                    table.ids, deletes, with_stored=delta is not None)
     pending = (_pending(cfg, window, scope, owners, owner_ids, upserts, deletes, fetched)
@@ -194,6 +196,7 @@ def _narrow_result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotAp
     resolver = Resolver(cfg, scope.pipelines, scope.stages, narrow.owners, entered_names=scope.entered)
     upserts = StoredPayloads(table, resolver, range(len(table)))
     records, history_frame, raw = table_frames(cfg, table, resolver)
+    notes = [*notes, *links.link_records(api, cfg, records)]  # record_url: one account-details request
     # the changed deals' close date / amount history; the flow merges it with the rows it holds
     fetched, field_history = history.field_history(api, cfg, ctx.engine, table.ids, table.ids, narrow.deletes,
                                                    with_stored=False)
