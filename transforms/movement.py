@@ -299,7 +299,7 @@ def movement_sheet(m: Movement | None, as_of: date, window: tuple[date, date], l
     tables.append(FormTable("tblMovementOwners", own_top, 0, own_top + max(len(keys), 1), own_headers))
     lines_title = own_top + max(len(keys), 1) + 2
     cells.append(FormCell(lines_title, 0, f"Deals ({len(m.lines)}): one line per deal in scope at D0 or D1", style="bold"))
-    form = SheetForm(cells, tables, widths={0: 16, 1: 10, 2: 14, 3: 16, 4: 16, 5: 16, 6: 16, 7: 16, 8: 14},
+    form = SheetForm(cells, tables, widths={0: 16, **{j: 16 for j in range(1, len(own_headers))}},
                      table_name="tblMovementDeals")
     chart = WaterfallSpec(f"{label} pipeline movement since {m.d0.isoformat()}", SHEET, first, last,
                           8, 4, 5, 6, 7)

@@ -35,7 +35,8 @@ def waterfall_chart(workbook: Any, spec: WaterfallSpec, currency_format: str) ->
     chart.set_title({"name": spec.title, "name_font": {"size": 12}})
     chart.set_legend({"none": True})
     chart.set_x_axis({"num_font": {"rotation": -45}})
-    chart.set_y_axis({"num_format": currency_format.replace(".00", ""), "major_gridlines": {"visible": True}})
+    chart.set_y_axis({"num_format": currency_format.replace(".00", ""), "major_gridlines": {"visible": True},
+                      "min": 0})  # from zero: an axis cut at the start value would make small moves look huge
     chart.set_chartarea({"border": {"none": True}})
     chart.set_size({"width": 560, "height": 300})
     chart.show_blanks_as("gap")
