@@ -25,7 +25,8 @@ def waterfall_chart(workbook: Any, spec: WaterfallSpec, currency_format: str) ->
         else:
             opts.update({"fill": {"color": colour}, "border": {"none": True},
                          "data_labels": {"value": True, "position": "inside_end", "font": {"size": 8},
-                                         "num_format": (f'"{sign}"' if sign else "") + currency_format.replace(".00", "")}})
+                                         "num_format": (f'"{sign}"' if sign else "") + currency_format.replace(".00", "") + ";;"}})
+        # ";;": the negative and zero sections are empty, so a category that did not move has no "+$0" label
         chart.add_series(opts)
 
     series(spec.base_col, "base", None)
