@@ -40,14 +40,14 @@ FLOORS := .venv-floors
 FLOORS_OK := $(FLOORS)/.installed
 FLOOR_TOOLS := pytest pytest-timeout trustme
 FLOOR_TESTS := tests/test_floors.py \
-	tests/test_tableau.py tests/test_tableau_units.py tests/test_tableau_lock.py \
-	tests/test_salesforce.py tests/test_salesforce_limits.py tests/test_salesforce_incremental.py \
-	tests/test_salesforce_flow.py tests/test_hubspot.py tests/test_hubspot_flow.py \
-	tests/test_http.py tests/test_paging.py tests/test_recorded_samples.py \
-	tests/test_msal_auth.py tests/test_onedrive.py tests/test_onedrive_workbook.py \
-	tests/test_files.py tests/test_local_file.py tests/test_xlsx_writer_readback.py \
-	tests/test_config.py tests/test_snapshots.py tests/test_schedules.py tests/test_notify.py \
-	tests/test_flow_prefect.py
+	tests/sources/test_tableau.py tests/sources/test_tableau_units.py tests/sources/test_tableau_lock.py \
+	tests/sources/test_salesforce.py tests/sources/test_salesforce_limits.py tests/sources/test_salesforce_incremental.py \
+	tests/sources/test_salesforce_flow.py tests/sources/test_hubspot.py tests/sources/test_hubspot_flow.py \
+	tests/http/test_http.py tests/http/test_paging.py tests/sources/test_recorded_samples.py \
+	tests/http/test_msal_auth.py tests/destinations/test_onedrive.py tests/destinations/test_onedrive_workbook.py \
+	tests/sources/test_files.py tests/destinations/test_local_file.py tests/workbook/test_xlsx_writer_readback.py \
+	tests/config/test_config.py tests/state/test_snapshots.py tests/flows/test_schedules.py tests/flows/test_notify.py \
+	tests/flows/test_flow_prefect.py
 
 $(FLOORS_OK): pyproject.toml tests/floors.py
 	rm -rf $(FLOORS)

@@ -8,7 +8,7 @@ with a clean second run: the same workbook cell by cell (About left out), or the
 
 `python -m tests.fault_matrix [--out docs/reliability.md]` (`make faults`) prints the table
 and writes it into the document, with the hostile-input table of tests/hostile_inputs.py after
-it (`--hostile only|no`); tests/test_fault_matrix.py and tests/test_bad_inputs.py assert every row.
+it (`--hostile only|no`); tests/test_fault_matrix.py and tests/sources/test_bad_inputs.py assert every row.
 """
 
 from __future__ import annotations

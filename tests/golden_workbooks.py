@@ -53,8 +53,8 @@ from tests.fakes.tableau import FakeDatasource, FakeTableau
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "config" / "examples"
 DEMO_AS_OF = date(2026, 6, 30)
-HUBSPOT_AS_OF = date(2026, 11, 27)  # as tests/test_hubspot_flow.py
-SALESFORCE_AS_OF = date(2025, 5, 2)  # as tests/test_salesforce_flow.py
+HUBSPOT_AS_OF = date(2026, 11, 27)  # as tests/sources/test_hubspot_flow.py
+SALESFORCE_AS_OF = date(2025, 5, 2)  # as tests/sources/test_salesforce_flow.py
 TABLEAU_AS_OF = date(2026, 3, 31)
 ONEDRIVE_AS_OF = DEMO_AS_OF
 
@@ -130,7 +130,7 @@ def build_hubspot(folder: Path) -> Workbooks:
 
 def build_salesforce(folder: Path) -> Workbooks:
     with salesforce_server(folder) as sf:
-        def edit(cfg: dict) -> None:  # as tests/test_salesforce_flow.py: the fake has no Region__c
+        def edit(cfg: dict) -> None:  # as tests/sources/test_salesforce_flow.py: the fake has no Region__c
             src = cfg["sources"][0]
             src.update(domain=sf.server.url, ca_bundle=sf.server.ca_path, next_step_field="Next_Step_Date__c")
             del src["where"]
@@ -184,7 +184,7 @@ def build_tableau(folder: Path) -> Workbooks:
 
 
 class _GraphRouter:
-    """Entra (sign-in) and Graph (drives) on one fake server, as tests/test_onedrive.py does."""
+    """Entra (sign-in) and Graph (drives) on one fake server, as tests/destinations/test_onedrive.py does."""
 
     def __init__(self, entra: FakeEntra, graph: FakeGraph):
         self.entra, self.graph = entra, graph

@@ -2,7 +2,7 @@
 with its memory (RLIMIT_AS) and time bounded here, and a check of what must hold afterwards.
 
 `python -m tests.fault_matrix --out docs/reliability.md` (`make faults`) writes this table next to
-the fault matrix; tests/test_bad_inputs.py asserts every row. `before` records what the same
+the fault matrix; tests/sources/test_bad_inputs.py asserts every row. `before` records what the same
 scenario did before the fixes of issue 17 (measured on commit 098dc3f), for the document.
 """
 

@@ -7,7 +7,7 @@ Authorization header, nextExpectedRanges, GET status, DELETE, explicit commit th
 `@microsoft.graph.sourceUrl`), quoted eTags and If-Match (412), locks (423), nameAlreadyExists
 (409), throttling (429/503 + Retry-After). Bodies follow Microsoft's pages: the error envelope
 (https://learn.microsoft.com/graph/errors) and the upload session answers
-(https://learn.microsoft.com/graph/api/driveitem-createuploadsession); tests/test_recorded_samples.py
+(https://learn.microsoft.com/graph/api/driveitem-createuploadsession); tests/sources/test_recorded_samples.py
 checks them against the recorded samples in ../shared/fixtures/real/msgraph/ when that is there.
 
 eTag and cTag follow the driveItem resource page

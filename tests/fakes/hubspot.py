@@ -4,7 +4,7 @@ Follows ../shared/docs/api-contracts.md section 2: Bearer auth with the document
 envelope, string-typed properties, `paging.next.after` that is absent on the last page,
 search capped at `search_cap` results (400 beyond), rate-limit headers on non-search answers
 and a 10-second window enforced against an injected clock. `seed_demo` gives it seven deals;
-`from_page` seeds it with a recorded deals page instead (tests/test_recorded_samples.py replays
+`from_page` seeds it with a recorded deals page instead (tests/sources/test_recorded_samples.py replays
 ../shared/fixtures/real/hubspot/dlt_deals_data.json through it).
 
 Also as HubSpot does (issue 19): a GET whose URL is longer than `url_limit` (8,192 characters)

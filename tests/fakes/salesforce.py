@@ -5,7 +5,7 @@ It implements what the connector uses, the way Salesforce does it:
   JWT bearer flow (RS256 signature checked with the test's public key, iss/sub/aud/exp checked);
   the success and error bodies are those of api-contracts.md section 3.1 (the recorded
   oauth_*.json samples in ../shared/fixtures/real/salesforce/ have the same keys:
-  tests/test_recorded_samples.py).
+  tests/sources/test_recorded_samples.py).
 - GET /services/data/ (versions), /vXX.X/limits (section 3.5, from this fake's counters), /vXX.X/query and
   /queryAll with a small SOQL evaluator (SELECT fields FROM object WHERE ... ORDER BY ...),
   paging through `nextRecordsUrl` (relative, `done`, `totalSize`) at `page_size` rows.

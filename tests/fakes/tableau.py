@@ -3,7 +3,7 @@
 Serve it with tests.fakes.server.FakeServer. Its bodies follow the REST API reference
 (https://help.tableau.com/current/api/rest_api/en-us/REST/rest_api_ref_authentication.htm: the
 sign-in answer `<credentials token><site id contentUrl/><user id/></credentials>`, errors as
-`<error code><summary/><detail/></error>`); tests/test_recorded_samples.py checks them against the
+`<error code><summary/><detail/></error>`); tests/sources/test_recorded_samples.py checks them against the
 recorded samples in ../shared/fixtures/real/tableau/ when that folder is there, and
 `add_recorded_views` serves the recorded view pages' <view> elements verbatim.
 Rules, each from Tableau's own pages (cited where they are applied):

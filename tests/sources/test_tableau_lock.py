@@ -23,7 +23,7 @@ from connectors.sources.tableau.token_lock import TokenInUseError, lock_path, to
 from tests.fakes.server import FakeServer
 from tests.fakes.tableau import FakeTableau, opportunities_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPP_VIEW = "9f1c2d3e-4b5a-4c6d-8e7f-001122334455"
 TOKENS = {"etl-bot": "pat-secret-1", "other-bot": "pat-secret-2"}
 

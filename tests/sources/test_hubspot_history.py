@@ -12,8 +12,8 @@ from config.loader import load_config
 from config.models import AppConfig
 from flows.pipeline import extract_source, prepare
 from tests.fakes.hubspot import STAGE_MAP, T0, TOKEN, Harness, demo_harness
-from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
-from tests.test_validated_reuse import later, run_flow, sheets
+from tests.sources.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
+from tests.state.test_validated_reuse import later, run_flow, sheets
 from transforms.analytics import build_analytics
 from transforms.canonical import canonicalize, canonicalize_history
 from transforms.field_history import canonicalize_field_history

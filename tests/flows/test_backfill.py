@@ -28,7 +28,7 @@ from flows.cli import main
 from flows.pipeline import run_pipeline
 from transforms.demo_data import generate_demo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ANCHOR = date(2026, 6, 30)
 MONTH_ENDS = [date(2026, 1, 31), date(2026, 2, 28), date(2026, 3, 31), date(2026, 4, 30), date(2026, 5, 31),
               date(2026, 6, 30)]

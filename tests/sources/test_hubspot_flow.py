@@ -16,7 +16,7 @@ from flows.pipeline import run_pipeline
 from tests.fakes.hubspot import TOKEN, demo_server
 from tests.fakes.server import FakeServer
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "hubspot.yaml"
 AS_OF = date(2026, 11, 27)
 
 

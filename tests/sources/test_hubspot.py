@@ -25,7 +25,7 @@ from tests.fakes.hubspot import (
 from transforms.canonical import canonicalize, canonicalize_history
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "hubspot.yaml"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import extract_all, prepare, transform
-from tests.test_cli_demo import demo_config
+from tests.flows.test_cli_demo import demo_config
 from transforms.demo_data import INJECTIONS, STAGE_LIMITS, generate_demo, generate_partner_deals
 
 
@@ -63,6 +63,6 @@ def test_demo_config_demo_data_only(tmp_path: Path) -> None:
     """The demo config's links come from its templates, on an example.com host."""
     import yaml
 
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "demo.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "demo.yaml").read_text())
     assert [s["record_url_template"] for s in cfg["sources"]] == [
         "https://crm.example.com/deals/{opportunity_id}", "https://partners.example.com/deals/{opportunity_id}"]

@@ -15,7 +15,7 @@ from config.models import SalesforceSourceConfig
 from config.soql import soql_literal
 from tests.fakes.salesforce import oid, run, running_fake, tokenize, unescape
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "salesforce.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "salesforce.yaml"
 BASE = {"type": "salesforce", "name": "sf", "domain": "https://acme.my.salesforce.com", "client_id": "id",
         "client_secret": "secret"}
 

@@ -10,7 +10,7 @@ import openpyxl
 import pytest
 
 from flows.backfill import backfill
-from tests.test_backfill import demo_files, write_config  # noqa: F401  (the module's demo fixture)
+from tests.flows.test_backfill import demo_files, write_config  # noqa: F401  (the module's demo fixture)
 
 WEEKS = [date(2026, 5, 3) + timedelta(weeks=k) for k in range(4)]  # Sundays
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from config import models
 from config.loader import load_config
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 ENV = {name: "placeholder-value" for name in (
     "HUBSPOT_TOKEN", "SF_CLIENT_ID", "SF_CLIENT_SECRET", "TABLEAU_TOKEN_NAME", "TABLEAU_TOKEN_SECRET",
     "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")} | {"SLACK_WEBHOOK_URL": "json://127.0.0.1:9/hook"}

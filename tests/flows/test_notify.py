@@ -32,7 +32,7 @@ from flows.sync import sync_report
 from tests.fakes.hubspot import TOKEN, demo_server
 from tests.fakes.server import FakeServer
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "hubspot.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "hubspot.yaml"
 HOOK_TOKEN = "hooktok-7f3a9c2e5b1d"  # the secret part of the webhook URLs
 PLAIN = lambda step, name: step  # noqa: E731  (the flow's body without Prefect tasks)
 

@@ -31,7 +31,7 @@ from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, write_workbo
 from flows.cli import main
 from tests.golden_workbooks import BUILDERS
 from tests.shared_fixtures import STANDARDS, absent, in_ci
-from tests.test_cli_demo import AS_OF, demo_config
+from tests.flows.test_cli_demo import AS_OF, demo_config
 
 
 def _unavailable(reason: str) -> None:
@@ -300,14 +300,14 @@ HOSTILE_OWNER = "=HYPERLINK(\"x\")_x0041__x0042_ _x0043_x0044_\x07" + "\u00e9" *
 
 @pytest.fixture(scope="module")
 def movement_workbook(tmp_path_factory) -> Path:
-    """Two snapshots through the analytics (tests/test_movement.py's hand case, one owner renamed
+    """Two snapshots through the analytics (tests/transforms/test_movement.py's hand case, one owner renamed
     to hostile text, quotas set): Movement with its form, owner table, deal lines and the
     Summary's waterfall, Targets with quota cells and formulas, and a raw sheet whose table name
     would clash with the Movement form's."""
     from connectors.state import snapshots as store
     from connectors.state.db import make_engine
     from tests.analytics_support import make_cfg, make_history, make_opps
-    from tests.test_movement import AFTER, BEFORE, D0, D1
+    from tests.transforms.test_movement import AFTER, BEFORE, D0, D1
     from transforms.analytics import build_analytics
 
     engine = make_engine("sqlite://")

@@ -20,7 +20,7 @@ from config.models import AppConfig
 from transforms.analytics import build_analytics
 from transforms.canonical import canonicalize, canonicalize_history
 
-CASE = Path(__file__).parent / "data" / "hand_case"
+CASE = Path(__file__).parents[1] / "data" / "hand_case"
 AS_OF = date(2026, 5, 20)
 
 

@@ -509,7 +509,7 @@ def test_no_secret_or_token_in_logs_errors_or_results(env: Env, caplog: pytest.L
 def test_example_config_loads_with_both_auth_styles() -> None:
     from config.loader import load_config
 
-    example = Path(__file__).resolve().parents[1] / "config" / "examples" / "onedrive.yaml"
+    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "onedrive.yaml"
     loaded = load_config(example, env={"ONEDRIVE_CLIENT_SECRET": "example-secret"})
     app, me = loaded.config.destinations
     assert (app.auth, app.site, app.conflict, app.on_locked, app.chunk_size) == (

@@ -200,7 +200,7 @@ def test_overlap_between_two_processes(tmp_path: Path):
          "import sys; from pathlib import Path; from flows.schedules import report_lock\n"
          f"with report_lock(Path({str(path)!r}), 'wait', run_id='other-process') as got:\n"
          "    print('locked', got.acquired, flush=True); sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert holder.stdout.readline().strip() == "locked True"
         with report_lock(path, "skip") as got:
@@ -224,7 +224,7 @@ def test_a_crashed_holder_does_not_leave_the_lock_held(tmp_path: Path):
     path = tmp_path / "pipeline.lock"
     code = (f"import os; from pathlib import Path; from flows.schedules import report_lock\n"
             f"with report_lock(Path({str(path)!r}), 'wait'): os._exit(3)\n")
-    rc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode
+    rc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2]).returncode
     assert rc == 3
     with report_lock(path, "skip") as got:
         assert got.acquired

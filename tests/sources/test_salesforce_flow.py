@@ -16,7 +16,7 @@ from connectors.state.source_state import load_records
 from flows.pipeline import run_pipeline
 from tests.fakes.salesforce import FAST, make_cfg, make_ctx, oid, running_fake
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "salesforce.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "salesforce.yaml"
 AS_OF = date(2025, 5, 2)
 
 

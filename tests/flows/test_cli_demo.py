@@ -12,7 +12,7 @@ import yaml
 from config.workbook import SHEET_ORDER
 from flows.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AS_OF = date(2026, 6, 30)
 
 

@@ -29,7 +29,7 @@ from tests.fakes.server import FakeServer
 from tests.fakes.tableau import FakeDatasource, FakeTableau, opportunities_csv, split_vf_value
 from tests.shared_fixtures import recorded_bytes
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "tableau.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "tableau.yaml"
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -161,7 +161,7 @@ def test_history_wins_over_snapshots_where_the_source_keeps_it() -> None:
 
 
 def test_the_salesforce_flow_writes_push_count_on_opportunities(fake, tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[1] / "config" / "examples" / "salesforce.yaml"
+    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "salesforce.yaml"
     raw = yaml.safe_load(example.read_text())
     raw["sources"][0].update(domain=fake.server.url, ca_bundle=fake.server.ca_path)
     raw["sources"][0].pop("where", None)

@@ -21,7 +21,7 @@ from flows.cli import main
 from flows.notify import digest_for_run, notify_failure, notify_success, render_digest
 from flows.pipeline import run_pipeline
 from tests.fault_matrix import AS_OF, REMOTE, World, shared_row
-from tests.test_notify import Receiver
+from tests.flows.test_notify import Receiver
 
 # every kind of outcome: transient retries, re-authentication on all four services, stale fallbacks,
 # destination failures, a killed process, a locked state store

@@ -20,7 +20,7 @@ from config.loader import load_config
 from flows.cli import main
 from flows.serve import check_unique, deployment_specs, describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = """\
 timezone: Europe/Berlin
 report: sales-emea

@@ -91,5 +91,5 @@ def test_verbosity_shows_our_steps_before_every_library(verbosity: int, ours: st
             "print(logging.getLevelName(logging.getLogger('connectors.sources.files').getEffectiveLevel()), "
             "logging.getLevelName(logging.getLogger('urllib3.connectionpool').getEffectiveLevel()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out == [ours, theirs]

@@ -37,7 +37,7 @@ from flows.cli import main
 from tests import hostile_inputs as hostile
 from transforms.canonical import canonicalize
 
-CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
 sys.path.insert(0, str(CORPUS))
 from generate import HEADER, INJECTIONS, MANIFEST, TEXT_FIELDS, big_csv, corpus  # noqa: E402
 
@@ -138,7 +138,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(folder / "pipeline.yaml"),
                            "--as-of", AS_OF, "--no-prefect"], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     book = openpyxl.load_workbook(folder / "out.xlsx") if (folder / "out.xlsx").is_file() else None
     return {"code": proc.returncode, "out": proc.stdout, "err": proc.stderr, "book": book, "xlsx": xlsx,
             "folder": folder}
@@ -379,7 +379,7 @@ def test_every_hostile_scenario_ends_as_expected(case: hostile.Case) -> None:
 
 
 def test_the_document_lists_every_hostile_scenario_as_passing() -> None:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
     begin, end = "<!-- hostile-inputs:begin -->", "<!-- hostile-inputs:end -->"
     table = text[text.index(begin):text.index(end)]
     lines = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]

@@ -17,7 +17,7 @@ from connectors.state.db import make_engine
 from connectors.state.source_state import get_version
 from flows.pipeline import extract_source, prepare, run_pipeline
 from tests.fakes.hubspot import TOKEN
-from tests.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
+from tests.sources.test_hubspot_flow import AS_OF, fake, write_config  # noqa: F401 - the fake is a fixture
 
 SOURCE = "hubspot_main"
 
@@ -160,7 +160,7 @@ def test_cache_files_are_owner_only_and_live_beside_the_state_db(flow, tmp_path:
 @pytest.fixture
 def sf_flow(tmp_path: Path):
     from tests.fakes.salesforce import running_fake
-    from tests.test_salesforce_flow import write_config as sf_config
+    from tests.sources.test_salesforce_flow import write_config as sf_config
 
     with running_fake(tmp_path) as sf:
         path = sf_config(sf, tmp_path)
@@ -170,7 +170,7 @@ def sf_flow(tmp_path: Path):
 
 
 def sf_run(sf, path: Path, **kw):
-    from tests.test_salesforce_flow import AS_OF as SF_AS_OF
+    from tests.sources.test_salesforce_flow import AS_OF as SF_AS_OF
 
     loaded = load_config(path, env={"SF_CLIENT_ID": sf.client_id, "SF_CLIENT_SECRET": sf.client_secret})
     return kept(run_pipeline(path, SF_AS_OF, loaded=loaded, **kw))
@@ -203,8 +203,8 @@ def test_salesforce_reuses_unchanged_rows_and_rebuilds_changed_ones(sf_flow, cha
 
 @pytest.fixture
 def demo(tmp_path: Path):
-    from tests.test_cli_demo import AS_OF as DEMO_AS_OF
-    from tests.test_cli_demo import demo_config
+    from tests.flows.test_cli_demo import AS_OF as DEMO_AS_OF
+    from tests.flows.test_cli_demo import demo_config
 
     path = demo_config(tmp_path, "out/pipeline.xlsx")
     return path, DEMO_AS_OF, tmp_path / "demo"

@@ -25,7 +25,7 @@ from tests.fakes.salesforce import oid, run, running_fake
 from transforms.analytics import build_analytics
 from transforms.canonical import canonicalize
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
 
 def sheet(path: str, name: str) -> pd.DataFrame:
