@@ -34,6 +34,14 @@ def register(values: Iterable[str]) -> None:
         _secrets = tuple(sorted(set(_secrets) | new, key=len, reverse=True))
 
 
+def forget(keep: Iterable[str] = ()) -> None:
+    """Forget every registered value except `keep` (a process that loads another config; the tests,
+    which load many in one process and must not mask one config's values in another's output)."""
+    global _secrets
+    with _lock:
+        _secrets = tuple(sorted({v for v in keep if isinstance(v, str) and len(v) >= MIN_LENGTH}, key=len, reverse=True))
+
+
 def known() -> tuple[str, ...]:
     return _secrets
 

@@ -220,7 +220,8 @@ def test_registering_a_taken_name_needs_replace():
         ("csv", ["connectors/sources/files.py"]),
         ("excel", ["connectors/sources/files.py"]),
         ("hubspot", [*(f"connectors/sources/hubspot/{m}.py" for m in (
-            "extract", "__init__", "client", "deals", "history", "incremental", "rates", "resolve", "rows", "table")),
+            "extract", "__init__", "client", "deals", "history", "incremental", "links", "rates", "resolve", "rows",
+            "table")),
             "connectors/sources/incremental.py", "connectors/state/field_history.py"]),
         ("salesforce", [*(f"connectors/sources/salesforce/{m}.py" for m in (
             "__init__", "client", "extractor", "query", "rates", "rows")),

@@ -173,6 +173,7 @@ def test_persistent_5xx_gives_up_as_retriable(fake: SalesforceFake) -> None:
 
 def test_limit_header_at_debug_and_no_secret_in_logs(fake: SalesforceFake, caplog) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="connectors")  # whatever an earlier CLI run set it to
     fake.faults = {3: "expire", 4: "503"}
     run(fake)
     messages = [r.getMessage() for r in caplog.records]
