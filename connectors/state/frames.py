@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Any
+import zipfile
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -228,20 +229,40 @@ def _pandas_dtype(dmeta: dict[str, Any]) -> Any:
     return object
 
 
+class _Members(dict):
+    """The arrays of an .npz being written: each one goes into the zip when it is set (and is not
+    kept), so writing holds one column's arrays at a time, not every column's."""
+
+    def __init__(self, zf: zipfile.ZipFile):
+        super().__init__()
+        self.zf = zf
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        with self.zf.open(f"{key}.npy", "w", force_zip64=True) as fh:  # as np.savez writes each member
+            np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+
+def dump_to(fh: BinaryIO, frames: list[pd.DataFrame | None], extra: dict[str, Any]) -> None:
+    """Write the frames (None kept as None) and a JSON-able `extra` as an .npz into `fh`, a column
+    at a time; raises Unsupported (then `fh` holds a partial file: the caller discards it)."""
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        arrays = _Members(zf)
+        manifest = {"extra": extra, "frames": [None if fr is None else _encode_frame(fr, f, arrays)
+                                               for f, fr in enumerate(frames)]}
+        arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+
+
 def dump(frames: list[pd.DataFrame | None], extra: dict[str, Any]) -> bytes:
     """The frames (None kept as None) and a JSON-able `extra` as .npz bytes; raises Unsupported."""
-    arrays: dict[str, np.ndarray] = {}
-    manifest = {"extra": extra, "frames": [None if fr is None else _encode_frame(fr, f, arrays)
-                                           for f, fr in enumerate(frames)]}
-    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    dump_to(buf, frames, extra)
     return buf.getvalue()
 
 
-def load(data: bytes) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
-    """What `dump` wrote; raises (ValueError, KeyError, ...) on anything malformed, never runs code."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+def load(data: bytes | BinaryIO) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
+    """What `dump` wrote (its bytes, or a file open on them); raises (ValueError, KeyError, ...) on
+    anything malformed, never runs code."""
+    with np.load(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data, allow_pickle=False) as arrays:
         manifest = json.loads(arrays["manifest"].tobytes().decode())
         frames = [None if m is None else _decode_frame(m, f, arrays) for f, m in enumerate(manifest["frames"])]
     return frames, manifest["extra"]
