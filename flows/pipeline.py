@@ -335,9 +335,19 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """The parts one below the other; a single part as it is (no copy of a million rows)."""
-    if len(parts) == 1 and isinstance(parts[0].index, pd.RangeIndex) and parts[0].index.start == 0:
-        return parts[0]
+    """The parts one below the other. When only one part has rows and stacking would not change
+    its columns or their types, that part as it is (no copy of a million rows; the empty parts of
+    the other sources add nothing)."""
+    full = [p for p in parts if len(p)]
+    if len(full) == 1 and isinstance(full[0].index, pd.RangeIndex) and full[0].index.start == 0 \
+            and full[0].index.step == 1:
+        one = full[0]
+        if len(parts) == 1:
+            return one
+        shape = pd.concat([p.iloc[:0] for p in parts], ignore_index=True)
+        if list(shape.columns) == list(one.columns) and all(
+                a == b for a, b in zip(shape.dtypes.tolist(), one.dtypes.tolist(), strict=True)):
+            return one
     return pd.concat(parts, ignore_index=True)
 
 
