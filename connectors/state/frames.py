@@ -89,7 +89,12 @@ def _codes(values: np.ndarray) -> np.ndarray:
 def _encode_objects(values: np.ndarray, key: str, arrays: dict[str, np.ndarray]) -> None:
     codes = _codes(values)
     is_str = codes == STR
-    strings = [v if type(v) is str else str(v) for v in values[is_str].tolist()]
+    # each distinct text once, and per text cell the int32 number of its text (rows share their text again
+    # when read: a column of a few owners over a million rows is a few strings, not a million)
+    texts, distinct = pd.factorize(np.array([v if type(v) is str else str(v) for v in values[is_str].tolist()],
+                                            dtype=object))
+    arrays[f"{key}.idx"] = texts.astype(np.int32)
+    strings = distinct.tolist()
     text = "\x00".join(strings)
     if strings and text.count("\x00") != len(strings) - 1:  # a NUL inside a value: lengths instead
         encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
@@ -112,7 +117,12 @@ def _decode_objects(key: str, arrays: Any, n: int) -> np.ndarray:
         raise ValueError(f"{key}: bad type codes")
     raw = arrays[f"{key}.txt"].tobytes()
     is_str = codes == STR
-    count = int(is_str.sum())
+    idx = arrays[f"{key}.idx"]
+    if idx.shape != (int(is_str.sum()),) or idx.dtype != np.int32:
+        raise ValueError(f"{key}: bad text numbers")
+    count = int(idx.max()) + 1 if len(idx) else 0
+    if len(idx) and idx.min() < 0:
+        raise ValueError(f"{key}: bad text numbers")
     if f"{key}.len" in arrays.files:
         lengths = arrays[f"{key}.len"]
         ends = np.cumsum(lengths)
@@ -123,27 +133,25 @@ def _decode_objects(key: str, arrays: Any, n: int) -> np.ndarray:
         strings = raw.decode("utf-8", "surrogatepass").split("\x00") if count else []
     if len(strings) != count:
         raise ValueError(f"{key}: {len(strings)} texts for {count} cells")
-    out = np.empty(n, dtype=object)
+    out = np.empty(n, dtype=object)  # (cells start as None)
     texts = np.empty(count, dtype=object)
     texts[:] = strings
-    out[is_str] = texts
-    ints, floats = iter(arrays[f"{key}.int"].tolist()), iter(arrays[f"{key}.flt"].tolist())
-    for i in np.flatnonzero(~is_str).tolist():
-        c = int(codes[i])
-        if c == NONE:
-            out[i] = None
-        elif c == NAT:
-            out[i] = pd.NaT
-        elif c == FLOAT:
-            out[i] = next(floats)
-        else:
-            v = next(ints)
-            out[i] = (v if c == INT else bool(v) if c == BOOL else pd.Timestamp(v) if c == TIMESTAMP
-                      else _EPOCH + dt.timedelta(microseconds=v) if c == DATETIME
-                      else dt.date.fromordinal(v) if c == DATE
-                      else (dt.datetime.min + dt.timedelta(microseconds=v)).time())
-    if next(ints, None) is not None or next(floats, None) is not None:
-        raise ValueError(f"{key}: more values than cells")
+    out[is_str] = texts[idx]
+    out[codes == NAT] = pd.NaT
+    flts, ints = arrays[f"{key}.flt"], arrays[f"{key}.int"]
+    at_float = codes == FLOAT
+    at_int = ~is_str & (codes != NONE) & (codes != NAT) & ~at_float  # in order, the cells `ints` holds
+    if len(flts) != int(at_float.sum()) or len(ints) != int(at_int.sum()):
+        raise ValueError(f"{key}: values and cells differ in number")
+    out[at_float] = flts.tolist()
+    plain = codes[at_int] == INT
+    where = np.flatnonzero(at_int)
+    out[where[plain]] = ints[plain].tolist()
+    for i, c, v in zip(where[~plain].tolist(), codes[where[~plain]].tolist(), ints[~plain].tolist(), strict=True):
+        out[i] = (bool(v) if c == BOOL else pd.Timestamp(v) if c == TIMESTAMP
+                  else _EPOCH + dt.timedelta(microseconds=v) if c == DATETIME
+                  else dt.date.fromordinal(v) if c == DATE
+                  else (dt.datetime.min + dt.timedelta(microseconds=v)).time())
     return out
 
 

@@ -31,8 +31,8 @@ from connectors.state.private import check_private_file, private_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # of the entries; bump when SourceRows changes shape (1 was a pickle: never read again; 2 had no
-# field history)
+FORMAT = 4  # of the entries; bump when SourceRows or connectors.state.frames changes shape (1 was a pickle:
+# never read again; 2 had no field history; 3 stored every text cell's text)
 MAX_ENTRY_BYTES = 8 << 30  # a header naming a larger data file is not believed
 
 
