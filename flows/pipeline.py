@@ -287,14 +287,18 @@ def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
     with measured(run.stages, "validate"):
-        validated = validate(run, extracted, failures)
+        validated = validate(run, extracted, failures, release=True)
     release_rows(extracted)
     with measured(run.stages, "analyze"):
         return analyze(run, validated)
 
 
-def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
-    """Every source's rows typed and checked (rejected rows with reasons), and their stage history."""
+def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None, *,
+             release: bool = False) -> Validated:
+    """Every source's rows typed and checked (rejected rows with reasons), and their stage history.
+
+    `release`: drop each source's unvalidated records and history as soon as they are validated
+    (as `release_rows` does afterwards), so a million raw rows are not held while the next part is."""
     cfg = run.config
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
@@ -308,7 +312,10 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         if e is None:
             reports.append(SourceReport(src.name, src.type, 0, 0, 0, 0.0, stale=True, error=failures.get(src.name)))
             continue
-        rows = e.reused_rows if e.reused_rows is not None else _validate_source(run, src, e)
+        validated_rows = 0 if e.reused_rows is not None else (
+            int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum()) if _delta_applies(e)
+            else len(e.records))
+        rows = e.reused_rows if e.reused_rows is not None else _validate_source(run, src, e, release=release)
         by_source[src.name] = rows
         loaded_parts.append(rows.loaded)
         rejected_parts.append(rows.rejected)
@@ -320,9 +327,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
             retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None,
-            validated_rows=0 if e.reused_rows is not None else (
-                int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum())
-                if _delta_applies(e) else len(e.records))))
+            validated_rows=validated_rows))
     opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
     rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
@@ -417,7 +422,9 @@ def release_rows(extracted: list[Extracted]) -> None:
         e.base_rows = None
 
 
-def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
+def _validate_source(run: RunContext, src: Any, e: Extracted, *, release: bool = False) -> SourceRows:
+    """One source's rows validated (only the changes, merged into the base rows, when they apply);
+    `release`: `e`'s records are dropped once validated, before its history is."""
     if _delta_applies(e):
         return _validate_delta(run, src, e, e.base_rows, e.delta_ids)
     cfg = run.config
@@ -427,9 +434,13 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
         rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, e.rates), as_of=run.as_of,
         decimal=getattr(src, "decimal", None),
     )
+    if release:
+        e.records = e.records.iloc[:0]
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
         date_format=getattr(src, "date_format", None))
+    if release:
+        e.history = None
     fields = None if e.field_history is None else canonicalize_field_history(e.field_history, source=src.name, tz=cfg.tz)
     return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read, fields)
 
@@ -594,7 +605,7 @@ def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str,
     state and the snapshots of the reports that succeeded; a failed report fails the run after
     the others are published."""
     specs = report_specs(run.config, names)
-    validated = wrap(validate, "validate")(run, extracted, failures)
+    validated = wrap(validate, "validate")(run, extracted, failures, release=True)
     release_rows(extracted)
     _ = run.engine  # tables exist before the reports open their own connections
     calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))

@@ -80,6 +80,13 @@ def _text(series: pd.Series) -> pd.Series:
     return pd.Series(stripped[codes], index=series.index, dtype=object)
 
 
+def _text_coded(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, texts) with `_text(series)` = texts[codes]: one stripped text per distinct raw value."""
+    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+    texts = np.array([str(u).strip() for u in uniques.tolist()] + [""], dtype=object)
+    return np.where(codes < 0, len(uniques), codes), texts
+
+
 def _each_distinct(texts: pd.Series, fn: Callable[[str], str]) -> pd.Series:
     """`fn` of each text (as `_text` gives them: no missing), called once per distinct text; rows
     with equal texts share one result (no new string per row)."""
@@ -517,18 +524,40 @@ def canonicalize_history(history: pd.DataFrame, *, source: str, tz: tzinfo, stag
         return pd.DataFrame({"opportunity_id": pd.Series(dtype=object), "stage": pd.Series(dtype=object),
                              "entered_date": pd.Series(dtype="datetime64[ns]"), SOURCE_COLUMN: pd.Series(dtype=object)})
     lookup = _stage_lookup(stages, stage_map)
-    ids = _text(history["opportunity_id"])
-    stage = _each_distinct(_text(history["stage"]), str.lower).map(lookup)
+    id_codes, id_texts = _text_coded(history["opportunity_id"])
+    ids = pd.Series(id_texts[id_codes], index=history.index, dtype=object)  # = _text(...)
+    rank = pd.factorize(id_texts, sort=True)[0].astype(np.int32)[id_codes]  # each row's id: its rank in text order
+    del id_codes, id_texts
+    stage_codes, stage_texts = _text_coded(history["stage"])
+    lowered = np.array([t.lower() for t in stage_texts.tolist()], dtype=object)
+    stage = pd.Series(lowered[stage_codes], index=history.index, dtype=object).map(lookup)
+    key = pd.factorize(np.array([lookup.get(t) for t in lowered.tolist()], dtype=object))[0].astype(np.int32)
+    key = key[stage_codes]
+    del stage_codes
     entered, _ = parse_dates(history["entered_date"], "entered_date", tz, date_format)
     usable = ((ids != "") & stage.notna() & entered.notna()).to_numpy(dtype=bool)
     out = pd.DataFrame({"opportunity_id": ids, "stage": stage, "entered_date": entered}, copy=False)
+    day = entered.to_numpy(dtype="datetime64[ns]").view(np.int64)
     del ids, stage, entered
-    # (millions of rows: each step copies the rows only when it drops or moves some)
-    if not usable.all():
-        out = out[usable]
-    dup = out.duplicated().to_numpy(dtype=bool)
-    if dup.any():
-        out = out[~dup]
-    out = out.sort_values(["opportunity_id", "entered_date"], kind="stable").reset_index(drop=True)
+    rows = None if usable.all() else np.flatnonzero(usable)
+    if rows is not None:
+        rank, key, day = rank[rows], key[rows], day[rows]
+    # What drop_duplicates() then sort_values(["opportunity_id", "entered_date"], kind="stable") keep, in
+    # their order, from integer keys (millions of rows: no hash table per column, one copy of the rows)
+    by_key = np.lexsort((key, day, rank))  # stable: equal rows stay in their order, the first one is kept
+    same = np.diff(rank[by_key]) == 0
+    same &= np.diff(day[by_key]) == 0
+    same &= np.diff(key[by_key]) == 0
+    del key
+    keep = np.ones(len(rank), dtype=bool)
+    keep[by_key[1:][same]] = False
+    del by_key, same
+    if keep.all():
+        order = np.lexsort((day, rank))
+    else:
+        kept = np.flatnonzero(keep)
+        order = kept[np.lexsort((day[kept], rank[kept]))]
+    del rank, day, keep
+    out = out.take(order if rows is None else rows[order]).reset_index(drop=True)
     out[SOURCE_COLUMN] = source
     return out
