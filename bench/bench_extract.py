@@ -348,6 +348,7 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
             res = run_pipeline(path, loaded=loaded)
             totals.append(time.perf_counter() - t)
             assert res.sources[0].rows_loaded == first.sources[0].rows_loaded
+            out.setdefault("nothing_changed_stages", []).append({st.name: round(st.seconds, 2) for st in res.stages})
         out["nothing_changed_run_pipeline_seconds"] = [round(x, 2) for x in totals]
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat

@@ -81,7 +81,16 @@ def _codes(values: np.ndarray) -> np.ndarray:
     if infer_dtype(values, skipna=True) in ("string", "empty"):
         codes = np.full(len(values), STR, dtype=np.uint8)
         missing = np.flatnonzero(pd.isna(values))
-        codes[missing] = [_code(v) for v in values[missing]]
+        none = np.asarray(values[missing] == None, dtype=bool)  # noqa: E711 - elementwise, in C: the usual gap
+        codes[missing[none]] = NONE
+        rest = missing[~none]
+        if len(rest):  # NaN and NaT by their type (C loops over the cells), anything else cell by cell
+            kinds, types = pd.factorize(np.frompyfunc(type, 1, 1)(values[rest]))
+            by_type = np.array([FLOAT if t is float or issubclass(t, np.floating) else NAT if t is type(pd.NaT)
+                                else 255 for t in types.tolist()], dtype=np.uint8)
+            codes[rest] = by_type[kinds]
+            other = rest[codes[rest] == 255]
+            codes[other] = [_code(v) for v in values[other]]
         return codes
     return np.fromiter((_code(v) for v in values), dtype=np.uint8, count=len(values))
 
@@ -91,10 +100,9 @@ def _encode_objects(values: np.ndarray, key: str, arrays: dict[str, np.ndarray])
     is_str = codes == STR
     # each distinct text once, and per text cell the int32 number of its text (rows share their text again
     # when read: a column of a few owners over a million rows is a few strings, not a million)
-    texts, distinct = pd.factorize(np.array([v if type(v) is str else str(v) for v in values[is_str].tolist()],
-                                            dtype=object))
+    texts, distinct = pd.factorize(values[is_str])  # (a str subclass equals its text: stored as that text)
     arrays[f"{key}.idx"] = texts.astype(np.int32)
-    strings = distinct.tolist()
+    strings = [v if type(v) is str else str(v) for v in distinct.tolist()]
     text = "\x00".join(strings)
     if strings and text.count("\x00") != len(strings) - 1:  # a NUL inside a value: lengths instead
         encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
