@@ -379,9 +379,15 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
                 out["steps_gc_disabled"] = timed_steps(path, loaded)
             finally:
                 gc.enable()
-        if profile:  # one run with 1% of the deals changed
+        if profile:  # one run with nothing changed (for comparison), then one with 1% of the deals changed
             from pyinstrument import Profiler
 
+            prof = Profiler(interval=0.002)
+            prof.start()
+            run_pipeline(path, loaded=loaded)
+            prof.stop()
+            (HERE / "extract_profile_unchanged.txt").write_text(prof.output_text(unicode=False, color=False,
+                                                                                 show_all=False))
             changed_at = datetime.now(UTC) + timedelta(milliseconds=5)
             fake.call("change", 100, changed_at.isoformat(), 1000)
             time.sleep(1.1)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from config.loader import LoadedConfig, load_config
 from config.models import AppConfig, ReportFilterConfig
@@ -378,11 +379,11 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
         row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-        kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
+        kept = old[~_as_text(old["opportunity_id"]).isin(changed).to_numpy()]
         return _stacked([p for p in (kept, new) if len(p)]) if len(kept) or len(new) else new
 
     loaded = merged(base.loaded, fresh.loaded)
-    loaded = loaded.iloc[np.argsort(loaded["opportunity_id"].astype(str).map(row_of).to_numpy(), kind="stable")]
+    loaded = loaded.iloc[np.argsort(_as_text(loaded["opportunity_id"]).map(row_of).to_numpy(), kind="stable")]
     rejected = merged(base.rejected, fresh.rejected)
     if len(rejected):  # row numbers of kept rejects follow the records' current order
         rejected = rejected.assign(row=rejected["opportunity_id"].astype(str).map(row_of).astype(int).to_numpy())
@@ -406,9 +407,16 @@ def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], 
     `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
     that only deals now gone had keeps its place, empty: HubSpot returns each property read for
     every deal, null when empty, so a full read has it too.)"""
-    kept = base[~base["id"].astype(str).isin(changed).to_numpy()]
+    kept = base[~_as_text(base["id"]).isin(changed).to_numpy()]
     raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
-    return raw.iloc[np.argsort(raw["id"].astype(str).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
+    return raw.iloc[np.argsort(_as_text(raw["id"]).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _as_text(ids: pd.Series) -> pd.Series:
+    """`ids.astype(str)`, without converting (and copying) a column that already holds only text."""
+    if ids.dtype == object and infer_dtype(ids, skipna=False) == "string":
+        return ids
+    return ids.astype(str)
 
 
 def release_rows(extracted: list[Extracted]) -> None:
