@@ -348,6 +348,7 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
             res = run_pipeline(path, loaded=loaded)
             totals.append(time.perf_counter() - t)
             assert res.sources[0].rows_loaded == first.sources[0].rows_loaded
+            out.setdefault("nothing_changed_stages", []).append({st.name: round(st.seconds, 2) for st in res.stages})
         out["nothing_changed_run_pipeline_seconds"] = [round(x, 2) for x in totals]
         out["nothing_changed_median_seconds"] = round(statistics.median(totals), 2)
         out["nothing_changed_requests_per_run"] = sum(fake.call("requests").values()) / repeat
@@ -378,9 +379,15 @@ def flow_case(n: int, work: Path, repeat: int, profile: bool, variants: bool = T
                 out["steps_gc_disabled"] = timed_steps(path, loaded)
             finally:
                 gc.enable()
-        if profile:  # one run with 1% of the deals changed
+        if profile:  # one run with nothing changed (for comparison), then one with 1% of the deals changed
             from pyinstrument import Profiler
 
+            prof = Profiler(interval=0.002)
+            prof.start()
+            run_pipeline(path, loaded=loaded)
+            prof.stop()
+            (HERE / "extract_profile_unchanged.txt").write_text(prof.output_text(unicode=False, color=False,
+                                                                                 show_all=False))
             changed_at = datetime.now(UTC) + timedelta(milliseconds=5)
             fake.call("change", 100, changed_at.isoformat(), 1000)
             time.sleep(1.1)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from config.loader import LoadedConfig, load_config
 from config.models import AppConfig, ReportFilterConfig
@@ -288,14 +289,18 @@ def validation_digest(cfg: AppConfig, index: int, as_of: date | None = None) -> 
 def transform(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Transformed:
     """Validate every source's rows (then release the unvalidated ones), and compute the analytics sheets."""
     with measured(run.stages, "validate"):
-        validated = validate(run, extracted, failures)
+        validated = validate(run, extracted, failures, release=True)
     release_rows(extracted)
     with measured(run.stages, "analyze"):
         return analyze(run, validated)
 
 
-def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None) -> Validated:
-    """Every source's rows typed and checked (rejected rows with reasons), and their stage history."""
+def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, str] | None = None, *,
+             release: bool = False) -> Validated:
+    """Every source's rows typed and checked (rejected rows with reasons), and their stage history.
+
+    `release`: drop each source's unvalidated records and history as soon as they are validated
+    (as `release_rows` does afterwards), so a million raw rows are not held while the next part is."""
     cfg = run.config
     failures = failures or {}
     by_name = {e.source: e for e in extracted}
@@ -309,7 +314,10 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         if e is None:
             reports.append(SourceReport(src.name, src.type, 0, 0, 0, 0.0, stale=True, error=failures.get(src.name)))
             continue
-        rows = e.reused_rows if e.reused_rows is not None else _validate_source(run, src, e)
+        validated_rows = 0 if e.reused_rows is not None else (
+            int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum()) if _delta_applies(e)
+            else len(e.records))
+        rows = e.reused_rows if e.reused_rows is not None else _validate_source(run, src, e, release=release)
         by_source[src.name] = rows
         loaded_parts.append(rows.loaded)
         rejected_parts.append(rows.rejected)
@@ -321,9 +329,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
             retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None,
-            validated_rows=0 if e.reused_rows is not None else (
-                int(e.records["opportunity_id"].astype(str).isin(e.delta_ids).sum())
-                if _delta_applies(e) else len(e.records)), notes=tuple(dict.fromkeys(e.notes))))
+            validated_rows=validated_rows, notes=tuple(dict.fromkeys(e.notes))))
     opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
     rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
         {"source": pd.Series(dtype=object), "row": pd.Series(dtype=int), "reason": pd.Series(dtype=object)})
@@ -336,9 +342,19 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
 
 
 def _stacked(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """The parts one below the other; a single part as it is (no copy of a million rows)."""
-    if len(parts) == 1 and isinstance(parts[0].index, pd.RangeIndex) and parts[0].index.start == 0:
-        return parts[0]
+    """The parts one below the other. When only one part has rows and stacking would not change
+    its columns or their types, that part as it is (no copy of a million rows; the empty parts of
+    the other sources add nothing)."""
+    full = [p for p in parts if len(p)]
+    if len(full) == 1 and isinstance(full[0].index, pd.RangeIndex) and full[0].index.start == 0 \
+            and full[0].index.step == 1:
+        one = full[0]
+        if len(parts) == 1:
+            return one
+        shape = pd.concat([p.iloc[:0] for p in parts], ignore_index=True)
+        if list(shape.columns) == list(one.columns) and all(
+                a == b for a, b in zip(shape.dtypes.tolist(), one.dtypes.tolist(), strict=True)):
+            return one
     return pd.concat(parts, ignore_index=True)
 
 
@@ -364,11 +380,11 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
         row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
     def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-        kept = old[~old["opportunity_id"].astype(str).isin(changed).to_numpy()]
+        kept = old[~_as_text(old["opportunity_id"]).isin(changed).to_numpy()]
         return _stacked([p for p in (kept, new) if len(p)]) if len(kept) or len(new) else new
 
     loaded = merged(base.loaded, fresh.loaded)
-    loaded = loaded.iloc[np.argsort(loaded["opportunity_id"].astype(str).map(row_of).to_numpy(), kind="stable")]
+    loaded = loaded.iloc[np.argsort(_as_text(loaded["opportunity_id"]).map(row_of).to_numpy(), kind="stable")]
     rejected = merged(base.rejected, fresh.rejected)
     if len(rejected):  # row numbers of kept rejects follow the records' current order
         rejected = rejected.assign(row=rejected["opportunity_id"].astype(str).map(row_of).astype(int).to_numpy())
@@ -392,9 +408,16 @@ def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], 
     `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
     that only deals now gone had keeps its place, empty: HubSpot returns each property read for
     every deal, null when empty, so a full read has it too.)"""
-    kept = base[~base["id"].astype(str).isin(changed).to_numpy()]
+    kept = base[~_as_text(base["id"]).isin(changed).to_numpy()]
     raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
-    return raw.iloc[np.argsort(raw["id"].astype(str).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
+    return raw.iloc[np.argsort(_as_text(raw["id"]).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _as_text(ids: pd.Series) -> pd.Series:
+    """`ids.astype(str)`, without converting (and copying) a column that already holds only text."""
+    if ids.dtype == object and infer_dtype(ids, skipna=False) == "string":
+        return ids
+    return ids.astype(str)
 
 
 def release_rows(extracted: list[Extracted]) -> None:
@@ -408,7 +431,9 @@ def release_rows(extracted: list[Extracted]) -> None:
         e.base_rows = None
 
 
-def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
+def _validate_source(run: RunContext, src: Any, e: Extracted, *, release: bool = False) -> SourceRows:
+    """One source's rows validated (only the changes, merged into the base rows, when they apply);
+    `release`: `e`'s records are dropped once validated, before its history is."""
     if _delta_applies(e):
         return _validate_delta(run, src, e, e.base_rows, e.delta_ids)
     cfg = run.config
@@ -418,9 +443,13 @@ def _validate_source(run: RunContext, src: Any, e: Extracted) -> SourceRows:
         rates=rate_table(cfg.inputs.currency, cfg.inputs.rates, e.rates), as_of=run.as_of,
         decimal=getattr(src, "decimal", None),
     )
+    if release:
+        e.records = e.records.iloc[:0]
     history = None if e.history is None else canonicalize_history(
         e.history, source=src.name, tz=cfg.tz, stages=cfg.pipeline.stages, stage_map=src.stage_map,
         date_format=getattr(src, "date_format", None))
+    if release:
+        e.history = None
     fields = None if e.field_history is None else canonicalize_field_history(e.field_history, source=src.name, tz=cfg.tz)
     return SourceRows(res.loaded, res.rejected, history, e.raw if src.raw_sheet else None, res.rows_read, fields)
 
@@ -587,7 +616,7 @@ def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str,
     state and the snapshots of the reports that succeeded; a failed report fails the run after
     the others are published."""
     specs = report_specs(run.config, names)
-    validated = wrap(validate, "validate")(run, extracted, failures)
+    validated = wrap(validate, "validate")(run, extracted, failures, release=True)
     release_rows(extracted)
     _ = run.engine  # tables exist before the reports open their own connections
     calls: list[Call] = [(f"report-{s.name}", produce_report, (for_report(run, s.config), validated, s.filter))

@@ -189,7 +189,7 @@ def build_analytics(opps: pd.DataFrame, history: pd.DataFrame, cfg: AppConfig, a
     prev_team = team_at(prev_like)
     prev_full = prev_team if prev_like.end == prev_full_period.end else team_at(prev_full_period)
 
-    opportunities = deals[OPPORTUNITY_COLUMNS].copy()
+    opportunities = deals[OPPORTUNITY_COLUMNS]  # shares the columns (copy on write): no second million-row copy
     metrics = full[METRIC_COLUMNS].copy()
     open_mask = deals["status"].to_numpy(dtype=object) == "open"
     snap_deals = deals.loc[open_mask, ["row_id", "owner", "product", "stage", "amount", "close_date"]]

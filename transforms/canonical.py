@@ -80,6 +80,21 @@ def _text(series: pd.Series) -> pd.Series:
     return pd.Series(stripped[codes], index=series.index, dtype=object)
 
 
+def _text_coded(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, texts) with `_text(series)` = texts[codes]: one stripped text per distinct raw value."""
+    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+    texts = np.array([str(u).strip() for u in uniques.tolist()] + [""], dtype=object)
+    return np.where(codes < 0, len(uniques), codes), texts
+
+
+def _each_distinct(texts: pd.Series, fn: Callable[[str], str]) -> pd.Series:
+    """`fn` of each text (as `_text` gives them: no missing), called once per distinct text; rows
+    with equal texts share one result (no new string per row)."""
+    codes, uniques = pd.factorize(texts.astype(object))
+    done = np.array([fn(u) for u in uniques.tolist()], dtype=object)
+    return pd.Series(done[codes], index=texts.index, dtype=object)
+
+
 def _on_distinct(raw: pd.Series, parse: Callable[[pd.Series], tuple[pd.Series, ...]]) -> tuple[pd.Series, ...]:
     """Run a vectorised `parse` over the distinct raw values only, then spread results to every row.
 
@@ -339,7 +354,7 @@ def canonicalize(
     # stage: source label -> configured stage
     lookup = _stage_lookup(stages, stage_map)
     stage_txt = _text(col["stage"])
-    mapped = stage_txt.str.lower().map(lookup)
+    mapped = _each_distinct(stage_txt, str.lower).map(lookup)
     r = pd.Series("", index=idx, dtype=object)
     r[stage_txt == ""] = "stage is missing"
     unknown = (stage_txt != "") & mapped.isna()
@@ -356,7 +371,7 @@ def canonicalize(
 
     # status: given, else from the stage
     stage_status = {s.name: s.status for s in stages}
-    st = _text(col["status"]).str.lower()
+    st = _each_distinct(_text(col["status"]), str.lower)
     r = pd.Series("", index=idx, dtype=object)
     bad_status = (st != "") & ~st.isin(["open", "won", "lost"])
     r[bad_status] = "status '" + _text(col["status"])[bad_status] + "' is not open, won or lost"
@@ -367,7 +382,7 @@ def canonicalize(
     amount, r, mark = parse_amounts(col["amount"], decimal)
     reasons.append(r)
 
-    cur = _text(col["currency"]).str.upper()
+    cur = _each_distinct(_text(col["currency"]), str.upper)
     cur, r = _currency_of_marks(cur, mark, _text(col["amount"]), reporting_currency.upper())
     reasons.append(r)
 
@@ -407,7 +422,7 @@ def canonicalize(
     r[_text(col["created_date"]) == ""] = "created_date is missing"
     reasons.append(r)
 
-    dt = _text(col["deal_type"]).str.lower()
+    dt = _each_distinct(_text(col["deal_type"]), str.lower)
     mapped_dt = dt.map(_DEAL_TYPES)
     r = pd.Series("", index=idx, dtype=object)
     bad_dt = (dt != "") & mapped_dt.isna()
@@ -421,6 +436,7 @@ def canonicalize(
         reasons.append(r)
 
     reason = _join_reasons(reasons, idx)
+    del reasons
     # duplicates within the source: the first good row with an id is kept
     dup = ids.notna() & (reason == "") & ids.where(reason == "").duplicated(keep="first")
     if dup.any():
@@ -428,7 +444,9 @@ def canonicalize(
         reason[dup] = "duplicate opportunity_id '" + ids[dup] + "' (first seen on row " + ids[dup].map(first_row).astype(str) + ")"
 
     bad = reason != ""
-    loaded = out.loc[~bad, [*FIELD_NAMES, *FX_COLUMNS]].copy()
+    kept = [*FIELD_NAMES, *FX_COLUMNS]
+    loaded = out.loc[~bad, kept] if bad.any() else out[kept]  # a new frame either way (copy on write)
+    del out
     loaded[SOURCE_COLUMN] = source
     loaded[ROW_ID_COLUMN] = source + ":" + loaded["opportunity_id"].astype(str)
     loaded = loaded.reset_index(drop=True)
@@ -506,11 +524,40 @@ def canonicalize_history(history: pd.DataFrame, *, source: str, tz: tzinfo, stag
         return pd.DataFrame({"opportunity_id": pd.Series(dtype=object), "stage": pd.Series(dtype=object),
                              "entered_date": pd.Series(dtype="datetime64[ns]"), SOURCE_COLUMN: pd.Series(dtype=object)})
     lookup = _stage_lookup(stages, stage_map)
-    ids = _text(history["opportunity_id"])
-    stage = _text(history["stage"]).str.lower().map(lookup)
+    id_codes, id_texts = _text_coded(history["opportunity_id"])
+    ids = pd.Series(id_texts[id_codes], index=history.index, dtype=object)  # = _text(...)
+    rank = pd.factorize(id_texts, sort=True)[0].astype(np.int32)[id_codes]  # each row's id: its rank in text order
+    del id_codes, id_texts
+    stage_codes, stage_texts = _text_coded(history["stage"])
+    lowered = np.array([t.lower() for t in stage_texts.tolist()], dtype=object)
+    stage = pd.Series(lowered[stage_codes], index=history.index, dtype=object).map(lookup)
+    key = pd.factorize(np.array([lookup.get(t) for t in lowered.tolist()], dtype=object))[0].astype(np.int32)
+    key = key[stage_codes]
+    del stage_codes
     entered, _ = parse_dates(history["entered_date"], "entered_date", tz, date_format)
-    out = pd.DataFrame({"opportunity_id": ids, "stage": stage, "entered_date": entered})
-    out = out[(out["opportunity_id"] != "") & out["stage"].notna() & out["entered_date"].notna()]
-    out = out.drop_duplicates().sort_values(["opportunity_id", "entered_date"], kind="stable").reset_index(drop=True)
+    usable = ((ids != "") & stage.notna() & entered.notna()).to_numpy(dtype=bool)
+    out = pd.DataFrame({"opportunity_id": ids, "stage": stage, "entered_date": entered}, copy=False)
+    day = entered.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    del ids, stage, entered
+    rows = None if usable.all() else np.flatnonzero(usable)
+    if rows is not None:
+        rank, key, day = rank[rows], key[rows], day[rows]
+    # What drop_duplicates() then sort_values(["opportunity_id", "entered_date"], kind="stable") keep, in
+    # their order, from integer keys (millions of rows: no hash table per column, one copy of the rows)
+    by_key = np.lexsort((key, day, rank))  # stable: equal rows stay in their order, the first one is kept
+    same = np.diff(rank[by_key]) == 0
+    same &= np.diff(day[by_key]) == 0
+    same &= np.diff(key[by_key]) == 0
+    del key
+    keep = np.ones(len(rank), dtype=bool)
+    keep[by_key[1:][same]] = False
+    del by_key, same
+    if keep.all():
+        order = np.lexsort((day, rank))
+    else:
+        kept = np.flatnonzero(keep)
+        order = kept[np.lexsort((day[kept], rank[kept]))]
+    del rank, day, keep
+    out = out.take(order if rows is None else rows[order]).reset_index(drop=True)
     out[SOURCE_COLUMN] = source
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -98,9 +99,14 @@ def read_csv_text(path: str, *, encoding: str, delimiter: str, what: str, data: 
             f"{getattr(exc, 'start', '?')}); set `encoding:` (e.g. utf-8-sig or cp1252)"
         ) from exc
     text = text.lstrip("\ufeff")
-    fast = _read_rectangular(text, delimiter)
+    body = _utf8_body(data, text, encoding)
+    if body is data:  # the file already is this text in UTF-8: parse its bytes, decode again only if refused
+        text = ""
+    fast = _read_rectangular(body, delimiter)
+    del body
     if fast is not None:
         return fast
+    text = text or data.decode(encoding).lstrip("\ufeff")
     lines = list(io.StringIO(text, newline=""))
     records = list(_records(lines, delimiter, what, p.name))
     first = next((i for i, (r, _, _) in enumerate(records) if r and "".join(r).strip()), None)
@@ -210,36 +216,62 @@ def _broken(line: str, index: int, delimiter: str, why: str) -> tuple[list[str],
     return fields, index + 1, f"line {index + 1} {why}; its raw text: {shown!r}"
 
 
-def _physical_lines(text: str) -> int:
-    n = text.count("\n") + text.count("\r") - text.count("\r\n")
-    return n + (1 if text and not text.endswith(("\n", "\r")) else 0)
+def _physical_lines(text: str | bytes) -> int:
+    nl, cr = ("\n", "\r") if isinstance(text, str) else (b"\n", b"\r")
+    n = text.count(nl) + text.count(cr) - text.count(cr + nl)
+    return n + (1 if text and not text.endswith((nl, cr)) else 0)
 
 
-def _read_rectangular(text: str, delimiter: str) -> pd.DataFrame | None:
+def _utf8_body(data: bytes, text: str, encoding: str) -> bytes:
+    """`text` (the file decoded, leading BOMs stripped) as UTF-8: the file's own bytes when they
+    already are exactly that (UTF-8 without a BOM), so a large file is not copied again."""
+    if codecs.lookup(encoding).name == "utf-8" and not data.startswith(codecs.BOM_UTF8):
+        return data
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _blank_rows(grid: pd.DataFrame) -> np.ndarray:
+    """Rows whose every cell is empty or whitespace, a column at a time over the rows still in doubt
+    (usually the first column settles almost every row)."""
+    blank = np.ones(len(grid), dtype=bool)
+    for j in range(grid.shape[1]):
+        doubt = np.flatnonzero(blank)
+        if not len(doubt):
+            break
+        blank[doubt] = (grid.iloc[doubt, j].astype(str).str.strip() == "").to_numpy(dtype=bool)
+    return blank
+
+
+def _read_rectangular(body: bytes, delimiter: str) -> pd.DataFrame | None:
     """pandas' C parser for the usual file (no row wider than the header); None -> use the csv path.
 
-    Blank lines are kept while parsing so `_row` counts CSV records exactly as the csv module does.
+    `body` is the text in UTF-8 (bytes: the parser reads them as they are, where a str would be
+    copied at 4 bytes a character). Blank lines are kept while parsing so `_row` counts CSV
+    records exactly as the csv module does.
     """
     try:
-        grid = pd.read_csv(io.StringIO(text, newline=""), sep=delimiter, header=None, dtype=object,
+        grid = pd.read_csv(io.BytesIO(body), sep=delimiter, header=None, dtype=object, encoding="utf-8",
                            keep_default_na=False, na_filter=False, skip_blank_lines=False, engine="c",
                            quoting=csv.QUOTE_MINIMAL)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return None
-    if len(grid) != _physical_lines(text):  # a record spans lines (quoted newlines, or a stray quote)
+    if len(grid) != _physical_lines(body):  # a record spans lines (quoted newlines, or a stray quote)
         return None
     grid = grid.fillna("")
-    cells = grid.astype(str)
-    blank = (cells.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy()
+    blank = _blank_rows(grid)
     if blank.all():
         return pd.DataFrame()
     first = int(np.argmax(~blank))
     header = [_normalise_header(h) for h in grid.iloc[first].tolist()]
     body_mask = ~blank
     body_mask[: first + 1] = False
-    frame = grid.iloc[np.flatnonzero(body_mask), : len(header)].reset_index(drop=True)
+    rows = np.flatnonzero(body_mask)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run of rows (the usual file): a slice, no copy
+        frame = grid.iloc[rows[0]:rows[-1] + 1, : len(header)].reset_index(drop=True)
+    else:
+        frame = grid.iloc[rows, : len(header)].reset_index(drop=True)
     frame.columns = header
-    frame[ROW_COLUMN] = (np.flatnonzero(body_mask) + 1).tolist()
+    frame[ROW_COLUMN] = rows + 1
     frame[ERROR_COLUMN] = ""
     return frame
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Any
+import zipfile
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -80,7 +81,16 @@ def _codes(values: np.ndarray) -> np.ndarray:
     if infer_dtype(values, skipna=True) in ("string", "empty"):
         codes = np.full(len(values), STR, dtype=np.uint8)
         missing = np.flatnonzero(pd.isna(values))
-        codes[missing] = [_code(v) for v in values[missing]]
+        none = np.asarray(values[missing] == None, dtype=bool)  # noqa: E711 - elementwise, in C: the usual gap
+        codes[missing[none]] = NONE
+        rest = missing[~none]
+        if len(rest):  # NaN and NaT by their type (C loops over the cells), anything else cell by cell
+            kinds, types = pd.factorize(np.frompyfunc(type, 1, 1)(values[rest]))
+            by_type = np.array([FLOAT if t is float or issubclass(t, np.floating) else NAT if t is type(pd.NaT)
+                                else 255 for t in types.tolist()], dtype=np.uint8)
+            codes[rest] = by_type[kinds]
+            other = rest[codes[rest] == 255]
+            codes[other] = [_code(v) for v in values[other]]
         return codes
     return np.fromiter((_code(v) for v in values), dtype=np.uint8, count=len(values))
 
@@ -88,7 +98,11 @@ def _codes(values: np.ndarray) -> np.ndarray:
 def _encode_objects(values: np.ndarray, key: str, arrays: dict[str, np.ndarray]) -> None:
     codes = _codes(values)
     is_str = codes == STR
-    strings = [v if type(v) is str else str(v) for v in values[is_str].tolist()]
+    # each distinct text once, and per text cell the int32 number of its text (rows share their text again
+    # when read: a column of a few owners over a million rows is a few strings, not a million)
+    texts, distinct = pd.factorize(values[is_str])  # (a str subclass equals its text: stored as that text)
+    arrays[f"{key}.idx"] = texts.astype(np.int32)
+    strings = [v if type(v) is str else str(v) for v in distinct.tolist()]
     text = "\x00".join(strings)
     if strings and text.count("\x00") != len(strings) - 1:  # a NUL inside a value: lengths instead
         encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
@@ -111,7 +125,12 @@ def _decode_objects(key: str, arrays: Any, n: int) -> np.ndarray:
         raise ValueError(f"{key}: bad type codes")
     raw = arrays[f"{key}.txt"].tobytes()
     is_str = codes == STR
-    count = int(is_str.sum())
+    idx = arrays[f"{key}.idx"]
+    if idx.shape != (int(is_str.sum()),) or idx.dtype != np.int32:
+        raise ValueError(f"{key}: bad text numbers")
+    count = int(idx.max()) + 1 if len(idx) else 0
+    if len(idx) and idx.min() < 0:
+        raise ValueError(f"{key}: bad text numbers")
     if f"{key}.len" in arrays.files:
         lengths = arrays[f"{key}.len"]
         ends = np.cumsum(lengths)
@@ -122,27 +141,25 @@ def _decode_objects(key: str, arrays: Any, n: int) -> np.ndarray:
         strings = raw.decode("utf-8", "surrogatepass").split("\x00") if count else []
     if len(strings) != count:
         raise ValueError(f"{key}: {len(strings)} texts for {count} cells")
-    out = np.empty(n, dtype=object)
+    out = np.empty(n, dtype=object)  # (cells start as None)
     texts = np.empty(count, dtype=object)
     texts[:] = strings
-    out[is_str] = texts
-    ints, floats = iter(arrays[f"{key}.int"].tolist()), iter(arrays[f"{key}.flt"].tolist())
-    for i in np.flatnonzero(~is_str).tolist():
-        c = int(codes[i])
-        if c == NONE:
-            out[i] = None
-        elif c == NAT:
-            out[i] = pd.NaT
-        elif c == FLOAT:
-            out[i] = next(floats)
-        else:
-            v = next(ints)
-            out[i] = (v if c == INT else bool(v) if c == BOOL else pd.Timestamp(v) if c == TIMESTAMP
-                      else _EPOCH + dt.timedelta(microseconds=v) if c == DATETIME
-                      else dt.date.fromordinal(v) if c == DATE
-                      else (dt.datetime.min + dt.timedelta(microseconds=v)).time())
-    if next(ints, None) is not None or next(floats, None) is not None:
-        raise ValueError(f"{key}: more values than cells")
+    out[is_str] = texts[idx]
+    out[codes == NAT] = pd.NaT
+    flts, ints = arrays[f"{key}.flt"], arrays[f"{key}.int"]
+    at_float = codes == FLOAT
+    at_int = ~is_str & (codes != NONE) & (codes != NAT) & ~at_float  # in order, the cells `ints` holds
+    if len(flts) != int(at_float.sum()) or len(ints) != int(at_int.sum()):
+        raise ValueError(f"{key}: values and cells differ in number")
+    out[at_float] = flts.tolist()
+    plain = codes[at_int] == INT
+    where = np.flatnonzero(at_int)
+    out[where[plain]] = ints[plain].tolist()
+    for i, c, v in zip(where[~plain].tolist(), codes[where[~plain]].tolist(), ints[~plain].tolist(), strict=True):
+        out[i] = (bool(v) if c == BOOL else pd.Timestamp(v) if c == TIMESTAMP
+                  else _EPOCH + dt.timedelta(microseconds=v) if c == DATETIME
+                  else dt.date.fromordinal(v) if c == DATE
+                  else (dt.datetime.min + dt.timedelta(microseconds=v)).time())
     return out
 
 
@@ -228,20 +245,40 @@ def _pandas_dtype(dmeta: dict[str, Any]) -> Any:
     return object
 
 
+class _Members(dict):
+    """The arrays of an .npz being written: each one goes into the zip when it is set (and is not
+    kept), so writing holds one column's arrays at a time, not every column's."""
+
+    def __init__(self, zf: zipfile.ZipFile):
+        super().__init__()
+        self.zf = zf
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        with self.zf.open(f"{key}.npy", "w", force_zip64=True) as fh:  # as np.savez writes each member
+            np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+
+
+def dump_to(fh: BinaryIO, frames: list[pd.DataFrame | None], extra: dict[str, Any]) -> None:
+    """Write the frames (None kept as None) and a JSON-able `extra` as an .npz into `fh`, a column
+    at a time; raises Unsupported (then `fh` holds a partial file: the caller discards it)."""
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        arrays = _Members(zf)
+        manifest = {"extra": extra, "frames": [None if fr is None else _encode_frame(fr, f, arrays)
+                                               for f, fr in enumerate(frames)]}
+        arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+
+
 def dump(frames: list[pd.DataFrame | None], extra: dict[str, Any]) -> bytes:
     """The frames (None kept as None) and a JSON-able `extra` as .npz bytes; raises Unsupported."""
-    arrays: dict[str, np.ndarray] = {}
-    manifest = {"extra": extra, "frames": [None if fr is None else _encode_frame(fr, f, arrays)
-                                           for f, fr in enumerate(frames)]}
-    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    dump_to(buf, frames, extra)
     return buf.getvalue()
 
 
-def load(data: bytes) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
-    """What `dump` wrote; raises (ValueError, KeyError, ...) on anything malformed, never runs code."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+def load(data: bytes | BinaryIO) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
+    """What `dump` wrote (its bytes, or a file open on them); raises (ValueError, KeyError, ...) on
+    anything malformed, never runs code."""
+    with np.load(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data, allow_pickle=False) as arrays:
         manifest = json.loads(arrays["manifest"].tobytes().decode())
         frames = [None if m is None else _decode_frame(m, f, arrays) for f, m in enumerate(manifest["frames"])]
     return frames, manifest["extra"]

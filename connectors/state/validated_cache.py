@@ -31,8 +31,8 @@ from connectors.state.private import check_private_file, private_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # of the entries; bump when SourceRows changes shape (1 was a pickle: never read again; 2 had no
-# field history)
+FORMAT = 4  # of the entries; bump when SourceRows or connectors.state.frames changes shape (1 was a pickle:
+# never read again; 2 had no field history; 3 stored every text cell's text)
 MAX_ENTRY_BYTES = 8 << 30  # a header naming a larger data file is not believed
 
 
@@ -89,20 +89,27 @@ class ValidatedCache:
             return None
         _, path = self._paths(source)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(meta["size"] + 1)
+            fh = open(path, "rb")  # noqa: SIM115 - closed below, after the frames are read from it
         except OSError as exc:
             log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, exc.strerror)
             return None
-        if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            log.warning("validated rows of source %s do not match their checksum; rebuilding them", source)
-            return None
-        try:
-            (loaded, rejected, history, raw, field_history), extra = frames.load(data)
-            rows = SourceRows(loaded, rejected, history, raw, int(extra["rows_read"]), field_history)
-        except Exception as exc:  # noqa: BLE001 - a checksummed entry we cannot read is a miss, never a crash
-            log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, type(exc).__name__)
-            return None
+        with fh:
+            try:
+                size, sha = _digest(fh, meta["size"] + 1)
+            except OSError as exc:
+                log.warning("validated rows of source %s unreadable (%s); rebuilding them", source, exc.strerror)
+                return None
+            if size != meta["size"] or sha != meta["sha256"]:
+                log.warning("validated rows of source %s do not match their checksum; rebuilding them", source)
+                return None
+            try:  # the same open file, read again: what was checked is what is read (the folder is ours alone)
+                fh.seek(0)
+                (loaded, rejected, history, raw, field_history), extra = frames.load(fh)
+                rows = SourceRows(loaded, rejected, history, raw, int(extra["rows_read"]), field_history)
+            except Exception as exc:  # noqa: BLE001 - a checksummed entry we cannot read is a miss, never a crash
+                log.warning("validated rows of source %s unreadable (%s); rebuilding them", source,
+                            type(exc).__name__)
+                return None
         if (extra.get("source"), extra.get("digest"), extra.get("version")) != (source, digest, version) or (
                 loaded is None or rejected is None):
             return None
@@ -112,17 +119,25 @@ class ValidatedCache:
         """Replace the entry of `source` (the data first, then the header naming it). Rows this
         format cannot hold exactly are not kept (the next run validates them again)."""
         head, path = self._paths(source)
+        private_dir(self.folder)
+        written: list[tuple[int, str]] = []
+
+        def write(fh: BinaryIO) -> None:  # streamed into the temp file a column at a time, then checksummed
+            frames.dump_to(fh, [rows.loaded, rows.rejected, rows.history, rows.raw, rows.field_history],
+                           {"source": source, "digest": digest, "version": version, "rows_read": rows.rows_read})
+            fh.flush()
+            fh.seek(0)
+            written.append(_digest(fh))
+
         try:
-            data = frames.dump([rows.loaded, rows.rejected, rows.history, rows.raw, rows.field_history],
-                               {"source": source, "digest": digest, "version": version, "rows_read": rows.rows_read})
+            _atomic_write(path, write)
         except frames.Unsupported as exc:
             log.info("source %s: validated rows not kept for the next run (%s)", source, exc)
             self.drop(source)
             return
-        private_dir(self.folder)
-        meta = json.dumps({"format": FORMAT, "digest": digest, "version": version,
-                           "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}).encode()
-        _atomic_write(path, lambda fh: fh.write(data))
+        size, sha = written[0]
+        meta = json.dumps({"format": FORMAT, "digest": digest, "version": version, "sha256": sha,
+                           "size": size}).encode()
         _atomic_write(head, lambda fh: fh.write(meta))
         head.with_suffix(".pkl").unlink(missing_ok=True)  # an entry of format 1
 
@@ -131,10 +146,22 @@ class ValidatedCache:
             path.unlink(missing_ok=True)
 
 
+def _digest(fh: BinaryIO, limit: int | None = None) -> tuple[int, str]:
+    """(bytes read, their SHA-256) from `fh`'s position to its end (at most `limit` bytes), 1 MiB at a time."""
+    h, size = hashlib.sha256(), 0
+    while limit is None or size < limit:
+        chunk = fh.read(1 << 20 if limit is None else min(1 << 20, limit - size))
+        if not chunk:
+            break
+        h.update(chunk)
+        size += len(chunk)
+    return size, h.hexdigest()
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # 0600
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:

@@ -412,3 +412,34 @@ def test_random_rows_never_crash_and_always_reconcile(rows):
     assert res.loaded["created_date"].notna().all()
     assert res.loaded["stage"].isin([s.name for s in DEFAULT_STAGES]).all()
     assert (res.loaded["amount"].dropna() >= 0).all()
+
+
+@pytest.mark.parametrize("order", ["as_given", "reversed"])
+def test_history_rows_deduplicated_and_sorted_by_id_text_then_date(order: str) -> None:
+    from transforms.canonical import canonicalize_history
+
+    rows = [  # (opportunity_id, stage, entered_date)
+        ("D-2", "Qualification", "2026-01-03"),
+        (" D-10 ", "lead generation", "2026-01-01"),  # padded and lower case: D-10, Lead generation
+        ("D-2", "Lead generation", "2026-01-01"),
+        ("D-2", "Qualification", "2026-01-03"),  # the same row again: dropped
+        ("D-2", "contract sent", "2026-01-03"),  # same id and day, another stage (mapped): kept
+        ("D-10", "Lead generation", "2026-01-01"),  # same as row 2 once trimmed: dropped
+        ("", "Won", "2026-01-02"),  # no id
+        ("D-3", "Nowhere", "2026-01-02"),  # unknown stage
+        ("D-3", "Won", "not a date"),
+        ("D-3", "Won", "2026-01-05"),
+    ]
+    if order == "reversed":
+        rows = rows[::-1]
+    frame = pd.DataFrame(rows, columns=["opportunity_id", "stage", "entered_date"])
+    out = canonicalize_history(frame, source="crm", tz=BERLIN, stages=list(DEFAULT_STAGES), stage_map=STAGE_MAP)
+    same_day = [("D-2", "Qualification"), ("D-2", "Closing")]  # equal keys keep the order they came in
+    expected = [("D-10", "Lead generation", "2026-01-01"), ("D-2", "Lead generation", "2026-01-01"),
+                *[(i, s, "2026-01-03") for i, s in (same_day if order == "as_given" else same_day[::-1])],
+                ("D-3", "Won", "2026-01-05")]
+    got = [(i, s, d.strftime("%Y-%m-%d")) for i, s, d in
+           zip(out["opportunity_id"], out["stage"], out["entered_date"], strict=True)]
+    assert got == expected
+    assert list(out.columns) == ["opportunity_id", "stage", "entered_date", SOURCE_COLUMN]
+    assert out.index.equals(pd.RangeIndex(len(expected))) and set(out[SOURCE_COLUMN]) == {"crm"}

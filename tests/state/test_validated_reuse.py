@@ -297,3 +297,28 @@ def test_changes_and_deletions_merge_into_the_kept_rows(flow, tmp_path: Path, ca
         r[0] for r in sheets(rebuilt.outputs[0])["HubSpot raw"][1:]]
     third = run_flow(path)
     assert third.sources[0].reused and sheets(third.outputs[0]) == sheets(rebuilt.outputs[0])
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5000])
+def test_kept_text_columns_read_back_one_string_per_distinct_text(tmp_path: Path, rows: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from connectors.state.validated_cache import SourceRows, ValidatedCache
+
+    owners = np.array(["Ana", "Ben", None, "Ćira", "a\x00b"], dtype=object)
+    loaded = pd.DataFrame({"owner": pd.Series(owners[np.arange(rows) % 5], dtype=object),
+                           "team": pd.Series(owners[np.arange(rows) % 5], dtype="str"),
+                           "amount": np.where(np.arange(rows) % 7 == 0, np.nan, np.arange(rows) * 1.5).astype(object),
+                           "id": pd.Series([f"D-{i}" for i in range(rows)], dtype="str")})
+    rejected = pd.DataFrame({"source": pd.Series(["s"] * min(rows, 2), dtype=object)})
+    cache = ValidatedCache(tmp_path / "validated")
+    cache.save("s", "digest", "v1", SourceRows(loaded, rejected, None, None, rows))
+    back = cache.load("s", "digest", "v1")
+    assert back is not None and back.rows_read == rows
+    pd.testing.assert_frame_equal(back.loaded, loaded, check_exact=True)
+    pd.testing.assert_frame_equal(back.rejected, rejected, check_exact=True)
+    for column in ("owner", "team"):  # texts shared, as validation made them
+        texts = [v for v in back.loaded[column] if isinstance(v, str)]
+        assert len({id(v) for v in texts}) == len(set(texts)) == min(rows, 4)
+    assert cache.load("s", "digest", "v2") is None
