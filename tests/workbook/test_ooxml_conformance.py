@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from config.workbook import SheetData, SummaryData
 from connectors.workbook.xlsx_writer import CUT_MARKER, WriteStats, write_workbook
 from flows.cli import main
+from tests.flows.test_cli_demo import AS_OF, demo_config
 from tests.golden_workbooks import BUILDERS
 from tests.shared_fixtures import STANDARDS, absent, in_ci
-from tests.flows.test_cli_demo import AS_OF, demo_config
 
 
 def _unavailable(reason: str) -> None:
