@@ -188,13 +188,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = result_summary(run_pipeline(args.config, args.as_of, full_refresh=args.full_refresh,
                                                   on_event=_progress, loaded=loaded))
     else:
-        _use_recorded_server(loaded)
-        from flows.sync import sync_pipeline
+        server = _prefect_server_for_run(loaded)
+        from flows.sync import run_manual
 
         if not args.verbose:  # failures end in one line from us, not Prefect's tracebacks
             for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        summary = sync_pipeline(str(Path(args.config).resolve()), args.as_of, args.full_refresh)
+        if server is not None:
+            _wait_for(server)
+        summary = run_manual(str(Path(args.config).resolve()), args.as_of, args.full_refresh)
     print_summary(summary, stages=args.verbose > 0)
     return EXIT_OK
 
@@ -224,12 +226,32 @@ def _preflight(loaded: Any) -> None:
         raise ConfigError(loaded.path, problems)
 
 
-def _use_recorded_server(loaded: Any) -> None:
-    """Point Prefect at the server `serve` left running for this config, if any (else: a temporary one)."""
+def _prefect_server_for_run(loaded: Any) -> Any:
+    """Point Prefect (before it is imported) at the server for this run: the one in PREFECT_API_URL, else
+    the one `serve` left running for this config, else a temporary local one started now, whose start-up
+    overlaps the run's imports (returned, to wait for; it stops when the process exits)."""
     from flows.server_record import find_server
 
-    if not os.environ.get("PREFECT_API_URL") and (url := find_server(loaded.base_dir / ".state")):
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    if url := find_server(loaded.base_dir / ".state"):
         os.environ["PREFECT_API_URL"] = url
+        return None
+    from flows.local_server import start_for_run
+
+    server = start_for_run()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server
+
+
+def _wait_for(server: Any) -> None:
+    from connectors.errors import PipelineSyncError
+
+    try:
+        server.wait_healthy(step=0.05)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PipelineSyncError(f"{first}; its log: {server.log_path}") from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from config.loader import LoadedConfig
+from flows.local_server import HOST, LocalServer
 from flows.server_record import remove_record, write_record
 
 FLOW_NAME = "sync-pipeline"
-HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -79,101 +71,6 @@ def check_unique(specs: list[DeploymentSpec]) -> None:
             raise ValueError(f"two deployments would be named '{s.name}' ({where}); give each config its own "
                              "`report:` name and each named report a name that no other deployment uses")
         seen[s.name] = s.config_path
-
-
-# ----------------------------------------------------------------------------- local server
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _no_proxy_get(url: str, timeout: float) -> int:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never via a proxy
-    with opener.open(url, timeout=timeout) as resp:
-        return resp.status
-
-
-def _die_with_parent() -> None:
-    """In the server child (Linux): get SIGTERM when `serve` dies, even by SIGKILL."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class LocalServer:
-    """`prefect server start` on 127.0.0.1 as a child process, owned by this process."""
-
-    def __init__(self, port: int | None = None, *, ui: bool = True, home: str | None = None,
-                 startup_timeout: float = 120.0, log_path: Path | None = None):
-        self.port = port or free_port()
-        self.ui = ui
-        self.home = home
-        self.startup_timeout = startup_timeout
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"pipeline-sync-prefect-server-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{HOST}:{self.port}/api"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> LocalServer:
-        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-        env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-                   PREFECT_UI_ENABLED="true" if self.ui else "false", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
-        if self.home:
-            env["PREFECT_HOME"] = self.home
-        log = self.log_path.open("wb")
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        finally:
-            log.close()
-        return self
-
-    def wait_healthy(self, sleep: Callable[[float], None] = time.sleep) -> float:
-        """Seconds until /api/health answers; raises with the server's last log lines if it does not."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < self.startup_timeout:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the local Prefect server exited with code {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if _no_proxy_get(f"{self.api_url}/health", timeout=2) == 200:
-                    return time.monotonic() - t0
-            except (urllib.error.URLError, OSError):
-                pass
-            sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"the local Prefect server was not healthy after {self.startup_timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL if it does not exit in `timeout` s."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-        except ProcessLookupError:
-            pass
 
 
 # ----------------------------------------------------------------------------- serve / trigger

@@ -268,11 +268,28 @@ def sync_pipeline(config_path: str, as_of: date | None = None, full_refresh: boo
     return summary
 
 
+def run_manual(config_path: str, as_of: date | None = None, full_refresh: bool = False) -> dict[str, Any]:
+    """`sync_pipeline` for `pipeline-sync run`: a foreground run, watched in its terminal, sends no heartbeats.
+
+    Prefect's flow-run heartbeat thread sleeps in 1 s steps and is joined when the run ends (up to 1 s
+    more per run, prefect/flow_engine.py `_send_heartbeats`); heartbeats only serve to mark a run crashed
+    that stopped reporting, through an automation a user sets up
+    (https://docs.prefect.io/v3/advanced/detect-zombie-flows). Runs that `serve` or a worker executes
+    keep Prefect's setting.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return sync_pipeline(config_path, as_of, full_refresh)
+
+
 def _served_run_announcer() -> Any:
     """A one-line printer for runs a deployment started (`serve` shows them in its terminal); silent otherwise."""
+    from prefect.context import FlowRunContext
     from prefect.runtime import deployment, flow_run
 
-    if not deployment.id:
+    ctx = FlowRunContext.get()  # the run's own record: no API call to learn it has no deployment
+    if ctx is None or ctx.flow_run is None or ctx.flow_run.deployment_id is None:
         return lambda what: None
     name = f"{deployment.name or 'deployment'} run {flow_run.name or flow_run.id}"
 
