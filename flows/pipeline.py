@@ -28,6 +28,7 @@ from pandas.api.types import infer_dtype
 from config.loader import LoadedConfig, load_config
 from config.models import AppConfig, ReportFilterConfig
 from config.workbook import SheetData, SummaryData
+from connectors import redact as redaction
 from connectors import registry
 from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
@@ -645,6 +646,8 @@ def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str,
 def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfig) -> ReportOutcome:
     """One report of `run_reports`: filter, analyse, render once and publish
     to each of the report's destinations."""
+    redaction.register(run.loaded.secrets)  # a Dask worker process never loaded the config: its log
+    redaction.install_log_redaction()  # records are masked with the config's values from here on
     rows = report_rows(validated, flt)
     result = analyze(run, rows)
     if is_filtered(flt):

@@ -226,3 +226,39 @@ def test_filter_mask(flt, expected):
     frame = pd.DataFrame({"owner": ["Ann", " ann ", None, np.nan, "Bob"],
                           "team": pd.Series(["East", "east", None, "East", "West"], dtype=object)})
     assert filter_mask(frame, ReportFilterConfig(**flt)).tolist() == expected
+
+
+
+def _in_child(fn, args, secret):
+    """One report call as a Dask worker process runs it (it never loaded the config), then a log record
+    with the secret in it: what the worker's loggers received."""
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("pipeline_sync").addHandler(handler)
+    outcome = fn(*args)
+    logging.getLogger("pipeline_sync").warning("token %s in a worker's log", secret)
+    return outcome, seen
+
+
+def test_reports_run_in_another_process_redact_its_log_records(tmp_path, monkeypatch):
+    import multiprocessing
+
+    secret = "s3cr3t-hook-value-42"
+    monkeypatch.setenv("ALERT_TOKEN", secret)
+    path = write_config(tmp_path, notify=[{"url": "json://127.0.0.1:9/hook?token=${ALERT_TOKEN}"}])
+    logs: list[list[str]] = []
+
+    def process_fan_out(cfg, calls):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # fresh interpreters, as Dask's workers
+            done = [pool.apply(_in_child, (fn, args, secret)) for _, fn, args in calls]
+        logs.extend(seen for _, seen in done)
+        return [outcome for outcome, _ in done]
+
+    result = run_pipeline(path, AS_OF, fan_out=process_fan_out)
+    assert len(result.outputs) == 2 and len(logs) == 2
+    for seen in logs:
+        assert seen[-1] == "token *** in a worker's log", seen
+        assert not any(secret in line for line in seen)
