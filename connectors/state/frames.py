@@ -76,33 +76,45 @@ def _int_of(code: int, v: Any) -> int:
     return 0
 
 
-def _codes(values: np.ndarray) -> np.ndarray:
-    """Each cell's type code; text columns (the usual case) without a Python call per text cell."""
+def _missing_codes(values: np.ndarray, codes: np.ndarray, missing: np.ndarray) -> None:
+    """The codes of a text column's missing cells (`missing`): None, NaN and NaT by their type (C
+    loops over the cells), anything else cell by cell."""
+    none = np.asarray(values[missing] == None, dtype=bool)  # noqa: E711 - elementwise, in C: the usual gap
+    codes[missing[none]] = NONE
+    rest = missing[~none]
+    if len(rest):
+        kinds, types = pd.factorize(np.frompyfunc(type, 1, 1)(values[rest]))
+        by_type = np.array([FLOAT if t is float or issubclass(t, np.floating) else NAT if t is type(pd.NaT)
+                            else 255 for t in types.tolist()], dtype=np.uint8)
+        codes[rest] = by_type[kinds]
+        other = rest[codes[rest] == 255]
+        codes[other] = [_code(v) for v in values[other]]
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Each cell's type code, and the text cells' numbers (first seen first) and distinct texts.
+    A text column (the usual case) is factorized once, without a Python call per cell: its
+    missing cells are the ones factorize leaves out (pandas' own notion of missing, as pd.isna)."""
     if infer_dtype(values, skipna=True) in ("string", "empty"):
+        ids, distinct = pd.factorize(values)
         codes = np.full(len(values), STR, dtype=np.uint8)
-        missing = np.flatnonzero(pd.isna(values))
-        none = np.asarray(values[missing] == None, dtype=bool)  # noqa: E711 - elementwise, in C: the usual gap
-        codes[missing[none]] = NONE
-        rest = missing[~none]
-        if len(rest):  # NaN and NaT by their type (C loops over the cells), anything else cell by cell
-            kinds, types = pd.factorize(np.frompyfunc(type, 1, 1)(values[rest]))
-            by_type = np.array([FLOAT if t is float or issubclass(t, np.floating) else NAT if t is type(pd.NaT)
-                                else 255 for t in types.tolist()], dtype=np.uint8)
-            codes[rest] = by_type[kinds]
-            other = rest[codes[rest] == 255]
-            codes[other] = [_code(v) for v in values[other]]
-        return codes
-    return np.fromiter((_code(v) for v in values), dtype=np.uint8, count=len(values))
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            _missing_codes(values, codes, missing)
+            ids = ids[ids >= 0]
+        return codes, ids, distinct
+    codes = np.fromiter((_code(v) for v in values), dtype=np.uint8, count=len(values))
+    ids, distinct = pd.factorize(values[codes == STR])  # (a str subclass equals its text: stored as that text)
+    return codes, ids, distinct
 
 
 def _encode_objects(values: np.ndarray, key: str, arrays: dict[str, np.ndarray]) -> None:
-    codes = _codes(values)
+    codes, texts, distinct = _codes(values)
     is_str = codes == STR
     # each distinct text once, and per text cell the int32 number of its text (rows share their text again
     # when read: a column of a few owners over a million rows is a few strings, not a million)
-    texts, distinct = pd.factorize(values[is_str])  # (a str subclass equals its text: stored as that text)
     arrays[f"{key}.idx"] = texts.astype(np.int32)
-    strings = [v if type(v) is str else str(v) for v in distinct.tolist()]
+    strings = distinct.tolist()  # str or a subclass (numpy str_): joined and encoded as their text
     text = "\x00".join(strings)
     if strings and text.count("\x00") != len(strings) - 1:  # a NUL inside a value: lengths instead
         encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
