@@ -153,9 +153,13 @@ def _decode_objects(key: str, arrays: Any, n: int) -> np.ndarray:
         strings = raw.decode("utf-8", "surrogatepass").split("\x00") if count else []
     if len(strings) != count:
         raise ValueError(f"{key}: {len(strings)} texts for {count} cells")
-    out = np.empty(n, dtype=object)  # (cells start as None)
     texts = np.empty(count, dtype=object)
     texts[:] = strings
+    if len(idx) == n:  # every cell text (the usual column): one take, nothing else to place
+        if len(arrays[f"{key}.flt"]) or len(arrays[f"{key}.int"]):
+            raise ValueError(f"{key}: values and cells differ in number")
+        return texts[idx]
+    out = np.empty(n, dtype=object)  # (cells start as None)
     out[is_str] = texts[idx]
     out[codes == NAT] = pd.NaT
     flts, ints = arrays[f"{key}.flt"], arrays[f"{key}.int"]
