@@ -14,6 +14,8 @@ from config.models.finance import SourceRates
 from connectors.http.session import Observer, RetryPolicy
 from connectors.state.source_state import SourceVersion
 
+STALE_NOTE = "source '{}' failed; data from an earlier run"  # the note of rows a failed source left from before
+
 
 @dataclass
 class Extracted:

@@ -32,7 +32,7 @@ from connectors import redact as redaction
 from connectors import registry
 from connectors.destinations import local_file
 from connectors.errors import PipelineSyncError
-from connectors.extracted import ExtractContext, Extracted
+from connectors.extracted import STALE_NOTE, ExtractContext, Extracted
 from connectors.http.session import Observer, RetryPolicy
 from connectors.redact import redact
 from connectors.state.db import default_state_url, make_engine
@@ -329,7 +329,7 @@ def validate(run: RunContext, extracted: list[Extracted], failures: dict[str, st
         reports.append(SourceReport(
             src.name, src.type, rows.rows_read, len(rows.loaded), len(rows.rejected), e.seconds,
             stale=e.stale or rows.rows_read == 0, error=failures.get(src.name), requests=e.requests,
-            retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None,
+            retries=e.retries, waited_seconds=e.waited_seconds, reused=e.reused_rows is not None and not e.stale,
             validated_rows=validated_rows, notes=tuple(dict.fromkeys(e.notes))))
     opportunities = _stacked(loaded_parts) if loaded_parts else empty_opportunities()
     rejected = _stacked(rejected_parts) if rejected_parts else pd.DataFrame(
@@ -681,23 +681,39 @@ def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extra
 
 
 def _stale_fallback(run: RunContext, index: int) -> Extracted | None:
-    """The stored current records of a source, rebuilt by its type's `rebuilds_history` and marked stale.
+    """The stored current records of a source, marked stale: the validated rows kept at the stored
+    version when the flow has them (as a run that found nothing changed would use: with the links
+    and everything validated then), else rebuilt by its type's `rebuilds_history`.
 
     None when the source's type rebuilds nothing or nothing is stored yet.
     """
-    from connectors.state.source_state import load_records
+    from connectors.state.source_state import get_version, load_records
 
     src = run.config.sources[index]
     from_state = registry.history_rebuilder(src.type)
     if from_state is None:
         return None
-    payloads = load_records(run.engine, src.name)
-    if not payloads:
-        return None
-    extracted = from_state(src, payloads)
+    extracted = _kept_stale(run, index, get_version(run.engine, src.name))
+    if extracted is None:
+        payloads = load_records(run.engine, src.name)
+        if not payloads:
+            return None
+        extracted = from_state(src, payloads)
     extracted.stale = True
     if getattr(src, "reads_rates", False):
         from connectors.state.source_rates import load_rates
 
         extracted.rates = load_rates(run.engine, src.name)
     return extracted
+
+
+def _kept_stale(run: RunContext, index: int, stored: Any) -> Extracted | None:
+    """The rows the flow kept validated at the stored version `stored` (None: nothing kept there)."""
+    src, cache = run.config.sources[index], run.validated_cache
+    if stored is None or cache is None or run.full_refresh:
+        return None
+    rows = cache.load(src.name, validation_digest(run.config, index, run.as_of), stored.version)
+    if rows is None:
+        return None
+    return Extracted(source=src.name, records=pd.DataFrame(), notes=[STALE_NOTE.format(src.name)],
+                     version=stored.version, reused=True, reused_rows=rows)

@@ -322,3 +322,28 @@ def test_kept_text_columns_read_back_one_string_per_distinct_text(tmp_path: Path
         texts = [v for v in back.loaded[column] if isinstance(v, str)]
         assert len({id(v) for v in texts}) == len(set(texts)) == min(rows, 4)
     assert cache.load("s", "digest", "v2") is None
+
+
+@pytest.mark.parametrize("kept_rows", [True, False])
+def test_a_failed_source_falls_back_to_its_kept_rows_with_their_links(flow, tmp_path: Path, kept_rows: bool) -> None:
+    from tests.sources.test_hubspot_flow import ACTED_ON, _links
+
+    hub, srv, path = flow
+    live = run_flow(path, full_refresh=True)  # rows, links and a kept copy of the validated rows
+    if not kept_rows:
+        for f in cache_files(tmp_path):
+            f.unlink()
+    hub.token = "pat-na1-rotated"  # the token was revoked in HubSpot: every request is a 401
+    stale = run_flow(path)
+    report = stale.sources[0]
+    assert report.stale and "401" in (report.error or "")
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (7, 7, 0)
+    assert not report.reused and report.validated_rows == (0 if kept_rows else 7)  # kept: none validated again
+    assert "unchanged" not in " ".join(about(stale.outputs[0]))
+    want = {k: (v if kept_rows else (None, None)) for k, v in _links(live.outputs[0]).items()}
+    assert list(want) == ACTED_ON and all(v[0] for v in _links(live.outputs[0]).values())
+    assert _links(stale.outputs[0]) == want  # the stored payloads alone do not know the portal's links
+    if kept_rows:  # the same deals as the live run's (the sheets that name the stale source aside: M5)
+        skip = {"Actions", "Flags", "Flags by mistake", "Summary", "Data quality", "Rejected"}
+        same = {k: v for k, v in sheets(stale.outputs[0]).items() if k not in skip}
+        assert "Opportunities" in same and same == {k: v for k, v in sheets(live.outputs[0]).items() if k not in skip}

@@ -36,7 +36,7 @@ from itertools import chain
 import requests
 
 from config.models import HubSpotSourceConfig
-from connectors.extracted import ExtractContext, Extracted, PendingState
+from connectors.extracted import STALE_NOTE, ExtractContext, Extracted, PendingState
 from connectors.http.session import RetryPolicy
 from connectors.sources.hubspot import history, links
 from connectors.sources.hubspot.client import OWNER_PAGE, HubSpotApi, make_api
@@ -230,4 +230,4 @@ def from_state(cfg: HubSpotSourceConfig, payloads: list[dict]) -> Extracted:
     usable = [p for p in payloads if RAW_KEY in p]
     records, history, raw = frames(cfg, usable)
     return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
-                     stale=True, notes=[f"source '{cfg.name}' failed; data from an earlier run"])
+                     stale=True, notes=[STALE_NOTE.format(cfg.name)])

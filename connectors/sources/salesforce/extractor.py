@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from config.models import SalesforceSourceConfig
 from config.soql import where_clause
-from connectors.extracted import ExtractContext, Extracted
+from connectors.extracted import STALE_NOTE, ExtractContext, Extracted
 from connectors.http.session import HttpClient, Observer, RetryPolicy, build_session
 from connectors.sources.incremental import Meter, Records, Window, deleted_ids, merge, open_window
 from connectors.sources.salesforce.client import SalesforceAPI
@@ -174,7 +174,7 @@ def from_state(cfg: SalesforceSourceConfig, payloads: list[dict]) -> Extracted:
     records, history, raw, notes = to_frames(ordered, cfg, select_fields(cfg))
     return Extracted(source=cfg.name, records=records, history=history, raw=raw if cfg.raw_sheet else None,
                      field_history=field_history_frame(ordered), stale=True,
-                     notes=[f"source '{cfg.name}' failed; data from an earlier run", *notes])
+                     notes=[STALE_NOTE.format(cfg.name), *notes])
 
 
 def _enrich(api: SalesforceAPI, cfg: SalesforceSourceConfig, recs: dict[str, dict]) -> None:
