@@ -492,9 +492,12 @@ def _units(summary: Any) -> dict[str, str]:
 
 def digests_for_run(run: Any, result: Any, transformed: Any = None, run_url: str | None = None) -> list[Digest]:
     """One digest per report the run produced: `digest_for_run` for a single report; with named
-    reports (`reports:`) each report's KPIs come from the snapshot store (flag details are in its
-    workbook: the report tasks hand back only their flag counts)."""
+    reports (`reports:`), or a workbook written again unchanged, each report's KPIs come from the
+    snapshot store (flag details are in its workbook: only the flag counts are at hand)."""
     entries = list(getattr(result, "reports", None) or [])
+    if not entries and transformed is None and getattr(result, "workbook_reused", False):
+        # the last run's workbook written again (flows.kept_workbook): no analytics ran, the KPIs are stored
+        entries = [{"report": run.config.report, "outputs": result.outputs, "flags": result.flags_count}]
     if not entries:
         return [digest_for_run(run, result, transformed, run_url)]
     from connectors.state.snapshots import load_history

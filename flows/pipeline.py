@@ -38,6 +38,7 @@ from connectors.redact import redact
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from flows import kept_workbook
 from flows.reports import (
     Call,
     FanOut,
@@ -146,6 +147,7 @@ class Transformed:
     analytics: Any = None
     about: list[tuple[str, Any]] = field(default_factory=list)  # extra About rows (e.g. a report's filter)
     validated: Validated | None = None
+    rendered: dict[str, Any] = field(default_factory=dict)  # what `render` wrote: flows.kept_workbook.keep
 
 
 @dataclass
@@ -175,6 +177,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)  # with `reports:`: one entry per report
     stages: list[StageTime] = field(default_factory=list)
+    workbook_reused: bool = False  # the last run's workbook written again (nothing it shows changed)
 
 
 def result_summary(result: RunResult) -> dict[str, Any]:
@@ -192,6 +195,7 @@ def result_summary(result: RunResult) -> dict[str, Any]:
         ],
         "stages": [{"name": s.name, "seconds": round(s.seconds, 3), "peak_mib": round(s.peak_mib, 1)}
                    for s in result.stages],
+        "workbook_reused": result.workbook_reused,
     }
 
 
@@ -214,11 +218,12 @@ def prepare(config_path: str | Path, as_of: date | None = None, *, full_refresh:
                       retry_policy=retry_policy)
 
 
-def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extracted:
+def extract_source(run: RunContext, index: int, *, reuse: bool = True, defer: bool = False) -> Extracted:
     """Pull one source. Errors propagate (the flow decides: stale fallback or failure).
 
     When the connector finds the source unchanged since the rows this flow validated last time
-    (`reuse`), those rows come from the validated cache instead of being rebuilt.
+    (`reuse`), those rows come from the validated cache instead of being rebuilt; with `defer`
+    they are read only when needed (`load_deferred`: a workbook written again needs none).
     """
     src = run.config.sources[index]
     observer = Observer(on_event=run.observer.on_event)
@@ -231,7 +236,9 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
                          state_dir=run.loaded.base_dir / ".state")
     started = time.perf_counter()
     extracted = registry.extractor_for(src.type)(src, ctx)
-    if extracted.reused:
+    if extracted.reused and defer and cache is not None and extracted.version:
+        extracted.reused_rows = _Deferred(index, digest)
+    elif extracted.reused:
         rows = cache.load(src.name, digest, extracted.version) if cache is not None and extracted.version else None
         if rows is None:
             log.warning("source %s: the rows of the last run are not readable here; rebuilding them", src.name)
@@ -246,10 +253,38 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True) -> Extrac
     extracted.seconds = extracted.seconds or time.perf_counter() - started
     extracted.requests, extracted.retries, extracted.waited_seconds = (
         observer.requests, observer.retries, observer.waited_seconds)
+    if isinstance(extracted.reused_rows, _Deferred):
+        log.info("source %s: unchanged since the last run (%.2fs)", src.name, extracted.seconds)
+        return extracted
     read = extracted.reused_rows.rows_read if extracted.reused else extracted.rows_read
     log.info("source %s: %d rows read in %.2fs%s", src.name, read, extracted.seconds,
              " (unchanged: the last run's validated rows)" if extracted.reused else "")
     return extracted
+
+
+@dataclass
+class _Deferred:
+    """The validated rows of source `index` at its version, not read yet (`extract_source(defer=True)`)."""
+
+    index: int
+    digest: str
+
+
+def load_deferred(run: RunContext, extracted: list[Extracted]) -> None:
+    """Read the validated rows `extract_source(defer=True)` left for later; a source whose rows
+    are not readable is extracted again in full, in its place."""
+    cache = run.validated_cache
+    for k, e in enumerate(extracted):
+        deferred = e.reused_rows
+        if not isinstance(deferred, _Deferred):
+            continue
+        src = run.config.sources[deferred.index]
+        rows = cache.load(src.name, deferred.digest, e.version) if cache is not None and e.version else None
+        if rows is None:
+            log.warning("source %s: the rows of the last run are not readable here; rebuilding them", src.name)
+            extracted[k] = extract_source(run, deferred.index, reuse=False)
+            continue
+        e.reused_rows = rows
 
 
 def _merges(src: Any, e: Extracted) -> bool:
@@ -480,20 +515,29 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
         about_extra.append(("deals created after as_of (not shown)", analytics.excluded_future))
     sheets = list(result.sheets)
     _, notes = excel_limits(sheets, count_cut=False)  # the writer counts the cells it cuts
-    version = package_version()
+    rendered = result.rendered
 
     def about(written: WriteStats) -> SheetData:  # built after the other sheets are written
         extra = [*about_extra, *([("cells cut at 32,767 characters", written.cut_cells)] if written.cut_cells else []),
                  *result.about]
-        sheet = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
-                            timezone=run.config.timezone, version=version, config_sha256=run.loaded.sha256,
-                            sources=result.sources, extra=extra, notes=[*notes, *written.fixes])
-        sheet.frame = sheet.frame.map(redact)  # errors, notes and paths may quote a `${...}` value or a URL password
-        return sheet
+        rendered["about_extra"] = [[k, str(v)] for k, v in extra]
+        rendered["about_notes"] = [*notes, *written.fixes]
+        return about_for(run, result.sources, extra, rendered["about_notes"])
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)
+    rendered.update(late_part=stats.late_part, late_table=stats.late_table, rows=stats.rows, notes=stats.notes)
     return staged, stats.rows, stats.notes
+
+
+def about_for(run: RunContext, sources: Sequence[SourceReport], extra: Sequence[tuple[str, Any]],
+              notes: Sequence[str]) -> SheetData:
+    """The About sheet of this run, with `extra` rows and `notes` (secrets masked)."""
+    sheet = about_sheet(run_id=run.run_id, as_of=run.as_of, period=run.period, generated_at=run.started,
+                        timezone=run.config.timezone, version=package_version(), config_sha256=run.loaded.sha256,
+                        sources=sources, extra=extra, notes=notes)
+    sheet.frame = sheet.frame.map(redact)  # errors, notes and paths may quote a `${...}` value or a URL password
+    return sheet
 
 
 def publish(run: RunContext, index: int, staged: Path) -> str:
@@ -574,8 +618,12 @@ def run_pipeline(
     retry_policy: RetryPolicy | None = None,
     reports: list[str] | None = None,
     fan_out: FanOut = thread_fan_out,
+    reuse_workbook: bool = True,
 ) -> RunResult:
     """Extract every source, transform, render once, publish to every destination, then commit state.
+
+    When nothing the workbook shows changed since the one kept from the last run (`reuse_workbook`,
+    flows.kept_workbook), that workbook is written again with this run's About sheet instead.
 
     A source that fails raises unless it has stored state to fall back on (then its data is
     marked stale, M5). State is committed only after every destination succeeded.
@@ -587,27 +635,40 @@ def run_pipeline(
     run.observer.on_event = on_event
     if run.config.reports and reports:
         report_specs(run.config, reports)  # an unknown report name fails before any extraction
+    single = not run.config.reports
     with measured(run.stages, "extract"):
-        extracted, failures = extract_all(run, wrap)
-    if run.config.reports:
+        extracted, failures = extract_all(run, wrap, defer=single and reuse_workbook)
+    if not single:
         return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports, fan_out=fan_out)
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
-    result = wrap(transform, "transform")(run, extracted, failures)
+    key = kept_workbook.workbook_key(run, extracted, failures) if reuse_workbook else None
     staging = local_file.staging_dir()
     try:
         with measured(run.stages, "render"):
-            staged, rows, notes = wrap(render, "render")(run, result, staging)
+            again = wrap(kept_workbook.rewrite_kept, "render-again")(run, extracted, key, staging)
+        result = None
+        if again is None:
+            run.stages.pop()  # nothing was written: the render below is the step
+            load_deferred(run, extracted)
+            result = wrap(transform, "transform")(run, extracted, failures)
+            with measured(run.stages, "render"):
+                staged, rows, notes = wrap(render, "render")(run, result, staging)
+            sources, flags = result.sources, result.flags_count
+        else:
+            staged, rows, notes, sources, flags = again.staged, again.rows, again.notes, again.sources, again.flags_count
         with measured(run.stages, "publish"):
             outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged)
                        for i, d in enumerate(run.config.destinations)]
+        with measured(run.stages, "commit"):
+            wrap(commit_state, "commit-state")(run, extracted, result)
+            if result is not None:
+                keep_validated(run, extracted, result.validated)
+                kept_workbook.keep(run, extracted, failures, result, staged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    with measured(run.stages, "commit"):
-        wrap(commit_state, "commit-state")(run, extracted, result)
-        keep_validated(run, extracted, result.validated)
-    return RunResult(run.run_id, run.as_of, run.period, result.sources, outputs, result.flags_count, rows,
-                     time.perf_counter() - t0, notes, stages=list(run.stages))
+    return RunResult(run.run_id, run.as_of, run.period, sources, outputs, flags, rows,
+                     time.perf_counter() - t0, notes, stages=list(run.stages), workbook_reused=again is not None)
 
 
 def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
@@ -663,13 +724,15 @@ def produce_report(run: RunContext, validated: Validated, flt: ReportFilterConfi
                          None if snapshot is None else len(snapshot.deals), counts, notes, snapshot)
 
 
-def extract_all(run: RunContext, wrap: StepWrapper = _plain) -> tuple[list[Extracted], dict[str, str]]:
-    """Every source once; a failed CRM source falls back to its stored records (marked stale)."""
+def extract_all(run: RunContext, wrap: StepWrapper = _plain, *,
+                defer: bool = False) -> tuple[list[Extracted], dict[str, str]]:
+    """Every source once; a failed CRM source falls back to its stored records (marked stale).
+    `defer`: the validated rows of unchanged sources are read later (`load_deferred`)."""
     extracted: list[Extracted] = []
     failures: dict[str, str] = {}
     for i, src in enumerate(run.config.sources):
         try:
-            extracted.append(wrap(extract_source, f"extract-{src.name}")(run, i))
+            extracted.append(wrap(extract_source, f"extract-{src.name}")(run, i, defer=defer))
         except PipelineSyncError as exc:
             fallback = _stale_fallback(run, i)
             if fallback is None:

@@ -26,6 +26,7 @@ form (and deletes their rows) in the same transaction.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import struct
 import zlib
@@ -424,3 +425,19 @@ def storage_bytes(engine: sa.Engine, report: str) -> int:
 __all__ = ["decode_deals", "deals_digest", "diff_deals", "encode_deals", "load_history", "save_snapshot",
            "snapshot_deal_parts", "snapshot_deals", "snapshot_digests", "snapshot_metrics", "snapshots",
            "storage_bytes", "stored_dates"]
+
+
+def history_stamp(engine: sa.Engine, report: str, as_of: date) -> str:
+    """A digest of the snapshots a run at `as_of` reads and leaves: each date before it with when
+    it was saved and its deals' digest (what `load_history` gives the analytics: they drop the
+    stored metrics of their own date, transforms.analytics._trends), and whether `as_of`'s own is
+    stored, with its deals' digest (the snapshot such a run saves)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(snapshots.c.as_of, snapshots.c.saved_at, snapshot_digests.c.deals_sha256)
+            .select_from(snapshots.outerjoin(snapshot_digests, sa.and_(
+                snapshot_digests.c.report == snapshots.c.report, snapshot_digests.c.as_of == snapshots.c.as_of)))
+            .where(snapshots.c.report == report, snapshots.c.as_of <= as_of)
+            .order_by(snapshots.c.as_of)).all()
+    stamp = [[str(d), str(saved) if d < as_of else "", str(sha)] for d, saved, sha in rows]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()

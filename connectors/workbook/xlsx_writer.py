@@ -116,6 +116,8 @@ class WriteStats:
     cut_cells: int = 0
     notes: list[str] = field(default_factory=list)  # rows split over sheets, then every fix
     fixes: list[str] = field(default_factory=list)  # what was renamed or moved so Excel opens the file
+    late_part: str | None = None  # the `last` sheet's part and table name (connectors.workbook.reuse)
+    late_table: str | None = None
 
 
 class SharedStrings:
@@ -788,8 +790,10 @@ class _Zipper:
 
 
 def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned, stats: WriteStats,
-            sst: SharedStrings | None, zip64: bool) -> None:
-    """The sheet part `name` of the layout with its rows generated from the frame. Its ZIP64
+            sst: SharedStrings | None, zip64: bool, *, shared: bool = True) -> None:
+    """The sheet part `name` of the layout with its rows generated from the frame (`shared`: with
+    repeated texts in the shared strings; else every text inline, so the part can be written
+    again alone, its header the layout's as before). Its ZIP64
     header is chosen from an estimate: the first block's size times the number of blocks (with
     ZIP64_MARGIN), or `zip64` (forced after an estimate proved short)."""
     xml = src.read(name)
@@ -818,8 +822,8 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
             sst.references += cells.count(b't="s"')
     refs, _ = _hyperlinks(links, first=top + 2)
     tail = b"</sheetData>" + _HYPERLINKS.sub(refs.encode(), tail, count=1)
-    blocks = _rows_xml(frame, planned.formats, styles, stats, sst, planned.row_formats(), alt_styles, links,
-                       _row_heights(planned), first=top + 2)
+    blocks = _rows_xml(frame, planned.formats, styles, stats, sst if shared else None, planned.row_formats(),
+                       alt_styles, links, _row_heights(planned), first=top + 2)
     text = next(blocks, None)
     first = b'<row r="%d"></row>' % (top + 2) if text is None else text.encode("utf-8")
     del text
@@ -830,6 +834,36 @@ def _splice(src: zipfile.ZipFile, zipper: _Zipper, name: str, planned: _Planned,
     for block in blocks:
         zipper.block(block)
     zipper.end(tail)
+
+
+def rewrite_late(old: bytes, old_table: bytes, late: SheetData, table: str) -> tuple[bytes, bytes, WriteStats] | None:
+    """The late sheet's part and table (`old`, `old_table`: as `write_workbook` wrote them, see
+    WriteStats.late_part) written again for `late`, which has the columns and formats it had then:
+    the part's head (columns, views) and header row kept, its rows and ranges new, every text
+    inline as then. None when `late` would now be laid out under another table name or the old
+    part is not one this writer spliced (then the workbook is written whole)."""
+    stats = WriteStats()
+    plan = plan_sheets([], summary=False, late=late)
+    if plan.tables[-1] != table or b"<sheetData>" not in old or b"</sheetData>" not in old:
+        return None
+    sheet = finish_late(plan, late)
+    headers = [str(c) for c in sheet.frame.columns]
+    planned = _Planned(sheet, 0, [sheet.formats.get(h) or infer_format(sheet.frame.iloc[:, j])
+                                  for j, h in enumerate(headers)], table)
+    head, rest = old.split(b"<sheetData>", 1)
+    data, tail = rest.split(b"</sheetData>", 1)
+    header_row = re.search(rb'<row r="1"[^>]*>.*?</row>', data, re.S)
+    sample = _SAMPLE_ROW.search(data)
+    if header_row is None or sample is None or planned.row_formats() != [None] * len(headers) or "url" in planned.formats:
+        return None  # no rows to take the styles from (or per-row styles, links: not an About sheet)
+    styles = [m.group(1).decode() if m.group(1) else "0" for m in _CELL_STYLE.finditer(sample.group(1))]
+    styles = (styles + ["0"] * len(headers))[:len(headers)]
+    ref = _full_ref(planned)
+    head = _DIMENSION.sub(f'<dimension ref="{ref}"/>'.encode(), head) + b"<sheetData>" + header_row.group(0)
+    rows = "".join(_rows_xml(sheet.frame, planned.formats, styles, stats, None, heights=_row_heights(planned)))
+    part = head + rows.encode("utf-8") + b"</sheetData>" + tail
+    stats.sheets, stats.rows = [sheet.name], {sheet.name: len(sheet.frame)}
+    return part, _finish_table(old_table, {table: (ref, headers)}), stats
 
 
 def _form_width(form: SheetForm | None) -> int:
@@ -1020,7 +1054,9 @@ def _write(target: Path, sheets: list[SheetData], summary: SummaryData | None, c
                     if by_part[item.filename] is late:  # every other sheet is written (xlsxwriter's order)
                         late.sheet = finish_late(plan, last(stats))
                         tables[late.table] = (_full_ref(late), tables[late.table][1])  # tables come after sheets
-                    _splice(src, zipper, item.filename, by_part[item.filename], stats, sst, item.filename in zip64)
+                    # the late sheet shares no strings: it can be written again alone (connectors.workbook.reuse)
+                    _splice(src, zipper, item.filename, by_part[item.filename], stats, sst, item.filename in zip64,
+                            shared=by_part[item.filename] is not late)
                 elif item.filename in by_rels:
                     zipper.writestr(item, _sheet_rels(src.read(item.filename), by_rels[item.filename]))
                 elif item.filename.startswith("xl/tables/"):
@@ -1038,6 +1074,8 @@ def _write(target: Path, sheets: list[SheetData], summary: SummaryData | None, c
         os.replace(final_tmp, target)
         stats.sheets = (["Summary"] if summary is not None else []) + [p.sheet.name for p in planned]
         stats.rows = {p.sheet.name: len(p.sheet.frame) for p in planned}
+        if late is not None and late.spliced:
+            stats.late_part, stats.late_table = f"xl/worksheets/sheet{late.index}.xml", late.table
         return stats
     finally:
         shutil.rmtree(work, ignore_errors=True)
