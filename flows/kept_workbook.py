@@ -51,13 +51,14 @@ def store(run: RunContext) -> KeptWorkbooks | None:
     return None if cache is None else KeptWorkbooks(cache.folder.parent / "workbooks")
 
 
-def workbook_key(run: RunContext, extracted: list[Extracted], failures: dict[str, str]) -> str | None:
+def workbook_key(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
+                 keeping: bool = False) -> str | None:
     """The key of everything the workbook of this run shows but the About sheet; None when the
-    run must not reuse or keep a workbook."""
+    run must not reuse a workbook (`keeping`: keep one; a full refresh keeps what it wrote)."""
     from flows.pipeline import package_version, validation_digest
 
     cfg = run.config
-    if run.full_refresh or cfg.reports or failures or len(extracted) != len(cfg.sources):
+    if (run.full_refresh and not keeping) or cfg.reports or failures or len(extracted) != len(cfg.sources):
         return None
     sources = []
     for i, (src, e) in enumerate(zip(cfg.sources, extracted, strict=True)):
@@ -103,7 +104,7 @@ def keep(run: RunContext, extracted: list[Extracted], failures: dict[str, str], 
     kept = store(run)
     if kept is None:
         return
-    key = workbook_key(run, extracted, failures)
+    key = workbook_key(run, extracted, failures, keeping=True)
     rendered = result.rendered  # the late sheet's part and table, the About rows, rows, notes
     if key is None or not rendered.get("late_part"):
         kept.drop(run.config.report)

@@ -42,8 +42,10 @@ def test_the_run_summary_at_v_lists_every_step(tmp_path, capsys) -> None:
     cfg.write_text("sources: [{name: s, type: csv, path: d.csv}]\ndestinations: [{type: file, path: o.xlsx}]\n")
     assert main(["run", "--config", str(cfg), "--as-of", "2026-02-01", "--no-prefect"]) == 0
     assert "stages:" not in capsys.readouterr().out
-    assert main(["-v", "run", "--config", str(cfg), "--as-of", "2026-02-01", "--no-prefect"]) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  stages: "))
-    names = [part.split()[0] for part in line.removeprefix("  stages: ").split(", ")]
-    assert names == ["extract", "validate", "analyze", "render", "publish", "commit"]
-    assert all("MiB peak" in part for part in line.split(", "))
+    for extra, steps in ((["--full-refresh"], ["extract", "validate", "analyze", "render", "publish", "commit"]),
+                         ([], ["extract", "render", "publish", "commit"])):  # nothing changed: written again
+        assert main(["-v", "run", "--config", str(cfg), "--as-of", "2026-02-01", "--no-prefect", *extra]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  stages: "))
+        names = [part.split()[0] for part in line.removeprefix("  stages: ").split(", ")]
+        assert names == steps
+        assert all("MiB peak" in part for part in line.split(", "))
