@@ -294,6 +294,23 @@ def test_demo_has_no_unneeded_zip64(demo_workbook):
     assert [v for v in excel_rule_violations(demo_workbook) if v.rule == "zip64"] == []
 
 
+@pytest.fixture(scope="module")
+def demo_written_again(demo_workbook) -> Path:
+    """The demo run again with nothing changed: its workbook copied from the kept one, About rebuilt."""
+    from flows.pipeline import run_pipeline
+
+    result = run_pipeline(demo_workbook.parent.parent / "demo.yaml", AS_OF)
+    assert result.workbook_reused
+    return Path(result.outputs[0].split(" ")[0])
+
+
+def test_demo_written_again_passes_the_sdk_validator_the_rules_and_the_schemas(demo_written_again, sdk):
+    assert sdk.validate(demo_written_again) == []
+    assert _rules(demo_written_again) == []
+    _require_schemas()
+    assert xsd_violations(demo_written_again) == []
+
+
 # a formula, escapes (one pair overlapping), a control character
 HOSTILE_OWNER = "=HYPERLINK(\"x\")_x0041__x0042_ _x0043_x0044_\x07" + "\u00e9" * 40
 
