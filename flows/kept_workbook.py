@@ -85,7 +85,10 @@ def rewrite_kept(run: RunContext, extracted: list[Extracted], key: str | None, s
     sources = _reports(run, extracted, meta.get("sources") or {})
     if sources is None:
         return None
-    about = about_for(run, sources, [tuple(x) for x in meta.get("about_extra", [])], list(meta.get("about_notes", [])))
+    extra = [tuple(x) for x in meta.get("about_extra", [])]
+    extra.append(("workbook", f"the sheets of run {meta.get('run_id', '?')} ({meta.get('generated_at', '?')}), "
+                              "written again: nothing they show changed since"))
+    about = about_for(run, sources, extra, list(meta.get("about_notes", [])))
     staged = staging / "pipeline.xlsx"
     stats = rewrite(found.path, staged, about, late_part=meta.get("late_part", ""),
                     late_table=meta.get("late_table", ""), generated_at=run.started)
@@ -109,7 +112,8 @@ def keep(run: RunContext, extracted: list[Extracted], failures: dict[str, str], 
     if key is None or not rendered.get("late_part"):
         kept.drop(run.config.report)
         return
-    meta = {**rendered, "flags_count": result.flags_count,
+    meta = {**rendered, "flags_count": result.flags_count, "run_id": run.run_id,
+            "generated_at": run.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "sources": {s.name: [s.rows_read, s.rows_loaded, s.rows_rejected] for s in result.sources}}
     try:
         kept.save(run.config.report, key, staged, meta)
