@@ -17,14 +17,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from config.workbook import SheetData
 from connectors.extracted import Extracted
-from connectors.state.kept_workbook import KeptWorkbooks
+from connectors.state.kept_workbook import Kept, KeptWorkbooks
 from connectors.state.snapshots import history_stamp
 
-if TYPE_CHECKING:
-    from flows.pipeline import RunContext, SourceReport, Transformed
+RunContext = Any  # flows.pipeline.RunContext (which imports this module)
 
 log = logging.getLogger("pipeline_sync")
 
@@ -36,12 +36,12 @@ _CODE_FILES = ("flows/pipeline.py", "flows/kept_workbook.py", "connectors/state/
 
 @dataclass
 class Rewritten:
-    """A run's workbook written again from the kept one: what the run reports about it."""
+    """A run's workbook written again from the kept one: what the run reports about it (`meta`:
+    connectors.state.kept_workbook)."""
 
     staged: Path
     rows: dict[str, int]
     notes: list[str]
-    sources: list[SourceReport]
     flags_count: int | None
 
 
@@ -51,89 +51,82 @@ def store(run: RunContext) -> KeptWorkbooks | None:
     return None if cache is None else KeptWorkbooks(cache.folder.parent / "workbooks")
 
 
-def workbook_key(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
-                 keeping: bool = False) -> str | None:
-    """The key of everything the workbook of this run shows but the About sheet; None when the
-    run must not reuse a workbook (`keeping`: keep one; a full refresh keeps what it wrote)."""
-    from flows.pipeline import package_version, validation_digest
-
+def workbook_key(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *, digests: list[str],
+                 version: str, keeping: bool = False) -> str | None:
+    """The key of everything the workbook of this run shows but the About sheet (`digests`: each
+    source's validation digest; `version`: the package's); None when the run must not reuse a
+    workbook (`keeping`: keep one; a full refresh keeps what it wrote)."""
     cfg = run.config
     if (run.full_refresh and not keeping) or cfg.reports or failures or len(extracted) != len(cfg.sources):
         return None
     sources = []
-    for i, (src, e) in enumerate(zip(cfg.sources, extracted, strict=True)):
+    for src, e, digest in zip(cfg.sources, extracted, digests, strict=True):
         if e.source != src.name or e.stale or e.version is None:
             return None
-        sources.append([src.name, e.version, validation_digest(cfg, i, run.as_of), repr(e.rates)])
-    key = {"version": package_version(), "code": _code_digest(), "config": cfg.model_dump(mode="json"),
+        sources.append([src.name, e.version, digest, repr(e.rates)])
+    key = {"version": version, "code": _code_digest(), "config": cfg.model_dump(mode="json"),
            "config_sha256": run.loaded.sha256, "as_of": run.as_of.isoformat(), "period": run.period.label,
            "sources": sources, "history": history_stamp(run.engine, cfg.report, run.as_of)}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def rewrite_kept(run: RunContext, extracted: list[Extracted], key: str | None, staging: Path) -> Rewritten | None:
-    """The kept workbook written again into `staging` for this run when its key is `key`; None
-    (nothing written) when there is none, its key differs or it cannot be rewritten."""
-    from connectors.workbook.reuse import rewrite
-    from flows.pipeline import about_for
-
+def find(run: RunContext, key: str | None) -> Kept | None:
+    """The workbook kept for this run's report under `key` (intact), else None."""
     kept = store(run)
-    found = None if key is None or kept is None else kept.match(run.config.report, key)
-    if found is None:
-        return None
-    meta = found.meta
-    sources = _reports(run, extracted, meta.get("sources") or {})
-    if sources is None:
-        return None
-    extra = [tuple(x) for x in meta.get("about_extra", [])]
+    return None if key is None or kept is None else kept.match(run.config.report, key)
+
+
+def about_rows(meta: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(extra rows, notes) of the About sheet of a run that writes the kept workbook again: the kept
+    run's, and which run's sheets these are."""
+    extra = [(str(k), str(v)) for k, v in meta.get("about_extra", [])]
     extra.append(("workbook", f"the sheets of run {meta.get('run_id', '?')} ({meta.get('generated_at', '?')}), "
                               "written again: nothing they show changed since"))
-    about = about_for(run, sources, extra, list(meta.get("about_notes", [])))
+    return extra, [str(n) for n in meta.get("about_notes", [])]
+
+
+def kept_counts(meta: dict[str, Any], source: str) -> tuple[int, int, int] | None:
+    """(read, loaded, rejected) of `source` as the kept run reported them; None if not kept so."""
+    c = (meta.get("sources") or {}).get(source)
+    ok = isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) for v in c)
+    return (c[0], c[1], c[2]) if ok else None
+
+
+def rewrite_kept(run: RunContext, kept: Kept, about: SheetData, staging: Path) -> Rewritten | None:
+    """`kept` written again into `staging` with `about` as its About sheet; None (nothing written)
+    when it cannot be rewritten."""
+    from connectors.workbook.reuse import rewrite
+
+    meta = kept.meta
     staged = staging / "pipeline.xlsx"
-    stats = rewrite(found.path, staged, about, late_part=meta.get("late_part", ""),
-                    late_table=meta.get("late_table", ""), generated_at=run.started)
+    stats = rewrite(kept.path, staged, about, late_part=str(meta.get("late_part", "")),
+                    late_table=str(meta.get("late_table", "")), generated_at=run.started)
     if stats is None:
         return None
     log.info("report %s: nothing it shows changed since the last run; its workbook was written again",
              run.config.report)
-    return Rewritten(staged, {**meta.get("rows", {}), **stats.rows}, list(meta.get("notes", [])), sources,
+    return Rewritten(staged, {**meta.get("rows", {}), **stats.rows}, list(meta.get("notes", [])),
                      meta.get("flags_count"))
 
 
-def keep(run: RunContext, extracted: list[Extracted], failures: dict[str, str], result: Transformed,
-         staged: Path) -> None:
-    """After the state is committed (so the key names this run's snapshot): keep this run's
-    workbook for the next run. Failing here only costs the next run time."""
+def keep(run: RunContext, key: str | None, rendered: dict[str, Any], flags_count: int | None,
+         counts: dict[str, list[int]], staged: Path) -> None:
+    """After the state is committed (so `key` names this run's snapshot): keep this run's workbook
+    for the next run. `rendered`: what `render` noted (the late sheet's part and table, the About
+    rows, rows per sheet, notes); `counts`: per source [read, loaded, rejected]. Failing here only
+    costs the next run time."""
     kept = store(run)
     if kept is None:
         return
-    key = workbook_key(run, extracted, failures, keeping=True)
-    rendered = result.rendered  # the late sheet's part and table, the About rows, rows, notes
     if key is None or not rendered.get("late_part"):
         kept.drop(run.config.report)
         return
-    meta = {**rendered, "flags_count": result.flags_count, "run_id": run.run_id,
-            "generated_at": run.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "sources": {s.name: [s.rows_read, s.rows_loaded, s.rows_rejected] for s in result.sources}}
+    meta = {**rendered, "flags_count": flags_count, "run_id": run.run_id,
+            "generated_at": run.started.strftime("%Y-%m-%d %H:%M:%S UTC"), "sources": counts}
     try:
         kept.save(run.config.report, key, staged, meta)
     except OSError as exc:
         log.warning("report %s: could not keep its workbook for the next run (%s)", run.config.report, exc.strerror)
-
-
-def _reports(run: RunContext, extracted: list[Extracted], counts: dict[str, list[int]]) -> list[SourceReport] | None:
-    """This run's report of each source: its counts as kept, its extraction as measured now."""
-    from flows.pipeline import SourceReport
-
-    out = []
-    for src, e in zip(run.config.sources, extracted, strict=True):
-        c = counts.get(e.source)
-        if not (isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) for v in c)):
-            return None
-        out.append(SourceReport(e.source, src.type, c[0], c[1], c[2], e.seconds, stale=c[0] == 0,
-                                requests=e.requests, retries=e.retries, waited_seconds=e.waited_seconds,
-                                reused=e.reused and not e.stale, notes=tuple(dict.fromkeys(e.notes))))
-    return out
 
 
 def _code_digest() -> str:

@@ -520,9 +520,9 @@ def render(run: RunContext, result: Transformed, staging_dir: Path) -> tuple[Pat
     def about(written: WriteStats) -> SheetData:  # built after the other sheets are written
         extra = [*about_extra, *([("cells cut at 32,767 characters", written.cut_cells)] if written.cut_cells else []),
                  *result.about]
-        rendered["about_extra"] = [[k, str(v)] for k, v in extra]
-        rendered["about_notes"] = [*notes, *written.fixes]
-        return about_for(run, result.sources, extra, rendered["about_notes"])
+        rendered["about_extra"] = [[redact(k), redact(str(v))] for k, v in extra]  # kept for the next run:
+        rendered["about_notes"] = [redact(n) for n in [*notes, *written.fixes]]  # masked as the sheet is
+        return about_for(run, result.sources, extra, [*notes, *written.fixes])
 
     stats = write_workbook(staged, sheets=sheets, summary=result.summary, currency=run.config.inputs.currency,
                            last=about)
@@ -642,11 +642,11 @@ def run_pipeline(
         return run_reports(run, extracted, failures, wrap=wrap, started=t0, names=reports, fan_out=fan_out)
     if reports and reports != [run.config.report]:
         raise PipelineSyncError(f"unknown report(s): {', '.join(reports)}; this config has: {run.config.report}")
-    key = kept_workbook.workbook_key(run, extracted, failures) if reuse_workbook else None
+    key = workbook_key(run, extracted, failures) if reuse_workbook else None
     staging = local_file.staging_dir()
     try:
         with measured(run.stages, "render"):
-            again = wrap(kept_workbook.rewrite_kept, "render-again")(run, extracted, key, staging)
+            again = wrap(render_again, "render-again")(run, extracted, key, staging)
         result = None
         if again is None:
             run.stages.pop()  # nothing was written: the render below is the step
@@ -656,7 +656,7 @@ def run_pipeline(
                 staged, rows, notes = wrap(render, "render")(run, result, staging)
             sources, flags = result.sources, result.flags_count
         else:
-            staged, rows, notes, sources, flags = again.staged, again.rows, again.notes, again.sources, again.flags_count
+            (staged, rows, notes, flags), sources = again
         with measured(run.stages, "publish"):
             outputs = [wrap(publish, f"publish-{d.type}-{i}")(run, i, staged)
                        for i, d in enumerate(run.config.destinations)]
@@ -664,11 +664,45 @@ def run_pipeline(
             wrap(commit_state, "commit-state")(run, extracted, result)
             if result is not None:
                 keep_validated(run, extracted, result.validated)
-                kept_workbook.keep(run, extracted, failures, result, staged)
+                kept_workbook.keep(run, workbook_key(run, extracted, failures, keeping=True), result.rendered,
+                                   result.flags_count,
+                                   {s.name: [s.rows_read, s.rows_loaded, s.rows_rejected] for s in result.sources},
+                                   staged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return RunResult(run.run_id, run.as_of, run.period, sources, outputs, flags, rows,
                      time.perf_counter() - t0, notes, stages=list(run.stages), workbook_reused=again is not None)
+
+
+def workbook_key(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
+                 keeping: bool = False) -> str | None:
+    """flows.kept_workbook.workbook_key with each source's validation digest."""
+    digests = [validation_digest(run.config, i, run.as_of) for i in range(len(run.config.sources))]
+    return kept_workbook.workbook_key(run, extracted, failures, digests=digests, version=package_version(),
+                                      keeping=keeping)
+
+
+def render_again(run: RunContext, extracted: list[Extracted], key: str | None,
+                 staging: Path) -> tuple[tuple[Path, dict[str, int], list[str], int | None], list[SourceReport]] | None:
+    """The workbook kept under `key` written again into `staging` with this run's About sheet:
+    ((staged, rows per sheet, notes, flag count), the sources' reports); None when there is none
+    to write (then the run validates, analyses and renders)."""
+    kept = kept_workbook.find(run, key)
+    if kept is None:
+        return None
+    sources = []
+    for src, e in zip(run.config.sources, extracted, strict=True):
+        counts = kept_workbook.kept_counts(kept.meta, src.name)
+        if counts is None:
+            return None
+        sources.append(SourceReport(src.name, src.type, *counts, e.seconds, stale=counts[0] == 0,
+                                    requests=e.requests, retries=e.retries, waited_seconds=e.waited_seconds,
+                                    reused=e.reused and not e.stale, notes=tuple(dict.fromkeys(e.notes))))
+    extra, notes = kept_workbook.about_rows(kept.meta)
+    again = kept_workbook.rewrite_kept(run, kept, about_for(run, sources, extra, notes), staging)
+    if again is None:
+        return None
+    return (again.staged, again.rows, again.notes, again.flags_count), sources
 
 
 def run_reports(run: RunContext, extracted: list[Extracted], failures: dict[str, str], *,
