@@ -117,3 +117,28 @@ def test_the_kept_workbook_is_private_and_reused_only_once_committed(cfg: Path) 
     assert folder.stat().st_mode & 0o777 == 0o700
     assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".xlsx"]
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in folder.iterdir())
+
+
+def test_the_digest_of_a_run_written_again_takes_its_kpis_from_the_snapshot_store(cfg: Path) -> None:
+    from flows.notify import digests_for_run
+    from flows.pipeline import prepare
+
+    seen: dict[str, object] = {}
+
+    def capture(step, name):  # as flows.sync._Steps keeps the transform's result
+        def call(*a, **kw):
+            out = step(*a, **kw)
+            seen[name] = out
+            return out
+        return call
+
+    first = run_pipeline(cfg, AS_OF, wrap=capture)
+    (analysed,) = digests_for_run(prepare(cfg, AS_OF), first, seen["transform"])
+    seen.clear()
+    second = run_pipeline(cfg, AS_OF, wrap=capture)
+    assert second.workbook_reused and "transform" not in seen
+    (digest,) = digests_for_run(prepare(cfg, AS_OF), second, None)
+    assert digest.report == "r" and digest.flags_total == first.flags_count and not digest.flag_details
+    assert len(analysed.all_kpis) > 5
+    assert [(k.metric, k.value) for k in digest.all_kpis] == [(k.metric, k.value) for k in analysed.all_kpis]
+    assert (digest.health.rows_read, digest.health.rows_loaded, digest.health.rows_rejected) == (5, 4, 1)
