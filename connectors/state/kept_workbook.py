@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from connectors.state.private import check_private_file, private_dir
+from connectors.state.private import atomic_write, check_private_file, private_dir
 
 FORMAT = 1
 MAX_WORKBOOK_BYTES = 4 << 30  # connectors.workbook.reuse writes no ZIP64
@@ -75,31 +73,18 @@ class KeptWorkbooks:
             self.drop(report)
             return
         head.unlink(missing_ok=True)  # no header names a half-replaced workbook
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
         h = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, open(workbook, "rb") as src:
+
+        def copy(out: BinaryIO) -> None:
+            with open(workbook, "rb") as src:
                 while chunk := src.read(1 << 20):
                     h.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, book)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(book, copy)
         body = json.dumps({**meta, "format": FORMAT, "report": report, "key": key, "size": size,
                            "sha256": h.hexdigest()}).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, head)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(head, lambda out: out.write(body))
 
     def drop(self, report: str) -> None:
         for path in self._paths(report):

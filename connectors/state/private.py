@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from connectors.errors import PipelineSyncError
 
@@ -61,3 +64,16 @@ def check_private_file(path: Path, what: str = "state file") -> bool:
     if (problem := _problem(Path(path), st, what)) is not None:
         raise StateFolderError(problem)
     return True
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace `path` by what `write` writes into a new 0600 temp file beside it (then renamed):
+    a reader sees the old file or the new one, never half of one. The temp file goes on failure."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

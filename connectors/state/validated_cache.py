@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +24,7 @@ from typing import BinaryIO
 import pandas as pd
 
 from connectors.state import frames
-from connectors.state.private import check_private_file, private_dir
+from connectors.state.private import atomic_write, check_private_file, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +127,7 @@ class ValidatedCache:
             written.append(_digest(fh))
 
         try:
-            _atomic_write(path, write)
+            atomic_write(path, write)
         except frames.Unsupported as exc:
             log.info("source %s: validated rows not kept for the next run (%s)", source, exc)
             self.drop(source)
@@ -138,7 +135,7 @@ class ValidatedCache:
         size, sha = written[0]
         meta = json.dumps({"format": FORMAT, "digest": digest, "version": version, "sha256": sha,
                            "size": size}).encode()
-        _atomic_write(head, lambda fh: fh.write(meta))
+        atomic_write(head, lambda fh: fh.write(meta))
         head.with_suffix(".pkl").unlink(missing_ok=True)  # an entry of format 1
 
     def drop(self, source: str) -> None:
@@ -156,14 +153,3 @@ def _digest(fh: BinaryIO, limit: int | None = None) -> tuple[int, str]:
         h.update(chunk)
         size += len(chunk)
     return size, h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
