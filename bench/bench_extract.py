@@ -231,7 +231,7 @@ def extract_case(n: int, work: Path) -> dict:
         started1 = datetime.now(UTC)
         ex, seconds, kinds = run(started1)
         pages = math.ceil(n / cfg.page_size)
-        expected = pages + 2 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + properties + active owners
+        expected = pages + 3 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + properties + account details (record_url) + active owners
         out["full"] = {"seconds": round(seconds, 2), "requests": sum(kinds.values()), "by_path": kinds,
                        "expected_requests": expected, "rows": ex.rows_read,
                        "requests_per_10k": round(sum(kinds.values()) * 10_000 / n, 1),
