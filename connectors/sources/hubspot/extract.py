@@ -172,9 +172,7 @@ def _result(cfg: HubSpotSourceConfig, ctx: ExtractContext, api: HubSpotApi, wind
     deletes: set[str] = set()
     if delta is not None:
         assert ctx.engine is not None
-        stored = window.stored
-        same = stored is not None and stored.detail.get("resolution") == resolution_digest(scope, owners)
-        upserts = StoredPayloads(table, resolver, delta.moved(ctx.engine, cfg.name, upserts, same_resolution=same))
+        upserts = StoredPayloads(table, resolver, delta.moved(ctx.engine, cfg.name, upserts))
         deletes = delta.deletes
     records, history_frame, raw = table_frames(cfg, table, resolver)
     notes = [*notes, *links.link_records(api, cfg, records)]  # record_url: one account-details request

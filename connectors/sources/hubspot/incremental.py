@@ -130,11 +130,9 @@ class Delta:
     deletes: set[str]
     changed: int
 
-    def moved(self, engine: sa.Engine, source: str, payloads: StoredPayloads, *, same_resolution: bool = False) -> list[int]:
-        """Positions of the deals whose payload differs from the stored one, or that none is stored for.
-        `same_resolution`: pipelines, stages and owners resolve as for the stored payloads (equal
-        `resolution_digest`), so a stored deal this run did not re-read keeps its row: not screened."""
-        moved, compare = self._screen(payloads, same_resolution)
+    def moved(self, engine: sa.Engine, source: str, payloads: StoredPayloads) -> list[int]:
+        """Positions of the deals whose payload differs from the stored one, or that none is stored for."""
+        moved, compare = self._screen(payloads)
         with gc_paused():
             for at in range(0, len(compare), _COMPARE_CHUNK):
                 some = compare[at:at + _COMPARE_CHUNK]
@@ -145,19 +143,11 @@ class Delta:
                         moved.append(i)
         return sorted(moved)
 
-    def _screen(self, payloads: StoredPayloads, same_resolution: bool) -> tuple[list[int], list[int]]:
+    def _screen(self, payloads: StoredPayloads) -> tuple[list[int], list[int]]:
         """(new positions, positions whose stored payload must be compared whole)."""
         moved: list[int] = []
         compare: list[int] = []
         stored, resolver = self.stored_rows, payloads.resolver
-        if same_resolution:  # a DIGEST position's raw deal and its resolution are the stored ones
-            kinds = stored.kind
-            for kind, out in ((StoredRows.NEW, moved), (StoredRows.COMPARE, compare)):
-                at = kinds.find(kind)
-                while at >= 0:
-                    out.append(at)
-                    at = kinds.find(kind, at + 1)
-            return moved, compare
         with gc_paused():
             for i, kind in enumerate(stored.kind):
                 if kind == StoredRows.NEW:
