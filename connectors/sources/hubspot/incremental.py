@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext
@@ -84,8 +89,9 @@ class StoredRows:
         self.digests = array("q")
         self.kind = bytearray()
 
-    def add(self, text: str) -> None:
-        cut = text.find(_RAW_CUT)
+    def add(self, text: str, cut: int | None = None) -> None:
+        """One stored payload's text; `cut`: where its raw deal starts (`text.find(_RAW_CUT)`)."""
+        cut = text.find(_RAW_CUT) if cut is None else cut
         self.digests.append(hash(text[:cut]) if cut > 0 else 0)
         self.kind.append(self.DIGEST if cut > 0 else self.COMPARE)
 
@@ -102,22 +108,76 @@ class StoredRows:
         self.kind = bytearray(self.kind[i] if i < m else self.NEW for i in order)
 
 
-def read_stored(engine: sa.Engine, source: str) -> tuple[DealTable, StoredRows]:
-    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests."""
+def read_stored(engine: sa.Engine, source: str, stop: threading.Event | None = None) -> tuple[DealTable, StoredRows]:
+    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests.
+    `stop` set: give up before the next chunk (raises StoppedReading)."""
     table, rows = DealTable(), StoredRows()
     with gc_paused():  # a chunk of decoded payloads is many acyclic containers, freed by refcount
         for chunk in iter_records(engine, source, decode=False):
-            payloads = json.loads("[" + ",".join(text for _, text in chunk) + "]")
+            if stop is not None and stop.is_set():
+                raise StoppedReading(source)
+            texts = [text for _, text in chunk]
+            cuts = [text.find(_RAW_CUT) for text in texts]
             deals = []
-            for (_, text), payload in zip(chunk, payloads, strict=True):
-                if RAW_KEY in payload:
-                    deals.append(payload[RAW_KEY])
-                    rows.add(text)
+            for text, cut, deal in zip(texts, cuts, raw_deals(texts, cuts), strict=True):
+                if deal is not None:
+                    deals.append(deal)
+                    rows.add(text, cut)
             table.add_deals(deals)
             if len(table) != len(rows.kind):  # a raw deal id stored twice: compare every payload whole
                 rows.kind = bytearray([StoredRows.COMPARE]) * len(table)
                 rows.digests = array("q", bytes(8 * len(table)))
     return table, rows
+
+
+class StoppedReading(Exception):
+    """read_stored was told to stop (its run failed or no longer needs the stored deals)."""
+
+
+@contextmanager
+def stored_ahead(engine: sa.Engine, source: str, ahead: bool) -> Iterator[Callable[[], tuple[DealTable, StoredRows]]]:
+    """A function giving `read_stored(engine, source)`. `ahead`: the stored deals will be needed, so
+    they are read on a worker thread from now on, while the caller waits on HubSpot (the search's
+    pacing and answers): the function then waits for that read. Leaving the block stops a read
+    still running after its current chunk. An engine whose connections are per thread (SQLite in
+    memory) or shared between threads is read when asked, on the caller's thread."""
+    if not ahead or isinstance(engine.pool, SingletonThreadPool | StaticPool):
+        yield lambda: read_stored(engine, source)
+        return
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix=f"stored-{source}") as pool:
+        future = pool.submit(read_stored, engine, source, stop)
+        try:
+            yield future.result
+        finally:
+            stop.set()
+
+
+def raw_deals(texts: list[str], cuts: list[int] | None = None) -> list[dict | None]:
+    """The raw deal (RAW_KEY) of each stored payload text, None where it has none. A payload as
+    `stored` builds and save_state encodes it ends with its raw deal: only that part is decoded
+    (`cuts`: each text's `find(_RAW_CUT)`). Other texts (another key order or encoding) are
+    decoded whole; when a cut part does not decode to deals, the whole chunk is."""
+    cuts = [text.find(_RAW_CUT) for text in texts] if cuts is None else cuts
+    parts = [text[cut + len(_RAW_CUT):-1] if cut > 0 and text.endswith("}") else None
+             for text, cut in zip(texts, cuts, strict=True)]
+    cut_parts = [p for p in parts if p is not None]
+    if cut_parts:
+        try:  # a part that is not its payload's last value (`{...}, "k": v`) makes the array invalid
+            decoded = json.loads("[" + ",".join(cut_parts) + "]")
+        except ValueError:
+            decoded = None
+        if decoded is not None and len(decoded) == len(cut_parts) \
+                and all(d.__class__ is dict and "id" in d for d in decoded):
+            rest = [t for t, p in zip(texts, parts, strict=True) if p is None]
+            whole = iter(json.loads("[" + ",".join(rest) + "]") if rest else [])
+            raw = iter(decoded)
+            return [next(raw) if p is not None else _raw_of(next(whole)) for p in parts]
+    return [_raw_of(payload) for payload in json.loads("[" + ",".join(texts) + "]")]
+
+
+def _raw_of(payload: Any) -> dict | None:
+    return payload.get(RAW_KEY) if isinstance(payload, dict) else None
 
 
 @dataclass
@@ -206,14 +266,18 @@ def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, w
     stored rows, the changes alone: `read_narrow`); None when nothing changed since the rows the
     flow holds (see `unchanged`)."""
     assert ctx.engine is not None and window.start is not None
-    changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
-    gone = archived_ids(api, cfg) - set(changed)
-    if unchanged(api, cfg, ctx, window, changed, gone, scope):
-        return None
-    narrow = read_narrow(api, cfg, ctx, window, changed, gone, scope)
-    if narrow is not None:
-        return narrow
-    table, stored_rows = read_stored(ctx.engine, cfg.name)
+    # a flow that does not hold the stored version's rows needs every stored deal (neither
+    # `unchanged` nor `read_narrow` can answer): read them while the search waits on HubSpot
+    ahead = not window.holds(ctx.cached_version)
+    with stored_ahead(ctx.engine, cfg.name, ahead) as stored:
+        changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
+        gone = archived_ids(api, cfg) - set(changed)
+        if unchanged(api, cfg, ctx, window, changed, gone, scope):
+            return None
+        narrow = read_narrow(api, cfg, ctx, window, changed, gone, scope)
+        if narrow is not None:
+            return narrow
+        table, stored_rows = stored()
     deletes = set(deleted_ids(gone, changed, table))
     was_stored = {k for k in changed if k in table}
     stored_rows.recheck(table.position(k) for k in was_stored)  # their raw deal may differ
