@@ -16,14 +16,14 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.sources.hubspot import incremental
-from connectors.sources.hubspot.incremental import StoppedReading, raw_deals, read_stored
+from connectors.sources.hubspot.incremental import RowTexts, StoppedReading, raw_deals, read_stored
 from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY
-from connectors.sources.hubspot.rows import stored
+from connectors.sources.hubspot.rows import DealTable, stored, table_frames
 from connectors.state import source_state
 from connectors.state.db import make_engine
 from connectors.state.source_state import load_records, payload_text, save_state
 from tests.fakes.hubspot import Harness, demo_harness
-from tests.sources.test_hubspot_table import same_frame
+from tests.sources.test_hubspot_table import CONFIGS, DEALS, config, raw_deal, resolver, same_frame
 
 RUN1 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 RUN2 = RUN1 + timedelta(hours=1)
@@ -66,6 +66,31 @@ def test_raw_deals_are_what_decoding_the_whole_payload_gives(shape: Any, mixed: 
     assert raw_deals(texts) == expected
     has_raw = shape is not TEXTS["no raw deal"]
     assert [d and d["id"] for d in expected] == [str(i) if has_raw or (mixed and i != 1) else None for i in range(4)]
+
+
+# a deal whose values are not all str: the generic JSON path (HubSpot sends str, stored states may not)
+ODD = ("77", {"dealname": "Odd", "amount": 12.5, "dealstage": "closedwon", "pipeline": "default",
+              "hubspot_owner_id": 69864216, "createdate": True, "product_line": "Ünïcode ✓ \"x\" {y}",
+              "hs_date_entered_closedwon": 20260301}, ...)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["table columns", "after table_frames shares them"])
+@pytest.mark.parametrize("kw", CONFIGS.values(), ids=CONFIGS.keys())
+def test_row_texts_are_the_stored_payload_text_before_its_raw_deal(kw: dict[str, Any], shared: bool) -> None:
+    cfg = config(**kw)
+    deals = [raw_deal(*d) for d in [*DEALS, ODD]]
+    table = DealTable.of(deals)
+    res = resolver(cfg)
+    if shared:
+        table_frames(cfg, table, res)  # the raw sheet's str columns now serve the table (NaN for None)
+    by_id = {d["id"]: d for d in deals}
+    expected = []
+    for deal_id in table.ids:
+        text = payload_text(stored(by_id[deal_id], *res.row(by_id[deal_id])))
+        expected.append(text[:text.index(', "_hubspot": ')])
+    texts = RowTexts(table, res)
+    assert texts.between(0, len(table)) == expected
+    assert texts.between(2, 5) == expected[2:5] and texts.between(3, 3) == []
 
 
 def test_reading_the_stored_deals_stops_when_asked(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
@@ -34,19 +36,20 @@ from connectors.sources.hubspot.deals import (
     load_owners,
     search_changed,
 )
-from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, StoredPayloads
+from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, Resolver, StoredPayloads
 from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable, sort_key
 from connectors.sources.incremental import Window, deleted_ids, merge
 from connectors.state.source_state import (
     gc_paused,
     iter_records,
+    json_text,
     load_some,
-    payload_text,
     stored_ids,
 )
 
 _RAW_CUT = ', "_hubspot": '  # in a stored payload's text: where its row part (canonical row, history) ends
 _COMPARE_CHUNK = 5_000
+_encode_str = json.encoder.encode_basestring_ascii  # json.dumps' escaping of a str (ensure_ascii)
 
 
 def resolution_digest(scope: Scope, owners: dict[str, tuple[str, str | None]] | None = None) -> str:
@@ -204,21 +207,79 @@ class Delta:
         return sorted(moved)
 
     def _screen(self, payloads: StoredPayloads) -> tuple[list[int], list[int]]:
-        """(new positions, positions whose stored payload must be compared whole)."""
+        """(new positions, positions whose stored payload must be compared whole): a stored
+        deal's row part is compared by digest, its text built column by column (`row_texts`)."""
         moved: list[int] = []
         compare: list[int] = []
-        stored, resolver = self.stored_rows, payloads.resolver
+        stored = self.stored_rows
         with gc_paused():
-            for i, kind in enumerate(stored.kind):
-                if kind == StoredRows.NEW:
-                    moved.append(i)
-                elif kind == StoredRows.COMPARE:
-                    compare.append(i)
-                else:
-                    row, hist = resolver.row(self.table.deal(i))
-                    if hash(payload_text({**row, HISTORY_KEY: hist})[:-1]) != stored.digests[i]:
+            texts = RowTexts(self.table, payloads.resolver)
+            for at in range(0, len(stored.kind), _COMPARE_CHUNK):
+                stop = min(at + _COMPARE_CHUNK, len(stored.kind))
+                digests = stored.digests
+                for i, text in zip(range(at, stop), texts.between(at, stop), strict=True):
+                    kind = stored.kind[i]
+                    if kind == StoredRows.NEW:
+                        moved.append(i)
+                    elif kind == StoredRows.COMPARE or hash(text) != digests[i]:
                         compare.append(i)
         return moved, compare
+
+
+class RowTexts:
+    """Each deal's payload text before its raw deal, as save_state stores `stored(deal, *row(deal))`
+    (`payload_text(...)` up to `, "_hubspot": `: the canonical row and stage history), for the
+    deals of a finished table, built column by column from `Resolver.columns` (no dict per deal)."""
+
+    def __init__(self, table: DealTable, resolver: Resolver) -> None:
+        columns = resolver.columns(table)
+        self.columns = [_plain(v) for v in columns.values()]
+        self.template = ("{{" + ", ".join(_braces(_json(k)) + ": {}" for k in columns)
+                         + ", " + _braces(_json(HISTORY_KEY)) + ": {}")
+        self.entered = [(table.values(name), _braces("[" + _json(text) + ", "))
+                        for name, text in resolver.entered if name in table.columns]
+
+    def between(self, start: int, stop: int) -> list[str]:
+        """The texts of positions start..stop-1."""
+        encoded = [_json_values(col[start:stop]) for col in self.columns]
+        pieces = [[pre + _json(v) + "]" if v else None for v in col[start:stop]] for col, pre in self.entered]
+        history = ["[" + ", ".join([p for p in ps if p is not None]) + "]" for ps in zip(*pieces, strict=True)] \
+            if pieces else ["[]"] * (stop - start)
+        return list(map(self.template.format, *encoded, history))
+
+
+def _json(value: Any) -> str:
+    """payload_text's JSON of one value (a str through the same escaping json.dumps uses)."""
+    if value.__class__ is str:
+        return _encode_str(value)
+    return "null" if value is None else json_text(value)
+
+
+def _json_values(values: list[Any]) -> list[str]:
+    """`_json` of each value; a column of str and None encodes each distinct value once."""
+    try:
+        distinct = dict.fromkeys(values)
+    except TypeError:  # an unhashable value (not a HubSpot property's)
+        return list(map(_json, values))
+    distinct.pop(None, None)
+    if set(map(type, distinct)) <= {str}:
+        texts = dict(zip(distinct, map(_encode_str, distinct), strict=True))
+        texts[None] = "null"
+        return list(map(texts.__getitem__, values))
+    return list(map(_json, values))
+
+
+def _braces(text: str) -> str:
+    """`text` as literal text in a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _plain(values: Any) -> Any:
+    """A column of `Resolver.columns` as values: a frame column shared with the table (NaN where
+    the value was None) as a list with None."""
+    if isinstance(values, pd.Series):
+        return [None if v.__class__ is float else v for v in np.asarray(values)]
+    return values
 
 
 @dataclass
