@@ -2,8 +2,10 @@
 
 The window (start, signpost, cursor to commit) comes from connectors/sources/incremental.py, as for
 every source that keeps state. What is HubSpot's own: the stored deals are read back as a DealTable
-(a chunk of payloads at a time); archived deals and deals moved out of the selected pipelines leave
-it; only the deals whose stored payload would change are upserted (`Delta.moved`); and a run that
+(a chunk of payloads at a time, only each payload's raw deal decoded; on a worker thread while the
+search waits on HubSpot when they will be needed: `stored_ahead`); archived deals and deals moved out of the selected pipelines leave
+it; only the deals whose stored payload would change are upserted (`Delta.moved`: each stored row
+screened by a digest of its text, built column by column by `RowTexts`); and a run that
 finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all, and one
 whose flow holds those rows builds the changed deals' rows only (`read_narrow`).
 """
