@@ -5,7 +5,8 @@
 Per N, with the fake (tests/fakes/hubspot.py on tests/fakes/server.py, HTTPS on 127.0.0.1) in a
 child process so it does not share the connector's GIL:
 1. a FULL extraction (connectors.sources.hubspot.extract.extract, state DB on): wall time, requests counted by
-   the fake, checked against the pages needed (+ pipelines + owners); the state commit timed;
+   the fake, checked against the pages needed (+ pipelines + owners); the state commit timed (cursor,
+   records and the rows' version, as flows.pipeline.commit_state commits them);
 2. 1% of the deals changed on the fake, then an INCREMENTAL extraction: its requests.
 Then at `--flow-rows` deals, the scheduled run through flows.pipeline (plain functions, HubSpot
 source at the fake, a file destination): one full run, then runs with NOTHING changed, timed
@@ -204,7 +205,7 @@ def load(path: Path):
 # ----------------------------------------------------------------------------- 1-3: extraction
 
 
-def extract_case(n: int, work: Path) -> dict:
+def extract_case(n: int, work: Path, profile: bool = False, with_version: bool = True) -> dict:
     from connectors.extracted import ExtractContext
     from connectors.http.session import Observer
     from connectors.sources.hubspot.extract import OWNER_PAGE, extract
@@ -214,24 +215,29 @@ def extract_case(n: int, work: Path) -> dict:
     folder = work / f"extract-{n}"
     folder.mkdir(parents=True, exist_ok=True)
     fake = Fake(n, folder)
-    out: dict[str, Any] = {"n": n, "fake_seed_seconds": round(fake.seed_seconds, 2)}
+    out: dict[str, Any] = {"n": n, "fake_seed_seconds": round(fake.seed_seconds, 2), "version_committed": with_version}
     try:
         loaded = load(write_config(fake, folder))
         cfg = loaded.config.sources[0]
         engine = make_engine(f"sqlite:///{folder / 'extract-state.db'}")
 
-        def run(started: datetime) -> tuple[Any, float, dict]:
+        def run(started: datetime, prof: Any = None) -> tuple[Any, float, dict]:
             obs = Observer()
             ctx = ExtractContext(engine=engine, observer=obs, as_of=date.today(), run_started=started, tz=UTC)
+            if prof is not None:
+                prof.start()
             t = time.perf_counter()
             ex = extract(cfg, ctx)
-            return ex, time.perf_counter() - t, fake.call("requests")
+            seconds = time.perf_counter() - t
+            if prof is not None:
+                prof.stop()
+            return ex, seconds, fake.call("requests")
 
         fake.call("requests")
         started1 = datetime.now(UTC)
         ex, seconds, kinds = run(started1)
         pages = math.ceil(n / cfg.page_size)
-        expected = pages + 2 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + properties + active owners
+        expected = pages + 3 + math.ceil(N_OWNERS / OWNER_PAGE)  # deal pages + pipelines + properties + account details (record_url) + active owners
         out["full"] = {"seconds": round(seconds, 2), "requests": sum(kinds.values()), "by_path": kinds,
                        "expected_requests": expected, "rows": ex.rows_read,
                        "requests_per_10k": round(sum(kinds.values()) * 10_000 / n, 1),
@@ -242,7 +248,8 @@ def extract_case(n: int, work: Path) -> dict:
         t = time.perf_counter()
         ps = ex.pending_state
         with engine.begin() as conn:
-            save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+            save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all,
+                       version=ps.version if with_version else None)
         out["full"]["commit_seconds"] = round(time.perf_counter() - t, 2)
         del ex, ps
 
@@ -251,7 +258,14 @@ def extract_case(n: int, work: Path) -> dict:
         changed = fake.call("change", 100, changed_at.isoformat(), 1000)
         started2 = max(datetime.now(UTC), changed_at + timedelta(seconds=1, milliseconds=10))
         time.sleep(max(0.0, (started2 - datetime.now(UTC)).total_seconds()))
-        ex2, seconds2, kinds2 = run(started2)
+        prof = None
+        if profile:  # the incremental run under pyinstrument (its seconds then include the profiler's)
+            from pyinstrument import Profiler
+
+            prof = Profiler(interval=0.002)
+        ex2, seconds2, kinds2 = run(started2, prof)
+        if prof is not None:
+            (HERE / "extract_profile_incremental.txt").write_text(prof.output_text(unicode=False, color=False))
         assert ex2.rows_read == n
         out["incremental"] = {"changed": changed, "seconds": round(seconds2, 2), "requests": sum(kinds2.values()),
                               "by_path": kinds2, "upserts": len(ex2.pending_state.upserts),
@@ -259,7 +273,8 @@ def extract_case(n: int, work: Path) -> dict:
         t = time.perf_counter()
         ps = ex2.pending_state
         with engine.begin() as conn:
-            save_state(conn, ex2.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+            save_state(conn, ex2.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all,
+                       version=ps.version if with_version else None)
         out["incremental"]["commit_seconds"] = round(time.perf_counter() - t, 2)
     finally:
         out["fake_peak_rss_mb"] = round(fake.stop())
@@ -419,14 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, nargs="*", default=[10_000, 100_000], help="N for the extraction cases")
     ap.add_argument("--flow-rows", type=int, default=100_000, help="N for the nothing-changed flow run (0: skip)")
     ap.add_argument("--repeat", type=int, default=3, help="nothing-changed runs (median)")
-    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one run with 1%% changed")
+    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of one flow run with 1%% changed (with --flow-rows 0: of the "
+                    "extract case's incremental run, bench/extract_profile_incremental.txt)")
     ap.add_argument("--no-variants", action="store_true", help="skip the step-by-step, CLI, no-raw-sheet and GC-off runs")
+    ap.add_argument("--extract-without-version", action="store_true",
+                    help="the extract case commits no version (as before 2026-12-07): the incremental run "
+                         "cannot tell that owners, stages and pipelines resolve as for the stored deals")
     ap.add_argument("--out", default=str(HERE / "extract_results.json"))
     args = ap.parse_args(argv)
     results: dict[str, Any] = {"machine": machine(), "extract": [], "flow": None}
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         for n in args.rows:
-            res = extract_case(n, Path(tmp))
+            res = extract_case(n, Path(tmp), args.profile and not args.flow_rows, not args.extract_without_version)
             print(json.dumps(res), flush=True)
             results["extract"].append(res)
         if args.flow_rows:

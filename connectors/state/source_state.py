@@ -174,6 +174,11 @@ def payload_text(payload: dict | str) -> str:
     return payload if isinstance(payload, str) else _encode(payload)
 
 
+def json_text(value: Any) -> str:
+    """The JSON text save_state's encoder writes for `value` inside a payload (a str is encoded)."""
+    return _encode(value)
+
+
 def _delete_ids(conn: sa.Connection, source: str, ids: list[str]) -> None:
     for i in range(0, len(ids), _CHUNK):
         conn.execute(sa.delete(records).where(records.c.source == source, records.c.record_id.in_(ids[i:i + _CHUNK])))

@@ -708,10 +708,13 @@ class Harness:
         policy = RetryPolicy(sleep=self.clock.sleep, jitter=False, backoff_base=0.01, max_attempts=4)
         return extract(cfg or self.cfg(), ctx, policy=policy, clock=self.clock.now)
 
-    def commit(self, ex: Extracted) -> None:
+    def commit(self, ex: Extracted, *, version: bool = True) -> None:
+        """As flows.pipeline.commit_state: cursor, records, the rows' version (`version` False: none,
+        as a state written before versions were kept) and the field history."""
         ps = ex.pending_state
         with self.engine.begin() as conn:
-            save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all)
+            save_state(conn, ex.source, ps.cursor, ps.upserts, ps.deletes, ps.replace_all,
+                       version=ps.version if version else None)
             if ps.field_history is not None:  # as flows.pipeline.commit_state
                 save_entries(conn, ex.source, ps.field_history, ps.deletes, ps.replace_all)
 

@@ -197,6 +197,24 @@ def test_a_renamed_owner_rewrites_only_the_affected_stored_rows(h):
     assert {p["owner"] for _, p in ex.pending_state.upserts} == {"Ann Lee-Park"}
 
 
+@pytest.mark.parametrize(("rename", "expected"), [
+    (False, ["101", "106"]),  # owners resolve as stored: only the changed deals are upserted
+    (True, ["101", "104", "105", "106"]),  # a renamed owner: its stored deals' rows move too
+])
+def test_a_run_upserts_the_changed_deals_and_those_whose_row_moved(h, rename, expected):
+    h.commit(h.run(started=RUN1))
+    h.hub.update("101", RUN1 + timedelta(minutes=10), amount="13000")
+    h.hub.add_deal("106", RUN1 + timedelta(minutes=20), dealname="Stark upsell", amount="2500",
+                   hubspot_owner_id="69864217")
+    if rename:
+        h.hub.owners[0]["lastName"] = "Lee-Park"  # owner 69864216: deals 101, 104, 105
+    ex = h.run(started=RUN2)
+    assert sorted(k for k, _ in ex.pending_state.upserts) == expected
+    payloads = dict(ex.pending_state.upserts)
+    assert payloads["101"]["amount"] == "13000" and payloads["106"]["owner"] == "Bo Chen"
+    assert {payloads[k]["owner"] for k in expected if k != "106"} == {"Ann Lee-Park" if rename else "Ann Lee"}
+
+
 def test_stored_state_rebuilds_the_frames_without_hubspot(h):
     cfg = h.cfg(raw_sheet="HubSpot raw")
     ex = h.run(cfg, started=RUN1)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.state.db import make_engine
-from connectors.state.source_state import get_cursor, load_records, save_state
+from connectors.state.source_state import get_cursor, json_text, load_records, save_state
 
 
 @pytest.fixture()
@@ -128,3 +128,14 @@ def test_loading_leaves_the_garbage_collector_as_it_was(engine: sa.Engine, enabl
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "Zoë \"quoted\" \\ ,]} [{ 📈", "", None, True, False, 0, -12, 1250.5, 1e-7, float("nan"),
+    float("inf"), datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC), date(2026, 3, 4), ["Won", None], {"a": [1, "b"]},
+], ids=repr)
+def test_json_text_is_the_text_save_state_stores_for_a_value(engine: sa.Engine, value: object) -> None:
+    save(engine, "hub", [("1", {"k": value, "z": 1})])
+    with engine.connect() as conn:
+        text = conn.execute(sa.text("SELECT payload FROM source_records")).scalar_one()
+    assert text == '{"k": ' + json_text(value) + ', "z": 1}'

@@ -2,8 +2,10 @@
 
 The window (start, signpost, cursor to commit) comes from connectors/sources/incremental.py, as for
 every source that keeps state. What is HubSpot's own: the stored deals are read back as a DealTable
-(a chunk of payloads at a time); archived deals and deals moved out of the selected pipelines leave
-it; only the deals whose stored payload would change are upserted (`Delta.moved`); and a run that
+(a chunk of payloads at a time, only each payload's raw deal decoded; on a worker thread while the
+search waits on HubSpot when they will be needed: `stored_ahead`); archived deals and deals moved out of the selected pipelines leave
+it; only the deals whose stored payload would change are upserted (`Delta.moved`: each stored row
+screened by a digest of its text, built column by column by `RowTexts`); and a run that
 finds nothing changed since the rows the flow holds (`unchanged`) builds no rows at all, and one
 whose flow holds those rows builds the changed deals' rows only (`read_narrow`).
 """
@@ -12,11 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from config.models import HubSpotSourceConfig
 from connectors.extracted import ExtractContext
@@ -29,19 +38,20 @@ from connectors.sources.hubspot.deals import (
     load_owners,
     search_changed,
 )
-from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, StoredPayloads
+from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, Resolver, StoredPayloads
 from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable, sort_key
 from connectors.sources.incremental import Window, deleted_ids, merge
 from connectors.state.source_state import (
     gc_paused,
     iter_records,
+    json_text,
     load_some,
-    payload_text,
     stored_ids,
 )
 
 _RAW_CUT = ', "_hubspot": '  # in a stored payload's text: where its row part (canonical row, history) ends
 _COMPARE_CHUNK = 5_000
+_encode_str = json.encoder.encode_basestring_ascii  # json.dumps' escaping of a str (ensure_ascii)
 
 
 def resolution_digest(scope: Scope, owners: dict[str, tuple[str, str | None]] | None = None) -> str:
@@ -84,8 +94,9 @@ class StoredRows:
         self.digests = array("q")
         self.kind = bytearray()
 
-    def add(self, text: str) -> None:
-        cut = text.find(_RAW_CUT)
+    def add(self, text: str, cut: int | None = None) -> None:
+        """One stored payload's text; `cut`: where its raw deal starts (`text.find(_RAW_CUT)`)."""
+        cut = text.find(_RAW_CUT) if cut is None else cut
         self.digests.append(hash(text[:cut]) if cut > 0 else 0)
         self.kind.append(self.DIGEST if cut > 0 else self.COMPARE)
 
@@ -102,22 +113,76 @@ class StoredRows:
         self.kind = bytearray(self.kind[i] if i < m else self.NEW for i in order)
 
 
-def read_stored(engine: sa.Engine, source: str) -> tuple[DealTable, StoredRows]:
-    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests."""
+def read_stored(engine: sa.Engine, source: str, stop: threading.Event | None = None) -> tuple[DealTable, StoredRows]:
+    """The stored deals as a table (a chunk of payloads at a time) and their row parts' digests.
+    `stop` set: give up before the next chunk (raises StoppedReading)."""
     table, rows = DealTable(), StoredRows()
     with gc_paused():  # a chunk of decoded payloads is many acyclic containers, freed by refcount
         for chunk in iter_records(engine, source, decode=False):
-            payloads = json.loads("[" + ",".join(text for _, text in chunk) + "]")
+            if stop is not None and stop.is_set():
+                raise StoppedReading(source)
+            texts = [text for _, text in chunk]
+            cuts = [text.find(_RAW_CUT) for text in texts]
             deals = []
-            for (_, text), payload in zip(chunk, payloads, strict=True):
-                if RAW_KEY in payload:
-                    deals.append(payload[RAW_KEY])
-                    rows.add(text)
+            for text, cut, deal in zip(texts, cuts, raw_deals(texts, cuts), strict=True):
+                if deal is not None:
+                    deals.append(deal)
+                    rows.add(text, cut)
             table.add_deals(deals)
             if len(table) != len(rows.kind):  # a raw deal id stored twice: compare every payload whole
                 rows.kind = bytearray([StoredRows.COMPARE]) * len(table)
                 rows.digests = array("q", bytes(8 * len(table)))
     return table, rows
+
+
+class StoppedReading(Exception):
+    """read_stored was told to stop (its run failed or no longer needs the stored deals)."""
+
+
+@contextmanager
+def stored_ahead(engine: sa.Engine, source: str, ahead: bool) -> Iterator[Callable[[], tuple[DealTable, StoredRows]]]:
+    """A function giving `read_stored(engine, source)`. `ahead`: the stored deals will be needed, so
+    they are read on a worker thread from now on, while the caller waits on HubSpot (the search's
+    pacing and answers): the function then waits for that read. Leaving the block stops a read
+    still running after its current chunk. An engine whose connections are per thread (SQLite in
+    memory) or shared between threads is read when asked, on the caller's thread."""
+    if not ahead or isinstance(engine.pool, SingletonThreadPool | StaticPool):
+        yield lambda: read_stored(engine, source)
+        return
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix=f"stored-{source}") as pool:
+        future = pool.submit(read_stored, engine, source, stop)
+        try:
+            yield future.result
+        finally:
+            stop.set()
+
+
+def raw_deals(texts: list[str], cuts: list[int] | None = None) -> list[dict | None]:
+    """The raw deal (RAW_KEY) of each stored payload text, None where it has none. A payload as
+    `stored` builds and save_state encodes it ends with its raw deal: only that part is decoded
+    (`cuts`: each text's `find(_RAW_CUT)`). Other texts (another key order or encoding) are
+    decoded whole; when a cut part does not decode to deals, the whole chunk is."""
+    cuts = [text.find(_RAW_CUT) for text in texts] if cuts is None else cuts
+    parts = [text[cut + len(_RAW_CUT):-1] if cut > 0 and text.endswith("}") else None
+             for text, cut in zip(texts, cuts, strict=True)]
+    cut_parts = [p for p in parts if p is not None]
+    if cut_parts:
+        try:  # a part that is not its payload's last value (`{...}, "k": v`) makes the array invalid
+            decoded = json.loads("[" + ",".join(cut_parts) + "]")
+        except ValueError:
+            decoded = None
+        if decoded is not None and len(decoded) == len(cut_parts) \
+                and all(d.__class__ is dict and "id" in d for d in decoded):
+            rest = [t for t, p in zip(texts, parts, strict=True) if p is None]
+            whole = iter(json.loads("[" + ",".join(rest) + "]") if rest else [])
+            raw = iter(decoded)
+            return [next(raw) if p is not None else _raw_of(next(whole)) for p in parts]
+    return [_raw_of(payload) for payload in json.loads("[" + ",".join(texts) + "]")]
+
+
+def _raw_of(payload: Any) -> dict | None:
+    return payload.get(RAW_KEY) if isinstance(payload, dict) else None
 
 
 @dataclass
@@ -144,21 +209,79 @@ class Delta:
         return sorted(moved)
 
     def _screen(self, payloads: StoredPayloads) -> tuple[list[int], list[int]]:
-        """(new positions, positions whose stored payload must be compared whole)."""
+        """(new positions, positions whose stored payload must be compared whole): a stored
+        deal's row part is compared by digest, its text built column by column (`row_texts`)."""
         moved: list[int] = []
         compare: list[int] = []
-        stored, resolver = self.stored_rows, payloads.resolver
+        stored = self.stored_rows
         with gc_paused():
-            for i, kind in enumerate(stored.kind):
-                if kind == StoredRows.NEW:
-                    moved.append(i)
-                elif kind == StoredRows.COMPARE:
-                    compare.append(i)
-                else:
-                    row, hist = resolver.row(self.table.deal(i))
-                    if hash(payload_text({**row, HISTORY_KEY: hist})[:-1]) != stored.digests[i]:
+            texts = RowTexts(self.table, payloads.resolver)
+            for at in range(0, len(stored.kind), _COMPARE_CHUNK):
+                stop = min(at + _COMPARE_CHUNK, len(stored.kind))
+                digests = stored.digests
+                for i, text in zip(range(at, stop), texts.between(at, stop), strict=True):
+                    kind = stored.kind[i]
+                    if kind == StoredRows.NEW:
+                        moved.append(i)
+                    elif kind == StoredRows.COMPARE or hash(text) != digests[i]:
                         compare.append(i)
         return moved, compare
+
+
+class RowTexts:
+    """Each deal's payload text before its raw deal, as save_state stores `stored(deal, *row(deal))`
+    (`payload_text(...)` up to `, "_hubspot": `: the canonical row and stage history), for the
+    deals of a finished table, built column by column from `Resolver.columns` (no dict per deal)."""
+
+    def __init__(self, table: DealTable, resolver: Resolver) -> None:
+        columns = resolver.columns(table)
+        self.columns = [_plain(v) for v in columns.values()]
+        self.template = ("{{" + ", ".join(_braces(_json(k)) + ": {}" for k in columns)
+                         + ", " + _braces(_json(HISTORY_KEY)) + ": {}")
+        self.entered = [(table.values(name), _braces("[" + _json(text) + ", "))
+                        for name, text in resolver.entered if name in table.columns]
+
+    def between(self, start: int, stop: int) -> list[str]:
+        """The texts of positions start..stop-1."""
+        encoded = [_json_values(col[start:stop]) for col in self.columns]
+        pieces = [[pre + _json(v) + "]" if v else None for v in col[start:stop]] for col, pre in self.entered]
+        history = ["[" + ", ".join([p for p in ps if p is not None]) + "]" for ps in zip(*pieces, strict=True)] \
+            if pieces else ["[]"] * (stop - start)
+        return list(map(self.template.format, *encoded, history))
+
+
+def _json(value: Any) -> str:
+    """payload_text's JSON of one value (a str through the same escaping json.dumps uses)."""
+    if value.__class__ is str:
+        return _encode_str(value)
+    return "null" if value is None else json_text(value)
+
+
+def _json_values(values: list[Any]) -> list[str]:
+    """`_json` of each value; a column of str and None encodes each distinct value once."""
+    try:
+        distinct = dict.fromkeys(values)
+    except TypeError:  # an unhashable value (not a HubSpot property's)
+        return list(map(_json, values))
+    distinct.pop(None, None)
+    if set(map(type, distinct)) <= {str}:
+        texts = dict(zip(distinct, map(_encode_str, distinct), strict=True))
+        texts[None] = "null"
+        return list(map(texts.__getitem__, values))
+    return list(map(_json, values))
+
+
+def _braces(text: str) -> str:
+    """`text` as literal text in a str.format template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _plain(values: Any) -> Any:
+    """A column of `Resolver.columns` as values: a frame column shared with the table (NaN where
+    the value was None) as a list with None."""
+    if isinstance(values, pd.Series):
+        return [None if v.__class__ is float else v for v in np.asarray(values)]
+    return values
 
 
 @dataclass
@@ -206,14 +329,18 @@ def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, w
     stored rows, the changes alone: `read_narrow`); None when nothing changed since the rows the
     flow holds (see `unchanged`)."""
     assert ctx.engine is not None and window.start is not None
-    changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
-    gone = archived_ids(api, cfg) - set(changed)
-    if unchanged(api, cfg, ctx, window, changed, gone, scope):
-        return None
-    narrow = read_narrow(api, cfg, ctx, window, changed, gone, scope)
-    if narrow is not None:
-        return narrow
-    table, stored_rows = read_stored(ctx.engine, cfg.name)
+    # a flow that does not hold the stored version's rows needs every stored deal (neither
+    # `unchanged` nor `read_narrow` can answer): read them while the search waits on HubSpot
+    ahead = not window.holds(ctx.cached_version)
+    with stored_ahead(ctx.engine, cfg.name, ahead) as stored:
+        changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
+        gone = archived_ids(api, cfg) - set(changed)
+        if unchanged(api, cfg, ctx, window, changed, gone, scope):
+            return None
+        narrow = read_narrow(api, cfg, ctx, window, changed, gone, scope)
+        if narrow is not None:
+            return narrow
+        table, stored_rows = stored()
     deletes = set(deleted_ids(gone, changed, table))
     was_stored = {k for k in changed if k in table}
     stored_rows.recheck(table.position(k) for k in was_stored)  # their raw deal may differ
