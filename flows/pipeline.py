@@ -38,6 +38,7 @@ from connectors.redact import redact
 from connectors.state.db import default_state_url, make_engine
 from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
+from connectors.state.validated_patch import Merged, origin
 from flows import kept_workbook
 from flows.reports import (
     Call,
@@ -415,38 +416,47 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
     else:
         row_of = pd.Series(e.records[ROW_COLUMN].to_numpy(), index=ids.to_numpy())
 
-    def merged(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-        kept = old[~_as_text(old["opportunity_id"]).isin(changed).to_numpy()]
-        return _stacked([p for p in (kept, new) if len(p)]) if len(kept) or len(new) else new
+    parts: dict[str, tuple[np.ndarray, pd.DataFrame]] = {}  # where each merged row comes from (validated_patch)
 
-    loaded = merged(base.loaded, fresh.loaded)
-    loaded = loaded.iloc[np.argsort(_as_text(loaded["opportunity_id"]).map(row_of).to_numpy(), kind="stable")]
-    rejected = merged(base.rejected, fresh.rejected)
+    def merged(name: str, old: pd.DataFrame, new: pd.DataFrame, key: str = "opportunity_id") -> pd.DataFrame:
+        keep = ~_as_text(old[key]).isin(changed).to_numpy()
+        kept = old[keep]
+        frame = _stacked([p for p in (kept, new) if len(p)]) if len(kept) or len(new) else new
+        parts[name] = (origin(keep, len(old), len(new)), new)
+        return frame.reset_index(drop=True)
+
+    def ordered(name: str, frame: pd.DataFrame, at: np.ndarray | None = None, by: list[str] | None = None) -> pd.DataFrame:
+        out = frame.iloc[at] if by is None else frame.sort_values(by, kind="stable")
+        positions, new = parts[name]
+        parts[name] = (positions[out.index.to_numpy()], new)
+        return out.reset_index(drop=True)
+
+    loaded = merged("loaded", base.loaded, fresh.loaded)
+    loaded = ordered("loaded", loaded, np.argsort(_as_text(loaded["opportunity_id"]).map(row_of).to_numpy(),
+                                                  kind="stable"))
+    rejected = merged("rejected", base.rejected, fresh.rejected)  # kept whole by a patch: its row numbers move
     if len(rejected):  # row numbers of kept rejects follow the records' current order
         rejected = rejected.assign(row=rejected["opportunity_id"].astype(str).map(row_of).astype(int).to_numpy())
         rejected = rejected.sort_values("row", kind="stable")
     history = fresh.history
     if base.history is not None and history is not None:
-        history = merged(base.history, history).sort_values(["opportunity_id", "entered_date"], kind="stable")
+        history = ordered("history", merged("history", base.history, history), by=["opportunity_id", "entered_date"])
     fields = fresh.field_history
     if getattr(base, "field_history", None) is not None and fields is not None:
-        fields = merged(base.field_history, fields).sort_values(["opportunity_id", "changed_at"], kind="stable")
+        fields = ordered("field_history", merged("field_history", base.field_history, fields),
+                         by=["opportunity_id", "changed_at"])
     raw = e.raw if src.raw_sheet else None
     if raw is not None and e.partial:
-        raw = _merged_raw(base.raw, raw, changed, row_of)
-    return SourceRows(loaded.reset_index(drop=True), rejected.reset_index(drop=True),
-                      None if history is None else history.reset_index(drop=True), raw, e.rows_read,
-                      None if fields is None else fields.reset_index(drop=True))
-
-
-def _merged_raw(base: pd.DataFrame, new: pd.DataFrame, changed: frozenset[str], row_of: pd.Series) -> pd.DataFrame:
-    """The raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
-    `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
-    that only deals now gone had keeps its place, empty: HubSpot returns each property read for
-    every deal, null when empty, so a full read has it too.)"""
-    kept = base[~_as_text(base["id"]).isin(changed).to_numpy()]
-    raw = pd.concat([kept, new], ignore_index=True) if len(new) else kept
-    return raw.iloc[np.argsort(_as_text(raw["id"]).map(row_of).to_numpy(), kind="stable")].reset_index(drop=True)
+        # the raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
+        # `new`'s (whose columns `base` has: `_merges`), in row order, with `base`'s columns. (A column
+        # that only deals now gone had keeps its place, empty: HubSpot returns each property read for
+        # every deal, null when empty, so a full read has it too.)
+        raw = merged("raw", base.raw, raw.reindex(columns=base.raw.columns), key="id")
+        raw = ordered("raw", raw, np.argsort(_as_text(raw["id"]).map(row_of).to_numpy(), kind="stable"))
+    rows = SourceRows(loaded, rejected.reset_index(drop=True), history, raw, e.rows_read, fields)
+    if base.held is not None and e.delta_base is not None:
+        rows.merged = Merged(base.held, e.delta_base, parts)
+    return rows
 
 
 def _as_text(ids: pd.Series) -> pd.Series:

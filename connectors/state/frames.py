@@ -234,8 +234,11 @@ def _decode_values(dmeta: dict[str, Any], key: str, arrays: Any, n: int) -> Any:
     return values
 
 
-def _decode_frame(meta: dict[str, Any], f: int, arrays: Any) -> pd.DataFrame:
+def _decode_frame(meta: dict[str, Any], f: int, arrays: Any,
+                  patch: tuple[np.ndarray, pd.DataFrame, int] | None = None) -> pd.DataFrame:
     n = int(meta["rows"])
+    if patch is not None:
+        return _patched_frame(meta, f, arrays, *patch)
     labels = meta["labels"]
     if len(labels) != len(meta["columns"]):
         raise ValueError("labels and columns differ in number")
@@ -249,6 +252,29 @@ def _decode_frame(meta: dict[str, Any], f: int, arrays: Any) -> pd.DataFrame:
                          dtype=object if d["kind"] == "object" else None)
             for i, d in enumerate(meta["columns"])}
     frame = pd.DataFrame(data, index=index)
+    frame.columns = pd.Index(labels, dtype=_pandas_dtype(meta["label_dtype"]))
+    return frame
+
+
+def _patched_frame(meta: dict[str, Any], f: int, arrays: Any, positions: np.ndarray,
+                   added: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """Row i of the result is row `positions[i]` of the stored frame (of `rows` rows) followed by
+    `added`, built a column at a time (a stored column is released once taken from). The stored
+    frame must have a plain row index and the same column labels as `added`."""
+    n = int(meta["rows"])
+    labels = meta["labels"]
+    if n != rows or meta["index"] != [0, n, 1] or len(labels) != len(meta["columns"]) or list(added.columns) != labels:
+        raise ValueError("a patch applies only to a frame with a plain index and the same columns")
+    if positions.ndim != 1 or (len(positions) and (positions.min() < 0 or positions.max() >= n + len(added))):
+        raise ValueError("patch positions out of range")
+    out = {}
+    for i, d in enumerate(meta["columns"]):
+        stored = pd.Series(_decode_values(d, f"f{f}.c{i}", arrays, n), copy=False,
+                           dtype=object if d["kind"] == "object" else None)
+        both = pd.concat([stored, added.iloc[:, i]], ignore_index=True) if len(added) else stored
+        del stored
+        out[i] = both.take(positions).reset_index(drop=True)
+    frame = pd.DataFrame(out, index=pd.RangeIndex(len(positions)))
     frame.columns = pd.Index(labels, dtype=_pandas_dtype(meta["label_dtype"]))
     return frame
 
@@ -291,10 +317,17 @@ def dump(frames: list[pd.DataFrame | None], extra: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def load(data: bytes | BinaryIO) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
+def load(data: bytes | BinaryIO, patches: dict[int, tuple[np.ndarray, pd.DataFrame, int]] | None = None,
+         ) -> tuple[list[pd.DataFrame | None], dict[str, Any]]:
     """What `dump` wrote (its bytes, or a file open on them); raises (ValueError, KeyError, ...) on
-    anything malformed, never runs code."""
+    anything malformed, never runs code. `patches`: frame number -> (positions, added rows, its
+    rows as stored): that frame is read as its rows followed by `added`, taken at `positions`
+    (connectors.state.validated_patch)."""
+    patches = patches or {}
     with np.load(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data, allow_pickle=False) as arrays:
         manifest = json.loads(arrays["manifest"].tobytes().decode())
-        frames = [None if m is None else _decode_frame(m, f, arrays) for f, m in enumerate(manifest["frames"])]
+        frames = [None if m is None else _decode_frame(m, f, arrays, patches.get(f))
+                  for f, m in enumerate(manifest["frames"])]
+        if any(f >= len(frames) or frames[f] is None for f in patches):
+            raise ValueError("a patch for a frame that is not stored")
     return frames, manifest["extra"]
