@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -80,6 +80,9 @@ class ExtractContext:
     extractor that finds its source unchanged since that version may return `reused=True` and no rows.
     `state_dir`: the config's state folder (`.state/` next to it) for per-folder files such as
     locks; None: the extractor picks a per-user default.
+    `prefetch`: an extractor that knows, while still waiting on the service, that it will hand
+    over changes against `cached_version` (`delta_base`) may call it: the flow then reads those
+    rows meanwhile. Calling it costs only that read; not calling it costs nothing.
     """
 
     engine: Any | None  # sqlalchemy Engine of the state store, None when state is off
@@ -91,3 +94,4 @@ class ExtractContext:
     retry_policy: RetryPolicy | None = None
     cached_version: str | None = None
     state_dir: Path | None = None
+    prefetch: Callable[[], None] | None = None

@@ -40,6 +40,7 @@ from connectors.state.snapshots import load_history
 from connectors.state.validated_cache import SourceRows, ValidatedCache
 from connectors.state.validated_patch import Merged, origin
 from flows import kept_workbook
+from flows.held_rows import HeldRowsAhead
 from flows.reports import (
     Call,
     FanOut,
@@ -230,13 +231,19 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True, defer: bo
     observer = Observer(on_event=run.observer.on_event)
     cache = run.validated_cache if reuse and not run.full_refresh else None
     digest = validation_digest(run.config, index, run.as_of)
+    cached = cache.version(src.name, digest) if cache is not None else None
+    ahead = HeldRowsAhead(cache, src.name, digest, cached) if cache is not None and cached is not None else None
     ctx = ExtractContext(engine=run.engine if registry.source_type(src.type).keeps_state else None,
                          observer=observer, as_of=run.as_of, run_started=run.started, tz=run.config.tz,
-                         full_refresh=run.full_refresh, retry_policy=run.retry_policy,
-                         cached_version=cache.version(src.name, digest) if cache is not None else None,
-                         state_dir=run.loaded.base_dir / ".state")
+                         full_refresh=run.full_refresh, retry_policy=run.retry_policy, cached_version=cached,
+                         state_dir=run.loaded.base_dir / ".state", prefetch=ahead.start if ahead else None)
     started = time.perf_counter()
-    extracted = registry.extractor_for(src.type)(src, ctx)
+    try:
+        extracted = registry.extractor_for(src.type)(src, ctx)
+        base = ahead.rows() if ahead is not None and ahead.started else None
+    finally:
+        if ahead is not None:
+            ahead.close()
     if extracted.reused and defer and cache is not None and extracted.version:
         extracted.reused_rows = _Deferred(index, digest)
     elif extracted.reused:
@@ -246,7 +253,9 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True, defer: bo
             return extract_source(run, index, reuse=False)
         extracted.reused_rows = rows
     elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
-        extracted.base_rows = cache.load(src.name, digest, extracted.delta_base)  # None: validate them all
+        # read while the extractor waited (prefetch), or now; None: validate them all
+        extracted.base_rows = base if ahead is not None and ahead.started else cache.load(
+            src.name, digest, extracted.delta_base)
     if extracted.partial and not _merges(src, extracted):
         log.warning("source %s: its changes cannot be merged into the last run's rows here; reading them all",
                     src.name)

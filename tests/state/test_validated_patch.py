@@ -3,6 +3,7 @@ the last full copy (connectors.state.validated_patch), which reads back as every
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,26 @@ def test_a_merge_that_no_longer_fits_the_entry_writes_a_full_copy(tmp_path: Path
     back = cache.load("s", "d", "v1")
     assert back is not None and back.held.added == {}
     pd.testing.assert_frame_equal(back.loaded, rows.loaded, check_exact=True)
+
+
+def test_the_held_rows_are_read_during_the_search_once_a_deal_changed(flow, monkeypatch) -> None:  # noqa: F811
+    """The flow reads the rows it holds on a worker while the search pages (ExtractContext.prefetch),
+    from the first page with a deal not stored as it is; a deal re-read in the overlap window as
+    stored starts no read."""
+    hub, srv, path = flow
+    reads: list[str] = []
+    load = ValidatedCache.load
+
+    def recorded(self, *args, **kw):
+        reads.append(threading.current_thread().name.split("_")[0])
+        return load(self, *args, **kw)
+
+    monkeypatch.setattr(ValidatedCache, "load", recorded)
+    hub.update("101", later(), amount="20000")
+    second = run_flow(path)
+    assert reads == ["held-rows"] and second.sources[0].validated_rows == 1
+    reads.clear()
+    # 101 changed 2 s before the last run's signpost, inside the 60 s overlap: read again, as stored
+    third = run_flow(path, reuse_workbook=False)
+    assert third.sources[0].reused and reads == ["MainThread"]  # for the workbook, after the extraction
+    assert sheets(third.outputs[0]) == sheets(second.outputs[0])

@@ -3,6 +3,7 @@ ids, line-item products and owners. The calls go through `client.HubSpotApi`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -201,8 +202,10 @@ def _search_body(props: list[str], limit: int, filters: list[tuple[str, int]]) -
 
 
 def search_changed(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], since: datetime,
-                   signpost: datetime, progress: Progress) -> dict[str, dict]:
-    """Deals with since <= hs_lastmodifieddate < signpost, deduplicated by id (last version wins).
+                   signpost: datetime, progress: Progress,
+                   seen: Callable[[dict[str, dict]], None] | None = None) -> dict[str, dict]:
+    """Deals with since <= hs_lastmodifieddate < signpost, deduplicated by id (last version wins);
+    `seen` gets each page's deals as they come.
 
     Keyset paging, sliced by time: every page is a fresh query from the last modification time
     seen (GTE; records sharing that time come again and are deduplicated). No query pages
@@ -215,9 +218,11 @@ def search_changed(api: HubSpotApi, cfg: HubSpotSourceConfig, props: list[str], 
     limit = cfg.search_page_size
 
     def take(results: list[dict]) -> None:
-        for d in results:
-            found[str(d["id"])] = _payload(d)
+        page = {str(d["id"]): _payload(d) for d in results}
+        found.update(page)
         progress.page(len(results), total=len(found))
+        if seen is not None and page:
+            seen(page)
 
     while lo < hi:
         resp = api.search(_search_body(props, limit, [("GTE", lo), ("LT", hi)]))

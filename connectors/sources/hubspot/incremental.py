@@ -333,7 +333,8 @@ def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, w
     # `unchanged` nor `read_narrow` can answer): read them while the search waits on HubSpot
     ahead = not window.holds(ctx.cached_version)
     with stored_ahead(ctx.engine, cfg.name, ahead) as stored:
-        changed = search_changed(api, cfg, props, window.start, window.signpost, progress)
+        seen = None if ahead or ctx.prefetch is None else _first_change(ctx, cfg.name, ctx.prefetch)
+        changed = search_changed(api, cfg, props, window.start, window.signpost, progress, seen)
         gone = archived_ids(api, cfg) - set(changed)
         if unchanged(api, cfg, ctx, window, changed, gone, scope):
             return None
@@ -351,6 +352,24 @@ def read_delta(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, w
     table.finish()
     stored_rows.reorder(table.order, len(table))
     return Delta(table, stored_rows, deletes, len(changed))
+
+
+def _first_change(ctx: ExtractContext, source: str, prefetch: Callable[[], None]) -> Callable[[dict[str, dict]], None]:
+    """A search page callback that calls `prefetch` once, at the first deal not stored as it is now:
+    from then on this run hands over changes against the rows the flow holds, which the flow can
+    read while the search waits on HubSpot (a deal re-read in the overlap window as stored is no change)."""
+    done = False
+
+    def page(deals: dict[str, dict]) -> None:
+        nonlocal done
+        if done:
+            return
+        kept = load_some(ctx.engine, source, deals)
+        if any(kept.get(k, {}).get(RAW_KEY) != d for k, d in deals.items()):
+            done = True
+            prefetch()
+
+    return page
 
 
 def _drop_outside(table: DealTable, selected: set[str], changed: dict[str, dict], was_stored: set[str]) -> set[str]:
