@@ -39,7 +39,7 @@ from connectors.sources.hubspot.deals import (
     search_changed,
 )
 from connectors.sources.hubspot.resolve import HISTORY_KEY, RAW_KEY, Resolver, StoredPayloads
-from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable, sort_key
+from connectors.sources.hubspot.table import LINE_ITEM_PRODUCT, DealTable, sorted_ids
 from connectors.sources.incremental import Window, deleted_ids, merge
 from connectors.state.source_state import (
     gc_paused,
@@ -319,7 +319,7 @@ def read_narrow(api: HubSpotApi, cfg: HubSpotSourceConfig, ctx: ExtractContext, 
     owners = load_owners(api, owner_ids) if owner_ids else {}
     if stored.detail.get("resolution") != resolution_digest(scope, owners):
         return None
-    row_ids = sorted((ids - deletes) | set(table.ids), key=sort_key)
+    row_ids = sorted_ids((ids - deletes) | set(table.ids))
     return Narrow(table, deletes, len(changed), row_ids, owners, owner_ids)
 
 

@@ -193,4 +193,16 @@ class DealTable:
 
 def sort_key(deal_id: str) -> tuple[int, int, str]:
     """Deal ids in order: numbers first, by value, then the rest as text."""
-    return (0, int(deal_id), "") if deal_id.isdigit() else (1, 0, deal_id)
+    return (0, int(deal_id), "") if deal_id.isdecimal() else (1, 0, deal_id)
+
+
+def sorted_ids(ids: Iterable[str]) -> list[str]:
+    """`ids` in `sort_key` order; in one numpy sort when every id is a distinct number of at most 18
+    digits (HubSpot's are), else by `sort_key`."""
+    items = list(ids)
+    if items and max(map(len, items)) <= 18 and all(map(str.isdecimal, items)):
+        values = np.fromiter(map(int, items), dtype=np.int64, count=len(items))
+        order = np.argsort(values, kind="stable")
+        if not (np.diff(values[order]) == 0).any():  # "7" and "007": left to sort_key
+            return np.asarray(items, dtype=object)[order].tolist()
+    return sorted(items, key=sort_key)
