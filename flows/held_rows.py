@@ -22,13 +22,11 @@ class HeldRowsAhead:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="held-rows")
             self._read = self._pool.submit(self.cache.load, self.source, self.digest, self.version)
 
-    @property
-    def started(self) -> bool:
-        return self._read is not None
-
     def rows(self) -> SourceRows | None:
-        """The rows read (None: a miss, as `ValidatedCache.load`); waits for the read."""
-        assert self._read is not None, "rows() before start()"
+        """The rows (None: a miss, as `ValidatedCache.load`): the read started ahead (waited for), or
+        read now when none was started."""
+        if self._read is None:
+            return self.cache.load(self.source, self.digest, self.version)
         return self._read.result()
 
     def close(self) -> None:

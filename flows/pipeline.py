@@ -240,10 +240,9 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True, defer: bo
     started = time.perf_counter()
     try:
         extracted = registry.extractor_for(src.type)(src, ctx)
-        base = ahead.rows() if ahead is not None and ahead.started else None
     finally:
         if ahead is not None:
-            ahead.close()
+            ahead.close()  # a read started ahead is done (its rows kept) or waited for
     if extracted.reused and defer and cache is not None and extracted.version:
         extracted.reused_rows = _Deferred(index, digest)
     elif extracted.reused:
@@ -252,10 +251,8 @@ def extract_source(run: RunContext, index: int, *, reuse: bool = True, defer: bo
             log.warning("source %s: the rows of the last run are not readable here; rebuilding them", src.name)
             return extract_source(run, index, reuse=False)
         extracted.reused_rows = rows
-    elif cache is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
-        # read while the extractor waited (prefetch), or now; None: validate them all
-        extracted.base_rows = base if ahead is not None and ahead.started else cache.load(
-            src.name, digest, extracted.delta_base)
+    elif ahead is not None and extracted.delta_base is not None and extracted.delta_base == ctx.cached_version:
+        extracted.base_rows = ahead.rows()  # read while the extractor waited (prefetch), or now; None: validate all
     if extracted.partial and not _merges(src, extracted):
         log.warning("source %s: its changes cannot be merged into the last run's rows here; reading them all",
                     src.name)

@@ -160,22 +160,14 @@ class ValidatedCache:
         private_dir(self.folder)
         if rows.merged is not None and self._save_patch(source, digest, version, rows):
             return
-        written: list[tuple[int, str]] = []
-
-        def write(fh: BinaryIO) -> None:  # streamed into the temp file a column at a time, then checksummed
-            frames.dump_to(fh, [rows.loaded, rows.rejected, rows.history, rows.raw, rows.field_history],
-                           {"source": source, "digest": digest, "version": version, "rows_read": rows.rows_read})
-            fh.flush()
-            fh.seek(0)
-            written.append(_digest(fh))
-
         try:
-            atomic_write(path, write)
+            size, sha = _write_frames(path, [rows.frame(n) for n in _FRAMES],
+                                      {"source": source, "digest": digest, "version": version,
+                                       "rows_read": rows.rows_read})
         except frames.Unsupported as exc:
             log.info("source %s: validated rows not kept for the next run (%s)", source, exc)
             self.drop(source)
             return
-        size, sha = written[0]
         meta = json.dumps({"format": FORMAT, "digest": digest, "version": version, "sha256": sha,
                            "size": size}).encode()
         atomic_write(head, lambda fh: fh.write(meta))
@@ -200,21 +192,12 @@ class ValidatedCache:
             stored += [new, None if positions is None else pd.DataFrame({"position": positions})]
         dtypes = {n: [str(d) for d in rows.frame(n).dtypes] for n in parts}
         base_version = meta["version"] if meta["format"] == FORMAT else meta["patch"]["base_version"]
-        written: list[tuple[int, str]] = []
-
-        def write(fh: BinaryIO) -> None:
-            frames.dump_to(fh, stored, {"source": source, "digest": digest, "version": version,
-                                        "rows_read": rows.rows_read, "dtypes": dtypes,
-                                        "base_rows": {n: merged.held.base_rows[n] for n in parts}})
-            fh.flush()
-            fh.seek(0)
-            written.append(_digest(fh))
-
         try:
-            atomic_write(patch_path, write)
+            size, sha = _write_frames(patch_path, stored, {
+                "source": source, "digest": digest, "version": version, "rows_read": rows.rows_read,
+                "dtypes": dtypes, "base_rows": {n: merged.held.base_rows[n] for n in parts}})
         except frames.Unsupported:
             return False
-        size, sha = written[0]
         header = json.dumps({"format": PATCHED_FORMAT, "digest": digest, "version": version,
                              "sha256": meta["sha256"], "size": meta["size"],
                              "patch": {"sha256": sha, "size": size, "base_version": base_version}}).encode()
@@ -236,6 +219,21 @@ class _Mismatch(Exception):
 def _sized(meta: dict) -> bool:
     return (isinstance(meta.get("sha256"), str) and isinstance(meta.get("size"), int)
             and 0 <= meta["size"] <= MAX_ENTRY_BYTES)
+
+
+def _write_frames(path: Path, stored: list[pd.DataFrame | None], extra: dict) -> tuple[int, str]:
+    """Write the frames into `path` atomically, streamed a column at a time, and return the file's
+    size and SHA-256 (read back from the file); raises frames.Unsupported (then nothing is written)."""
+    written: list[tuple[int, str]] = []
+
+    def write(fh: BinaryIO) -> None:
+        frames.dump_to(fh, stored, extra)
+        fh.flush()
+        fh.seek(0)
+        written.append(_digest(fh))
+
+    atomic_write(path, write)
+    return written[0]
 
 
 def _checked_frames(fh: BinaryIO, meta: dict, patches: dict | None = None) -> tuple[list, dict]:
