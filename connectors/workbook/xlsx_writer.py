@@ -75,6 +75,7 @@ HALF_CELL = EXCEL_MAX_CELL_CHARS // 2  # text of fewer code points is within the
 ZIP64_LIMIT = zipfile.ZIP64_LIMIT
 ZIP64_MARGIN = 2.0  # later rows may be longer than the first block's
 CHUNK_ROWS = 25_000
+IN_FLIGHT = 3  # blocks queued for the deflate thread at most (so memory stays bounded)
 SST_PART = "xl/sharedStrings.xml"
 _EPOCH = np.datetime64("1899-12-30", "D")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -773,7 +774,8 @@ class _Zipper:
         self._submit(run)
 
     def block(self, data: str | bytes) -> None:
-        self.wait()
+        while len(self.pending) >= IN_FLIGHT:  # the oldest done before another block is queued
+            self.pending.pop(0).result()
         self._submit(lambda: self._write(data.encode("utf-8") if isinstance(data, str) else data))
 
     def end(self, tail: bytes) -> None:
