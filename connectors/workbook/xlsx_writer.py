@@ -272,11 +272,17 @@ def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedS
     column go to the shared-string table. Empty text is a missing cell. `distinct`: treat every
     present value as its own (inline), skipping the search for repeats."""
     arr = values
+    joined: str | None = None
     if distinct:
-        present = np.flatnonzero(~pd.isna(arr))
-        texts = arr[present].tolist()
-        codes = np.full(len(arr), -1, dtype=np.intp)
-        codes[present] = np.arange(len(present))
+        texts = arr.tolist()
+        try:  # a column without missing values (or numbers) joins as it is
+            joined = "\n".join(texts)
+            codes = np.arange(len(arr), dtype=np.intp)
+        except TypeError:
+            present = np.flatnonzero(~pd.isna(arr))
+            texts = arr[present].tolist()
+            codes = np.full(len(arr), -1, dtype=np.intp)
+            codes[present] = np.arange(len(present))
         sst = None
     else:
         try:
@@ -286,11 +292,12 @@ def _text_table(values: np.ndarray, s_attr: str, stats: WriteStats, sst: SharedS
                                                                                       strict=True)], dtype=object)
             codes, uniques = pd.factorize(arr, use_na_sentinel=True)
         texts = uniques.tolist()
-    try:
-        joined = "\n".join(texts)
-    except TypeError:  # an object column may hold numbers or other objects: written as their text
-        texts = [t if isinstance(t, str) else str(t) for t in texts]
-        joined = "\n".join(texts)
+    if joined is None:
+        try:
+            joined = "\n".join(texts)
+        except TypeError:  # an object column may hold numbers or other objects: written as their text
+            texts = [t if isinstance(t, str) else str(t) for t in texts]
+            joined = "\n".join(texts)
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     empty = np.flatnonzero(lengths == 0)
     if len(empty):  # "" is written like a missing value
@@ -412,12 +419,15 @@ def link_plan(values: pd.Series) -> np.ndarray:
 
 
 def _formula_cells(urls: np.ndarray, style: str) -> list[str]:
+    """`HYPERLINK("url")` formula cells (the URL also their cached value), escaped in one pass over
+    all of them (`link_plan` lets no URL with a newline through)."""
+    if not len(urls):
+        return []
     s_attr = f' s="{style}"' if style and style != "0" else ""
-    out = []
-    for u in urls.tolist():
-        text = u.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        out.append(f'<c{s_attr} t="str"><f>HYPERLINK("{text.replace(chr(34), chr(34) * 2)}")</f><v>{text}</v></c>')
-    return out
+    joined = "\n".join(urls.tolist()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    texts = joined.split("\n")
+    quoted = joined.replace('"', '""').split("\n") if '"' in joined else texts
+    return [f'<c{s_attr} t="str"><f>HYPERLINK("{q}")</f><v>{t}</v></c>' for q, t in zip(quoted, texts, strict=True)]
 
 
 def _rows_xml(frame: pd.DataFrame, formats: list[ColumnFormat], styles: list[str], stats: WriteStats,
