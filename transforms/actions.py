@@ -24,7 +24,7 @@ import pandas as pd
 from config.models import AppConfig
 from config.schema import BANT_FIELDS, FIELD_NAMES, SOURCE_COLUMN
 from config.workbook import ColumnFormat, SheetData
-from transforms.flags import DEAL_CHECKS, SEVERITY_ORDER, _messages, deal_check_masks
+from transforms.flags import DEAL_CHECKS, SEVERITY_ORDER, deal_check_masks, format_distinct
 
 ACTIONS_SHEET = "Actions"
 ACTION_COLUMNS = ["severity", "opportunity_id", "name", "owner", "stage", "amount", "close_date", "days_in_stage",
@@ -53,6 +53,10 @@ def _iso(day: int) -> str:
     return str(np.datetime64(day, "D"))
 
 
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _listed(bits: int, names: tuple[str, ...]) -> str:
     return ", ".join(n for i, n in enumerate(names) if bits >> i & 1)
 
@@ -75,7 +79,6 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
     score = masks["unqualified"][1].astype(np.int64)
     bant_missing = sum((~sub[f].fillna(False).to_numpy(dtype=bool)).astype(np.int64) << i
                        for i, f in enumerate(BANT_FIELDS))
-    blank = np.full(n, "", dtype=object)
 
     def ints(check: str, which: int = 1) -> np.ndarray:
         return np.nan_to_num(masks[check][which]).astype(np.int64)
@@ -115,39 +118,52 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
                         lambda k: f"No activity for {_days(k)}: contact the buyer this week.", (ints("no_activity"),)),
     }
 
-    flag_text = blank.copy()
+    flag_text = np.full(n, "", dtype=object)
+    empty = np.ones(n, dtype=bool)  # no flag listed yet: the next one starts the text, capitalised
     for check in FLAG_ORDER:
         m = fired[check]
         if not m.any():
             continue
         fmt, cols = words[check][0], words[check][1]
-        piece = _messages(blank[m], fmt, *(c[m] for c in cols))
-        flag_text[m] = np.where(flag_text[m] == "", piece, flag_text[m] + "; " + piece)
-    flag_text = np.array([s[:1].upper() + s[1:] for s in flag_text.tolist()], dtype=object) if n else flag_text
+        first, more = m & empty, m & ~empty
+        if first.any():
+            flag_text[first] = format_distinct(lambda *a, f=fmt: _capitalised(f(*a)), *(c[first] for c in cols))
+        if more.any():
+            flag_text[more] = flag_text[more] + format_distinct(lambda *a, f=fmt: "; " + f(*a),
+                                                                 *(c[more] for c in cols))
+        empty &= ~m
 
     step = np.full(n, None, dtype=object)
+    unset = np.ones(n, dtype=bool)
     no_owner = fired["missing_fields"] & (missing >> 2 & 1).astype(bool)
     others = missing & 3
-    step[no_owner] = _messages(blank[no_owner], lambda b: "Assign an owner: nobody is responsible for this deal"
-                               + (f" (also fill in the {_listed(b, _MISSING)})." if b else "."), others[no_owner])
+    if no_owner.any():
+        step[no_owner] = format_distinct(lambda b: "Assign an owner: nobody is responsible for this deal"
+                                         + (f" (also fill in the {_listed(b, _MISSING)})." if b else "."),
+                                         others[no_owner])
+        unset &= ~no_owner
     # long past its date and long quiet: most likely dead
-    dead = fired["past_due"] & fired["no_activity"] & pd.isna(step) & (ints("past_due") > DEAD_PAST_DUE_DAYS)
+    dead = fired["past_due"] & fired["no_activity"] & unset & (ints("past_due") > DEAD_PAST_DUE_DAYS)
     if dead.any():
-        step[dead] = _messages(blank[dead], lambda k, q: f"No activity for {_days(q)} and the close date passed "
-                               f"{_days(k)} ago: close it lost, or set a new date if the buyer is still there.",
-                               ints("past_due")[dead], ints("no_activity")[dead])
+        # two parts, each formatted once per distinct number of days (pairs are nearly all distinct)
+        step[dead] = (format_distinct(lambda q: f"No activity for {_days(q)} and the close date passed ",
+                                      ints("no_activity")[dead])
+                      + format_distinct(lambda k: f"{_days(k)} ago: close it lost, or set a new date if the buyer is "
+                                        "still there.", ints("past_due")[dead]))
+        unset &= ~dead
     for check in STEP_ORDER[1:]:
-        m = fired[check] & pd.isna(step)
+        m = fired[check] & unset
         if m.any():
             fmt, cols = words[check][2], words[check][3]
-            step[m] = _messages(blank[m], fmt, *(c[m] for c in cols))
+            step[m] = format_distinct(fmt, *(c[m] for c in cols))
+            unset &= ~m
 
     rank = np.full(n, len(SEVERITY_ORDER), dtype=np.int64)
     for check, _, sev in DEAL_CHECKS:
         rank = np.where(fired[check], np.minimum(rank, SEVERITY_ORDER.index(sev)), rank)
-    order = np.lexsort((sub["row_id"].to_numpy(dtype=object).astype(str),
-                        np.where(sub["close_date"].isna().to_numpy(), np.iinfo(np.int64).max, close_day),
-                        -np.nan_to_num(amount, nan=-1.0), rank))
+    order = _action_order(rank, -np.nan_to_num(amount, nan=-1.0),
+                          np.where(sub["close_date"].isna().to_numpy(), np.iinfo(np.int64).max, close_day),
+                          sub["row_id"].to_numpy(dtype=object))
     out = pd.DataFrame({
         "severity": pd.Series(np.array(SEVERITY_ORDER + ("",), dtype=object)[rank], dtype=object),
         **{c: sub[c].astype(object).where(sub[c].notna(), None) for c in ("opportunity_id", "name", "owner", "stage")},
@@ -159,6 +175,24 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
         "record_url": _links(sub, cfg),
     })
     return out.iloc[order].reset_index(drop=True)
+
+
+def _action_order(rank: np.ndarray, neg_amount: np.ndarray, close: np.ndarray, row_id: np.ndarray) -> np.ndarray:
+    """The stable order by (rank, neg_amount, close, str(row_id)); row ids (text) are compared only
+    within runs that tie on the numbers, which are few."""
+    order = np.lexsort((close, neg_amount, rank))
+    if len(order) < 2:
+        return order
+    r, a, c = rank[order], neg_amount[order], close[order]
+    same = (r[1:] == r[:-1]) & (a[1:] == a[:-1]) & (c[1:] == c[:-1])
+    if not same.any():
+        return order
+    starts = np.flatnonzero(np.diff(np.concatenate(([0], same.astype(np.int8), [0]))) == 1)
+    ends = np.flatnonzero(np.diff(np.concatenate(([0], same.astype(np.int8), [0]))) == -1) + 1
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        run = order[lo:hi]  # ascending positions: a stable sort keeps them for equal ids
+        order[lo:hi] = run[np.argsort(row_id[run].astype(str), kind="stable")]
+    return order
 
 
 def _links(sub: pd.DataFrame, cfg: AppConfig) -> pd.Series:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -87,23 +88,30 @@ def _messages(ids: np.ndarray, fmt: Callable[..., str], *cols: np.ndarray) -> np
     """`id + fmt(*values)` per row, formatting each distinct combination of int `cols` once."""
     if len(ids) == 0:
         return np.zeros(0, dtype=object)
-    key = np.zeros(len(ids), dtype=np.int64)
+    return ids + (format_distinct(fmt, *cols) if cols else fmt())
+
+
+def format_distinct(fmt: Callable[..., str], *cols: np.ndarray) -> np.ndarray:
+    """`fmt(*values)` per row of the int `cols` (at least one), each distinct combination formatted once."""
+    n = len(cols[0])
+    if n == 0:
+        return np.zeros(0, dtype=object)
+    key = np.zeros(n, dtype=np.int64)
     span = 1
     for c in cols:
         lo, hi = int(c.min()), int(c.max())
         key = key * (hi - lo + 1) + (c - lo)
         span *= hi - lo + 1
-    if span <= 4 * len(ids) + 1024:  # dense keys: O(n) instead of sorting
-        first_at = np.full(span, len(ids), dtype=np.int64)
-        first_at[key] = np.arange(len(ids))  # any row of a key will do: they share every value
-        present = np.flatnonzero(first_at < len(ids))
+    if span <= 4 * n + 1024:  # dense keys: O(n) instead of sorting
+        first_at = np.full(span, n, dtype=np.int64)
+        first_at[key] = np.arange(n)  # any row of a key will do: they share every value
+        present = np.flatnonzero(first_at < n)
         rank = np.zeros(span, dtype=np.int64)
         rank[present] = np.arange(len(present))
         first, inv = first_at[present], rank[key]
     else:
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    suffix = np.array([fmt(*(int(c[i]) for c in cols)) for i in first], dtype=object)
-    return ids + suffix[inv]
+    return np.array([fmt(*(int(c[i]) for c in cols)) for i in first], dtype=object)[inv]
 
 
 def _iso(days: int) -> str:
@@ -235,16 +243,21 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     row_ids = deals["row_id"].to_numpy(dtype=object)
     deal_cols = {c: deals[c].to_numpy(dtype=float if c == "amount" else object) for c in _DEAL_ONLY}
     by_amount = np.argsort(-np.nan_to_num(deal_cols["amount"], nan=-1.0), kind="stable")  # largest first, missing last
+    place = np.empty(len(deals), dtype=np.int64)  # a fired deal's position among the deals that fired
     for i, (check, rule, sev) in enumerate(DEAL_CHECKS):
         m, value, thr, messages = masks[check]
         bits |= m.astype(np.int64) << i
         if not m.any():
             continue
         at = by_amount[m[by_amount]]  # the deals that fired, largest amount first
+        fired = np.flatnonzero(m)
+        place[fired] = np.arange(len(fired))
         deal_parts.append((sev, rule, {
-            "rule": rule, "mistake": MISTAKES[rule], "check": check, "severity": sev, "scope": "deal", "key": row_ids[at],
-            **{c: v[at] for c, v in deal_cols.items()}, "value": value[at].astype(float),
-            "threshold": thr[at].astype(float), "message": messages(at), "advice": ADVICE[rule],
+            "rule": rule, "mistake": MISTAKES[rule], "check": check, "severity": sev, "scope": "deal",
+            "key": Gather(row_ids, at), **{c: Gather(v, at) for c, v in deal_cols.items()},
+            "value": value[at].astype(float), "threshold": thr[at].astype(float),
+            # built in row order (the ids are read in the order they sit in memory), then put in amount order
+            "message": messages(fired)[place[at]], "advice": ADVICE[rule],
         }))
 
     # M5 team: missing share, stale sources
@@ -288,6 +301,12 @@ def compute_flags(deals: pd.DataFrame, metrics: pd.DataFrame, cfg: AppConfig, as
     return FlagResult(flags, pd.Series(_bits_to_names(bits), index=deals.index, dtype=object), bits, counts)
 
 
+class Gather(NamedTuple):
+    """`values[at]`, taken only when the Flags column is assembled."""
+    values: np.ndarray
+    at: np.ndarray
+
+
 def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All flags sorted by severity then rule (team/owner/stage rows before deal rows within a rule),
     and the count per (rule, check, severity) in the same order. Columns are assembled as numpy
@@ -297,23 +316,30 @@ def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object
     for i, r in enumerate(rows):
         pieces.append(((rank[r["severity"]], r["rule"], -len(rows) + i), r, 1))
     for i, (sev, rule, part) in enumerate(deal_parts):
-        pieces.append(((rank[sev], rule, i), part, len(part["key"])))  # type: ignore[arg-type]
+        pieces.append(((rank[sev], rule, i), part, len(part["value"])))  # type: ignore[arg-type]
     pieces.sort(key=lambda p: p[0])
     numeric = {"value", "threshold", "amount"}
     sizes = np.array([n for _, _, n in pieces], dtype=np.int64)
-    which = np.repeat(np.arange(len(pieces)), sizes)  # piece of each output row
-    flags = pd.DataFrame(index=pd.RangeIndex(int(sizes.sum())))
+    total = int(sizes.sum())
+    flags = pd.DataFrame(index=pd.RangeIndex(total))
     for c in FLAG_COLUMNS:  # one column at a time: no consolidation copy of millions of objects
         kind = float if c in numeric else object
-        if all(not isinstance(part[c], np.ndarray) for _, part, _ in pieces):
-            consts = np.array([np.nan if (c in numeric and part[c] is None) else part[c] for _, part, _ in pieces],
-                              dtype=kind)
-            col = consts[which] if len(pieces) else np.zeros(0, dtype=kind)
+
+        def const(v: object) -> object:
+            return np.nan if (c in numeric and v is None) else v  # noqa: B023 (used in this iteration only)
+
+        if all(not isinstance(part[c], np.ndarray | Gather) for _, part, _ in pieces):
+            col = np.repeat(np.array([const(part[c]) for _, part, _ in pieces], dtype=kind), sizes)
         else:
-            col = np.concatenate([
-                part[c] if isinstance(part[c], np.ndarray)
-                else np.full(n, np.nan if (c in numeric and part[c] is None) else part[c], dtype=kind)
-                for _, part, n in pieces]).astype(kind, copy=False)
+            col = np.empty(total, dtype=kind)
+            start = 0
+            for _, part, n in pieces:  # each piece's rows written into their slice, no piece copied twice
+                v, seg = part[c], col[start:start + n]
+                if isinstance(v, Gather):
+                    np.take(v.values, v.at, out=seg)
+                else:
+                    seg[:] = v if isinstance(v, np.ndarray) else const(v)
+                start += n
         flags[c] = pd.Series(col, index=flags.index, dtype=kind, copy=False)
     counts: dict[tuple[str, str, str], int] = {}
     for _, part, n in pieces:
