@@ -124,7 +124,7 @@ def keep(run: RunContext, key: str | None, rendered: dict[str, Any], flags_count
     meta = {**rendered, "flags_count": flags_count, "run_id": run.run_id,
             "generated_at": run.started.strftime("%Y-%m-%d %H:%M:%S UTC"), "sources": counts}
     try:
-        kept.save(run.config.report, key, staged, meta)
+        kept.save(run.config.report, key, staged, meta, move=True)  # the staged copy is not used after this
     except OSError as exc:
         log.warning("report %s: could not keep its workbook for the next run (%s)", run.config.report, exc.strerror)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,9 +65,11 @@ class KeptWorkbooks:
             return None
         return Kept(book, meta)
 
-    def save(self, report: str, key: str, workbook: Path, meta: dict[str, Any]) -> None:
-        """Replace the entry of `report` with a copy of `workbook` (the workbook first, then the
-        header naming it); a workbook this store would not rewrite is not kept."""
+    def save(self, report: str, key: str, workbook: Path, meta: dict[str, Any], *, move: bool = False) -> None:
+        """Replace the entry of `report` with `workbook` (the workbook first, then the header naming
+        it); a workbook this store would not rewrite is not kept. `move`: the caller is done with
+        `workbook`, so it is renamed into the store when it is on the same file system (no copy of
+        a workbook that may be hundreds of MB); otherwise, and without `move`, it is copied."""
         head, book = self._paths(report)
         private_dir(self.folder)
         size = workbook.stat().st_size
@@ -73,22 +77,30 @@ class KeptWorkbooks:
             self.drop(report)
             return
         head.unlink(missing_ok=True)  # no header names a half-replaced workbook
-        h = hashlib.sha256()
-
-        def copy(out: BinaryIO) -> None:
-            with open(workbook, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-
-        atomic_write(book, copy)
+        if not (move and _moved(workbook, book)):
+            atomic_write(book, lambda out: _copy(workbook, out))
         body = json.dumps({**meta, "format": FORMAT, "report": report, "key": key, "size": size,
-                           "sha256": h.hexdigest()}).encode()
+                           "sha256": _sha256(book)}).encode()
         atomic_write(head, lambda out: out.write(body))
 
     def drop(self, report: str) -> None:
         for path in self._paths(report):
             path.unlink(missing_ok=True)
+
+
+def _moved(workbook: Path, book: Path) -> bool:
+    """`workbook` renamed to `book`, made 0600 (False, and nothing changed, across file systems)."""
+    try:
+        os.chmod(workbook, 0o600)
+        os.replace(workbook, book)
+    except OSError:
+        return False
+    return True
+
+
+def _copy(workbook: Path, out: BinaryIO) -> None:
+    with open(workbook, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _sha256(path: Path) -> str:

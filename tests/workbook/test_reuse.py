@@ -81,3 +81,19 @@ def test_the_store_gives_back_only_an_intact_workbook_of_the_same_key(tmp_path: 
     found.path.chmod(0o666)
     with pytest.raises(StateFolderError, match="writable by others"):
         store.match("r", "key-1")
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_the_store_moves_a_workbook_the_caller_is_done_with(tmp_path: Path, move: bool) -> None:
+    book = tmp_path / "staging" / "book.xlsx"
+    book.parent.mkdir()
+    write_workbook(book, sheets=[DATA], last=lambda _: about(["a"]))
+    book.chmod(0o644)
+    original = book.read_bytes()
+    store = KeptWorkbooks(tmp_path / "kept")
+    store.save("r", "key-1", book, {"rows": {"About": 1}}, move=move)
+    found = store.match("r", "key-1")
+    assert found is not None and found.path.read_bytes() == original
+    assert found.path.stat().st_mode & 0o777 == 0o600
+    assert book.exists() is not move  # moved: renamed into the store, not copied
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == sorted(p.name for p in store._paths("r"))
