@@ -187,8 +187,8 @@ def _action_order(rank: np.ndarray, neg_amount: np.ndarray, close: np.ndarray, r
     same = (r[1:] == r[:-1]) & (a[1:] == a[:-1]) & (c[1:] == c[:-1])
     if not same.any():
         return order
-    starts = np.flatnonzero(np.diff(np.concatenate(([0], same.astype(np.int8), [0]))) == 1)
-    ends = np.flatnonzero(np.diff(np.concatenate(([0], same.astype(np.int8), [0]))) == -1) + 1
+    edges = np.diff(np.concatenate(([0], same.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
     for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
         run = order[lo:hi]  # ascending positions: a stable sort keeps them for equal ids
         order[lo:hi] = run[np.argsort(row_id[run].astype(str), kind="stable")]

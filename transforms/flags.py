@@ -324,12 +324,10 @@ def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object
     flags = pd.DataFrame(index=pd.RangeIndex(total))
     for c in FLAG_COLUMNS:  # one column at a time: no consolidation copy of millions of objects
         kind = float if c in numeric else object
-
-        def const(v: object) -> object:
-            return np.nan if (c in numeric and v is None) else v  # noqa: B023 (used in this iteration only)
-
+        missing = np.nan if c in numeric else None  # what a numeric column holds for None
         if all(not isinstance(part[c], np.ndarray | Gather) for _, part, _ in pieces):
-            col = np.repeat(np.array([const(part[c]) for _, part, _ in pieces], dtype=kind), sizes)
+            col = np.repeat(np.array([missing if part[c] is None else part[c] for _, part, _ in pieces], dtype=kind),
+                            sizes)
         else:
             col = np.empty(total, dtype=kind)
             start = 0
@@ -338,7 +336,7 @@ def _ordered(rows: list[dict], deal_parts: list[tuple[str, str, dict[str, object
                 if isinstance(v, Gather):
                     np.take(v.values, v.at, out=seg)
                 else:
-                    seg[:] = v if isinstance(v, np.ndarray) else const(v)
+                    seg[:] = missing if v is None else v
                 start += n
         flags[c] = pd.Series(col, index=flags.index, dtype=kind, copy=False)
     counts: dict[tuple[str, str, str], int] = {}

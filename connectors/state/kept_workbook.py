@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -77,10 +76,14 @@ class KeptWorkbooks:
             self.drop(report)
             return
         head.unlink(missing_ok=True)  # no header names a half-replaced workbook
-        if not (move and _moved(workbook, book)):
-            atomic_write(book, lambda out: _copy(workbook, out))
+        h = hashlib.sha256()
+        if move and _moved(workbook, book):
+            digest = _sha256(book)
+        else:
+            atomic_write(book, lambda out: _copy(workbook, out, h))  # hashed as it is copied: read once
+            digest = h.hexdigest()
         body = json.dumps({**meta, "format": FORMAT, "report": report, "key": key, "size": size,
-                           "sha256": _sha256(book)}).encode()
+                           "sha256": digest}).encode()
         atomic_write(head, lambda out: out.write(body))
 
     def drop(self, report: str) -> None:
@@ -98,9 +101,11 @@ def _moved(workbook: Path, book: Path) -> bool:
     return True
 
 
-def _copy(workbook: Path, out: BinaryIO) -> None:
+def _copy(workbook: Path, out: BinaryIO, h: Any) -> None:
     with open(workbook, "rb") as src:
-        shutil.copyfileobj(src, out, 1 << 20)
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
 
 
 def _sha256(path: Path) -> str:
