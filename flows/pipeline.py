@@ -41,6 +41,7 @@ from connectors.state.validated_cache import SourceRows, ValidatedCache
 from connectors.state.validated_patch import Merged, origin
 from flows import kept_workbook
 from flows.held_rows import HeldRowsAhead
+from flows.merge_order import stable_sort_order
 from flows.reports import (
     Call,
     FanOut,
@@ -431,9 +432,12 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
         parts[name] = (origin(keep, len(old), len(new)), new)
         return frame.reset_index(drop=True)
 
-    def ordered(name: str, frame: pd.DataFrame, at: np.ndarray | None = None, by: list[str] | None = None) -> pd.DataFrame:
-        out = frame.iloc[at] if by is None else frame.sort_values(by, kind="stable")
+    def ordered(name: str, frame: pd.DataFrame, at: np.ndarray | None = None,
+                by: tuple[str, str] | None = None) -> pd.DataFrame:
         positions, new = parts[name]
+        if by is not None:  # the kept rows are in order already: only the new ones are sorted
+            at = stable_sort_order(frame, len(frame) - len(new), by)
+        out = frame.iloc[at]
         parts[name] = (positions[out.index.to_numpy()], new)
         return out.reset_index(drop=True)
 
@@ -446,11 +450,11 @@ def _validate_delta(run: RunContext, src: Any, e: Extracted, base: SourceRows, c
         rejected = rejected.sort_values("row", kind="stable")
     history = fresh.history
     if base.history is not None and history is not None:
-        history = ordered("history", merged("history", base.history, history), by=["opportunity_id", "entered_date"])
+        history = ordered("history", merged("history", base.history, history), by=("opportunity_id", "entered_date"))
     fields = fresh.field_history
     if getattr(base, "field_history", None) is not None and fields is not None:
         fields = ordered("field_history", merged("field_history", base.field_history, fields),
-                         by=["opportunity_id", "changed_at"])
+                         by=("opportunity_id", "changed_at"))
     raw = e.raw if src.raw_sheet else None
     if raw is not None and e.partial:
         # the raw sheet's frame of every current record: `base`'s rows less the `changed` ids, with
