@@ -407,14 +407,16 @@ def link_plan(values: pd.Series) -> np.ndarray:
     """Per row of a `url` column: 0 plain text, 1 a hyperlink, 2 a HYPERLINK() formula (past
     MAX_LINKS hyperlinks on the sheet; a URL too long for a formula stays text)."""
     arr = values.to_numpy(dtype=object)
-    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
-    ok = np.array([is_link(u) for u in uniques.tolist()] + [False], dtype=bool)
-    fits = np.array([isinstance(u, str) and len(u) <= MAX_FORMULA_TEXT for u in uniques.tolist()] + [False], dtype=bool)
-    valid = ok[codes]
+    distinct = _mostly_distinct(arr)  # a record URL per deal: each value checked once, no search for repeats
+    codes, uniques = (None, arr) if distinct else pd.factorize(arr, use_na_sentinel=True)
+    kinds = np.fromiter(((2 if len(u) <= MAX_FORMULA_TEXT else 1) if is_link(u) else 0 for u in uniques.tolist()),
+                        dtype=np.int8, count=len(uniques))  # 2: a link that also fits in a formula
+    kind = kinds if codes is None else np.append(kinds, 0)[codes]
+    valid = kind > 0
     native = valid & (np.cumsum(valid) <= MAX_LINKS)
     plan = np.zeros(len(arr), dtype=np.int8)
     plan[native] = 1
-    plan[valid & ~native & fits[codes]] = 2
+    plan[valid & ~native & (kind == 2)] = 2
     return plan
 
 

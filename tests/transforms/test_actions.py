@@ -7,6 +7,7 @@ import re
 import zipfile
 from datetime import datetime
 
+import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
@@ -158,6 +159,25 @@ def test_bad_record_url_template_is_a_config_error(tmp_path, template, problem) 
 ])
 def test_only_plain_http_urls_become_links(url, kind) -> None:
     assert link_plan(pd.Series([url], dtype=object)).tolist() == [kind]
+
+
+@pytest.mark.parametrize("repeats", [1, 3])  # 1: every URL its own (checked row by row), 3: each thrice
+def test_link_plan_counts_links_in_row_order_past_the_limit(repeats) -> None:
+    rng = np.random.default_rng(repeats)
+    n = MAX_LINKS // repeats + 4_000
+    urls: list[object] = [f"https://crm.example.com/deals/{i}" for i in range(n)]
+    for i in rng.choice(n, 300, replace=False).tolist():
+        urls[i] = rng.choice(np.array([None, np.nan, "javascript:alert(1)", "https://x.example/a b", "",
+                                       "https://crm.example.com/" + "x" * 300], dtype=object))
+    values = pd.Series([u for u in urls for _ in range(repeats)], dtype=object)
+    is_url = [isinstance(u, str) and u.startswith("https://crm.") for u in values.tolist()]
+    expected, linked = [], 0
+    for u, ok in zip(values.tolist(), is_url, strict=True):
+        linked += ok
+        expected.append(0 if not ok else 1 if linked <= MAX_LINKS else 2 if len(u) <= 255 else 0)
+    plan = link_plan(values)
+    assert plan.tolist() == expected
+    assert int((plan == 1).sum()) == MAX_LINKS and int((plan == 2).sum()) > 0
 
 
 def test_past_excel_hyperlink_limit_links_are_formulas_with_cached_values(tmp_path) -> None:
