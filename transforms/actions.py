@@ -118,20 +118,20 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
                         lambda k: f"No activity for {_days(k)}: contact the buyer this week.", (ints("no_activity"),)),
     }
 
-    flag_text = np.full(n, "", dtype=object)
+    parts = np.full((n, len(FLAG_ORDER)), "", dtype=object)  # per deal, the words of each of its flags
     empty = np.ones(n, dtype=bool)  # no flag listed yet: the next one starts the text, capitalised
-    for check in FLAG_ORDER:
+    for k, check in enumerate(FLAG_ORDER):
         m = fired[check]
         if not m.any():
             continue
         fmt, cols = words[check][0], words[check][1]
         first, more = m & empty, m & ~empty
         if first.any():
-            flag_text[first] = format_distinct(lambda *a, f=fmt: _capitalised(f(*a)), *(c[first] for c in cols))
+            parts[first, k] = format_distinct(lambda *a, f=fmt: _capitalised(f(*a)), *(c[first] for c in cols))
         if more.any():
-            flag_text[more] = flag_text[more] + format_distinct(lambda *a, f=fmt: "; " + f(*a),
-                                                                 *(c[more] for c in cols))
+            parts[more, k] = format_distinct(lambda *a, f=fmt: "; " + f(*a), *(c[more] for c in cols))
         empty &= ~m
+    flag_text = _joined_rows(parts)
 
     step = np.full(n, None, dtype=object)
     unset = np.ones(n, dtype=bool)
@@ -175,6 +175,18 @@ def actions_frame(deals: pd.DataFrame, deal_bits: np.ndarray, cfg: AppConfig, as
         "record_url": _links(sub, cfg),
     })
     return out.iloc[order].reset_index(drop=True)
+
+
+def _joined_rows(parts: np.ndarray) -> np.ndarray:
+    """Each row of a 2-D array of text joined, in one join and one split (a NUL in the text: row by row)."""
+    n = len(parts)
+    grid = np.empty((n, parts.shape[1] + 1), dtype=object)
+    grid[:, :-1] = parts
+    grid[:, -1] = "\x00"
+    texts = "".join(grid.ravel().tolist()).split("\x00")
+    if len(texts) != n + 1:
+        texts = ["".join(row) for row in parts.tolist()]
+    return np.array(texts[:n], dtype=object)
 
 
 def _action_order(rank: np.ndarray, neg_amount: np.ndarray, close: np.ndarray, row_id: np.ndarray) -> np.ndarray:

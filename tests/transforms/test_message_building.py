@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.actions import _action_order
+from transforms.actions import _action_order, _joined_rows
 from transforms.flags import _messages, format_distinct
 
 
@@ -52,3 +52,15 @@ def test_action_order_compares_ids_as_text_and_keeps_equal_ids_in_row_order() ->
     rank, amount, close = np.zeros(4, np.int64), np.zeros(4), np.zeros(4, np.int64)
     row_id = np.array([9, "10", 9, "1"], dtype=object)  # as text: "1" < "10" < "9" = "9"
     assert _action_order(rank, amount, close, row_id).tolist() == [3, 1, 0, 2]
+
+
+@pytest.mark.parametrize("rows", [
+    [],
+    [["Past its close date by 3 days", "; no activity for 9 days", ""]],
+    [["", "", ""], ["A", "", "; b"], ["Über", "; ünïcode", "; 🙂"]],
+    [["stage \x00 name", "; x", ""], ["B", "", ""]],  # a NUL in the text: joined row by row
+])
+def test_joined_rows_is_each_row_joined(rows: list[list[str]]) -> None:
+    parts = np.array(rows, dtype=object).reshape(len(rows), 3)
+    got = _joined_rows(parts)
+    assert got.dtype == object and got.tolist() == ["".join(r) for r in rows]
